@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Protocol as TypingProtocol
 
 
 class Protocol(str, enum.Enum):
@@ -85,22 +85,22 @@ class Severity(str, enum.Enum):
         """0 for info, 1 for warning, 2 for critical."""
         return _SEVERITY_RANK[self]
 
-    def __ge__(self, other: object) -> bool:  # type: ignore[override]
+    def __ge__(self, other: object) -> bool:
         if not isinstance(other, Severity):
             return NotImplemented
         return self.rank >= other.rank
 
-    def __gt__(self, other: object) -> bool:  # type: ignore[override]
+    def __gt__(self, other: object) -> bool:
         if not isinstance(other, Severity):
             return NotImplemented
         return self.rank > other.rank
 
-    def __le__(self, other: object) -> bool:  # type: ignore[override]
+    def __le__(self, other: object) -> bool:
         if not isinstance(other, Severity):
             return NotImplemented
         return self.rank <= other.rank
 
-    def __lt__(self, other: object) -> bool:  # type: ignore[override]
+    def __lt__(self, other: object) -> bool:
         if not isinstance(other, Severity):
             return NotImplemented
         return self.rank < other.rank
@@ -349,3 +349,36 @@ WILDCARDS: frozenset[str] = frozenset({"0.0.0.0", "::"})
 def is_wildcard(ip: str) -> bool:
     """True for the any-address of either family."""
     return ip in WILDCARDS
+
+
+@dataclass(frozen=True)
+class SocketTable:
+    """What a socket source read: every inet socket, and the owners it happened to learn.
+
+    ``owners`` maps ``Socket.inode`` to owning pids; it is empty for sources
+    that cannot tell (netlink), complete for those that walk processes anyway
+    (psutil).
+    """
+
+    sockets: tuple[Socket, ...]
+    owners: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+
+
+class SourceUnavailable(Exception):
+    """A socket source cannot work on this host (e.g. no NETLINK_SOCK_DIAG); use another."""
+
+
+class SocketSource(TypingProtocol):
+    """Something that reads the namespace's socket table.
+
+    ``read()`` returns a :class:`SocketTable`. It raises
+    :class:`SourceUnavailable` when the mechanism is missing on this host and
+    ``OSError`` (or a subclass of ``ValueError`` for malformed kernel data) for
+    other failures of one read.
+    """
+
+    name: str
+
+    def read(self) -> SocketTable:
+        """Read every TCP and UDP, IPv4 and IPv6 socket of the current network namespace."""
+        ...

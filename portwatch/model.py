@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Protocol as TypingProtocol
+from typing import Any, Iterable, Mapping, NamedTuple, Protocol as TypingProtocol
 
 
 class Protocol(str, enum.Enum):
@@ -382,3 +382,20 @@ class SocketSource(TypingProtocol):
     def read(self) -> SocketTable:
         """Read every TCP and UDP, IPv4 and IPv6 socket of the current network namespace."""
         ...
+
+
+def format_port_set(ports: Iterable[int]) -> str:
+    """Ports in ``ip_local_reserved_ports`` syntax: sorted, runs collapsed (``80,8080-8082``).
+
+    Takes any collection of ints; returns ``""`` for an empty one.
+    """
+    ordered = sorted(set(ports))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)

@@ -1,0 +1,192 @@
+"""Command line: argument parsing and exit codes only.
+
+Exit codes (documented in the README):
+
+- 0: success, and no finding reaches ``--fail-on``;
+- 1: ``scan`` found something at or above ``--fail-on``;
+- 2: usage error or invalid configuration;
+- 3: the scan itself failed (e.g. the kernel's port settings are unreadable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from portwatch import __version__
+
+if TYPE_CHECKING:
+    from portwatch.config import Config
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+
+DEFAULT_CONFIG_PATH = Path("/etc/portwatch/portwatch.yaml")
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, metavar="FILE",
+                   help="configuration file (default: built-in defaults; the daemon's unit uses "
+                        f"{DEFAULT_CONFIG_PATH})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``portwatch`` command."""
+    parser = argparse.ArgumentParser(
+        prog="portwatch",
+        description="Catch the failures caused by the Linux ephemeral port range: listeners inside it, "
+                    "ports taken by outgoing connections, self-connects, exhaustion, CLOSE_WAIT build-up.",
+    )
+    parser.add_argument("--version", action="version", version=f"portwatch {__version__}")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                        help="log level on stderr (default: warning)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    scan = sub.add_parser("scan", help="scan once and report",
+                          description="Scan the sockets of this network namespace once and report findings.")
+    _config_arg(scan)
+    scan.add_argument("--format", "-f", choices=["table", "json"], default="table",
+                      help="report format (default: table)")
+    scan.add_argument("--fail-on", choices=["info", "warning", "critical", "never"], default="critical",
+                      help="exit 1 when a finding of this severity or worse exists (default: critical)")
+
+    check = sub.add_parser("check-config", help="validate a configuration file",
+                           description="Validate FILE; list every error with its key path.")
+    check.add_argument("file", type=Path, metavar="FILE")
+
+    reserve = sub.add_parser(
+        "reserve", help="print a sysctl.d snippet reserving in-range service ports",
+        description="Print a sysctl.d snippet that adds the ports of listeners and declared services "
+                    "inside the ephemeral range to net.ipv4.ip_local_reserved_ports (merged with what "
+                    "is reserved already). Install it as /etc/sysctl.d/90-portwatch.conf and run "
+                    "`sysctl --system`.")
+    _config_arg(reserve)
+
+    run = sub.add_parser("run", help="run the daemon (scan on a timer, serve /metrics, alert)",
+                         description="Run the portwatch daemon.")
+    _config_arg(run)
+    run.add_argument("--listen-address", metavar="HOST:PORT",
+                     help="override web.listen_address from the configuration")
+    return parser
+
+
+def _load(path: Path | None) -> Config:
+    from portwatch.config import load_config
+
+    return load_config(path)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """``portwatch scan``: returns the exit code."""
+    from portwatch.collect import Collector
+    from portwatch.model import Severity
+    from portwatch.report import render_text, to_json_document
+    from portwatch.scan import make_source, run_scan
+
+    config = _load(args.config)
+    collector = Collector(make_source(config.source))
+    result = run_scan(config, collector)
+    host = socket.gethostname()
+    if args.format == "json":
+        json.dump(to_json_document(result, host), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(result, host))
+    if args.fail_on == "never":
+        return EXIT_OK
+    threshold = Severity(args.fail_on)
+    return EXIT_FINDINGS if any(f.severity >= threshold for f in result.findings) else EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """``portwatch check-config FILE``: 0 when valid (errors raise ConfigError)."""
+    config = _load(args.file)
+    print(f"{args.file}: valid ({len(config.services)} services, {len(config.ignore)} ignore rules, "
+          f"interval {config.interval:g}s)")
+    return EXIT_OK
+
+
+def cmd_reserve(args: argparse.Namespace) -> int:
+    """``portwatch reserve``: prints the snippet; 0."""
+    from portwatch import detect
+    from portwatch.collect import Collector
+    from portwatch.model import format_port_set
+    from portwatch.scan import make_source
+
+    config = _load(args.config)
+    collector = Collector(make_source(config.source))
+    snap = collector.snapshot()
+    st = snap.settings
+    ports = detect.reserve_candidates(snap, config.services)
+    listeners = [s for s in snap.sockets if s.is_listener and s.local.port in ports]
+    snap = collector.attribute(snap, {s.inode for s in listeners})
+    host = socket.gethostname()
+    out = [
+        "# /etc/sysctl.d/90-portwatch.conf",
+        f"# Generated by portwatch {__version__} on {host}.",
+        f"# Keeps connect() from picking these ports of services inside the ephemeral range {st.port_range};",
+        "# apply with `sysctl --system`. Ports already reserved are kept.",
+    ]
+    for port in sorted(ports):
+        who: list[str] = []
+        for svc in config.services:
+            if svc.port == port:
+                who.append(f"declared service {svc.name!r} ({svc.protocol.value})")
+        for s in listeners:
+            if s.local.port == port:
+                procs = ", ".join(p.label() for p in snap.processes_of(s)) or "owner unknown"
+                who.append(f"{s.protocol.value} listener {s.local} ({procs})")
+        out.append(f"#   {port}: " + "; ".join(dict.fromkeys(who)))
+    if not ports:
+        out.append("# No listener or declared service is inside the range: nothing to add.")
+    merged = format_port_set(set(st.reserved) | ports)
+    if merged:
+        out.append(f"net.ipv4.ip_local_reserved_ports = {merged}")
+    print("\n".join(out))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``portwatch run``: the daemon; returns its exit code."""
+    try:
+        from portwatch import daemon
+    except ImportError:
+        print("portwatch: the daemon is not available in this build", file=sys.stderr)
+        return EXIT_FAILED
+    return daemon.main(args.config, args.listen_address)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``portwatch`` console script; returns the exit code."""
+    from portwatch.collect import CollectError
+    from portwatch.config import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="portwatch: %(levelname)s: %(message)s")
+    handlers = {"scan": cmd_scan, "check-config": cmd_check_config, "reserve": cmd_reserve, "run": cmd_run}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except CollectError as exc:
+        print(f"portwatch: cannot scan: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"portwatch: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The scan engine: collect, detect, attribute on demand, explain, ignore.
+
+One call of :func:`run_scan` is one scan. It touches the kernel only through
+the :class:`~portwatch.collect.Collector` it is given and keeps no state, so
+the CLI, the daemon and the benchmark all run the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Collection, Mapping
+
+from portwatch import detect
+from portwatch.collect import Collector, PsutilSource
+from portwatch.config import Config
+from portwatch.detect import Destination, RememberedPort
+from portwatch.model import Finding, Snapshot, SocketSource, SocketTable, SourceUnavailable
+
+log = logging.getLogger("portwatch.scan")
+
+SOURCES = ("auto", "netlink", "psutil")
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What one scan found.
+
+    ``findings`` are those the ignore rules kept, most severe first;
+    ``ignored`` those they dropped. ``usage`` is the per-destination count of
+    sockets on usable ephemeral ports (for the top-K metric). ``duration`` is
+    in seconds, from the monotonic clock given to :func:`run_scan`.
+    """
+
+    snapshot: Snapshot
+    findings: tuple[Finding, ...]
+    ignored: tuple[Finding, ...]
+    usage: Mapping[Destination, int]
+    duration: float
+
+    def top_destinations(self, k: int) -> list[tuple[Destination, int, float]]:
+        """The ``k`` destinations using most ephemeral ports: (destination, count, ratio of usable)."""
+        usable = self.snapshot.settings.usable_ports
+        ranked = sorted(self.usage.items(), key=lambda kv: (-kv[1], kv[0]))[: max(k, 0)]
+        return [(dest, n, (n / usable) if usable > 0 else 1.0) for dest, n in ranked]
+
+
+class FallbackSource:
+    """A socket source that uses ``primary`` until it proves unavailable, then ``fallback`` for good.
+
+    The switch is logged once, at warning level, with the reason.
+    """
+
+    def __init__(self, primary: SocketSource, fallback: SocketSource,
+                 warn: Callable[[str], None] = log.warning) -> None:
+        self._primary: SocketSource | None = primary
+        self._fallback = fallback
+        self._warn = warn
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """The name of the source in use."""
+        return (self._primary or self._fallback).name
+
+    def read(self) -> SocketTable:
+        """Read from the primary source, or from the fallback once the primary is unavailable."""
+        if self._primary is not None:
+            try:
+                return self._primary.read()
+            except SourceUnavailable as exc:
+                self._warn(f"{self._primary.name} socket source unavailable ({exc}); "
+                           f"using {self._fallback.name} from now on")
+                self._primary = None
+        return self._fallback.read()
+
+
+def make_source(name: str, warn: Callable[[str], None] = log.warning) -> SocketSource:
+    """The socket source the configuration names: ``auto``, ``netlink`` or ``psutil``.
+
+    ``auto`` is netlink (NETLINK_SOCK_DIAG, fast) falling back to psutil when
+    the kernel lacks it. Raises ``ValueError`` for another name.
+    """
+    if name == "psutil":
+        return PsutilSource()
+    if name not in ("auto", "netlink"):
+        raise ValueError(f"unknown socket source {name!r} (expected one of {', '.join(SOURCES)})")
+    from portwatch.netlink import NetlinkSource
+
+    if name == "netlink":
+        return NetlinkSource()
+    return FallbackSource(NetlinkSource(), PsutilSource(), warn)
+
+
+def run_scan(
+    config: Config,
+    collector: Collector,
+    remembered: Collection[RememberedPort] = (),
+    clock: Callable[[], float] = time.monotonic,
+) -> ScanResult:
+    """One scan: snapshot, detect, attribute the sockets findings involve, explain, ignore.
+
+    Owners are looked up only for the sockets that detection or the findings
+    need (lazy attribution). Raises :class:`~portwatch.collect.CollectError`
+    or ``OSError`` when the kernel's settings or socket table cannot be read.
+    """
+    started = clock()
+    snapshot = collector.snapshot()
+    needed = detect.owners_needed(snapshot, config)
+    if needed:
+        snapshot = collector.attribute(snapshot, needed)
+    usage = detect.destination_usage(snapshot)
+    findings = detect.detect(snapshot, config, remembered, usage)
+    involved = detect.involved_inodes(findings)
+    if involved:
+        snapshot = collector.attribute(snapshot, involved)
+        findings = detect.explain(findings, snapshot)
+    kept, ignored = detect.apply_ignores(findings, config.ignore)
+    return ScanResult(snapshot=snapshot, findings=tuple(kept), ignored=tuple(ignored),
+                      usage=usage, duration=clock() - started)

@@ -1,0 +1,318 @@
+"""Table-driven tests of every detector on hand-built snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from portwatch import detect
+from portwatch.config import Config, IgnoreRule, Service, Thresholds
+from portwatch.model import Kind, PortRange, ProcessInfo, Protocol, Severity
+from tests.builders import listen, proc, snap, tcp, udp
+
+# A healthy range for most tests: 40000-40999 (1000 ports, ends of different parity).
+RANGE = (40000, 40999)
+CFG = Config()
+
+
+def kinds(findings: list) -> list[tuple[str, str]]:
+    return sorted((f.kind.value, f.key) for f in findings)
+
+
+def run(snapshot, config: Config = CFG, remembered=()) -> list:
+    """Detect, without range_misconfigured noise unless a test asks for it."""
+    return [f for f in detect.detect(snapshot, config, remembered) if f.kind is not Kind.RANGE_MISCONFIGURED]
+
+
+# ----------------------------------------------------------------- self_connect
+
+@pytest.mark.parametrize("sock, expected", [
+    (tcp("127.0.0.1:40002", "127.0.0.1:40002"), ["self_connect:tcp:127.0.0.1:40002"]),
+    (tcp("[::1]:40002", "[::1]:40002"), ["self_connect:tcp:[::1]:40002"]),
+    # IPv4-mapped on both sides compares as IPv4
+    (tcp("[::ffff:127.0.0.1]:40004", "127.0.0.1:40004"), ["self_connect:tcp:127.0.0.1:40004"]),
+    (udp("127.0.0.1:40006", "127.0.0.1:40006"), ["self_connect:udp:127.0.0.1:40006"]),
+    # a closed self-connect in TIME_WAIT has no process and harms nobody
+    (tcp("127.0.0.1:40002", "127.0.0.1:40002", "TIME_WAIT"), []),
+    # same port, different address: not a self-connect
+    (tcp("127.0.0.1:40002", "127.0.0.2:40002"), []),
+])
+def test_self_connect(sock, expected):
+    found = [f for f in run(snap([sock], RANGE)) if f.kind is Kind.SELF_CONNECT]
+    assert [f.key for f in found] == expected
+    for f in found:
+        assert f.severity is Severity.CRITICAL
+        assert f.port == sock.local.port
+        assert "reserved_ports" in (f.remediation or "")
+
+
+def test_self_connect_names_holder_process():
+    s = tcp("127.0.0.1:40002", "127.0.0.1:40002")
+    found = run(snap([s], RANGE, owners={s: 321}, processes=[proc(321, "grpc-client")]))
+    (f,) = found
+    assert f.processes == (proc(321, "grpc-client"),)
+    assert "grpc-client[321]" in f.summary and "40002" in f.summary
+
+
+# ----------------------------------------------------------------- loop_pair
+
+A, B = "127.0.0.1:40001", "127.0.0.1:40003"
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ([], ["loop_pair:tcp:127.0.0.1:40001<->127.0.0.1:40003"]),
+    ([listen("127.0.0.1:40003")], []),      # an ordinary client/server connection
+    ([listen("0.0.0.0:40001")], []),        # a wildcard listener covers 127.0.0.1
+    ([listen("[::]:40003")], []),           # so does a dual-stack one
+    ([listen("127.0.0.2:40003")], ["loop_pair:tcp:127.0.0.1:40001<->127.0.0.1:40003"]),  # other address
+])
+def test_loop_pair(extra, expected):
+    sockets = [tcp(A, B), tcp(B, A), *extra]
+    found = [f for f in run(snap(sockets, RANGE)) if f.kind is Kind.LOOP_PAIR]
+    assert [f.key for f in found] == expected
+    for f in found:
+        assert len(f.sockets) == 2 and f.severity is Severity.WARNING
+
+
+def test_loop_pair_needs_both_halves():
+    assert [f for f in run(snap([tcp(A, B)], RANGE)) if f.kind is Kind.LOOP_PAIR] == []
+
+
+# ----------------------------------------------------------------- listener_in_ephemeral_range
+
+@pytest.mark.parametrize("sock, reserved, expected", [
+    (listen("0.0.0.0:40005"), (), ["listener_in_ephemeral_range:tcp:40005"]),
+    (listen("127.0.0.1:40000"), (), ["listener_in_ephemeral_range:tcp:40000"]),   # low edge
+    (listen("[::]:40999"), (), ["listener_in_ephemeral_range:tcp:40999"]),       # high edge
+    (listen("0.0.0.0:39999"), (), []),                                            # just below
+    (listen("0.0.0.0:41000"), (), []),                                            # just above
+    (listen("0.0.0.0:40005"), (40005,), []),                                      # reserved
+    (udp("0.0.0.0:40006"), (), ["listener_in_ephemeral_range:udp:40006"]),
+    (udp("0.0.0.0:40006"), (40000, 40006), []),
+    (udp("127.0.0.1:40006", "127.0.0.1:53"), (), []),                            # connected UDP: a client
+    (tcp("127.0.0.1:40006", "127.0.0.1:80"), (), []),                            # a client socket
+])
+def test_listener_in_range(sock, reserved, expected):
+    found = [f for f in run(snap([sock], RANGE, reserved=reserved))
+             if f.kind is Kind.LISTENER_IN_EPHEMERAL_RANGE]
+    assert [f.key for f in found] == expected
+
+
+def test_listener_in_range_one_finding_per_port_and_remediation_merges_reserved():
+    socks = [listen("0.0.0.0:40005"), listen("[::]:40005")]
+    (f,) = run(snap(socks, RANGE, reserved=(40100, 40101, 80)))
+    assert len(f.sockets) == 2
+    assert "net.ipv4.ip_local_reserved_ports=80,40005,40100-40101" in (f.remediation or "")
+
+
+# ----------------------------------------------------------------- service_port_at_risk / port_taken
+
+SVC = Config(services=(Service("api", 40100),))
+
+
+def test_service_at_risk_while_up_replaces_listener_finding():
+    found = run(snap([listen("0.0.0.0:40100")], RANGE), SVC)
+    assert kinds(found) == [("service_port_at_risk", "service_port_at_risk:tcp:40100")]
+    assert found[0].details["listening"] is True
+
+
+@pytest.mark.parametrize("reserved, expected", [((), 1), ((40100,), 0)])
+def test_service_at_risk_reserved(reserved, expected):
+    found = [f for f in run(snap([], RANGE, reserved=reserved), SVC) if f.kind is Kind.SERVICE_PORT_AT_RISK]
+    assert len(found) == expected
+
+
+def test_service_outside_range_not_at_risk():
+    cfg = Config(services=(Service("web", 8080),))
+    assert run(snap([], RANGE), cfg) == []
+
+
+def test_port_taken_declared_service():
+    holder = tcp("10.0.0.1:40100", "10.0.0.9:2379")
+    s = snap([holder], RANGE, owners={holder: 77}, processes=[proc(77, "kube-apiserver")])
+    found = [f for f in run(s, SVC) if f.kind is Kind.PORT_TAKEN]
+    (f,) = found
+    assert f.key == "port_taken:tcp:40100" and f.severity is Severity.CRITICAL
+    assert f.processes[0].name == "kube-apiserver"
+    assert "api" in f.summary and "kube-apiserver[77]" in f.summary
+
+
+@pytest.mark.parametrize("sockets, config, remembered, expected", [
+    # the service is up: its accepted connections are not holders
+    ([listen("0.0.0.0:40100"), tcp("10.0.0.1:40100", "10.0.0.9:5555")], SVC, (), []),
+    # TIME_WAIT is not a holder
+    ([tcp("10.0.0.1:40100", "10.0.0.9:2379", "TIME_WAIT")], SVC, (), []),
+    # a service declared on 10.0.0.1 does not conflict with a holder on 10.0.0.2
+    ([tcp("10.0.0.2:40100", "10.0.0.9:2379")],
+     Config(services=(Service("api", 40100, address="10.0.0.1"),)), (), []),
+    ([tcp("10.0.0.1:40100", "10.0.0.9:2379")],
+     Config(services=(Service("api", 40100, address="10.0.0.1"),)), (), [("port_taken:tcp:40100", "critical")]),
+    # a listener on another specific address does not serve the declared one
+    ([listen("10.0.0.2:40100"), tcp("10.0.0.1:40100", "10.0.0.9:2379")],
+     Config(services=(Service("api", 40100, address="10.0.0.1"),)), (), [("port_taken:tcp:40100", "critical")]),
+    # UDP service: a connected UDP socket holds the port
+    ([udp("10.0.0.1:40100", "10.0.0.9:53")], Config(services=(Service("dns", 40100, Protocol.UDP),)), (),
+     [("port_taken:udp:40100", "critical")]),
+    # reserved ports are service ports too
+    ([tcp("10.0.0.1:40200", "10.0.0.9:2379")], CFG, (), [("port_taken:tcp:40200", "critical")]),
+    # remembered listeners: inferred, so a warning
+    ([tcp("10.0.0.1:40300", "10.0.0.9:2379")], CFG, (detect.RememberedPort(Protocol.TCP, 40300),),
+     [("port_taken:tcp:40300", "warning")]),
+    # nothing declared, reserved or remembered: an ordinary client
+    ([tcp("10.0.0.1:40300", "10.0.0.9:2379")], CFG, (), []),
+])
+def test_port_taken_table(sockets, config, remembered, expected):
+    found = [f for f in run(snap(sockets, RANGE, reserved=(40200,)), config, remembered)
+             if f.kind is Kind.PORT_TAKEN]
+    assert [(f.key, f.severity.value) for f in found] == expected
+
+
+# ----------------------------------------------------------------- ephemeral_exhaustion
+
+def clients(n: int, dest: str, first: int = 40000, state: str = "ESTABLISHED", src: str = "127.0.0.1"):
+    return [tcp(f"{src}:{first + i}", dest, state) for i in range(n)]
+
+
+SMALL = (40000, 40009)
+
+
+@pytest.mark.parametrize("sockets, reserved, expected", [
+    (clients(7, "127.0.0.1:8080"), (), []),                                     # 0.7 < 0.8
+    (clients(8, "127.0.0.1:8080"), (), [("warning", 0.8)]),
+    (clients(9, "127.0.0.1:8080"), (), [("warning", 0.9)]),
+    (clients(10, "127.0.0.1:8080"), (), [("critical", 1.0)]),
+    # TIME_WAIT counts: the 4-tuple stays taken
+    (clients(5, "127.0.0.1:8080") + clients(4, "127.0.0.1:8080", 40005, "TIME_WAIT"), (), [("warning", 0.9)]),
+    # two reserved ports inside: usable is 8, so 7 is 0.875
+    (clients(7, "127.0.0.1:8080", 40002), (40000, 40001), [("warning", 0.875)]),
+    # other destinations are separate budgets
+    (clients(5, "127.0.0.1:8080") + clients(5, "127.0.0.1:8081"), (), []),
+    (clients(5, "127.0.0.1:8080") + clients(5, "127.0.0.2:8080"), (), []),
+])
+def test_exhaustion(sockets, reserved, expected):
+    found = [f for f in run(snap(sockets, SMALL, reserved=reserved)) if f.kind is Kind.EPHEMERAL_EXHAUSTION]
+    assert [(f.severity.value, f.details["ratio"]) for f in found] == expected
+    for f in found:
+        assert f.key == "ephemeral_exhaustion:127.0.0.1->127.0.0.1:8080"
+
+
+def test_exhaustion_ignores_accepted_connections_of_an_in_range_listener():
+    # a server on 40009 with 9 accepted connections from one client host/port set
+    socks = [listen("0.0.0.0:40009")] + [tcp("127.0.0.1:40009", f"127.0.0.1:{50000 + i}") for i in range(9)]
+    assert detect.destination_usage(snap(socks, SMALL)) == {}
+
+
+def test_destination_usage_counts():
+    socks = clients(3, "127.0.0.1:8080") + clients(2, "[::1]:443", 40003, src="[::1]")
+    usage = detect.destination_usage(snap(socks, SMALL))
+    assert usage == {detect.Destination("127.0.0.1", "127.0.0.1", 8080): 3,
+                     detect.Destination("::1", "::1", 443): 2}
+
+
+def test_exhaustion_thresholds_from_config():
+    cfg = Config(thresholds=Thresholds(exhaustion_warning=0.5, exhaustion_critical=0.6))
+    found = [f for f in run(snap(clients(6, "127.0.0.1:8080"), SMALL), cfg) if f.kind is Kind.EPHEMERAL_EXHAUSTION]
+    assert [f.severity for f in found] == [Severity.CRITICAL]
+
+
+# ----------------------------------------------------------------- close_wait_buildup
+
+def close_waits(n: int, first: int = 8000):
+    return [tcp(f"127.0.0.1:{first}", f"127.0.0.1:{50000 + i}", "CLOSE_WAIT") for i in range(n)]
+
+
+def test_close_wait_by_process():
+    cfg = Config(thresholds=Thresholds(close_wait=3))
+    leaky, fine = close_waits(4), close_waits(2, 9000)
+    owners = {s: 10 for s in leaky} | {s: 11 for s in fine}
+    s = snap(leaky + fine, RANGE, owners=owners, processes=[proc(10, "leaky"), proc(11, "fine")])
+    assert detect.owners_needed(s, cfg) == {x.inode for x in leaky + fine}
+    (f,) = run(s, cfg)
+    assert f.key == "close_wait_buildup:pid:10" and f.details["count"] == 4
+    assert "leaky[10]" in f.summary
+
+
+def test_close_wait_below_threshold_needs_no_owners():
+    cfg = Config(thresholds=Thresholds(close_wait=10))
+    s = snap(close_waits(10), RANGE)
+    assert detect.owners_needed(s, cfg) == set()
+    assert run(s, cfg) == []
+
+
+def test_close_wait_unknown_owner_grouped_by_uid():
+    cfg = Config(thresholds=Thresholds(close_wait=2))
+    (f,) = run(snap(close_waits(3), RANGE), cfg)
+    assert f.key == "close_wait_buildup:uid:0" and "user id 0" in f.summary
+
+
+# ----------------------------------------------------------------- range_misconfigured
+
+@pytest.mark.parametrize("port_range, reserved, unpriv, expected", [
+    ((32768, 60999), (), 1024, []),
+    ((32768, 60998), (), 1024, ["range_misconfigured:same_parity"]),
+    ((40000, 40009), (), 1024, ["range_misconfigured:small"]),
+    ((32768, 33799), range(32768, 32800), 1024, []),  # 1032 ports - 32 reserved = exactly min_range_size
+    ((1000, 60999), (), 1024, ["range_misconfigured:below_unprivileged"]),
+    ((1000, 60998), (), 1024, ["range_misconfigured:below_unprivileged", "range_misconfigured:same_parity"]),
+])
+def test_range_problems(port_range, reserved, unpriv, expected):
+    found = detect.find_range_problems(snap([], port_range, reserved, unpriv).settings, CFG)
+    assert sorted(f.key for f in found) == sorted(expected)
+    assert all(f.severity is Severity.INFO for f in found)
+
+
+def test_range_small_counts_reserved():
+    found = detect.find_range_problems(snap([], (32768, 33799), range(32768, 32801)).settings, CFG)
+    assert [f.key for f in found] == ["range_misconfigured:small"]
+    assert "999 usable" in found[0].summary
+
+
+# ----------------------------------------------------------------- pipeline: explain, ignores, severities
+
+def test_explain_fills_processes_after_attribution():
+    s_ = tcp("127.0.0.1:40002", "127.0.0.1:40002")
+    before = snap([s_], RANGE)
+    (f,) = run(before)
+    assert f.processes == () and "owner unknown" in f.summary
+    after = replace(before, owners={s_.inode: (5,)}, processes={5: proc(5, "nats")})
+    assert detect.involved_inodes([f]) == {s_.inode}
+    (g,) = detect.explain([f], after)
+    assert g.processes == (proc(5, "nats"),) and "nats[5]" in g.summary and g.key == f.key
+
+
+def test_severity_override():
+    cfg = Config(severities={Kind.LISTENER_IN_EPHEMERAL_RANGE: Severity.CRITICAL})
+    (f,) = run(snap([listen("0.0.0.0:40005")], RANGE), cfg)
+    assert f.severity is Severity.CRITICAL
+
+
+@pytest.mark.parametrize("rule, ignored", [
+    (IgnoreRule(kind=Kind.LISTENER_IN_EPHEMERAL_RANGE), 2),
+    (IgnoreRule(ports=PortRange(40005, 40005)), 1),
+    (IgnoreRule(ports=PortRange(40000, 40999)), 2),
+    (IgnoreRule(process="chronyd"), 1),
+    (IgnoreRule(unit="chrony.service"), 1),
+    (IgnoreRule(process="chronyd", ports=PortRange(40005, 40005)), 0),   # all fields must match
+    (IgnoreRule(address="127.0.0.1"), 1),
+    (IgnoreRule(kind=Kind.SELF_CONNECT), 0),
+])
+def test_ignore_rules(rule, ignored):
+    a, b = listen("0.0.0.0:40005"), udp("127.0.0.1:40006")
+    s = snap([a, b], RANGE, owners={a: 1, b: 2},
+             processes=[proc(1, "nginx"), proc(2, "chronyd", unit="chrony.service")])
+    kept, dropped = detect.apply_ignores(run(s), (rule,))
+    assert len(dropped) == ignored and len(kept) == 2 - ignored
+
+
+def test_findings_sorted_most_severe_first_and_to_dict_is_json_ready():
+    import json
+    socks = [listen("0.0.0.0:40005"), tcp("127.0.0.1:40002", "127.0.0.1:40002")]
+    found = detect.detect(snap(socks, SMALL), CFG)
+    assert [f.severity for f in found] == sorted((f.severity for f in found), key=lambda s: -s.rank)
+    json.dumps([f.to_dict() for f in found])
+
+
+def test_reserve_candidates():
+    s = snap([listen("0.0.0.0:40005"), listen("0.0.0.0:8080"), udp("0.0.0.0:40006")], RANGE, reserved=(40006,))
+    assert detect.reserve_candidates(s, (Service("x", 40100), Service("y", 80))) == {40005, 40100}

@@ -5,7 +5,8 @@ Run as ``python -m tests.actors SCENARIO [options]`` inside a network namespace
 line ``READY <json>`` on stdout (a JSON object describing what it made; always
 with ``"scenario"`` and ``"pid"``), then holds its sockets until it receives
 SIGTERM/SIGINT, until its stdin reaches end of file (unless ``--ignore-stdin``),
-or until ``--lifetime`` seconds have passed; it then closes them and exits 0.
+or until ``--lifetime`` seconds have passed; it then closes them with RST (so
+nothing of it lingers, not even TIME_WAIT) and exits 0.
 If the scenario cannot be made it prints one line ``FAILED <reason>`` on stdout
 and exits 1 (bad command-line usage is a failure too). Nothing else is ever
 written to stdout.
@@ -93,31 +94,33 @@ class Stop(BaseException):
 class Held:
     """Sockets the actor keeps open until it exits.
 
-    ``abortive`` sockets are closed with SO_LINGER 0 (RST, no TIME_WAIT), so
-    that e.g. a self-connected 4-tuple does not linger in TIME_WAIT after the
-    actor is gone.
+    At exit every held socket is closed abortively (SO_LINGER 0: RST instead
+    of FIN), so an actor leaves nothing behind in the namespace: no
+    self-connected 4-tuple in TIME_WAIT that would block the next run, no
+    TIME_WAIT that would keep an exhaustion finding alive after the stop.
+    Sockets closed during set-up (:meth:`discard`) close normally.
     """
 
-    sockets: list[tuple[socket.socket, bool]] = field(default_factory=list)
+    sockets: list[socket.socket] = field(default_factory=list)
 
-    def add(self, sock: socket.socket, abortive: bool = False) -> socket.socket:
+    def add(self, sock: socket.socket) -> socket.socket:
         """Keep ``sock`` open until :meth:`close_all`; returns it."""
-        self.sockets.append((sock, abortive))
+        self.sockets.append(sock)
         return sock
 
     def discard(self, sock: socket.socket) -> None:
-        """Close ``sock`` now (as it was added: abortive or not) and stop holding it."""
-        for i, (held, abortive) in enumerate(self.sockets):
+        """Close ``sock`` now, normally (FIN), and stop holding it."""
+        for i, held in enumerate(self.sockets):
             if held is sock:
                 del self.sockets[i]
-                close_socket(sock, abortive)
+                close_socket(sock)
                 return
         raise ValueError("socket is not held")
 
     def close_all(self) -> None:
-        """Close every held socket (never raises)."""
-        for sock, abortive in reversed(self.sockets):
-            close_socket(sock, abortive)
+        """Close every held socket abortively (never raises)."""
+        for sock in reversed(self.sockets):
+            close_socket(sock, abortive=True)
         self.sockets.clear()
 
 
@@ -304,7 +307,7 @@ def scenario_self_connect(args: argparse.Namespace, held: Held) -> dict[str, Any
 
     Bounded by ``--max-attempts`` and ``--deadline``. The reported ``attempts``
     is the attempt that succeeded. The socket is closed with RST on exit, so no
-    self-connected TIME_WAIT blocks the next run.
+    self-connected TIME_WAIT blocks the next run (see :class:`Held`).
     """
     family = family_of(args.host) if args.host else (
         socket.AF_INET6 if args.family == 6 else socket.AF_INET)
@@ -313,12 +316,16 @@ def scenario_self_connect(args: argparse.Namespace, held: Held) -> dict[str, Any
     reserved = read_reserved_ports()
     tcp = read_proc_net("tcp")
     if args.port is None:
+        # Prefer a port no socket uses; else one used only by connections (connect() may
+        # share a port between 4-tuples, but never takes one held by listen() or bind()).
         used = {s.local[1] for s in tcp}
-        free = [p for p in range(high, low - 1, -1)
-                if p % 2 == low % 2 and p not in reserved and p not in used]
-        if not free:
-            raise ActorError(f"no free port of the parity of {low} in range {low}-{high}")
-        port = free[0]
+        listening = {s.local[1] for s in tcp if s.state == "LISTEN" or s.local == s.remote}
+        candidates = [p for p in range(high, low - 1, -1)
+                      if p % 2 == low % 2 and p not in reserved and p not in listening]
+        if not candidates:
+            raise ActorError(f"no port of the parity of {low} in range {low}-{high} "
+                             "without a listener or reservation")
+        port = min(candidates, key=lambda p: p in used)
     else:
         port = args.port
         if not low <= port <= high:
@@ -357,7 +364,7 @@ def scenario_self_connect(args: argparse.Namespace, held: Held) -> dict[str, Any
             close_socket(sock, abortive=True)
             raise ActorError(f"connected to a listener on {host}:{port} from port {local[1]}, "
                              "not to itself")
-        held.add(sock, abortive=True)
+        held.add(sock)
         return {"family": family_number(family), "host": host, "port": port,
                 "local": endpoint(local), "remote": endpoint(remote),
                 "attempts": attempt, "refused": refused, "eaddrnotavail": unavailable,
@@ -452,8 +459,8 @@ def _loop_pair_attempt(family: int, host: str, ports: tuple[int, int]
 def scenario_loop_pair(args: argparse.Namespace, held: Held) -> dict[str, Any]:
     """Two sockets connected to each other by simultaneous open, no listener.
 
-    Fresh sockets per attempt, at most ``--max-attempts``. Both are closed
-    with RST on exit (no TIME_WAIT left behind).
+    Fresh sockets per attempt, at most ``--max-attempts`` (one is enough in
+    practice, see :func:`_loop_pair_attempt`).
     """
     family = family_of(args.host) if args.host else (
         socket.AF_INET6 if args.family == 6 else socket.AF_INET)
@@ -467,8 +474,8 @@ def scenario_loop_pair(args: argparse.Namespace, held: Held) -> dict[str, Any]:
             last = result
             continue
         a, b = result
-        held.add(a, abortive=True)
-        held.add(b, abortive=True)
+        held.add(a)
+        held.add(b)
         return {"family": family_number(family), "host": host,
                 "ports": [a.getsockname()[1], b.getsockname()[1]],
                 "a": {"local": endpoint(a.getsockname()), "remote": endpoint(a.getpeername())},
@@ -724,8 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("self-connect", parents=[common], help="TCP socket connected to itself")
     p.add_argument("--host", help="local address to connect to (default loopback of --family)")
     p.add_argument("--family", type=int, choices=(4, 6), default=4)
-    p.add_argument("--port", type=_port, help="target port (default: a free in-range port "
-                   "of the range's low-end parity, highest first)")
+    p.add_argument("--port", type=_port, help="target port (default: the highest in-range "
+                   "port of the range's low-end parity that no socket uses)")
     p.add_argument("--max-attempts", type=int, default=20000)
     p.add_argument("--deadline", type=float, default=60.0, help="seconds for all attempts")
 

@@ -121,6 +121,11 @@ def _cause(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _exc_text(exc: BaseException) -> str:
+    """The message of an exception; its arguments or its type name when ``str()`` is empty."""
+    return str(exc) or " ".join(str(a) for a in exc.args) or type(exc).__name__
+
+
 def _shorten(text: str, limit: int = 60) -> str:
     """``repr`` of ``text``, cut to about ``limit`` characters."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
@@ -280,7 +285,7 @@ class PsutilSource:
                 "psutil.net_connections: permission denied (run as root to see every socket)"
             ) from None
         except (psutil.Error, OSError) as exc:
-            raise SourceReadError(f"psutil.net_connections: {exc or type(exc).__name__}") from None
+            raise SourceReadError(f"psutil.net_connections: {_exc_text(exc)}") from None
         sockets: list[Socket] = []
         owners: dict[int, tuple[int, ...]] = {}
         for conn in conns:
@@ -453,7 +458,8 @@ _UNIT_SUFFIXES = (".service", ".scope")
 
 def _unit_from_path(path: str) -> str | None:
     """The innermost systemd unit (``.service`` or ``.scope``) in a cgroup path."""
-    units = [c for c in path.split("/") if c.endswith(_UNIT_SUFFIXES) and len(c) > 6]
+    units = [c for c in path.split("/")
+             if any(c.endswith(sfx) and len(c) > len(sfx) for sfx in _UNIT_SUFFIXES)]
     if not units:
         return None
     # A user manager runs in user@UID.service/init.scope: name the service.
@@ -568,9 +574,10 @@ class Collector:
         self.proc_root = Path(proc_root)
         self.clock = clock
         self.process_factory = process_factory
-        # The scan the walk belongs to: its sockets tuple (held, so its id
-        # stays unique) and its timestamp; copies made by attribute() share both.
-        self._walk_key: tuple[tuple[Socket, ...], float] | None = None
+        # The scan the walk belongs to: its settings and sockets objects (held,
+        # so their ids stay unique; snapshot() makes new ones for every scan)
+        # and its timestamp. Copies made by attribute() share all three.
+        self._walk_key: tuple[KernelSettings, tuple[Socket, ...], float] | None = None
         self._walk: _Walk | None = None
 
     def snapshot(self) -> Snapshot:
@@ -629,13 +636,13 @@ class Collector:
     def _same_scan(self, snapshot: Snapshot) -> bool:
         """True if the kept walk state belongs to ``snapshot``'s scan (identity, not equality)."""
         key = self._walk_key
-        return (self._walk is not None and key is not None
-                and key[0] is snapshot.sockets and key[1] == snapshot.taken_at)
+        return (self._walk is not None and key is not None and key[0] is snapshot.settings
+                and key[1] is snapshot.sockets and key[2] == snapshot.taken_at)
 
     def _walk_for(self, snapshot: Snapshot) -> _Walk:
         """The walk state of ``snapshot``'s scan, started afresh for a new scan."""
         if not self._same_scan(snapshot) or self._walk is None:
             interesting = frozenset(s.inode for s in snapshot.sockets if s.inode > 0)
             self._walk = _Walk(self.proc_root, interesting)
-            self._walk_key = (snapshot.sockets, snapshot.taken_at)
+            self._walk_key = (snapshot.settings, snapshot.sockets, snapshot.taken_at)
         return self._walk

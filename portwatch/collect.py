@@ -90,8 +90,8 @@ DEFAULT_UNPRIVILEGED_PORT_START = 1024
 #: The note :meth:`Collector.attribute` adds when it could not read some
 #: processes' file descriptors; ``{denied}`` is the number of such processes.
 PARTIAL_ATTRIBUTION_NOTE = (
-    "attribution is partial: {denied} processes' file descriptors could not be read "
-    "(run as root or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
+    "attribution is partial: the owners of {unowned} sockets are unknown and {denied} processes' "
+    "file descriptors could not be read (run as root or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
 )
 _PARTIAL_PREFIX = "attribution is partial:"
 
@@ -607,26 +607,27 @@ class Collector:
         stays unowned. The walk stops early as :func:`find_socket_owners`
         describes (shared sockets may list only their first holders). Every
         pid owning a requested inode that is not yet in ``snapshot.processes``
-        is described (:func:`describe_processes`). When fd tables could not
-        be read for lack of permission, the copy carries one note
-        (:data:`PARTIAL_ATTRIBUTION_NOTE`) replacing any earlier such note.
+        is described (:func:`describe_processes`). When a requested socket
+        stays without an owner and fd tables could not be read for lack of
+        permission, the copy carries one note (:data:`PARTIAL_ATTRIBUTION_NOTE`)
+        replacing any earlier such note.
         Raises :class:`CollectError` when ``proc_root`` cannot be listed.
         """
         requested = list(dict.fromkeys(inodes))
         owners = dict(snapshot.owners)
         missing = {i for i in requested if i > 0 and i not in owners}
         notes = snapshot.notes
-        walk: _Walk | None = None
         if missing:
             walk = self._walk_for(snapshot)
             missing &= walk.interesting
             walk.run(missing, stop_early=True)
             owners.update(walk.owners_of(missing))
-        elif self._same_scan(snapshot):
-            walk = self._walk
-        if walk is not None and walk.denied:
-            notes = tuple(n for n in notes if not n.startswith(_PARTIAL_PREFIX))
-            notes += (PARTIAL_ATTRIBUTION_NOTE.format(denied=walk.denied),)
+            unowned = sum(1 for i in missing if i not in owners)
+            if walk.denied and unowned:
+                # Only worth saying when a socket we needed stays unexplained:
+                # an unreadable fd table that held none of them changes nothing.
+                notes = tuple(n for n in notes if not n.startswith(_PARTIAL_PREFIX))
+                notes += (PARTIAL_ATTRIBUTION_NOTE.format(unowned=unowned, denied=walk.denied),)
         pids = {pid for i in requested for pid in owners.get(i, ())}
         new_pids = sorted(p for p in pids if p not in snapshot.processes)
         processes = dict(snapshot.processes)

@@ -569,9 +569,37 @@ def test_collector_attribute_partial_note_when_not_root(world_tmp: Path) -> None
         "                  'notes': s.notes, 'notes2': s2.notes}))\n"
     )
     out = run_as_nobody(code, str(root))
-    note = PARTIAL_ATTRIBUTION_NOTE.format(denied=2)
-    assert note.startswith("attribution is partial: 2 processes' file descriptors could not be read")
+    note = PARTIAL_ATTRIBUTION_NOTE.format(unowned=1, denied=2)
+    assert note.startswith("attribution is partial: the owners of 1 sockets are unknown and 2 processes' "
+                           "file descriptors could not be read")
     assert out == {"owners": {"555": [10]}, "notes": [note], "notes2": [note]}
+
+
+def test_collector_attribute_no_note_when_every_requested_owner_is_found(world_tmp: Path) -> None:
+    # An unreadable fd table (here pid 5, read before pid 10) that holds none of
+    # the requested sockets leaves nothing unexplained: no note.
+    root = world_tmp
+    write_sysctls(root, DEFAULT_SYSCTLS)
+    make_fds(root, 5, {3: "socket:[999]"}).chmod(0o000)
+    make_fds(root, 10, {3: "socket:[555]"})
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from portwatch.collect import Collector\n"
+        "from portwatch.model import Endpoint, Family, Protocol, Socket, SocketState, SocketTable\n"
+        "class Src:\n"
+        "    name = 'static'\n"
+        "    def read(self):\n"
+        "        return SocketTable((Socket(Protocol.TCP, Family.IPV4, SocketState.LISTEN,\n"
+        "                           Endpoint('0.0.0.0', 1555), None, 555),))\n"
+        "def gone(pid):\n"
+        "    import psutil\n"
+        "    raise psutil.NoSuchProcess(pid)\n"
+        "c = Collector(Src(), Path(sys.argv[1]), process_factory=gone)\n"
+        "s = c.attribute(c.snapshot(), [555])\n"
+        "print(json.dumps({'owners': {str(k): v for k, v in s.owners.items()}, 'notes': s.notes}))\n"
+    )
+    assert run_as_nobody(code, str(root)) == {"owners": {"555": [10]}, "notes": []}
 
 
 def test_read_kernel_settings_permission_denied(world_tmp: Path) -> None:

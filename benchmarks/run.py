@@ -1,0 +1,612 @@
+"""Scan-at-scale benchmark: portwatch against psutil and ss on 1,000 .. 100,000 sockets.
+
+Usage (as root; it creates and removes its own network namespaces)::
+
+    .venv/bin/python benchmarks/run.py                         # sizes 1000,10000,100000, 3 repeats
+    .venv/bin/python benchmarks/run.py --sizes 1000,10000 --repeat 5
+    .venv/bin/python benchmarks/run.py --sizes 100000 --json > result.json
+
+For every size N it creates a private network namespace (``ip netns add``),
+widens ``ip_local_port_range`` there to 1024-65535, and starts "holder"
+processes inside it that build the socket population: mostly ESTABLISHED
+loopback pairs (clients on 127.0.0.1, listeners on several ports of
+127.0.0.W, one address per holder) plus about 5 % TIME_WAIT sockets (capped at
+5,000). Each holder stays below its RLIMIT_NOFILE (raised to the hard limit, and
+the hard limit raised when the privileges allow), so a large N uses several
+holders. A few hundred idle processes with open files (``--idle``) run during
+the whole benchmark so that tools that walk ``/proc/PID/fd`` pay for it.
+
+Then, inside the namespace and interleaved over ``--repeat`` rounds, it
+measures one call of each of:
+
+- ``scan``: one full portwatch scan, ``run_scan(Config(), Collector(make_source("auto")))``
+  (the daemon's default source: netlink, psutil as fallback);
+- ``netlink``: ``NetlinkSource().read()`` alone (the socket table part of the scan);
+- ``psutil``: ``psutil.net_connections("inet")``;
+- ``ss -tan`` and ``ss -tanp`` (output to /dev/null).
+
+Python calls run in a fresh child process each, timed around the call only
+(imports done before), wall clock and CPU time (user+system), with the
+child's peak RSS (``ru_maxrss``) and its growth during the call; ``ss`` runs
+are timed around fork/exec/wait, CPU and peak RSS from ``wait4``. It prints
+medians, the ratios against ``ss -tan`` and the daemon's CPU share at the
+default 15 s interval (median scan CPU time / interval). Holders linger with
+SO_LINGER 0, so tearing a population down leaves no TIME_WAIT behind; the
+namespace is deleted after each size.
+
+Exit status: 0 on success, 2 for bad arguments or a missing prerequisite
+(root, ``ip``, ``ss``), 1 when building a population or a measurement fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve()
+LISTEN_PORTS = (8000, 8001, 8002, 8003, 8004, 8005, 8006, 8007)
+PORT_RANGE = "1024 65535"
+MAX_PAIRS_PER_HOLDER = 25000
+TOOLS: dict[str, str] = {
+    "scan": "portwatch scan (run_scan)",
+    "netlink": "NetlinkSource().read()",
+    "psutil": "psutil.net_connections('inet')",
+    "ss": "ss -tan",
+    "ssp": "ss -tanp",
+}
+
+
+class BenchError(Exception):
+    """A population could not be built or a measurement failed; the message says which."""
+
+
+# ---------------------------------------------------------------- helpers
+
+def median(values: Sequence[float]) -> float:
+    """Median of a non-empty sequence."""
+    return float(statistics.median(values))
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise RLIMIT_NOFILE towards ``wanted`` (soft and hard); returns the soft limit reached.
+
+    Raises the hard limit only where the privileges allow (CAP_SYS_RESOURCE)
+    and never above ``fs.nr_open``; otherwise settles for the hard limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+    except (OSError, ValueError):
+        nr_open = hard
+    target = min(wanted, nr_open)
+    if target > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+            return target
+        except (ValueError, OSError):
+            pass
+    new_soft = min(max(target, soft), hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+    return new_soft
+
+
+def maxrss_kib() -> int:
+    """This process's peak resident set size in KiB."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+# ---------------------------------------------------------------- holder (inside the namespace)
+
+def holder(address: str, pairs: int, timewait: int) -> int:
+    """Build ``pairs`` ESTABLISHED loopback pairs and ``timewait`` TIME_WAIT sockets on ``address``.
+
+    Prints ``READY {json}`` and holds the sockets until stdin closes or
+    SIGTERM. Returns the exit status.
+    """
+    raise_nofile(2 * pairs + 64)
+    linger0 = struct.pack("ii", 1, 0)
+    listeners: list[socket.socket] = []
+    for port in LISTEN_PORTS:
+        lst = socket.socket()
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind((address, port))
+        lst.listen(4096)
+        lst.setblocking(False)
+        listeners.append(lst)
+    keep: list[socket.socket] = []
+
+    def drain() -> int:
+        got = 0
+        for lst in listeners:
+            for _ in range(8192):  # bounded: a backlog never holds more
+                try:
+                    conn, _ = lst.accept()
+                except BlockingIOError:
+                    break
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger0)
+                keep.append(conn)
+                got += 1
+        return got
+
+    accepted = 0
+    for i in range(pairs):
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger0)
+        client.connect((address, LISTEN_PORTS[i % len(LISTEN_PORTS)]))
+        keep.append(client)
+        if i % 1024 == 1023:
+            accepted += drain()
+    for _ in range(1000):
+        if accepted >= pairs:
+            break
+        accepted += drain()
+        if accepted < pairs:
+            time.sleep(0.01)
+    if accepted < pairs:
+        print(f"ERROR accepted only {accepted} of {pairs} connections", flush=True)
+        return 1
+    # TIME_WAIT: the client (active closer) closes first, then the server.
+    lst = listeners[0]
+    lst.settimeout(10)
+    for _ in range(timewait):
+        client = socket.create_connection((address, LISTEN_PORTS[0]), timeout=10)
+        conn, _ = lst.accept()
+        client.close()
+        conn.close()
+    print("READY " + json.dumps({"pid": os.getpid(), "sockets": len(keep) + len(listeners)}),
+          flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sys.stdin.read()  # until the parent closes our stdin
+    return 0
+
+
+# ---------------------------------------------------------------- probes (inside the namespace)
+
+def probe(kind: str) -> int:
+    """Time one call of ``kind`` (scan, netlink, psutil) in this fresh process; print JSON."""
+    sys.path.insert(0, str(REPO))
+    extra: dict[str, Any] = {}
+    call: Callable[[], int]
+    if kind == "scan":
+        from portwatch.collect import Collector
+        from portwatch.config import Config
+        from portwatch.scan import make_source, run_scan
+        config = Config()
+        collector = Collector(make_source(config.source))
+
+        def call() -> int:
+            result = run_scan(config, collector)
+            extra["findings"] = len(result.findings)
+            extra["source"] = result.snapshot.source
+            return len(result.snapshot.sockets)
+    elif kind == "netlink":
+        from portwatch.netlink import NetlinkSource
+        source = NetlinkSource()
+
+        def call() -> int:
+            return len(source.read().sockets)
+    elif kind == "psutil":
+        import psutil
+
+        def call() -> int:
+            return len(psutil.net_connections("inet"))
+    else:
+        raise SystemExit(f"unknown probe {kind!r}")
+    before = maxrss_kib()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    count = call()
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    after = maxrss_kib()
+    print(json.dumps({"wall": wall, "cpu": cpu, "maxrss_kib": after,
+                      "rss_growth_kib": after - before, "count": count, **extra}))
+    return 0
+
+
+@dataclass
+class Run:
+    """One timed call."""
+
+    wall: float
+    cpu: float
+    maxrss_kib: int | None
+    rss_growth_kib: int | None
+    count: int | None
+    extra: dict[str, Any]
+
+
+def run_probe(kind: str) -> Run:
+    """Run one Python probe in a child process; raises BenchError when it fails."""
+    proc = subprocess.run([sys.executable, str(HERE), "--_probe", kind], capture_output=True,
+                          text=True, timeout=600, cwd=REPO)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise BenchError(f"probe {kind} failed: {tail}")
+    doc = json.loads(proc.stdout)
+    extra = {k: v for k, v in doc.items()
+             if k not in ("wall", "cpu", "maxrss_kib", "rss_growth_kib", "count")}
+    return Run(doc["wall"], doc["cpu"], doc["maxrss_kib"], doc["rss_growth_kib"], doc["count"],
+               extra)
+
+
+def run_command(args: Sequence[str]) -> Run:
+    """Time one run of a command (output discarded): wall, and CPU and peak RSS from wait4."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(list(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(args)} exited with status {proc.returncode}")
+    # (no peak RSS: wait4's ru_maxrss would count the forked Python before exec)
+    return Run(wall, usage.ru_utime + usage.ru_stime, None, None, None, {})
+
+
+def measure(repeat: int) -> int:
+    """Inside the namespace: every tool ``repeat`` times, interleaved; print JSON."""
+    ss = shutil.which("ss") or "/usr/bin/ss"
+    runs: dict[str, list[Run]] = {k: [] for k in TOOLS}
+    errors: dict[str, str] = {}
+    for _ in range(repeat):
+        for kind in TOOLS:
+            if kind in errors:
+                continue
+            try:
+                if kind == "ss":
+                    runs[kind].append(run_command([ss, "-tan"]))
+                elif kind == "ssp":
+                    runs[kind].append(run_command([ss, "-tanp"]))
+                else:
+                    runs[kind].append(run_probe(kind))
+            except (BenchError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError) as exc:
+                errors[kind] = str(exc)
+    listed = subprocess.run([ss, "-tanH"], capture_output=True, text=True, timeout=600)
+    ss_count = listed.stdout.count("\n")
+    out: dict[str, Any] = {"ss_tcp_sockets": ss_count, "tools": {}}
+    for kind, label in TOOLS.items():
+        rs = runs[kind]
+        if not rs:
+            out["tools"][kind] = {"label": label, "error": errors.get(kind, "no runs")}
+            continue
+        growth = [r.rss_growth_kib for r in rs if r.rss_growth_kib is not None]
+        peaks = [r.maxrss_kib for r in rs if r.maxrss_kib is not None]
+        counts = [r.count for r in rs if r.count is not None]
+        out["tools"][kind] = {
+            "label": label,
+            "wall": median([r.wall for r in rs]),
+            "cpu": median([r.cpu for r in rs]),
+            "wall_runs": [r.wall for r in rs],
+            "cpu_runs": [r.cpu for r in rs],
+            "maxrss_kib": max(peaks) if peaks else None,
+            "rss_growth_kib": max(growth) if growth else None,
+            "count": counts[-1] if counts else None,
+            "extra": rs[-1].extra,
+            "error": errors.get(kind),
+        }
+    print(json.dumps(out))
+    return 0
+
+
+# ---------------------------------------------------------------- orchestration (root namespace)
+
+class Namespace:
+    """A network namespace of our own, with the processes we started in it."""
+
+    def __init__(self) -> None:
+        self.name = f"pwbench-{uuid.uuid4().hex[:8]}"
+        self.procs: list[subprocess.Popen[str]] = []
+        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
+        try:
+            subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True,
+                           capture_output=True)
+            self.run(["sh", "-c", f"echo '{PORT_RANGE}' > /proc/sys/net/ipv4/ip_local_port_range"])
+        except BaseException:
+            self.close()
+            raise
+
+    def wrap(self, args: Sequence[str]) -> list[str]:
+        """``args`` run inside the namespace."""
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def env(self) -> dict[str, str]:
+        """Environment with the repository importable."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO)
+        return env
+
+    def run(self, args: Sequence[str], timeout: float = 1800) -> str:
+        """Run to completion inside; returns stdout; raises BenchError on failure."""
+        proc = subprocess.run(self.wrap(args), capture_output=True, text=True, timeout=timeout,
+                              env=self.env(), cwd=REPO)
+        if proc.returncode != 0:
+            raise BenchError(f"{' '.join(args[:3])}... failed in {self.name}: "
+                             f"{proc.stderr.strip()[-500:]}")
+        return proc.stdout
+
+    def start_holder(self, address: str, pairs: int, timewait: int) -> subprocess.Popen[str]:
+        """Start one holder inside (not waiting for it)."""
+        proc = subprocess.Popen(
+            self.wrap([sys.executable, str(HERE), "--_holder", address, str(pairs), str(timewait)]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self.env(), cwd=REPO)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        """Stop our holders (by pid: stdin closed, then SIGTERM, then SIGKILL) and delete the namespace."""
+        for proc in self.procs:
+            stop(proc)
+        subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True)
+
+
+def stop(proc: subprocess.Popen[str], grace: float = 10) -> None:
+    """Stop one process we started, by pid: close its stdin (a holder exits on
+    EOF) and wait, then SIGTERM, then SIGKILL."""
+    signals: list[signal.Signals | None] = [signal.SIGTERM, signal.SIGKILL]
+    if proc.stdin is not None and not proc.stdin.closed:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        signals.insert(0, None)
+    for sig in signals:
+        if proc.poll() is not None:
+            break
+        if sig is not None:
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def wait_ready(procs: Sequence[subprocess.Popen[str]], timeout: float) -> int:
+    """Wait for every holder's READY line; returns the sockets they report. Raises BenchError."""
+    total = 0
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        assert proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        left = deadline - time.monotonic()
+        if left <= 0 or not sel.select(left):
+            raise BenchError(f"holder {proc.pid} not ready after {timeout:.0f}s")
+        sel.close()
+        line = proc.stdout.readline()
+        if not line.startswith("READY "):
+            raise BenchError(f"holder {proc.pid} failed: {line.strip() or 'exited'}")
+        total += int(json.loads(line[len("READY "):])["sockets"])
+    return total
+
+
+def start_idle(count: int) -> list[subprocess.Popen[str]]:
+    """Start ``count`` idle processes (sleep) that each hold 7 open files."""
+    files = [str(HERE), "/dev/null", "/dev/zero", str(HERE), str(REPO / "pyproject.toml")]
+    redirs = " ".join(f"{fd}<'{files[(fd - 3) % len(files)]}'" for fd in range(3, 10))
+    procs = []
+    for _ in range(count):
+        procs.append(subprocess.Popen(["sh", "-c", f"exec {redirs}; exec sleep 86400"],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      text=True))
+    return procs
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one size's population is made of."""
+
+    requested: int
+    established: int
+    timewait: int
+    holders: int
+    pairs_per_holder: list[int]
+    timewait_per_holder: list[int]
+
+
+def plan(n: int, fd_limit: int) -> Plan:
+    """Split ``n`` sockets into ESTABLISHED pairs and TIME_WAIT over enough holders."""
+    timewait = min(5000, n * 5 // 100)
+    listeners_guess = len(LISTEN_PORTS)
+    pairs = max(1, (n - timewait - listeners_guess) // 2)
+    per_holder = max(1, min(MAX_PAIRS_PER_HOLDER, (fd_limit - 64 - len(LISTEN_PORTS)) // 2))
+    holders = -(-pairs // per_holder)
+    split = [pairs // holders + (1 if i < pairs % holders else 0) for i in range(holders)]
+    tw = [timewait // holders + (1 if i < timewait % holders else 0) for i in range(holders)]
+    return Plan(n, 2 * pairs, timewait, holders, split, tw)
+
+
+def bench_size(n: int, repeat: int, fd_limit: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Build one population in a fresh namespace, measure, tear down; returns the results."""
+    p = plan(n, fd_limit)
+    ns = Namespace()
+    try:
+        log(f"N={n:,}: building {p.established:,} ESTABLISHED + {p.timewait:,} TIME_WAIT "
+            f"with {p.holders} holder(s) in {ns.name}")
+        t0 = time.monotonic()
+        procs = [ns.start_holder(f"127.0.0.{i + 1}", pairs, tw)
+                 for i, (pairs, tw) in enumerate(zip(p.pairs_per_holder, p.timewait_per_holder))]
+        held = wait_ready(procs, timeout=600)
+        log(f"N={n:,}: built in {time.monotonic() - t0:.1f}s; measuring ({repeat} rounds)")
+        result: dict[str, Any] = json.loads(
+            ns.run([sys.executable, str(HERE), "--_measure", str(repeat)]))
+        result.update({"requested": n, "established": p.established, "timewait": p.timewait,
+                       "listeners": p.holders * len(LISTEN_PORTS), "holders": p.holders,
+                       "held_with_fds": held})
+        return result
+    finally:
+        ns.close()
+
+
+def add_ratios(size: dict[str, Any], interval: float) -> None:
+    """Ratios against ``ss -tan`` and the daemon's CPU share, in place."""
+    tools = size["tools"]
+    base = tools.get("ss", {})
+    for entry in tools.values():
+        if "wall" in entry and base.get("wall"):
+            entry["wall_vs_ss_tan"] = entry["wall"] / base["wall"]
+            entry["cpu_vs_ss_tan"] = entry["cpu"] / base["cpu"] if base.get("cpu") else None
+    scan = tools.get("scan", {})
+    size["daemon_cpu_share"] = scan["cpu"] / interval if "cpu" in scan else None
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The neat table."""
+    env = doc["environment"]
+    lines = [f"portwatch scan benchmark - {env['kernel']}, {env['cpus']} CPUs, Python "
+             f"{env['python']}, psutil {env['psutil']}, {env['ss']}",
+             f"medians of {doc['repeat']} rounds; {doc['idle_processes']} idle processes with "
+             f"7 open files each; RLIMIT_NOFILE per holder {doc['fd_limit']:,}", ""]
+    for size in doc["sizes"]:
+        seen = size["tools"].get("netlink", {}).get("count")
+        seen_text = f"{seen:,}" if isinstance(seen, int) else "?"
+        lines.append(
+            f"N = {size['requested']:,}: {size['established']:,} ESTABLISHED + "
+            f"{size['timewait']:,} TIME_WAIT + {size['listeners']} listeners in "
+            f"{size['holders']} holder process(es); sockets seen: "
+            f"{seen_text} (ss -tan lists {size['ss_tcp_sockets']:,})")
+        lines.append(f"  {'':34} {'wall s':>8} {'CPU s':>8} {'wall/ss':>8} {'CPU/ss':>8} "
+                     f"{'peak RSS':>9} {'RSS +':>8}")
+        for kind, entry in size["tools"].items():
+            if entry.get("error") and "wall" not in entry:
+                lines.append(f"  {entry['label']:34} n/a: {entry['error']}")
+                continue
+            growth = entry.get("rss_growth_kib")
+            peak = entry.get("maxrss_kib")
+            ratio_w = entry.get("wall_vs_ss_tan")
+            ratio_c = entry.get("cpu_vs_ss_tan")
+            lines.append(
+                f"  {entry['label']:34} {entry['wall']:8.3f} {entry['cpu']:8.3f} "
+                f"{(f'{ratio_w:.2f}x' if ratio_w else '-'):>8} "
+                f"{(f'{ratio_c:.2f}x' if ratio_c else '-'):>8} "
+                f"{(f'{peak / 1024:.1f}MiB' if peak is not None else '-'):>9} "
+                f"{(f'{growth / 1024:.1f}MiB' if growth is not None else '-'):>8}"
+                + (f"  ({entry['error']})" if entry.get("error") else ""))
+        scan = size["tools"].get("scan", {})
+        if size.get("daemon_cpu_share") is not None:
+            extra = scan.get("extra", {})
+            lines.append(f"  daemon CPU share at {doc['interval']:g} s interval: "
+                         f"{100 * size['daemon_cpu_share']:.2f} % of one CPU "
+                         f"(scan source {extra.get('source', '?')}, "
+                         f"{extra.get('findings', '?')} findings)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    """Kernel, CPUs, versions."""
+    try:
+        import psutil
+        psutil_version = psutil.__version__
+    except ImportError:
+        psutil_version = "missing"
+    ss = subprocess.run(["ss", "-V"], capture_output=True, text=True).stdout.strip()
+    return {"kernel": f"Linux {platform.release()}", "cpus": os.cpu_count(),
+            "python": platform.python_version(), "psutil": psutil_version, "ss": ss}
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``1000,10k,100000`` -> [1000, 10000, 100000]; raises ValueError with a clear message."""
+    sizes = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        mult = 1000 if part.endswith("k") else 1
+        digits = part[:-1] if part.endswith("k") else part
+        if not digits.isdigit() or not 100 <= int(digits) * mult <= 1_000_000:
+            raise ValueError(f"size {part!r} is not a whole number between 100 and 1,000,000")
+        sizes.append(int(digits) * mult)
+    return sizes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # internal roles, run in children inside a namespace
+    if args_list[:1] == ["--_holder"] and len(args_list) == 4:
+        return holder(args_list[1], int(args_list[2]), int(args_list[3]))
+    if args_list[:1] == ["--_probe"] and len(args_list) == 2:
+        return probe(args_list[1])
+    if args_list[:1] == ["--_measure"] and len(args_list) == 2:
+        return measure(int(args_list[1]))
+
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description="Measure one portwatch scan against psutil and ss on large socket "
+                    "populations built in private network namespaces (needs root).")
+    parser.add_argument("--sizes", default="1000,10000,100000",
+                        help="comma-separated socket counts (default: %(default)s; '10k' works)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds per size; medians are reported (default: %(default)s)")
+    parser.add_argument("--idle", type=int, default=300,
+                        help="idle processes with open files (default: %(default)s)")
+    parser.add_argument("--interval", type=float, default=15.0,
+                        help="daemon scan interval for the CPU share, seconds (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    args = parser.parse_args(args_list)
+    try:
+        sizes = parse_sizes(args.sizes)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not 1 <= args.repeat <= 100:
+        parser.error("--repeat must be between 1 and 100")
+    if not 0 <= args.idle <= 5000:
+        parser.error("--idle must be between 0 and 5000")
+    if not args.interval > 0:
+        parser.error("--interval must be positive")
+    if os.geteuid() != 0:
+        print("benchmarks/run.py: needs root (it creates network namespaces)", file=sys.stderr)
+        return 2
+    for tool in ("ip", "ss"):
+        if shutil.which(tool) is None:
+            print(f"benchmarks/run.py: needs {tool} (iproute2)", file=sys.stderr)
+            return 2
+
+    def log(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    fd_limit = raise_nofile(2 * MAX_PAIRS_PER_HOLDER + 64 + len(LISTEN_PORTS))
+    doc: dict[str, Any] = {"environment": environment(), "repeat": args.repeat,
+                           "interval": args.interval, "idle_processes": args.idle,
+                           "fd_limit": fd_limit, "sizes": []}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the finally blocks
+    idle: list[subprocess.Popen[str]] = []
+    try:
+        idle = start_idle(args.idle)
+        for n in sizes:
+            size = bench_size(n, args.repeat, fd_limit, log)
+            add_ratios(size, args.interval)
+            doc["sizes"].append(size)
+    except (BenchError, subprocess.SubprocessError, OSError) as exc:
+        print(f"benchmarks/run.py: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("benchmarks/run.py: interrupted", file=sys.stderr)
+        return 1
+    finally:
+        for proc in idle:  # SIGTERM all first, then reap each
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in idle:
+            stop(proc, grace=5)
+    print(json.dumps(doc, indent=2) if args.json else render(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -50,6 +50,7 @@ import html
 import logging
 import os
 import re
+import selectors
 import socket
 import socketserver
 import ssl
@@ -61,7 +62,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Mapping
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import bcrypt
 from prometheus_client import CollectorRegistry
@@ -443,7 +444,10 @@ class _HTTPServer(ThreadingHTTPServer):
         self._connections: dict[socket.socket, _Connection] = {}
         self._connections_changed = threading.Condition()
         self._closing = False
+        self._stop_serving = threading.Event()
         super().__init__(address, _Handler, bind_and_activate=False)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self.timeout = 0  # handle_request() returns at once when no connection waits
         try:
             if family == socket.AF_INET6:
                 # "::" serves IPv4 too; an explicit IPv6 address is IPv6 only anyway.
@@ -452,6 +456,44 @@ class _HTTPServer(ThreadingHTTPServer):
             self.server_activate()
         except BaseException:
             self.server_close()
+            raise
+
+    def serve(self) -> None:
+        """Accepts connections until :meth:`stop_serving` (the serve thread's body).
+
+        Unlike ``serve_forever`` it sleeps in ``select`` with no poll interval and
+        wakes at once when stopped.
+        """
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stop_serving.is_set():
+                for key, _ in selector.select():
+                    if key.fileobj is self.socket and not self._stop_serving.is_set():
+                        self.handle_request()
+
+    def stop_serving(self) -> None:
+        """Makes :meth:`serve` return (from any thread)."""
+        self._stop_serving.set()
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def server_close(self) -> None:
+        """Closes the listening socket and the wake-up pair."""
+        super().server_close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accepts; when out of descriptors or memory, logs and pauses briefly instead of spinning."""
+        try:
+            return super().get_request()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.warning("cannot accept a connection: %s; retrying in 0.1 s", e.strerror)
+                self._stop_serving.wait(0.1)
             raise
 
     def server_bind(self) -> None:
@@ -614,15 +656,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         """Routes GET (and HEAD) requests."""
-        url = urlsplit(self.path)
+        path, _, query = self.path.partition("?")
         owner = self.server.owner
-        if url.path == "/metrics":
-            self._metrics(parse_qs(url.query))
-        elif url.path == "/":
+        if path == "/metrics":
+            self._metrics(parse_qs(query))
+        elif path == "/":
             self._respond(HTTPStatus.OK, owner._index_page().encode("utf-8"), content_type="text/html; charset=utf-8")
-        elif url.path == "/-/healthy":
+        elif path == "/-/healthy":
             self._probe(owner._health, "Healthy")
-        elif url.path == "/-/ready":
+        elif path == "/-/ready":
             self._probe(owner._ready, "Ready")
         else:
             self._respond(HTTPStatus.NOT_FOUND, b"Not Found\n")
@@ -761,8 +803,8 @@ class MetricsServer:
     def stop(self, timeout: float = 5.0) -> None:
         """Stops serving: closes the listening socket, shuts down open connections and joins the threads.
 
-        Waits at most about ``timeout`` seconds for connection threads (the serve
-        loop itself stops within its 0.5 s poll interval). Does nothing when not started.
+        Waits at most about ``timeout`` seconds for the serve thread and the
+        connection threads. Does nothing when not started.
         """
         with self._lock:
             self._shutdown(timeout)
@@ -808,7 +850,7 @@ class MetricsServer:
     def _serve(self, httpd: _HTTPServer) -> None:
         """Starts the serve loop of ``httpd`` in a daemon thread."""
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="portwatch-web", daemon=True)
+        self._thread = threading.Thread(target=httpd.serve, name="portwatch-web", daemon=True)
         self._thread.start()
         scheme = "https" if self._state.tls is not None else "http"
         host, port = self.address
@@ -820,11 +862,11 @@ class MetricsServer:
         if httpd is None:
             return
         deadline = time.monotonic() + timeout
-        httpd.shutdown()  # returns once serve_forever has left its loop
-        httpd.server_close()
-        httpd.close_connections(deadline)
+        httpd.stop_serving()
         if thread is not None:
             thread.join(max(0.0, deadline - time.monotonic()))
+        httpd.server_close()
+        httpd.close_connections(deadline)
         self._httpd = None
         self._thread = None
 

@@ -19,6 +19,7 @@ RANGE = (40000, 40999)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
+
 def result_of(snapshot: Snapshot, duration: float = 0.012, config: Config = Config()) -> ScanResult:
     """A ScanResult as run_scan would build it from ``snapshot`` (no collector involved)."""
     usage = detect.destination_usage(snapshot)
@@ -26,6 +27,7 @@ def result_of(snapshot: Snapshot, duration: float = 0.012, config: Config = Conf
     kept, ignored = detect.apply_ignores(findings, config.ignore)
     return ScanResult(snapshot=snapshot, findings=tuple(kept), ignored=tuple(ignored),
                       usage=usage, duration=duration)
+
 
 def scrape(registry: CollectorRegistry) -> Samples:
     """Every sample of the registry's text exposition: (name, sorted labels) -> value."""
@@ -38,15 +40,19 @@ def scrape(registry: CollectorRegistry) -> Samples:
             out[key] = s.value
     return out
 
+
 def only(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     return {labels: v for (n, labels), v in samples.items() if n == name}
+
 
 def lab(**kw: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(kw.items()))
 
+
 def new_metrics(**kw: object) -> tuple[CollectorRegistry, PortwatchMetrics]:
     registry = CollectorRegistry()
     return registry, PortwatchMetrics(registry, version="9.9.9", python_version="3.11.2", **kw)  # type: ignore[arg-type]
+
 
 # ----------------------------------------------------------------- before any scan
 
@@ -61,6 +67,7 @@ def test_before_first_scan_only_build_info_and_zero_counters() -> None:
                  "portwatch_last_scan_success", "portwatch_last_scan_timestamp_seconds",
                  "portwatch_config_last_reload_successful"):
         assert not only(s, name), name
+
 
 # ----------------------------------------------------------------- one scan
 
@@ -121,6 +128,7 @@ def test_scan_figures() -> None:
     assert s[("portwatch_scan_duration_seconds_bucket", lab(le="0.025"))] == 1
     assert s[("portwatch_scan_duration_seconds_bucket", lab(le="+Inf"))] == 1
 
+
 def test_listener_process_label_unknown_and_many() -> None:
     a, b = listen("0.0.0.0:40100"), listen("[::]:40100")
     lone = listen("0.0.0.0:40101")
@@ -134,6 +142,7 @@ def test_listener_process_label_unknown_and_many() -> None:
         lab(protocol="tcp", port="40101", process="unknown"): 1,
     }
 
+
 def test_listener_series_are_capped_lowest_ports_first() -> None:
     socks = [listen(f"0.0.0.0:{p}") for p in range(40100, 40110)]
     result = result_of(snap(socks, RANGE))
@@ -144,6 +153,7 @@ def test_listener_series_are_capped_lowest_ports_first() -> None:
     assert ports == ["40100", "40101", "40102", "40103"]
     # the full count stays visible
     assert s[("portwatch_findings", lab(kind="listener_in_ephemeral_range", severity="warning"))] == 10
+
 
 def test_top_destinations_k_and_ordering() -> None:
     socks = []
@@ -160,6 +170,7 @@ def test_top_destinations_k_and_ordering() -> None:
     metrics.set_top_destinations(0)
     metrics.record_scan(result, (), 0.0)
     assert only(scrape(registry), "portwatch_destination_ephemeral_usage_ratio") == {}
+
 
 # ----------------------------------------------------------------- failures, counters, reloads
 
@@ -180,6 +191,7 @@ def test_failed_scan_keeps_previous_figures_and_counts_error() -> None:
     assert after[("portwatch_last_scan_timestamp_seconds", ())] == 200.0
     assert after[("portwatch_scan_duration_seconds_count", ())] == 2
 
+
 def test_first_scan_failing_shows_no_scan_figures() -> None:
     registry, metrics = new_metrics()
     metrics.record_scan_error(duration=float("nan"), finished_at=5.0)
@@ -188,6 +200,7 @@ def test_first_scan_failing_shows_no_scan_figures() -> None:
     assert s[("portwatch_scan_errors_total", ())] == 1
     assert not only(s, "portwatch_findings")
     assert not only(s, "portwatch_ephemeral_ports_usable")
+
 
 def test_detected_counter_adds_only_new_findings() -> None:
     result = result_of(snap([listen("0.0.0.0:40100"), listen("0.0.0.0:40101")], RANGE))
@@ -198,6 +211,7 @@ def test_detected_counter_adds_only_new_findings() -> None:
     detected = only(scrape(registry), "portwatch_findings_detected_total")
     assert detected[lab(kind="listener_in_ephemeral_range")] == 3
     assert detected[lab(kind="self_connect")] == 0
+
 
 @pytest.mark.parametrize("events, ok, ts", [
     ([(True, 10.0)], 1, 10.0),
@@ -213,6 +227,7 @@ def test_reload_metrics(events: list[tuple[bool, float]], ok: int, ts: float | N
     assert s[("portwatch_config_last_reload_successful", ())] == ok
     assert s.get(("portwatch_config_last_reload_success_timestamp_seconds", ())) == ts
 
+
 def test_duration_buckets_are_cumulative() -> None:
     registry, metrics = new_metrics()
     snapshot = snap([], RANGE)
@@ -227,10 +242,12 @@ def test_duration_buckets_are_cumulative() -> None:
     assert buckets[lab(le="+Inf")] == 4
     assert s[("portwatch_scan_duration_seconds_sum", ())] == pytest.approx(100.0405)
 
+
 def test_registry_rejects_a_second_collector() -> None:
     registry, _ = new_metrics()
     with pytest.raises(ValueError):
         PortwatchMetrics(registry)
+
 
 def test_openmetrics_exposition_parses() -> None:
     from prometheus_client.openmetrics.exposition import generate_latest as om_latest
@@ -243,6 +260,7 @@ def test_openmetrics_exposition_parses() -> None:
     names = {f.name for f in om_parse(om_latest(registry).decode())}
     assert {"portwatch_findings_detected", "portwatch_scans", "portwatch_scan_duration_seconds",
             "portwatch_listener_in_ephemeral_range"} <= names
+
 
 def test_scrapes_during_updates_see_consistent_figures() -> None:
     """Scrapes in other threads while scans are recorded: scans_total and the histogram count always agree."""

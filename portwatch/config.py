@@ -49,9 +49,6 @@ from portwatch.model import Finding, Kind, PortRange, Protocol, Severity, normal
 DEFAULT_PORT = 9731
 DEFAULT_LISTEN_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 
-#: Where ``portwatch run`` and ``portwatch scan`` look when not told otherwise.
-DEFAULT_CONFIG_PATH = Path("/etc/portwatch/portwatch.yaml")
-
 #: Shortest scan interval accepted, in seconds.
 MIN_INTERVAL = 1.0
 

@@ -377,7 +377,10 @@ class SocketSource(TypingProtocol):
     other failures of one read.
     """
 
-    name: str
+    @property
+    def name(self) -> str:
+        """A short name of the mechanism (``netlink``, ``psutil``), shown in reports."""
+        ...
 
     def read(self) -> SocketTable:
         """Read every TCP and UDP, IPv4 and IPv6 socket of the current network namespace."""

@@ -14,13 +14,11 @@ from typing import Callable, Collection, Mapping
 
 from portwatch import detect
 from portwatch.collect import Collector, PsutilSource
-from portwatch.config import Config
+from portwatch.config import SOURCES, Config
 from portwatch.detect import Destination, RememberedPort
 from portwatch.model import Finding, Snapshot, SocketSource, SocketTable, SourceUnavailable
 
 log = logging.getLogger("portwatch.scan")
-
-SOURCES = ("auto", "netlink", "psutil")
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ class FallbackSource:
         self._warn = warn
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         """The name of the source in use."""
         return (self._primary or self._fallback).name
 

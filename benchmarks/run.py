@@ -5,6 +5,8 @@ Usage (as root; it creates and removes its own network namespaces)::
     .venv/bin/python benchmarks/run.py                         # sizes 1000,10000,100000, 3 repeats
     .venv/bin/python benchmarks/run.py --sizes 1000,10000 --repeat 5
     .venv/bin/python benchmarks/run.py --sizes 100000 --json > result.json
+    .venv/bin/python benchmarks/run.py --render result.json      # the table of a saved run
+    .venv/bin/python benchmarks/run.py --sizes 100k --profile    # plus a cProfile of one scan
 
 For every size N it creates a private network namespace (``ip netns add``),
 widens ``ip_local_port_range`` there to 1024-65535, and starts "holder"
@@ -30,7 +32,9 @@ Python calls run in a fresh child process each, timed around the call only
 child's peak RSS (``ru_maxrss``) and its growth during the call; ``ss`` runs
 are timed around fork/exec/wait, CPU and peak RSS from ``wait4``. It prints
 medians, the ratios against ``ss -tan`` and the daemon's CPU share at the
-default 15 s interval (median scan CPU time / interval). Holders linger with
+default 15 s interval (median scan CPU time / interval). TIME_WAIT sockets
+expire after 60 s, so a long run at a large N sees their number fall; "sockets
+seen" shows the range netlink counted over the rounds. Holders linger with
 SO_LINGER 0, so tearing a population down leaves no TIME_WAIT behind; the
 namespace is deleted after each size.
 
@@ -180,10 +184,17 @@ def holder(address: str, pairs: int, timewait: int) -> int:
 # ---------------------------------------------------------------- probes (inside the namespace)
 
 def probe(kind: str) -> int:
-    """Time one call of ``kind`` (scan, netlink, psutil) in this fresh process; print JSON."""
+    """Time one call of ``kind`` (scan, netlink, psutil) in this fresh process; print JSON.
+
+    ``scan-profile`` runs the scan under cProfile instead and prints the top
+    functions by own time (the timings then carry the profiler's overhead).
+    """
     sys.path.insert(0, str(REPO))
     extra: dict[str, Any] = {}
     call: Callable[[], int]
+    profile = kind == "scan-profile"
+    if profile:
+        kind = "scan"
     if kind == "scan":
         from portwatch.collect import Collector
         from portwatch.config import Config
@@ -209,6 +220,16 @@ def probe(kind: str) -> int:
             return len(psutil.net_connections("inet"))
     else:
         raise SystemExit(f"unknown probe {kind!r}")
+    if profile:
+        import cProfile
+        import io
+        import pstats
+        profiler = cProfile.Profile()
+        profiler.runcall(call)
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(20)
+        print(text.getvalue())
+        return 0
     before = maxrss_kib()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     count = call()
@@ -258,8 +279,11 @@ def run_command(args: Sequence[str]) -> Run:
     return Run(wall, usage.ru_utime + usage.ru_stime, None, None, None, {})
 
 
-def measure(repeat: int) -> int:
-    """Inside the namespace: every tool ``repeat`` times, interleaved; print JSON."""
+def measure(repeat: int, profile: bool) -> int:
+    """Inside the namespace: every tool ``repeat`` times, interleaved; print JSON.
+
+    With ``profile``, one more scan runs under cProfile and its report is
+    included (``scan_profile``)."""
     ss = shutil.which("ss") or "/usr/bin/ss"
     runs: dict[str, list[Run]] = {k: [] for k in TOOLS}
     errors: dict[str, str] = {}
@@ -279,6 +303,10 @@ def measure(repeat: int) -> int:
     listed = subprocess.run([ss, "-tanH"], capture_output=True, text=True, timeout=600)
     ss_count = listed.stdout.count("\n")
     out: dict[str, Any] = {"ss_tcp_sockets": ss_count, "tools": {}}
+    if profile:
+        prof = subprocess.run([sys.executable, str(HERE), "--_probe", "scan-profile"],
+                              capture_output=True, text=True, timeout=600, cwd=REPO)
+        out["scan_profile"] = prof.stdout if prof.returncode == 0 else prof.stderr
     for kind, label in TOOLS.items():
         rs = runs[kind]
         if not rs:
@@ -296,6 +324,7 @@ def measure(repeat: int) -> int:
             "maxrss_kib": max(peaks) if peaks else None,
             "rss_growth_kib": max(growth) if growth else None,
             "count": counts[-1] if counts else None,
+            "count_runs": counts,
             "extra": rs[-1].extra,
             "error": errors.get(kind),
         }
@@ -432,7 +461,8 @@ def plan(n: int, fd_limit: int) -> Plan:
     return Plan(n, 2 * pairs, timewait, holders, split, tw)
 
 
-def bench_size(n: int, repeat: int, fd_limit: int, log: Callable[[str], None]) -> dict[str, Any]:
+def bench_size(n: int, repeat: int, fd_limit: int, log: Callable[[str], None],
+               profile: bool = False) -> dict[str, Any]:
     """Build one population in a fresh namespace, measure, tear down; returns the results."""
     p = plan(n, fd_limit)
     ns = Namespace()
@@ -445,7 +475,8 @@ def bench_size(n: int, repeat: int, fd_limit: int, log: Callable[[str], None]) -
         held = wait_ready(procs, timeout=600)
         log(f"N={n:,}: built in {time.monotonic() - t0:.1f}s; measuring ({repeat} rounds)")
         result: dict[str, Any] = json.loads(
-            ns.run([sys.executable, str(HERE), "--_measure", str(repeat)]))
+            ns.run([sys.executable, str(HERE), "--_measure", str(repeat),
+                    "profile" if profile else "-"]))
         result.update({"requested": n, "established": p.established, "timewait": p.timewait,
                        "listeners": p.holders * len(LISTEN_PORTS), "holders": p.holders,
                        "held_with_fds": held})
@@ -474,8 +505,9 @@ def render(doc: dict[str, Any]) -> str:
              f"medians of {doc['repeat']} rounds; {doc['idle_processes']} idle processes with "
              f"7 open files each; RLIMIT_NOFILE per holder {doc['fd_limit']:,}", ""]
     for size in doc["sizes"]:
-        seen = size["tools"].get("netlink", {}).get("count")
-        seen_text = f"{seen:,}" if isinstance(seen, int) else "?"
+        seen = size["tools"].get("netlink", {}).get("count_runs") or []
+        seen_text = (f"{min(seen):,}" if seen and min(seen) == max(seen)
+                     else f"{min(seen):,}-{max(seen):,} over the rounds" if seen else "?")
         lines.append(
             f"N = {size['requested']:,}: {size['established']:,} ESTABLISHED + "
             f"{size['timewait']:,} TIME_WAIT + {size['listeners']} listeners in "
@@ -505,6 +537,9 @@ def render(doc: dict[str, Any]) -> str:
                          f"{100 * size['daemon_cpu_share']:.2f} % of one CPU "
                          f"(scan source {extra.get('source', '?')}, "
                          f"{extra.get('findings', '?')} findings)")
+        if size.get("scan_profile"):
+            lines.append("  profile of one scan:")
+            lines.extend("    " + line for line in size["scan_profile"].strip().splitlines())
         lines.append("")
     return "\n".join(lines)
 
@@ -542,8 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return holder(args_list[1], int(args_list[2]), int(args_list[3]))
     if args_list[:1] == ["--_probe"] and len(args_list) == 2:
         return probe(args_list[1])
-    if args_list[:1] == ["--_measure"] and len(args_list) == 2:
-        return measure(int(args_list[1]))
+    if args_list[:1] == ["--_measure"] and len(args_list) == 3:
+        return measure(int(args_list[1]), args_list[2] == "profile")
 
     parser = argparse.ArgumentParser(
         prog="benchmarks/run.py",
@@ -558,7 +593,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=15.0,
                         help="daemon scan interval for the CPU share, seconds (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--render", metavar="FILE", type=Path,
+                        help="print the table of an earlier --json output and exit")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one scan per size (cProfile, top 20 by own time)")
     args = parser.parse_args(args_list)
+    if args.render is not None:
+        try:
+            print(render(json.loads(args.render.read_text())))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"benchmarks/run.py: cannot render {args.render}: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         sizes = parse_sizes(args.sizes)
     except ValueError as exc:
@@ -589,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         idle = start_idle(args.idle)
         for n in sizes:
-            size = bench_size(n, args.repeat, fd_limit, log)
+            size = bench_size(n, args.repeat, fd_limit, log, args.profile)
             add_ratios(size, args.interval)
             doc["sizes"].append(size)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:

@@ -94,7 +94,7 @@ _AUTH_CACHE_MAX_ENTRIES = 1024
 #: Compared against when the user is unknown, so that an unknown user costs as
 #: much time as a wrong password (no user enumeration by timing).
 _DUMMY_BCRYPT_HASH = b"$2b$10$9CCkCehCQpK5jTy6/9jlqeqVrK1/TE58WcsZG.KWaek.aGPeRLzVS"
-_BCRYPT_HASH_RE = re.compile(r"^\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}$")
+_BCRYPT_HASH_RE = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")  # as config.py accepts
 _REALM_HEADER = 'Basic realm="portwatch"'
 _PLAIN_TEXT = "text/plain; charset=utf-8"
 _TLS_HANDSHAKE_RECORD = 0x16
@@ -540,6 +540,9 @@ class _HTTPServer(ThreadingHTTPServer):
             entry = self._connections.get(request)
             if entry is not None:
                 entry.sock = conn
+            if self._closing:  # close_connections() ran during the handshake
+                self.shutdown_request(conn)
+                return
         try:
             super().finish_request(conn, client_address)
         finally:
@@ -627,8 +630,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     server: _HTTPServer
     server_version = f"portwatch/{portwatch.__version__}"
-    sys_version = ""
     protocol_version = "HTTP/1.0"
+
+    def version_string(self) -> str:
+        """The ``Server`` header: ``portwatch/<version>`` (not the Python version)."""
+        return self.server_version
 
     # -- logging
 

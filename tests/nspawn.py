@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -48,6 +49,9 @@ INNER_ENV: dict[str, str] = {
     "SYSTEMD_LOG_COLOR": "0",
     "TERM": "dumb",
 }
+
+#: Terminal escape sequences in the console output.
+_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 #: States of ``systemctl is-system-running`` after which boot is over.
 BOOTED_STATES = ("running", "degraded")
@@ -180,7 +184,9 @@ class Container:
             text = Path(self.console_path).read_text(errors="replace")
         except (OSError, ContainerError):
             return ""
-        return "\n".join(text.splitlines()[-tail:])
+        text = _ANSI_RE.sub("", text).replace("\r", "")
+        lines = [line for line in text.splitlines() if line.strip()]
+        return "\n".join(lines[-tail:])
 
     def _find_init(self, deadline: float) -> int:
         """Pid of the nspawn process's child (the container's systemd)."""
@@ -336,7 +342,7 @@ class Container:
         parts.append(f"--- console of {self.name}:\n{self.console(30)}")
         return "\n".join(parts)
 
-    def wait_for(self, predicate: Callable[[], T], timeout: float, what: str,
+    def wait_for(self, predicate: Callable[[], T | None], timeout: float, what: str,
                  units: Iterable[str] = (), interval: float = 0.2) -> T:
         """Poll ``predicate`` until it returns something truthy, and return that.
 

@@ -125,12 +125,13 @@ class PrometheusServer:
     ``targets``: ``"host:port"`` or several, scraped as job ``job`` every
     ``scrape_interval``. ``rule_files``: paths loaded as ``rule_files`` (evaluated every
     ``evaluation_interval``). ``wrap``: turns a command into the command that runs it
-    elsewhere (e.g. ``NetNS.wrap``). ``workdir``: where config, data and log go (a fresh
+    elsewhere (e.g. ``NetNS.wrap``); the wrapper must exec the command (as ``ip netns
+    exec`` does) or forward SIGTERM to it, since :meth:`stop` signals the pid it started. ``workdir``: where config, data and log go (a fresh
     temporary directory, removed on :meth:`stop`, when not given). ``start_timeout``: bound
     on the wait for ``/-/ready``.
 
-    After :meth:`start` (or ``__enter__``): ``port``, ``url``, ``config_path``,
-    ``log_path`` are set. Every wait is bounded and raises :class:`PrometheusError` (with
+    After :meth:`start` (or ``__enter__``): ``port``, ``url``, ``proc``, ``config_path``,
+    ``log_path`` are set; ``scrape_targets`` holds the targets. Every wait is bounded and raises :class:`PrometheusError` (with
     the server's log tail) when it runs out.
     """
 

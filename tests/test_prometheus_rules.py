@@ -231,3 +231,7 @@ def test_real_prometheus_in_network_namespace(netns: NetNS) -> None:
         (sample,) = prom.wait_for("portwatch_ephemeral_ports_usable", timeout=30)
         assert _value(sample) == 123 and sample["metric"]["instance"] == target
         assert prom.targets()[0]["health"] == "up"
+        server = prom.proc
+        assert server is not None
+    assert server.poll() is not None, "prometheus still running after stop"
+    assert not prom.workdir.exists()

@@ -19,6 +19,7 @@ the same self-connect keeps the same key).
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, defaultdict
 from dataclasses import replace
 from typing import Callable, Collection, Iterable, Mapping, NamedTuple
@@ -55,6 +56,11 @@ DEFAULT_SEVERITY: Mapping[Kind, Severity] = {
 #: sockets): never a holder, never a self-connect worth reporting.
 _ORPHAN_STATES = frozenset({SocketState.TIME_WAIT, SocketState.NEW_SYN_RECV})
 
+#: At most this many sockets are kept as examples in one finding (exhaustion
+#: and CLOSE_WAIT findings can involve thousands); ``details["sockets_total"]``
+#: has the full count. Processes are attributed from these examples.
+MAX_EXAMPLE_SOCKETS = 32
+
 SYSCTL_RESERVED = "net.ipv4.ip_local_reserved_ports"
 SYSCTL_RANGE = "net.ipv4.ip_local_port_range"
 
@@ -83,8 +89,10 @@ class RememberedPort(NamedTuple):
 def _listening(snapshot: Snapshot) -> dict[tuple[Protocol, int], list[Socket]]:
     """Listeners (TCP LISTEN, unconnected UDP) by (protocol, port)."""
     out: dict[tuple[Protocol, int], list[Socket]] = defaultdict(list)
+    listen, udp = SocketState.LISTEN, Protocol.UDP
     for s in snapshot.sockets:
-        if s.is_listener and s.local.port:
+        # Socket.is_listener, inlined: this runs over every socket.
+        if (s.state is listen or (s.remote is None and s.protocol is udp)) and s.local.port:
             out[(s.protocol, s.local.port)].append(s)
     return out
 
@@ -205,8 +213,8 @@ def _make(
 def find_self_connects(snapshot: Snapshot) -> list[Finding]:
     """Sockets whose local endpoint equals their remote endpoint (one finding each)."""
     out = []
-    for s in snapshot.sockets:
-        if s.remote is not None and s.local == s.remote and s.state not in _ORPHAN_STATES:
+    for s in [s for s in snapshot.sockets if s.local == s.remote]:
+        if s.remote is not None and s.state not in _ORPHAN_STATES:
             key = f"self_connect:{s.protocol.value}:{s.local}"
             in_range = snapshot.settings.is_ephemeral(s.local.port)
             hint = (
@@ -224,42 +232,56 @@ def find_self_connects(snapshot: Snapshot) -> list[Finding]:
 
 def find_loop_pairs(snapshot: Snapshot, listening: Mapping[tuple[Protocol, int], list[Socket]]) -> list[Finding]:
     """Pairs of local TCP sockets that mirror each other with no listener on either port."""
-    by_local: dict[tuple[Endpoint, Endpoint], Socket] = {}
-    candidates: list[Socket] = []
+    served = _ListenerIndex(listening, Protocol.TCP)
+    wild, specific = served.wildcard_ports, served.specific
+    by_ends: dict[tuple[Endpoint, Endpoint], Socket] = {}
+    tcp = Protocol.TCP
     for s in snapshot.sockets:
-        if (
-            s.protocol is Protocol.TCP
-            and s.remote is not None
-            and s.local != s.remote
-            and s.state not in _ORPHAN_STATES
-            and s.state is not SocketState.LISTEN
-        ):
-            by_local[(s.local, s.remote)] = s
-            candidates.append(s)
+        remote = s.remote
+        if remote is None or s.protocol is not tcp:
+            continue
+        local = s.local
+        # Most connections have a listener on one side (ordinary client/server):
+        # rule those out first, with set look-ups only (_ListenerIndex.serves, inlined).
+        if (local.port in wild or remote.port in wild or local in specific or remote in specific
+                or local == remote or s.state in _ORPHAN_STATES or s.state is SocketState.LISTEN):
+            continue
+        by_ends[(local, remote)] = s
     out = []
-    for a in candidates:
-        assert a.remote is not None
-        if (a.local.ip, a.local.port) > (a.remote.ip, a.remote.port):
+    for (local, remote), a in by_ends.items():
+        if (local.ip, local.port) > (remote.ip, remote.port):
             continue  # each pair once, from its smaller end
-        b = by_local.get((a.remote, a.local))
+        b = by_ends.get((remote, local))
         if b is None:
             continue
-        if _has_listener(listening, Protocol.TCP, a.local) or _has_listener(listening, Protocol.TCP, a.remote):
-            continue
-        key = f"loop_pair:tcp:{a.local}<->{a.remote}"
+        key = f"loop_pair:tcp:{local}<->{remote}"
         out.append(
-            _make(Kind.LOOP_PAIR, key, snapshot, (a, b), {"a": str(a.local), "b": str(a.remote)},
-                  port=a.local.port, protocol=Protocol.TCP,
+            _make(Kind.LOOP_PAIR, key, snapshot, (a, b), {"a": str(local), "b": str(remote)},
+                  port=local.port, protocol=Protocol.TCP,
                   remediation="close one of the sockets (restart its process); the two sockets connected "
                               "to each other's ports at the same moment, with no server on either")
         )
     return out
 
 
-def _has_listener(listening: Mapping[tuple[Protocol, int], list[Socket]], protocol: Protocol,
-                  endpoint: Endpoint) -> bool:
-    """True if a listener of ``protocol`` on ``endpoint.port`` serves ``endpoint.ip``."""
-    return any(_covers(s.local.ip, endpoint.ip) for s in listening.get((protocol, endpoint.port), ()))
+class _ListenerIndex:
+    """Which endpoints the listeners of one protocol serve, answered with set look-ups."""
+
+    def __init__(self, listening: Mapping[tuple[Protocol, int], list[Socket]], protocol: Protocol) -> None:
+        self.wildcard_ports: set[int] = set()
+        self.specific: set[Endpoint] = set()
+        for (proto, port), sockets in listening.items():
+            if proto is not protocol:
+                continue
+            for s in sockets:
+                if is_wildcard(s.local.ip):
+                    self.wildcard_ports.add(port)
+                else:
+                    self.specific.add(Endpoint(s.local.ip, port))
+
+    def serves(self, endpoint: Endpoint) -> bool:
+        """True if a listener accepts connections to ``endpoint``."""
+        return endpoint.port in self.wildcard_ports or endpoint in self.specific
 
 
 def find_listeners_in_range(snapshot: Snapshot, config: Config,
@@ -395,15 +417,22 @@ def find_exhaustion(snapshot: Snapshot, config: Config, usage: Mapping[Destinati
     t = config.thresholds
     flagged = sorted(((n / usable, dest) for dest, n in usage.items() if n / usable >= t.exhaustion_warning),
                      key=lambda x: (-x[0], x[1]))
+    if not flagged:
+        return []
+    members: dict[Destination, list[Socket]] = {dest: [] for _ratio, dest in flagged}
+    is_ephemeral = snapshot.settings.is_ephemeral
+    for s in snapshot.sockets:
+        remote = s.remote
+        if remote is None or s.protocol is not Protocol.TCP:
+            continue
+        group = members.get(Destination(s.local.ip, remote.ip, remote.port))
+        if group is not None and is_ephemeral(s.local.port) and s.state is not SocketState.LISTEN:
+            group.append(s)
     out = []
     for ratio, dest in flagged:
-        socks = tuple(sorted(
-            (s for s in snapshot.sockets
-             if s.remote is not None and s.protocol is Protocol.TCP and s.local.ip == dest.local_ip
-             and s.remote.ip == dest.remote_ip and s.remote.port == dest.remote_port
-             and snapshot.settings.is_ephemeral(s.local.port)),
-            key=lambda s: s.local.port))
-        states = Counter(s.state.value for s in socks)
+        group = members[dest]
+        socks = tuple(heapq.nsmallest(MAX_EXAMPLE_SOCKETS, group, key=lambda s: s.local.port))
+        states = Counter(s.state.value for s in group)
         severity = Severity.CRITICAL if ratio >= t.exhaustion_critical else Severity.WARNING
         out.append(
             _make(Kind.EPHEMERAL_EXHAUSTION,
@@ -411,7 +440,8 @@ def find_exhaustion(snapshot: Snapshot, config: Config, usage: Mapping[Destinati
                   snapshot, socks,
                   {"destination": str(dest), "used": usage[dest], "usable": usable, "ratio": round(ratio, 4),
                    "states": dict(sorted(states.items())), "local_ip": dest.local_ip,
-                   "remote_ip": dest.remote_ip, "remote_port": dest.remote_port},
+                   "remote_ip": dest.remote_ip, "remote_port": dest.remote_port,
+                   "sockets_total": len(group)},
                   severity=severity, port=dest.remote_port, protocol=Protocol.TCP,
                   remediation=(f"reuse connections (pooling, keep-alive) instead of opening new ones; "
                                f"spread over more source addresses or destination ports; widen "
@@ -466,11 +496,11 @@ def find_close_wait(snapshot: Snapshot, config: Config) -> list[Finding]:
             kind=Kind.CLOSE_WAIT_BUILDUP, severity=DEFAULT_SEVERITY[Kind.CLOSE_WAIT_BUILDUP],
             key=f"close_wait_buildup:{owner}", summary="",
             addresses=tuple(sorted({s.local.ip for s in socks})),
-            sockets=tuple(sorted(socks, key=lambda s: (s.local, s.remote or s.local))),
+            sockets=tuple(heapq.nsmallest(MAX_EXAMPLE_SOCKETS, socks, key=lambda s: (s.local, s.remote or s.local))),
             processes=procs,
             remediation="the process does not close() sockets after their peer closed: fix the leak "
                         "(a missing close on error/EOF paths) or restart it to release them",
-            details={"count": len(socks), "threshold": threshold, "owner": label},
+            details={"count": len(socks), "threshold": threshold, "owner": label, "sockets_total": len(socks)},
         )
         out.append(replace(finding, summary=_summarize(finding, procs)))
     return out

@@ -316,3 +316,14 @@ def test_findings_sorted_most_severe_first_and_to_dict_is_json_ready():
 def test_reserve_candidates():
     s = snap([listen("0.0.0.0:40005"), listen("0.0.0.0:8080"), udp("0.0.0.0:40006")], RANGE, reserved=(40006,))
     assert detect.reserve_candidates(s, (Service("x", 40100), Service("y", 80))) == {40005, 40100}
+
+
+def test_big_findings_keep_a_bounded_sample_of_sockets():
+    socks = clients(1000, "127.0.0.1:8080")
+    (f,) = [f for f in run(snap(socks, (40000, 40999))) if f.kind is Kind.EPHEMERAL_EXHAUSTION]
+    assert f.details["used"] == f.details["sockets_total"] == 1000
+    assert len(f.sockets) == detect.MAX_EXAMPLE_SOCKETS
+    assert [s.local.port for s in f.sockets] == list(range(40000, 40000 + detect.MAX_EXAMPLE_SOCKETS))
+    cfg = Config(thresholds=Thresholds(close_wait=100))
+    (g,) = run(snap(close_waits(500), RANGE), cfg)
+    assert g.details["count"] == 500 and len(g.sockets) == detect.MAX_EXAMPLE_SOCKETS

@@ -353,11 +353,17 @@ class _Walk:
         self.denied = 0
         self.complete = False
 
-    def run(self, wanted: set[int], stop_early: bool) -> None:
-        """Read fd tables of pids not read yet, in ascending pid order.
+    def run(self, wanted: set[int], stop_early: bool, uids: AbstractSet[int] = frozenset()) -> None:
+        """Read fd tables of pids not read yet.
 
-        Stops after the process in which the last inode of ``wanted`` was found
-        when ``stop_early``; else reads every process. Raises
+        Processes running as one of ``uids`` (the owners the kernel reported
+        for the wanted sockets) are read first, then the others, each group in
+        ascending pid order: a socket's creator usually still runs as its uid,
+        so this finds owners sooner without ever missing one. With
+        ``stop_early`` the walk stops as soon as the last inode of ``wanted``
+        is found, in the middle of a process's fd table if need be (that
+        process is then read again, from the start, by a later walk that
+        needs more); else it reads every process. Raises
         :class:`CollectError` when ``proc_root`` cannot be listed.
         """
         remaining = {i for i in wanted if i not in self.seen}
@@ -368,25 +374,35 @@ class _Walk:
         except OSError as exc:
             raise CollectError(f"{self.proc_root}: {_cause(exc)}") from None
         pids = sorted(int(n) for n in names if n.isascii() and n.isdigit())
+        if uids:
+            pids.sort(key=lambda pid: self._uid_of(pid) not in uids)  # stable: pid order within groups
         for pid in pids:
             if pid in self.scanned:
                 continue
-            self.scanned.add(pid)
-            found = self._read_fds(pid)
-            if found and remaining:
-                remaining.difference_update(found)
-                if stop_early and not remaining:
-                    return
+            finished = self._read_fds(pid, remaining if stop_early else None)
+            if finished:
+                self.scanned.add(pid)
+            if stop_early and not remaining:
+                return
         self.complete = True
 
-    def _read_fds(self, pid: int) -> list[int]:
-        """Record the interesting sockets ``pid`` holds; return their inodes.
+    def _uid_of(self, pid: int) -> int | None:
+        """The uid owning ``proc_root/pid`` (the process's effective uid), None if gone."""
+        try:
+            return os.stat(os.path.join(self.proc_root, str(pid))).st_uid
+        except OSError:
+            return None
 
-        A process that vanished is skipped; one whose fd table is not readable
-        counts in ``denied``.
+    def _read_fds(self, pid: int, remaining: set[int] | None) -> bool:
+        """Record the interesting sockets ``pid`` holds, discarding them from ``remaining``.
+
+        Stops as soon as ``remaining`` (when given) becomes empty and returns
+        False then; returns True when the whole fd table was read (or the
+        process is gone). A process whose fd table is not readable counts in
+        ``denied``.
         """
-        found: list[int] = []
         fd_dir = os.path.join(self.proc_root, str(pid), "fd")
+        interesting = self.interesting
         try:
             with os.scandir(fd_dir) as entries:
                 for entry in entries:
@@ -396,7 +412,7 @@ class _Walk:
                         continue  # the fd was closed meanwhile
                     except PermissionError:
                         self.denied += 1
-                        break
+                        return True
                     except OSError:
                         continue  # not a symlink: not an fd entry
                     if not (target.startswith(_SOCKET_PREFIX) and target.endswith("]")):
@@ -405,16 +421,19 @@ class _Walk:
                         inode = int(target[len(_SOCKET_PREFIX):-1])
                     except ValueError:
                         continue
-                    if inode in self.interesting:
+                    if inode in interesting:
                         holders = self.seen.setdefault(inode, [])
-                        if not holders or holders[-1] != pid:
+                        if pid not in holders:
                             holders.append(pid)
-                            found.append(inode)
+                        if remaining is not None and inode in remaining:
+                            remaining.discard(inode)
+                            if not remaining:
+                                return False
         except PermissionError:
             self.denied += 1
         except OSError:
             pass  # vanished (ENOENT, ESRCH), or not a process directory
-        return found
+        return True
 
     def owners_of(self, inodes: Iterable[int]) -> dict[int, tuple[int, ...]]:
         """The recorded holders of those ``inodes`` that were found."""
@@ -620,7 +639,8 @@ class Collector:
         if missing:
             walk = self._walk_for(snapshot)
             missing &= walk.interesting
-            walk.run(missing, stop_early=True)
+            uids = {s.uid for s in snapshot.sockets if s.uid is not None and s.inode in missing}
+            walk.run(missing, stop_early=True, uids=uids)
             owners.update(walk.owners_of(missing))
             unowned = sum(1 for i in missing if i not in owners)
             if walk.denied and unowned:

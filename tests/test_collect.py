@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 import psutil
 import pytest
 
+from portwatch import collect
 from portwatch.collect import (
     DEFAULT_UNPRIVILEGED_PORT_START,
     PARTIAL_ATTRIBUTION_NOTE,
@@ -521,11 +522,12 @@ def test_collector_attribute_reads_each_fd_table_once_per_scan(fixture_world: Pa
     os.symlink("socket:[999]", fixture_world / "10" / "fd" / "8")
     os.symlink("socket:[555]", fixture_world / "50" / "fd" / "8")
 
-    # Same scan: 888 resumes the walk after pid 10, recording the shares of 555 it
-    # meets on the way (pid 20, and pid 50's new one); pid 10 is not re-read,
-    # so its new 999 is not seen, and 999 (looked for to the end) stays unowned.
+    # Same scan: the first walk stopped inside pid 10's table as soon as 555 was
+    # found, so pid 10 is read again (from the start: its new 999 is seen); the
+    # walk goes on after it, recording the shares of 555 it meets on the way
+    # (pid 20, and pid 50's new one). Fully read tables are not read again.
     again = collector.attribute(snap, [555, 888, 999])
-    assert again.owners == {555: (10, 20, 50), 888: (50,)}
+    assert again.owners == {555: (10, 20, 50), 888: (50,), 999: (10,)}
     assert collector.attribute(again, [999]).owners == again.owners
 
     # A new scan walks afresh and sees today's processes.
@@ -793,3 +795,28 @@ def test_real_sockets_seen_by_an_unprivileged_process(netns: NetNS) -> None:
     assert out["notes"][0].startswith("attribution is partial: ")
     ports = {x["local"]["port"] for x in out["psutil"]}
     assert info["sockets"]["lst"]["local"][1] in ports
+
+
+def test_collector_attribute_reads_processes_of_the_sockets_uid_first(fixture_world: Path) -> None:
+    # 555 is held by pid 10 (uid 0 here) and pid 20. The kernel says the socket
+    # belongs to uid 4242, and only pid 20 runs as 4242: it is read first, and
+    # the walk stops there, before pid 10.
+    os.chown(fixture_world / "20", 4242, 4242)
+    table = SocketTable(sockets=(tcp(40001, 555, SocketState.LISTEN)._replace(uid=4242),))
+    collector = Collector(StaticSource(table), fixture_world, process_factory=fake_factory())
+    assert collector.attribute(collector.snapshot(), [555]).owners == {555: (20,)}
+    # Without a uid the order is plain pid order: pid 10 first.
+    plain = Collector(StaticSource(SocketTable(sockets=(tcp(40001, 555, SocketState.LISTEN),))),
+                      fixture_world, process_factory=fake_factory())
+    assert plain.attribute(plain.snapshot(), [555]).owners == {555: (10,)}
+
+
+def test_walk_stops_inside_a_process_once_everything_is_found(fixture_world: Path) -> None:
+    # The walk returns as soon as 555 is found in pid 10, without finishing
+    # pid 10's table: pid 10 is not marked as read, and a later walk for 777
+    # (also in pid 10) reads it again from the start.
+    walk = collect._Walk(fixture_world, frozenset({555, 777}))
+    walk.run({555}, stop_early=True)
+    assert walk.seen[555] == [10] and 10 not in walk.scanned and 20 not in walk.scanned
+    walk.run({777}, stop_early=True)
+    assert walk.seen[777] == [10] and walk.seen[555] == [10]

@@ -1,0 +1,643 @@
+"""The daemon (``portwatch run``): the scan loop, signals, reload, systemd notification, /metrics.
+
+Start-up (:func:`main`): load the configuration (invalid: every error on
+stderr, exit 2), prepare the collector, the metrics registry, the HTTP server
+and the state directory, run the first scan, bind the HTTP server (cannot
+bind: exit 1), and only then tell systemd ``READY=1``: when systemd considers
+portwatch started, ``/metrics`` answers with the figures of a complete scan.
+
+The loop follows gunicorn's arbiter: signal handlers only put the signal
+number on a queue (:class:`queue.SimpleQueue`, whose ``put`` is safe to call
+from a signal handler); the loop waits on that queue with the time to the
+next scan (or watchdog ping) as timeout, so a signal is handled at once and a
+scan never runs inside a signal handler. Each scan updates the metrics, the
+state file, systemd's ``STATUS=`` line ("42 sockets, 1 critical, 2 warning;
+last scan 12 ms") and pings the watchdog; new and resolved findings are
+logged. A scan that raises is logged and counted; the previous figures stay
+and the loop goes on.
+
+Signals:
+
+``SIGHUP``
+    ``RELOADING=1`` (with ``MONOTONIC_USEC``), then the configuration file is
+    read again. Invalid (or a ``web`` section the server cannot apply): every
+    error is logged, the old configuration stays,
+    ``portwatch_config_last_reload_successful`` goes to 0. Valid: it applies
+    from the next scan (interval, source, thresholds, services, ignores,
+    top-K, state directory) and at once to the HTTP server (users, TLS,
+    listen address); the reload metric goes to 1 with its timestamp. Then
+    ``READY=1``.
+``SIGTERM``, ``SIGINT``
+    ``STOPPING=1``, stop the HTTP server, save the state, exit 0.
+
+systemd: ``sd_notify`` goes through ``systemd.daemon.notify`` when
+systemd-python is installed, else through a small ``NOTIFY_SOCKET`` datagram
+sender (:class:`NotifySocket`); without ``NOTIFY_SOCKET`` nothing is sent.
+With ``WATCHDOG_USEC`` set (and ``WATCHDOG_PID`` unset or ours) ``WATCHDOG=1``
+is sent after every scan and, while idle, at least every ``WATCHDOG_USEC/2``.
+Under systemd (``JOURNAL_STREAM`` or ``INVOCATION_ID`` set) and with
+systemd-python, logs go to the journal with structured fields on finding
+events: ``PORTWATCH_KIND``, ``PORTWATCH_KEY``, ``PORTWATCH_SEVERITY``,
+``PORTWATCH_PORT`` and ``PORTWATCH_PID`` (the latter two when known);
+otherwise to stderr.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT; 1 cannot start (the HTTP address
+cannot be bound); 2 invalid configuration (or ``--listen-address``).
+
+:class:`Daemon` holds the loop; every clock, the notifier, the event queue,
+the scan function and the factories of the collector and the HTTP server are
+parameters, so tests drive it in-process without monkeypatching.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Collection, Mapping, Protocol as TypingProtocol
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from portwatch import __version__
+from portwatch.collect import CollectError, Collector
+from portwatch.config import Config, ConfigError, WebConfig, load_config
+from portwatch.detect import RememberedPort, listening_ports
+from portwatch.metrics import PortwatchMetrics
+from portwatch.model import Finding, Kind, Severity, SourceUnavailable
+from portwatch.scan import ScanResult, make_source, run_scan
+from portwatch.state import (
+    REMEMBER_AFTER,
+    FindingRecord,
+    State,
+    StateStore,
+    remembered_ports,
+    update_findings,
+    update_listeners,
+)
+from portwatch.web import MetricsServer, WebError, parse_listen_address
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "Daemon",
+    "NotifySocket",
+    "main",
+    "make_notifier",
+    "setup_logging",
+    "status_line",
+    "watchdog_interval",
+]
+
+log = logging.getLogger("portwatch.daemon")
+findings_log = logging.getLogger("portwatch.findings")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+#: The signals the daemon handles (everything else keeps its default action).
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+
+_SEVERITY_LEVEL: Mapping[Severity, int] = {
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.CRITICAL: logging.ERROR,
+}
+#: Errors the scan is expected to raise (shown without a traceback).
+_EXPECTED_SCAN_ERRORS = (CollectError, SourceUnavailable, OSError, ValueError)
+#: At most this many findings on the index page.
+_INDEX_FINDINGS = 50
+
+Notify = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- systemd
+
+
+class NotifySocket:
+    """A minimal ``sd_notify``: sends each message as one datagram to ``NOTIFY_SOCKET``.
+
+    Takes the socket address as systemd gives it: a path, or ``@name`` for an
+    abstract socket. Calling it never raises; a failure is logged once per
+    distinct error.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._target = "\0" + address[1:] if address.startswith("@") else address
+        self._last_error: str | None = None
+
+    def __call__(self, message: str) -> None:
+        """Send ``message`` (``KEY=value`` lines)."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(message.encode("utf-8"), self._target)
+        except OSError as exc:
+            text = f"cannot notify systemd at {self.address}: {exc.strerror or exc}"
+            if text != self._last_error:
+                log.warning("%s", text)
+                self._last_error = text
+        else:
+            self._last_error = None
+
+
+def _no_notify(message: str) -> None:
+    """The notifier when not started by systemd: does nothing."""
+
+
+def make_notifier(env: Mapping[str, str], use_systemd_python: bool = True) -> Notify:
+    """The ``sd_notify`` function for this process.
+
+    Takes the environment and whether to use systemd-python when importable.
+    Returns a function taking ``KEY=value`` lines: a no-op without
+    ``NOTIFY_SOCKET``, ``systemd.daemon.notify`` when importable (it reads
+    ``NOTIFY_SOCKET`` from ``os.environ``, so this only uses it when ``env``
+    is ``os.environ``), else a :class:`NotifySocket`. Never raises.
+    """
+    address = env.get("NOTIFY_SOCKET", "")
+    if not address:
+        return _no_notify
+    if use_systemd_python and env is os.environ:
+        try:
+            sd_daemon = importlib.import_module("systemd.daemon")
+        except ImportError:
+            pass
+        else:
+            def notify(message: str) -> None:
+                try:
+                    sd_daemon.notify(message)
+                except (OSError, ValueError) as exc:
+                    log.warning("cannot notify systemd: %s", exc)
+            return notify
+    return NotifySocket(address)
+
+
+def watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:
+    """Seconds between watchdog pings (``WATCHDOG_USEC / 2``), or None when no watchdog is asked for us.
+
+    ``WATCHDOG_PID``, when set, must be ``pid``. Malformed values mean no watchdog (logged).
+    """
+    usec = env.get("WATCHDOG_USEC", "")
+    if not usec:
+        return None
+    owner = env.get("WATCHDOG_PID", "")
+    try:
+        if owner and int(owner) != pid:
+            return None
+        value = int(usec)
+    except ValueError:
+        log.warning("ignoring malformed WATCHDOG_USEC=%r / WATCHDOG_PID=%r", usec, owner)
+        return None
+    return value / 2e6 if value > 0 else None
+
+
+def under_systemd(env: Mapping[str, str]) -> bool:
+    """True when systemd started this process with its output going to the journal."""
+    return bool(env.get("JOURNAL_STREAM") or env.get("INVOCATION_ID"))
+
+
+def setup_logging(env: Mapping[str, str]) -> str:
+    """Route logs to the journal under systemd (when systemd-python imports), else keep stderr.
+
+    The daemon's own events (``portwatch.daemon``, ``portwatch.findings``)
+    are logged at INFO and above unless the root logger asks for errors only.
+    Returns ``"journal"`` or ``"stderr"``.
+    """
+    root = logging.getLogger()
+    where = "stderr"
+    if under_systemd(env):
+        try:
+            journal = importlib.import_module("systemd.journal")
+        except ImportError:
+            pass
+        else:
+            handler: logging.Handler = journal.JournalHandler(SYSLOG_IDENTIFIER="portwatch")
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            for old in list(root.handlers):
+                root.removeHandler(old)
+            root.addHandler(handler)
+            where = "journal"
+    if not root.handlers:
+        logging.basicConfig(format="portwatch: %(levelname)s: %(message)s")
+    if root.level <= logging.WARNING:
+        for name in ("portwatch.daemon", "portwatch.findings", "portwatch.state"):
+            logger = logging.getLogger(name)
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)
+    return where
+
+
+# --------------------------------------------------------------------------- text
+
+
+def status_line(result: ScanResult) -> str:
+    """systemd's ``STATUS=`` for a successful scan: ``42 sockets, 1 critical, 2 warning; last scan 12 ms``."""
+    critical = sum(1 for f in result.findings if f.severity is Severity.CRITICAL)
+    warning = sum(1 for f in result.findings if f.severity is Severity.WARNING)
+    ms = max(result.duration, 0.0) * 1000
+    return (f"{len(result.snapshot.sockets)} sockets, {critical} critical, {warning} warning; "
+            f"last scan {ms:.0f} ms")
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """``text`` on one line, at most ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _finding_fields(kind: Kind, key: str, severity: Severity, port: int | None,
+                    pid: int | None) -> dict[str, str]:
+    """The journal fields of a finding event (port and pid only when known)."""
+    fields = {"PORTWATCH_KIND": kind.value, "PORTWATCH_KEY": key, "PORTWATCH_SEVERITY": severity.value}
+    if port is not None:
+        fields["PORTWATCH_PORT"] = str(port)
+    if pid is not None:
+        fields["PORTWATCH_PID"] = str(pid)
+    return fields
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+class Server(TypingProtocol):
+    """What the daemon needs of the HTTP server (:class:`portwatch.web.MetricsServer`)."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+    def update_config(self, config: WebConfig) -> None: ...
+
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+
+ServerFactory = Callable[
+    [WebConfig, CollectorRegistry, Callable[[], bool], Callable[[], bool], Callable[[], str]], Server]
+ScanFunction = Callable[[Config, Collector, Collection[RememberedPort]], ScanResult]
+
+
+def default_collector(config: Config) -> Collector:
+    """A collector reading the socket source ``config.source`` names. Raises ValueError for an unknown one."""
+    return Collector(make_source(config.source))
+
+
+def default_server(web: WebConfig, registry: CollectorRegistry, ready: Callable[[], bool],
+                   health: Callable[[], bool], index_extra: Callable[[], str]) -> Server:
+    """The real HTTP server (not bound yet). Raises :class:`WebError`."""
+    return MetricsServer(web, registry, ready, health=health, index_extra=index_extra)
+
+
+def _default_scan(config: Config, collector: Collector, remembered: Collection[RememberedPort]) -> ScanResult:
+    return run_scan(config, collector, remembered)
+
+
+class Daemon:
+    """The scan loop. Build it, then call :meth:`run` (which returns the exit code).
+
+    Takes the loaded configuration and where it came from (for SIGHUP), the
+    ``--listen-address`` override, and every dependency:
+
+    - ``events``: the queue signal numbers arrive on (the signal handlers, or a test, put them);
+    - ``notify``: ``sd_notify`` (see :func:`make_notifier`);
+    - ``monotonic``: seconds for scheduling (and ``MONOTONIC_USEC``); ``wall``: Unix time for timestamps;
+    - ``watchdog``: seconds between watchdog pings, or None;
+    - ``load``: reads a configuration file (raises ConfigError);
+    - ``collector_factory``, ``scan``, ``server_factory``: the collector for a
+      configuration, one scan, and the HTTP server;
+    - ``store``: the state file (None: built from ``config.state_directory``);
+    - ``registry``: where the metrics are registered (None: a new registry
+      with the process collector).
+
+    Raises :class:`WebError` or ``ValueError`` when the HTTP server or the
+    collector cannot be built from ``config``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        listen_override: str | None = None,
+        events: queue.SimpleQueue[int] | None = None,
+        notify: Notify = _no_notify,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        watchdog: float | None = None,
+        load: Callable[[Path | None], Config] = load_config,
+        collector_factory: Callable[[Config], Collector] = default_collector,
+        scan: ScanFunction = _default_scan,
+        server_factory: ServerFactory = default_server,
+        store: StateStore | None = None,
+        registry: CollectorRegistry | None = None,
+        remember_after: float = REMEMBER_AFTER,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.listen_override = listen_override
+        self.events: queue.SimpleQueue[int] = events if events is not None else queue.SimpleQueue()
+        self._notify = notify
+        self._monotonic = monotonic
+        self._wall = wall
+        self._watchdog = watchdog
+        self._load = load
+        self._collector_factory = collector_factory
+        self._scan = scan
+        self.remember_after = remember_after
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+        self.registry = registry
+        self.metrics = PortwatchMetrics(registry, top_destinations=config.metrics.top_destinations)
+        self.metrics.record_reload(True, wall())
+        self.collector = collector_factory(config)
+        self.store = store if store is not None else StateStore(config.state_directory,
+                                                                remember_after=remember_after)
+        self.state: State = State()
+        self.server = server_factory(self._web(config), registry, self.ready, self.healthy, self.index_html)
+        self.started = False
+        self.scans = 0
+        # what the HTTP threads read: replaced, never mutated
+        self._status = "starting: first scan"
+        self._active: Mapping[str, Finding] = {}
+        self._last_scan_end: float | None = None
+        self._last_good: float | None = None
+        self._last_error: str | None = None
+        self._next_scan = monotonic()
+        self._next_ping = monotonic()
+
+    # -- what the HTTP server asks
+
+    def ready(self) -> bool:
+        """True once the first scan has run and the server is bound (``/-/ready``)."""
+        return self.started
+
+    def healthy(self) -> bool:
+        """True while the loop keeps scanning: the latest scan ended less than 3 intervals (at least 60 s) ago."""
+        last = self._last_scan_end
+        if last is None:
+            return True
+        return self._monotonic() - last <= max(3 * self.config.interval, 60.0)
+
+    def index_html(self) -> str:
+        """The index page's extra HTML: the status line and the active findings, escaped."""
+        active = list(self._active.values())
+        items = "".join(
+            f"<li>{html.escape(f.severity.value)}: {html.escape(f.summary)}</li>\n"
+            for f in active[:_INDEX_FINDINGS])
+        more = f"<li>and {len(active) - _INDEX_FINDINGS} more</li>\n" if len(active) > _INDEX_FINDINGS else ""
+        listing = f"<ul>\n{items}{more}</ul>" if active else "<p>No active findings.</p>"
+        return f"<p>Status: {html.escape(self._status)}</p>\n{listing}"
+
+    # -- the loop
+
+    def run(self) -> int:
+        """Start (first scan, bind, READY) and loop until SIGTERM/SIGINT. Returns the exit code."""
+        self.state = self.store.load()
+        self.scan_once()
+        try:
+            self.server.start()
+        except WebError as exc:
+            log.error("cannot start: %s", exc)
+            self._notify(f"STATUS=cannot start: {_one_line(str(exc))}")
+            return EXIT_FAILED
+        host, port = self.server.address
+        self.started = True
+        log.info("portwatch %s started: scanning every %gs, metrics on %s", __version__,
+                 self.config.interval, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        self._notify(f"READY=1\nSTATUS={self._status}")
+        self._ping()
+        while True:
+            event = self._wait()
+            if event is not None:
+                if event in (signal.SIGTERM, signal.SIGINT):
+                    return self.shutdown(event)
+                if event == signal.SIGHUP:
+                    self.reload()
+                else:
+                    log.debug("ignoring event %r", event)
+                continue
+            now = self._monotonic()
+            if now >= self._next_scan:
+                self.scan_once()
+            elif self._watchdog is not None and now >= self._next_ping:
+                self._ping()
+
+    def _wait(self) -> int | None:
+        """The next event, or None when the next scan or watchdog ping is due first."""
+        now = self._monotonic()
+        deadline = self._next_scan
+        if self._watchdog is not None:
+            deadline = min(deadline, self._next_ping)
+        try:
+            return self.events.get(timeout=max(deadline - now, 0.0))
+        except queue.Empty:
+            return None
+
+    def _ping(self) -> None:
+        """Send ``WATCHDOG=1`` when a watchdog is configured; schedule the next."""
+        if self._watchdog is None:
+            return
+        self._notify("WATCHDOG=1")
+        self._next_ping = self._monotonic() + self._watchdog
+
+    def scan_once(self) -> None:
+        """One scan and everything that follows it. Never raises (a failure is logged and counted)."""
+        started = self._monotonic()
+        self._next_scan = started + self.config.interval
+        try:
+            remembered = remembered_ports(self.state.listeners, self.remember_after)
+            result = self._scan(self.config, self.collector, remembered)
+        except Exception as exc:  # a failed scan never stops the loop
+            self._scan_failed(exc, self._monotonic() - started)
+        else:
+            try:
+                self._scan_succeeded(result)
+            except Exception:
+                log.exception("error while recording a scan (the loop goes on)")
+        finally:
+            end = self._monotonic()
+            self._last_scan_end = end
+            self.scans += 1
+            if self._next_scan <= end:
+                self._next_scan = end  # late: scan again right away, but never in a burst
+            if self.started:
+                self._ping_with_status()
+
+    def _ping_with_status(self) -> None:
+        message = f"STATUS={self._status}"
+        if self._watchdog is not None:
+            message += "\nWATCHDOG=1"
+            self._next_ping = self._monotonic() + self._watchdog
+        self._notify(message)
+
+    def _scan_failed(self, exc: Exception, duration: float) -> None:
+        if isinstance(exc, _EXPECTED_SCAN_ERRORS):
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, OSError) and exc.strerror:
+                reason = f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror}"
+            if reason != self._last_error:
+                log.error("scan failed: %s (keeping the previous figures)", reason)
+            else:
+                log.debug("scan failed again: %s", reason)
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("scan failed with an unexpected error (keeping the previous figures)", exc_info=exc)
+        self._last_error = reason
+        self.metrics.record_scan_error(duration, self._wall())
+        if self._last_good is None:
+            self._status = f"scan failed: {_one_line(reason, 120)}"
+        else:
+            ago = max(self._wall() - self._last_good, 0.0)
+            self._status = f"scan failed: {_one_line(reason, 120)}; figures from {ago:.0f} s ago"
+
+    def _scan_succeeded(self, result: ScanResult) -> None:
+        now = self._wall()
+        if self._last_error is not None:
+            log.info("scans work again")
+            self._last_error = None
+        listeners = update_listeners(self.state.listeners, listening_ports(result.snapshot), now,
+                                     remember_after=self.remember_after)
+        upd = update_findings(self.state.findings, result.findings, now)
+        self.state = State(listeners, upd.records)
+        self.metrics.record_scan(result, upd.new, now)
+        previous = self._active
+        self._active = {f.key: f for f in result.findings}
+        self._last_good = now
+        self._status = status_line(result)
+        for f in upd.new:
+            self._log_new(f)
+        for rec in upd.resolved:
+            self._log_resolved(rec, previous.get(rec.key))
+        if self.scans == 0 and len(result.findings) > len(upd.new):
+            log.info("%d finding(s) still active from before the restart", len(result.findings) - len(upd.new))
+        self.store.save(self.state, now)
+
+    def _log_new(self, f: Finding) -> None:
+        pid = f.processes[0].pid if f.processes else None
+        findings_log.log(_SEVERITY_LEVEL[f.severity], "new %s finding [%s]: %s", f.severity.value, f.key,
+                         f.summary, extra=_finding_fields(f.kind, f.key, f.severity, f.port, pid))
+
+    def _log_resolved(self, rec: FindingRecord, last: Finding | None) -> None:
+        port = last.port if last is not None else None
+        pid = last.processes[0].pid if last is not None and last.processes else None
+        findings_log.info("resolved [%s]: %s", rec.key, rec.summary,
+                          extra=_finding_fields(rec.kind, rec.key, rec.severity, port, pid))
+
+    # -- reload and stop
+
+    def _web(self, config: Config) -> WebConfig:
+        """``config.web`` with the ``--listen-address`` override applied."""
+        if self.listen_override is None:
+            return config.web
+        return replace(config.web, listen_address=self.listen_override)
+
+    def reload(self) -> bool:
+        """Re-read the configuration (SIGHUP). Returns True when the new one applies. Never raises."""
+        usec = int(self._monotonic() * 1_000_000)
+        self._notify(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading configuration")
+        where = self.config_path or "built-in defaults"
+        ok = False
+        try:
+            new = self._load(self.config_path)
+            collector = self.collector if new.source == self.config.source else self._collector_factory(new)
+            self.server.update_config(self._web(new))
+        except ConfigError as exc:
+            log.error("reload: %s is invalid; keeping the previous configuration:", where)
+            for error in exc.errors:
+                log.error("  %s: %s", exc.source, error)
+        except (WebError, ValueError) as exc:
+            log.error("reload: %s cannot be applied (%s); keeping the previous configuration", where, exc)
+        except Exception:
+            log.exception("reload: unexpected error; keeping the previous configuration")
+        else:
+            ok = True
+            old = self.config
+            self.config = new
+            self.collector = collector
+            self.metrics.set_top_destinations(new.metrics.top_destinations)
+            if new.state_directory != old.state_directory:
+                self.store = StateStore(new.state_directory, remember_after=self.remember_after)
+                log.info("state directory is now %s", new.state_directory)
+            if new.interval != old.interval:
+                # apply from the next scan: the next one is due one new interval after the last
+                last = self._last_scan_end if self._last_scan_end is not None else self._monotonic()
+                self._next_scan = last + new.interval
+            log.info("reloaded configuration from %s", where)
+        self.metrics.record_reload(ok, self._wall())
+        self._notify(f"READY=1\nSTATUS={self._status}")
+        return ok
+
+    def shutdown(self, signum: int) -> int:
+        """Stop (SIGTERM/SIGINT): ``STOPPING=1``, stop the server, save the state. Returns EXIT_OK."""
+        log.info("stopping (%s)", signal.Signals(signum).name)
+        self._notify("STOPPING=1\nSTATUS=stopping")
+        try:
+            self.server.stop()
+        except Exception:
+            log.exception("error while stopping the HTTP server")
+        self.store.save(self.state, self._wall(), force=True)
+        return EXIT_OK
+
+
+# --------------------------------------------------------------------------- main
+
+
+def install_signal_handlers(events: queue.SimpleQueue[int]) -> None:
+    """Make SIGHUP, SIGTERM and SIGINT only put their number on ``events``."""
+    def handler(signum: int, _frame: object) -> None:
+        events.put(signum)
+
+    for sig in HANDLED_SIGNALS:
+        signal.signal(sig, handler)
+
+
+def main(config_path: Path | None, listen_address: str | None) -> int:
+    """``portwatch run``: run the daemon until SIGTERM/SIGINT.
+
+    Takes the configuration file (None: built-in defaults) and the
+    ``--listen-address`` override (None: ``web.listen_address``). Returns the
+    exit code (see the module documentation); errors are reported on stderr
+    (or in the journal), never as a traceback.
+    """
+    events: queue.SimpleQueue[int] = queue.SimpleQueue()
+    install_signal_handlers(events)
+    env = os.environ
+    setup_logging(env)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(f"portwatch: {exc.source}: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if listen_address is not None:
+        try:
+            parse_listen_address(listen_address)
+        except WebError as exc:
+            print(f"portwatch: --listen-address: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        daemon = Daemon(
+            config,
+            config_path=config_path,
+            listen_override=listen_address,
+            events=events,
+            notify=make_notifier(env),
+            watchdog=watchdog_interval(env, os.getpid()),
+        )
+    except (WebError, ValueError) as exc:
+        print(f"portwatch: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"portwatch: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return daemon.run()

@@ -337,6 +337,9 @@ class OwnerScan:
 
 _SOCKET_PREFIX = "socket:["
 
+#: Sockets whose (pid, fd) the collector remembers across scans.
+FD_CACHE_SIZE = 4096
+
 
 class _Walk:
     """The state of one (possibly resumed) walk of ``proc_root/*/fd``.
@@ -349,6 +352,7 @@ class _Walk:
         self.proc_root = proc_root
         self.interesting = interesting
         self.seen: dict[int, list[int]] = {}
+        self.fd_names: dict[int, list[tuple[int, str]]] = {}  # wanted inode -> (pid, fd) where found
         self.scanned: set[int] = set()
         self.denied = 0
         self.complete = False
@@ -426,6 +430,7 @@ class _Walk:
                         if pid not in holders:
                             holders.append(pid)
                         if remaining is not None and inode in remaining:
+                            self.fd_names.setdefault(inode, []).append((pid, entry.name))
                             remaining.discard(inode)
                             if not remaining:
                                 return False
@@ -598,6 +603,10 @@ class Collector:
         # and its timestamp. Copies made by attribute() share all three.
         self._walk_key: tuple[KernelSettings, tuple[Socket, ...], float] | None = None
         self._walk: _Walk | None = None
+        # Across scans: where (pid, fd) each attributed socket was found. A
+        # listener lives for days; checking its one fd with a readlink is
+        # exact and spares the daemon a walk of every fd table each scan.
+        self._fd_cache: dict[int, list[tuple[int, str]]] = {}
 
     def snapshot(self) -> Snapshot:
         """Read the kernel settings and the socket table.
@@ -618,8 +627,10 @@ class Collector:
         """Return a copy of ``snapshot`` whose owners and processes cover ``inodes``.
 
         Owners the snapshot already has are kept without a lookup. Missing
-        positive inodes that belong to the snapshot's sockets are looked up in
-        ``proc_root/*/fd`` (other inodes are ignored); what the walk saw is
+        positive inodes are first looked up where an earlier scan found them
+        (one readlink of the remembered ``PID/fd/N`` each, exact); the rest,
+        if they belong to the snapshot's sockets, in ``proc_root/*/fd`` (other
+        inodes are ignored); what the walk saw is
         kept for this scan (the snapshot and the copies this method made from
         it), so later calls only read processes not read yet, and never
         re-read one; an inode the walk already looked for and did not find
@@ -637,11 +648,16 @@ class Collector:
         missing = {i for i in requested if i > 0 and i not in owners}
         notes = snapshot.notes
         if missing:
+            cached = self._from_fd_cache(missing)
+            owners.update(cached)
+            missing.difference_update(cached)
+        if missing:
             walk = self._walk_for(snapshot)
             missing &= walk.interesting
             uids = {s.uid for s in snapshot.sockets if s.uid is not None and s.inode in missing}
             walk.run(missing, stop_early=True, uids=uids)
             owners.update(walk.owners_of(missing))
+            self._remember_fds(walk, missing)
             unowned = sum(1 for i in missing if i not in owners)
             if walk.denied and unowned:
                 # Only worth saying when a socket we needed stays unexplained:
@@ -653,6 +669,42 @@ class Collector:
         processes = dict(snapshot.processes)
         processes.update(describe_processes(new_pids, self.proc_root, self.process_factory))
         return dataclasses.replace(snapshot, owners=owners, processes=processes, notes=notes)
+
+    def _from_fd_cache(self, inodes: Collection[int]) -> dict[int, tuple[int, ...]]:
+        """Owners of ``inodes`` found where earlier scans saw them, checked now.
+
+        Each remembered (pid, fd) is checked with one readlink: it counts only
+        if that fd still is ``socket:[inode]``; a stale entry is forgotten.
+        """
+        found: dict[int, tuple[int, ...]] = {}
+        for inode in inodes:
+            places = self._fd_cache.get(inode)
+            if not places:
+                continue
+            target = f"{_SOCKET_PREFIX}{inode}]"
+            live = []
+            for pid, fd in places:
+                try:
+                    if os.readlink(os.path.join(self.proc_root, str(pid), "fd", fd)) == target:
+                        live.append((pid, fd))
+                except OSError:
+                    pass
+            if live:
+                self._fd_cache[inode] = live
+                found[inode] = tuple(dict.fromkeys(pid for pid, _fd in live))
+            else:
+                del self._fd_cache[inode]
+        return found
+
+    def _remember_fds(self, walk: _Walk, inodes: Collection[int]) -> None:
+        """Keep where the walk found ``inodes`` for later scans (at most FD_CACHE_SIZE, oldest out)."""
+        for inode in inodes:
+            places = walk.fd_names.get(inode)
+            if places:
+                self._fd_cache.pop(inode, None)
+                self._fd_cache[inode] = list(places)
+        while len(self._fd_cache) > FD_CACHE_SIZE:
+            del self._fd_cache[next(iter(self._fd_cache))]
 
     def _same_scan(self, snapshot: Snapshot) -> bool:
         """True if the kept walk state belongs to ``snapshot``'s scan (identity, not equality)."""

@@ -820,3 +820,15 @@ def test_walk_stops_inside_a_process_once_everything_is_found(fixture_world: Pat
     assert walk.seen[555] == [10] and 10 not in walk.scanned and 20 not in walk.scanned
     walk.run({777}, stop_early=True)
     assert walk.seen[777] == [10] and walk.seen[555] == [10]
+
+
+def test_collector_remembers_where_sockets_were_found_across_scans(fixture_world: Path) -> None:
+    collector = Collector(StaticSource(TABLE), fixture_world, process_factory=fake_factory())
+    assert collector.attribute(collector.snapshot(), [555]).owners == {555: (10,)}
+    # A process with a lower pid now holds 555 too: a walk (pid order) would
+    # name it first, but the next scan checks pid 10's fd 3 and takes it.
+    make_fds(fixture_world, 5, {3: "socket:[555]"})
+    assert collector.attribute(collector.snapshot(), [555]).owners == {555: (10,)}
+    # Once pid 10 no longer holds it there, the remembered place is stale: walk again.
+    os.unlink(fixture_world / "10" / "fd" / "3")
+    assert collector.attribute(collector.snapshot(), [555]).owners == {555: (5,)}

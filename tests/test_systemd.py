@@ -553,6 +553,21 @@ def test_daemon_stops_cleanly(daemon_container: Container) -> None:
 
 
 @needs_daemon
+def test_daemon_with_bad_config_fails_without_restart_loop(daemon_container: Container) -> None:
+    """An invalid file at start: exit status 2, the unit "failed", no restarts, the error logged."""
+    c = daemon_container
+    c.write_file(CONFIG_PATH, BAD_RELOAD_CONFIG)
+    r = c.systemctl("start", UNIT, timeout=WAIT)
+    assert r.returncode != 0, c.diagnostics([UNIT])
+    c.wait_for(lambda: c.unit_state(UNIT)[0] == "failed", WAIT, "portwatch.service failed",
+               [UNIT])
+    assert c.unit_property(UNIT, "ExecMainStatus") == "2", c.diagnostics([UNIT])
+    assert c.unit_property(UNIT, "NRestarts") == "0", c.diagnostics([UNIT])
+    messages = [str(e.get("MESSAGE", "")) for e in c.journal(UNIT)]
+    assert any("interval" in m for m in messages), "\n".join(messages)
+
+
+@needs_daemon
 def test_daemon_journal_has_structured_fields(daemon_container: Container) -> None:
     """A listener inside the range, owned by another user, is reported with PORTWATCH_* fields.
 

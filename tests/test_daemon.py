@@ -30,6 +30,7 @@ from portwatch.daemon import (
     Daemon,
     NotifySocket,
     make_notifier,
+    setup_logging,
     status_line,
     watchdog_interval,
 )
@@ -376,6 +377,48 @@ def test_index_page_shows_status_and_findings(tmp_path: Path) -> None:
     assert "2 sockets, 0 critical, 1 warning" in pages[0] and "myservice[77]" in pages[0]
 
 
+def test_journal_handler_gets_structured_fields(tmp_path: Path) -> None:
+    """Under systemd (INVOCATION_ID) logs go through systemd's JournalHandler with PORTWATCH_* fields."""
+    pytest.importorskip("systemd.journal")
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    sent: list[tuple[str, dict[str, Any]]] = []
+    try:
+        assert setup_logging({"INVOCATION_ID": "0123"}) == "journal"
+        (handler,) = root.handlers
+        assert type(handler).__name__ == "JournalHandler"
+        handler.send = lambda MESSAGE, **fields: sent.append((MESSAGE, fields))  # type: ignore[attr-defined]
+        d = make_daemon(tmp_path, Script([WITH_LISTENER, EMPTY]))
+        assert d.run() == EXIT_OK
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved_handlers:
+            root.addHandler(h)
+        root.setLevel(saved_level)
+    events = [(m, f) for m, f in sent if f.get("LOGGER") == "portwatch.findings"]
+    assert len(events) == 2
+    for message, fields in events:
+        assert fields["PORTWATCH_KIND"] == "listener_in_ephemeral_range"
+        assert fields["PORTWATCH_KEY"] == "listener_in_ephemeral_range:tcp:40100"
+        assert fields["PORTWATCH_PORT"] == "40100" and fields["PORTWATCH_PID"] == "77"
+        assert fields["PORTWATCH_SEVERITY"] == "warning"
+        assert fields["SYSLOG_IDENTIFIER"] == "portwatch"
+    assert events[0][1]["PRIORITY"] == "4" and events[1][1]["PRIORITY"] == "6"  # warning, info
+
+
+def test_setup_logging_outside_systemd_keeps_stderr() -> None:
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    try:
+        assert setup_logging({}) == "stderr"
+        assert all(type(h).__name__ != "JournalHandler" for h in root.handlers)
+    finally:
+        for h in list(root.handlers):
+            if h not in saved:
+                root.removeHandler(h)
+
+
 # =============================================================================== pieces
 
 
@@ -464,7 +507,7 @@ class RealDaemon:
         full_env = {k: v for k, v in ns.env().items() if k not in SYSTEMD_ENV}
         full_env.update(env or {})
         self._err = open(self.stderr, "w")
-        self.proc = ns.popen([str(PORTWATCH), "--log-level", "info", "run", "--config", str(self.config),
+        self.proc = ns.popen([str(PORTWATCH), "run", "--config", str(self.config),
                               "--listen-address", f"127.0.0.1:{METRICS_PORT}"],
                              env=full_env, stdout=subprocess.DEVNULL, stderr=self._err)
 
@@ -530,6 +573,7 @@ def test_real_daemon_metrics_reload_and_stop(ns_listener: tuple[NetNS, int], tmp
     assert value(m, "portwatch_last_scan_success") == 1
     assert value(m, "portwatch_config_last_reload_successful") == 1
     assert value(m, "portwatch_findings_detected_total", kind="listener_in_ephemeral_range") == 1
+    assert d.fetch("/-/ready") == "OK\n"
 
     # SIGHUP with a good config: the ignore rule removes the finding
     d.config.write_text(base + f"ignore:\n  - kind: listener_in_ephemeral_range\n    port: {port}\n")
@@ -559,9 +603,17 @@ def test_real_daemon_metrics_reload_and_stop(ns_listener: tuple[NetNS, int], tmp
     assert "Traceback" not in d.stderr.read_text()
 
 
-def test_real_daemon_talks_to_notify_socket(ns_listener: tuple[NetNS, int], tmp_path: Path) -> None:
+@pytest.mark.parametrize("systemd_python", [True, False], ids=["systemd-python", "without-systemd-python"])
+def test_real_daemon_talks_to_notify_socket(ns_listener: tuple[NetNS, int], tmp_path: Path,
+                                            systemd_python: bool) -> None:
     ns, _port = ns_listener
-    sock_path = tmp_path / "notify.sock"
+    env = {"NOTIFY_SOCKET": str(sock_path := tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"}
+    if not systemd_python:
+        # a `systemd` package that cannot be imported, first on the path: the built-in sender is used
+        fake = tmp_path / "no-systemd" / "systemd"
+        fake.mkdir(parents=True)
+        (fake / "__init__.py").write_text("raise ImportError('systemd-python hidden by the test')\n")
+        env["PYTHONPATH"] = f"{fake.parent}{os.pathsep}{ns.env()['PYTHONPATH']}"
     rx = _receiver(str(sock_path))
     rx.settimeout(WAIT)
     messages: list[str] = []
@@ -581,8 +633,7 @@ def test_real_daemon_talks_to_notify_socket(ns_listener: tuple[NetNS, int], tmp_
                 return msg
 
     try:
-        d = RealDaemon(ns, tmp_path, f"interval: 1s\nstate_directory: {tmp_path / 'state'}\n",
-                       env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"})
+        d = RealDaemon(ns, tmp_path, f"interval: 1s\nstate_directory: {tmp_path / 'state'}\n", env=env)
         first = receive()
         # the first message is READY, and at that moment /metrics answers with a complete scan
         assert first.splitlines()[0] == "READY=1", messages
@@ -607,6 +658,8 @@ def test_real_daemon_talks_to_notify_socket(ns_listener: tuple[NetNS, int], tmp_
         d.signal(signal.SIGTERM)
         receive_until("STOPPING=1")
         assert d.proc.wait(timeout=WAIT) == 0
+        err = d.stderr.read_text()
+        assert "Traceback" not in err and "cannot notify" not in err
     finally:
         rx.close()
 

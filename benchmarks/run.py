@@ -8,21 +8,29 @@ Usage (as root; it creates and removes its own network namespaces)::
     .venv/bin/python benchmarks/run.py --render result.json      # the table of a saved run
     .venv/bin/python benchmarks/run.py --sizes 100k --profile    # plus a cProfile of one scan
 
-For every size N it creates a private network namespace (``ip netns add``),
-widens ``ip_local_port_range`` there to 1024-65535, and starts "holder"
-processes inside it that build the socket population: mostly ESTABLISHED
-loopback pairs (clients on 127.0.0.1, listeners on several ports of
-127.0.0.W, one address per holder) plus about 5 % TIME_WAIT sockets (capped at
-5,000). Each holder stays below its RLIMIT_NOFILE (raised to the hard limit, and
-the hard limit raised when the privileges allow), so a large N uses several
-holders. A few hundred idle processes with open files (``--idle``) run during
-the whole benchmark so that tools that walk ``/proc/PID/fd`` pay for it.
+For every size N it creates a private network namespace (``ip netns add``)
+with the kernel's default ``ip_local_port_range`` (32768-60999), and starts
+"holder" processes inside it that build the socket population: mostly
+ESTABLISHED loopback pairs (clients on 127.0.0.1, listeners on ports
+8000-8007 of 127.0.0.W, one address per holder) plus about 5 % TIME_WAIT
+sockets (capped at 5,000). Each holder stays below its RLIMIT_NOFILE (raised
+to the hard limit, and the hard limit raised when the privileges allow), so a
+large N uses several holders. A few hundred idle processes with open files
+(``--idle``) run during the whole benchmark so that tools that walk
+``/proc/PID/fd`` pay for it.
 
 Then, inside the namespace and interleaved over ``--repeat`` rounds, it
 measures one call of each of:
 
 - ``scan``: one full portwatch scan, ``run_scan(Config(), Collector(make_source("auto")))``
-  (the daemon's default source: netlink, psutil as fallback);
+  (the daemon's default source: netlink, psutil as fallback) of this healthy
+  host: nothing to report, so no process attribution;
+- ``scan-findings``: the same scan with the namespace's range widened to
+  1024-65535 for the call, which puts the 40 listeners (8 ports) inside it:
+  8 findings whose sockets are attributed by walking the fd tables (the
+  holders' tens of thousands of fds), in a fresh process;
+- ``scan-steady``: the same, timing the second scan of one collector, as the
+  daemon's every scan after its first (remembered fds are checked, no walk);
 - ``netlink``: ``NetlinkSource().read()`` alone (the socket table part of the scan);
 - ``psutil``: ``psutil.net_connections("inet")``;
 - ``ss -tan`` and ``ss -tanp`` (output to /dev/null).
@@ -66,10 +74,19 @@ from typing import Any, Callable, Sequence
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
 LISTEN_PORTS = (8000, 8001, 8002, 8003, 8004, 8005, 8006, 8007)
-PORT_RANGE = "1024 65535"
+#: The namespace's range while building and for the healthy-host scans (the
+#: kernel default): the listeners (8000-8007) are outside it, so nothing is
+#: wrong and a scan needs no process attribution.
+PORT_RANGE = "32768 60999"
+#: The range during the "with findings" scans: the 8 listener ports are then
+#: inside it, which makes 8 listener_in_ephemeral_range findings whose
+#: sockets must be attributed (a walk of the holders' fd tables).
+FINDINGS_RANGE = "1024 65535"
 MAX_PAIRS_PER_HOLDER = 25000
 TOOLS: dict[str, str] = {
     "scan": "portwatch scan (run_scan)",
+    "scan-findings": "  with 8 findings, first scan",
+    "scan-steady": "  with 8 findings, daemon's next",
     "netlink": "NetlinkSource().read()",
     "psutil": "psutil.net_connections('inet')",
     "ss": "ss -tan",
@@ -195,12 +212,14 @@ def probe(kind: str) -> int:
     profile = kind == "scan-profile"
     if profile:
         kind = "scan"
-    if kind == "scan":
+    if kind in ("scan", "scan-findings", "scan-steady"):
         from portwatch.collect import Collector
         from portwatch.config import Config
         from portwatch.scan import make_source, run_scan
         config = Config()
         collector = Collector(make_source(config.source))
+        if kind == "scan-steady":
+            run_scan(config, collector)  # the daemon's previous scan, untimed
 
         def call() -> int:
             result = run_scan(config, collector)
@@ -279,6 +298,11 @@ def run_command(args: Sequence[str]) -> Run:
     return Run(wall, usage.ru_utime + usage.ru_stime, None, None, None, {})
 
 
+def set_range(text: str) -> None:
+    """Set this namespace's ``ip_local_port_range`` (we run inside it, as root)."""
+    Path("/proc/sys/net/ipv4/ip_local_port_range").write_text(text + "\n")
+
+
 def measure(repeat: int, profile: bool) -> int:
     """Inside the namespace: every tool ``repeat`` times, interleaved; print JSON.
 
@@ -292,7 +316,13 @@ def measure(repeat: int, profile: bool) -> int:
             if kind in errors:
                 continue
             try:
-                if kind == "ss":
+                if kind in ("scan-findings", "scan-steady"):
+                    set_range(FINDINGS_RANGE)
+                    try:
+                        runs[kind].append(run_probe(kind))
+                    finally:
+                        set_range(PORT_RANGE)
+                elif kind == "ss":
                     runs[kind].append(run_command([ss, "-tan"]))
                 elif kind == "ssp":
                     runs[kind].append(run_command([ss, "-tanp"]))

@@ -86,8 +86,11 @@ class RememberedPort(NamedTuple):
 # --------------------------------------------------------------------------- helpers
 
 
-def _listening(snapshot: Snapshot) -> dict[tuple[Protocol, int], list[Socket]]:
-    """Listeners (TCP LISTEN, unconnected UDP) by (protocol, port)."""
+Listening = Mapping[tuple[Protocol, int], list[Socket]]
+
+
+def listeners(snapshot: Snapshot) -> dict[tuple[Protocol, int], list[Socket]]:
+    """Listeners (TCP LISTEN, unconnected UDP) by (protocol, port); port 0 left out."""
     out: dict[tuple[Protocol, int], list[Socket]] = defaultdict(list)
     listen, udp = SocketState.LISTEN, Protocol.UDP
     for s in snapshot.sockets:
@@ -230,7 +233,7 @@ def find_self_connects(snapshot: Snapshot) -> list[Finding]:
     return out
 
 
-def find_loop_pairs(snapshot: Snapshot, listening: Mapping[tuple[Protocol, int], list[Socket]]) -> list[Finding]:
+def find_loop_pairs(snapshot: Snapshot, listening: Listening) -> list[Finding]:
     """Pairs of local TCP sockets that mirror each other with no listener on either port."""
     served = _ListenerIndex(listening, Protocol.TCP)
     wild, specific = served.wildcard_ports, served.specific
@@ -267,7 +270,7 @@ def find_loop_pairs(snapshot: Snapshot, listening: Mapping[tuple[Protocol, int],
 class _ListenerIndex:
     """Which endpoints the listeners of one protocol serve, answered with set look-ups."""
 
-    def __init__(self, listening: Mapping[tuple[Protocol, int], list[Socket]], protocol: Protocol) -> None:
+    def __init__(self, listening: Listening, protocol: Protocol) -> None:
         self.wildcard_ports: set[int] = set()
         self.specific: set[Endpoint] = set()
         for (proto, port), sockets in listening.items():
@@ -285,7 +288,7 @@ class _ListenerIndex:
 
 
 def find_listeners_in_range(snapshot: Snapshot, config: Config,
-                            listening: Mapping[tuple[Protocol, int], list[Socket]]) -> list[Finding]:
+                            listening: Listening) -> list[Finding]:
     """Listeners (TCP LISTEN, bound UDP) on unreserved ports inside the range, one finding per port.
 
     Ports of declared services are left to :func:`find_services_at_risk`.
@@ -309,7 +312,7 @@ def find_listeners_in_range(snapshot: Snapshot, config: Config,
 
 
 def find_services_at_risk(snapshot: Snapshot, config: Config,
-                          listening: Mapping[tuple[Protocol, int], list[Socket]]) -> list[Finding]:
+                          listening: Listening) -> list[Finding]:
     """Declared services whose port is inside the range and not reserved."""
     settings = snapshot.settings
     out = []
@@ -331,7 +334,7 @@ def find_services_at_risk(snapshot: Snapshot, config: Config,
 
 
 def find_ports_taken(snapshot: Snapshot, config: Config, remembered: Collection[RememberedPort],
-                     listening: Mapping[tuple[Protocol, int], list[Socket]]) -> list[Finding]:
+                     listening: Listening) -> list[Finding]:
     """Service ports with no listener now, held as local port by non-listening sockets.
 
     Service ports are, in order of precedence: declared services (critical),
@@ -383,30 +386,36 @@ def find_ports_taken(snapshot: Snapshot, config: Config, remembered: Collection[
     return out
 
 
-def destination_usage(snapshot: Snapshot) -> dict[Destination, int]:
+def destination_usage(snapshot: Snapshot, listening: Listening | None = None) -> dict[Destination, int]:
     """Sockets using a usable ephemeral port, per (local ip, remote ip, remote port).
 
     Counts TCP sockets in every non-listening state (TIME_WAIT included: the
     port stays taken for that 4-tuple) whose local port is inside the range,
     not reserved, and not a listener's port (accepted connections share their
-    listener's port and take no ephemeral port).
+    listener's port and take no ephemeral port). ``listening`` is
+    :func:`listeners` of the snapshot, if the caller has it already.
     """
     settings = snapshot.settings
     low, high = settings.port_range.low, settings.port_range.high
     reserved = settings.reserved
-    listen_ports = {s.local.port for s in snapshot.sockets
-                    if s.protocol is Protocol.TCP and s.state is SocketState.LISTEN}
-    usage: Counter[Destination] = Counter()
+    if listening is None:
+        listening = listeners(snapshot)
     tcp = Protocol.TCP
-    listen_state = SocketState.LISTEN
+    listen_ports = {port for (proto, port) in listening if proto is tcp}
+    # Plain tuples as keys in the loop (a NamedTuple costs a Python-level
+    # __new__ per socket); Destination only for the result.
+    counts: dict[tuple[str, str, int], int] = {}
+    get = counts.get
     for s in snapshot.sockets:
         remote = s.remote
-        if remote is None or s.protocol is not tcp or s.state is listen_state:
-            continue
-        port = s.local.port
+        if remote is None or s.protocol is not tcp:
+            continue  # listeners have no remote
+        local = s.local
+        port = local.port
         if low <= port <= high and port not in reserved and port not in listen_ports:
-            usage[Destination(s.local.ip, remote.ip, remote.port)] += 1
-    return dict(usage)
+            key = (local.ip, remote.ip, remote.port)
+            counts[key] = get(key, 0) + 1
+    return {Destination(*key): n for key, n in counts.items()}
 
 
 def find_exhaustion(snapshot: Snapshot, config: Config, usage: Mapping[Destination, int]) -> list[Finding]:
@@ -551,18 +560,20 @@ def detect(
     config: Config,
     remembered: Collection[RememberedPort] = (),
     usage: Mapping[Destination, int] | None = None,
+    listening: Listening | None = None,
 ) -> list[Finding]:
     """Every finding of ``snapshot``, before ignore rules, sorted by severity then key.
 
     Takes the snapshot, the configuration (services, thresholds, severity
     overrides), the ports remembered from earlier scans' listeners, and the
-    per-destination usage if the caller computed it already
-    (:func:`destination_usage`). Processes are filled from what the
+    per-destination usage and the listeners if the caller computed them
+    already (:func:`destination_usage`, :func:`listeners`). Processes are filled from what the
     snapshot's owners already cover; see :func:`explain`.
     """
-    listening = _listening(snapshot)
+    if listening is None:
+        listening = listeners(snapshot)
     if usage is None:
-        usage = destination_usage(snapshot)
+        usage = destination_usage(snapshot, listening)
     findings: list[Finding] = []
     findings += find_self_connects(snapshot)
     findings += find_loop_pairs(snapshot, listening)
@@ -621,12 +632,12 @@ def apply_ignores(findings: Iterable[Finding], rules: Collection[IgnoreRule],
 
 def listening_ports(snapshot: Snapshot) -> set[RememberedPort]:
     """The (protocol, port) of every listener now: what the daemon remembers for ``port_taken``."""
-    return {RememberedPort(p, port) for (p, port) in _listening(snapshot)}
+    return {RememberedPort(p, port) for (p, port) in listeners(snapshot)}
 
 
 def reserve_candidates(snapshot: Snapshot, services: Iterable[Service]) -> set[int]:
     """Ports to add to ``ip_local_reserved_ports``: listeners and declared services inside the range."""
     settings = snapshot.settings
-    ports = {port for (_p, port) in _listening(snapshot) if settings.is_ephemeral(port)}
+    ports = {port for (_p, port) in listeners(snapshot) if settings.is_ephemeral(port)}
     ports |= {svc.port for svc in services if settings.is_ephemeral(svc.port)}
     return ports

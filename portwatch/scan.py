@@ -107,8 +107,9 @@ def run_scan(
     needed = detect.owners_needed(snapshot, config)
     if needed:
         snapshot = collector.attribute(snapshot, needed)
-    usage = detect.destination_usage(snapshot)
-    findings = detect.detect(snapshot, config, remembered, usage)
+    listening = detect.listeners(snapshot)
+    usage = detect.destination_usage(snapshot, listening)
+    findings = detect.detect(snapshot, config, remembered, usage, listening)
     involved = detect.involved_inodes(findings)
     if involved:
         snapshot = collector.attribute(snapshot, involved)

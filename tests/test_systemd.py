@@ -13,8 +13,7 @@ Two groups:
   sysctls, dump sockets over sock_diag and attribute sockets of other users'
   processes, while ptrace(2), process_vm_readv(2), pidfd_getfd(2) and writing another
   process's memory are refused;
-- the daemon under the unit (``needs_daemon``): skipped while portwatch/daemon.py does
-  not exist. Remove the marker when it lands.
+- the daemon under the unit: ready, status, reload, watchdog, stop and journal fields.
 """
 
 from __future__ import annotations
@@ -54,11 +53,6 @@ WAIT = 90.0
 
 pytestmark = pytest.mark.slow
 
-needs_daemon = pytest.mark.skipif(
-    importlib.util.find_spec("portwatch.daemon") is None,
-    reason="portwatch/daemon.py (portwatch run) does not exist yet; "
-    "remove this skipif marker from tests/test_systemd.py when it lands",
-)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -458,7 +452,6 @@ def last_cursor(c: Container) -> str | None:
     return str(entries[-1]["__CURSOR"]) if entries else None
 
 
-@needs_daemon
 def test_daemon_ready_after_first_scan_and_bind(daemon_container: Container) -> None:
     """``systemctl start`` returns after READY=1, when /metrics already answers and STATUS= is set."""
     c = daemon_container
@@ -471,7 +464,6 @@ def test_daemon_ready_after_first_scan_and_bind(daemon_container: Container) -> 
     assert 'Status: "' in out, out
 
 
-@needs_daemon
 def test_daemon_reload_applies_good_config_and_keeps_old_on_bad(daemon_container: Container) -> None:
     """SIGHUP reload: a good file takes effect; a bad one is refused, logged, and the unit stays up."""
     c = daemon_container
@@ -506,7 +498,6 @@ def test_daemon_reload_applies_good_config_and_keeps_old_on_bad(daemon_container
     assert c.unit_property(UNIT, "NRestarts") == "0", c.diagnostics([UNIT])
 
 
-@needs_daemon
 def test_daemon_stopped_process_is_restarted_by_watchdog(daemon_container: Container) -> None:
     """A SIGSTOPped daemon stops pinging WATCHDOG=1; systemd kills it and Restart= brings it back."""
     c = daemon_container
@@ -525,7 +516,6 @@ def test_daemon_stopped_process_is_restarted_by_watchdog(daemon_container: Conta
     assert any("Watchdog timeout" in m for m in messages), "\n".join(messages)
 
 
-@needs_daemon
 def test_daemon_stops_cleanly(daemon_container: Container) -> None:
     """``systemctl stop``: the daemon handles SIGTERM and exits 0 by itself, without SIGKILL.
 
@@ -552,7 +542,6 @@ def test_daemon_stops_cleanly(daemon_container: Container) -> None:
     assert not any("SIGKILL" in m or "timed out" in m for m in messages), "\n".join(messages)
 
 
-@needs_daemon
 def test_daemon_with_bad_config_fails_without_restart_loop(daemon_container: Container) -> None:
     """An invalid file at start: exit status 2, the unit "failed", no restarts, the error logged."""
     c = daemon_container
@@ -567,7 +556,6 @@ def test_daemon_with_bad_config_fails_without_restart_loop(daemon_container: Con
     assert any("interval" in m for m in messages), "\n".join(messages)
 
 
-@needs_daemon
 def test_daemon_journal_has_structured_fields(daemon_container: Container) -> None:
     """A listener inside the range, owned by another user, is reported with PORTWATCH_* fields.
 

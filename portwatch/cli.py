@@ -155,12 +155,9 @@ def cmd_reserve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``portwatch run``: the daemon; returns its exit code."""
-    try:
-        from portwatch import daemon
-    except ImportError:
-        print("portwatch: the daemon is not available in this build", file=sys.stderr)
-        return EXIT_FAILED
-    return daemon.main(args.config, args.listen_address)
+    from portwatch.daemon import main as run_daemon
+
+    return run_daemon(args.config, args.listen_address)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

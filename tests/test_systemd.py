@@ -18,7 +18,6 @@ Two groups:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re

@@ -38,6 +38,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -134,6 +135,147 @@ class MetricsConfig:
     top_destinations: int = 10  # K of the top-K destinations by ephemeral usage ratio
 
 
+# --------------------------------------------------------------------------
+# Alerting (the ``alerts`` section; the engine is portwatch.alerts)
+
+#: How long an alert that keeps firing waits before it is sent again (Alertmanager's default).
+DEFAULT_REPEAT_INTERVAL = 4 * 3600.0
+#: The sink every configuration has, whether or not ``alerts.sinks`` names it.
+BUILTIN_SINK = "journal"
+#: The sink types ``alerts.sinks.NAME.type`` accepts.
+SINK_TYPES: tuple[str, ...] = ("journal", "webhook", "alertmanager", "exec")
+#: Alertmanager labels portwatch sets itself (``instance`` may be overridden).
+RESERVED_ALERT_LABELS: frozenset[str] = frozenset({"alertname", "severity", "kind", "port", "key", "rule"})
+
+
+@dataclass(frozen=True)
+class JournalSinkConfig:
+    """The ``journal`` sink: one structured journal entry per notification (the log without a journal)."""
+
+    type: str = "journal"
+    syslog_identifier: str = "portwatch"
+    queue_size: int = 1000
+    retry_initial_delay: float = 1.0
+    retry_max_delay: float = 300.0
+
+
+@dataclass(frozen=True)
+class WebhookSinkConfig:
+    """The ``webhook`` sink: a JSON document POSTed to ``url`` per notification.
+
+    ``headers`` are sent as given (their values are never logged);
+    ``bearer_token_file`` (absolute, readable when loaded) is read when the
+    sink is built and sent as ``Authorization: Bearer ...``.
+    """
+
+    url: str
+    type: str = "webhook"
+    timeout: float = 10.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    bearer_token_file: Path | None = None
+    tls_verify: bool = True
+    tls_ca_file: Path | None = None
+    queue_size: int = 1000
+    retry_initial_delay: float = 1.0
+    retry_max_delay: float = 300.0
+
+
+@dataclass(frozen=True)
+class AlertmanagerSinkConfig:
+    """The ``alertmanager`` sink: alerts POSTed to ``/api/v2/alerts`` of every URL (an HA set).
+
+    ``urls`` are base URLs (``http://am1:9093``, or with a path prefix);
+    ``resend_interval`` is how often a firing alert is posted again (its
+    ``endsAt`` is four intervals ahead); ``labels`` are added to every alert.
+    """
+
+    urls: tuple[str, ...]
+    type: str = "alertmanager"
+    timeout: float = 10.0
+    resend_interval: float = 60.0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    bearer_token_file: Path | None = None
+    tls_verify: bool = True
+    tls_ca_file: Path | None = None
+    queue_size: int = 1000
+    retry_initial_delay: float = 1.0
+    retry_max_delay: float = 300.0
+
+
+@dataclass(frozen=True)
+class ExecSinkConfig:
+    """The ``exec`` sink: ``command`` (argv, no shell, absolute program path) run per notification.
+
+    The notification's JSON document is its stdin; it must exit 0 within ``timeout``.
+    """
+
+    command: tuple[str, ...]
+    type: str = "exec"
+    timeout: float = 10.0
+    queue_size: int = 1000
+    retry_initial_delay: float = 1.0
+    retry_max_delay: float = 300.0
+
+
+SinkConfig = JournalSinkConfig | WebhookSinkConfig | AlertmanagerSinkConfig | ExecSinkConfig
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One alerting rule: which findings it matches, how the alert behaves, where it goes.
+
+    Matching fields (None = any): ``kinds`` (YAML ``kind``: one kind or a
+    list), ``min_severity``, ``ports`` (YAML ``port``), ``address``,
+    ``process``, ``unit`` (as :class:`IgnoreRule`). ``severity`` replaces the
+    finding's severity in the alert. ``for_`` (YAML ``for``) is how long the
+    finding must persist before the alert fires; ``repeat_interval`` (0 =
+    never) how often a firing alert is sent again; ``continue_`` (YAML
+    ``continue``) lets later rules match too. An empty ``sinks`` silences the
+    findings it matches (later rules do not see them unless ``continue_``).
+    """
+
+    name: str
+    sinks: tuple[str, ...]
+    kinds: tuple[Kind, ...] | None = None
+    min_severity: Severity | None = None
+    ports: PortRange | None = None
+    address: str | None = None
+    process: str | None = None
+    unit: str | None = None
+    severity: Severity | None = None
+    for_: float = 0.0
+    repeat_interval: float = DEFAULT_REPEAT_INTERVAL
+    send_resolved: bool = True
+    continue_: bool = False
+
+
+#: The built-in rule: every warning or worse finding goes to the journal sink.
+DEFAULT_ALERT_RULES: tuple[AlertRule, ...] = (
+    AlertRule(name="default", sinks=(BUILTIN_SINK,), min_severity=Severity.WARNING),
+)
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """The ``alerts`` section: named sinks and the ordered rules.
+
+    ``sinks`` holds what the file defines; :attr:`all_sinks` adds the built-in
+    ``journal`` sink unless the file defines one of that name. ``rules``
+    given in the file replace :data:`DEFAULT_ALERT_RULES`.
+    """
+
+    sinks: Mapping[str, SinkConfig] = field(default_factory=dict)
+    rules: tuple[AlertRule, ...] = DEFAULT_ALERT_RULES
+
+    @property
+    def all_sinks(self) -> dict[str, SinkConfig]:
+        """Every sink a rule may name: the built-in ``journal`` and those of the file."""
+        out: dict[str, SinkConfig] = {BUILTIN_SINK: JournalSinkConfig()}
+        out.update(self.sinks)
+        return out
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration. ``Config()`` is the built-in default."""
@@ -147,6 +289,7 @@ class Config:
     severities: Mapping[Kind, Severity] = field(default_factory=dict)  # per-kind overrides
     web: WebConfig = field(default_factory=WebConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 class ConfigError(Exception):
@@ -745,6 +888,150 @@ def _kind_key(value: object) -> Kind:
     return Kind(_choice([k.value for k in Kind], what="kind")(value))
 
 
+def _boolean() -> _Scalar:
+    """``true`` or ``false`` (not 0/1, not strings)."""
+
+    def check(value: object) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {_show(value)}")
+        return value
+
+    return _Scalar(check)
+
+
+def _name(what: str) -> Callable[[object], str]:
+    """A check for a rule or sink name: letters, digits, ``_`` and ``-``."""
+
+    def check(value: object) -> str:
+        if not isinstance(value, str) or _IDENT_RE.fullmatch(value) is None:
+            raise ValueError(f"{what} names are letters, digits, '_' and '-', got {_show(value)}")
+        return value
+
+    return check
+
+
+def _kinds() -> _Scalar:
+    """One finding kind, or a non-empty list of them, as a tuple of Kind (dumped back the same way)."""
+    one = _choice([k.value for k in Kind], what="kind")
+
+    def check(value: object) -> tuple[Kind, ...]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("must be a kind or a non-empty list of kinds")
+            kinds = tuple(Kind(one(v)) for v in value)
+            if len(set(kinds)) != len(kinds):
+                raise ValueError("lists a kind twice")
+            return kinds
+        return (Kind(one(value)),)
+
+    def dump(kinds: tuple[Kind, ...]) -> object:
+        return kinds[0].value if len(kinds) == 1 else [k.value for k in kinds]
+
+    return _Scalar(check, dump)
+
+
+def _redact(url: str) -> str:
+    """``url`` with any user:password part replaced by ``***``, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{tail}"
+
+
+def _url() -> _Scalar:
+    """An ``http://`` or ``https://`` URL with a host (credentials in it are never quoted back)."""
+
+    def check(value: object) -> str:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"must be an http:// or https:// URL, got {_show(value)}")
+        shown = repr(_redact(value))
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc}): {shown}") from None
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"must be an http:// or https:// URL, got {shown}")
+        if not parts.hostname:
+            raise ValueError(f"has no host: {shown}")
+        if port == 0:
+            raise ValueError(f"the port must be 1..65535: {shown}")
+        if parts.fragment or any(c.isspace() for c in value):
+            raise ValueError(f"must not contain spaces or a #fragment: {shown}")
+        return value
+
+    return _Scalar(check)
+
+
+_HEADER_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: Headers portwatch sets itself on every request.
+_OWN_HEADERS = frozenset({"content-type", "content-length", "host", "user-agent"})
+
+
+def _header_name(value: object) -> str:
+    """An HTTP header name that portwatch does not set itself."""
+    if not isinstance(value, str) or _HEADER_RE.fullmatch(value) is None:
+        raise ValueError(f"header names are HTTP tokens (letters, digits, '-', ...), got {_show(value)}")
+    if value.lower() in _OWN_HEADERS:
+        raise ValueError(f"header {value!r} is set by portwatch and cannot be configured")
+    return value
+
+
+def _header_value() -> _Scalar:
+    """A header value: a string without line breaks. Never quoted in errors (it may be a secret)."""
+
+    def check(value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError("must be a string (the value is not shown: it may be a secret)")
+        if "\r" in value or "\n" in value or "\0" in value:
+            raise ValueError("must not contain line breaks or NUL (the value is not shown)")
+        return value
+
+    return _Scalar(check)
+
+
+_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def _label_name(value: object) -> str:
+    """An Alertmanager label name that portwatch does not set itself."""
+    if not isinstance(value, str) or _LABEL_RE.fullmatch(value) is None or value.startswith("__"):
+        raise ValueError(f"label names match [a-zA-Z_][a-zA-Z0-9_]* and do not start with '__',"
+                         f" got {_show(value)}")
+    if value in RESERVED_ALERT_LABELS:
+        raise ValueError(f"label {value!r} is set by portwatch (reserved:"
+                         f" {', '.join(sorted(RESERVED_ALERT_LABELS))})")
+    return value
+
+
+def _absolute_program() -> _Scalar:
+    """A command line (list of strings) whose first item is an absolute path to an executable file."""
+
+    def check(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"must be a non-empty list of strings (program and arguments; no shell),"
+                             f" got {_show(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or (i == 0 and not item):
+                raise ValueError(f"item {i} must be a string, got {_show(item)}")
+            if "\0" in item:
+                raise ValueError(f"item {i} contains a NUL character")
+        program = value[0]
+        if not program.startswith("/"):
+            raise ValueError(f"the program must be an absolute path (no shell, no PATH lookup),"
+                             f" got {program!r}")
+        if not os.path.isfile(program):
+            raise ValueError(f"cannot execute {program!r}: no such file")
+        if not os.access(program, os.X_OK):
+            raise ValueError(f"cannot execute {program!r}: not executable by this user")
+        return tuple(value)
+
+    return _Scalar(check, list)
+
+
 # --------------------------------------------------------------------------
 # Cross-field checks
 
@@ -849,6 +1136,206 @@ _WEB = _Section(
 
 _METRICS = _Section(MetricsConfig, [_Key("top_destinations", _integer(0, 1000))])
 
+
+# --------------------------------------------------------------------------
+# The alerts section
+
+
+def _check_retry(sink: Any, given: frozenset[object]) -> Iterator[tuple[str, str]]:
+    """``retry_max_delay`` must not be below ``retry_initial_delay``."""
+    if sink is not None and sink.retry_max_delay < sink.retry_initial_delay:
+        yield ("retry_max_delay",
+               f"must be >= retry_initial_delay ({sink.retry_initial_delay:g}s), got {sink.retry_max_delay:g}s")
+
+
+def _check_http(sink: Any, given: frozenset[object]) -> Iterator[tuple[str, str]]:
+    """A bearer token file and an ``Authorization`` header exclude each other."""
+    if sink is not None and sink.bearer_token_file is not None and any(
+            h.lower() == "authorization" for h in sink.headers):
+        yield "headers", "sets Authorization, and so does bearer_token_file: use one of them"
+
+
+def _check_urls(sink: AlertmanagerSinkConfig | None, given: frozenset[object]) -> Iterator[tuple[str, str]]:
+    """At least one URL, none twice."""
+    if sink is None:
+        return
+    if not sink.urls:
+        yield "urls", "must list at least one Alertmanager URL"
+    seen: set[str] = set()
+    for i, url in enumerate(sink.urls):
+        if url.rstrip("/") in seen:
+            yield f"urls[{i}]", "listed twice"
+        seen.add(url.rstrip("/"))
+
+
+def _check_sink_list(items: Sequence[tuple[int, Any]]) -> Iterator[tuple[str, str]]:
+    """A rule names each sink at most once."""
+    seen: set[str] = set()
+    for index, name in items:
+        if name in seen:
+            yield f"[{index}]", f"sink {name!r} is listed twice"
+        seen.add(name)
+
+
+def _check_rule_names(items: Sequence[tuple[int, Any]]) -> Iterator[tuple[str, str]]:
+    """Rule names are unique (alert state across restarts is keyed by them)."""
+    first: dict[str, int] = {}
+    for index, rule in items:
+        if rule.name in first:
+            yield f"[{index}].name", f"duplicate rule name {rule.name!r} (first at [{first[rule.name]}])"
+        else:
+            first[rule.name] = index
+
+
+_RETRY_KEYS = [
+    _Key("queue_size", _integer(1, 1_000_000)),
+    _Key("retry_initial_delay", _duration(0.01)),
+    _Key("retry_max_delay", _duration(0.01)),
+]
+_HTTP_KEYS = [
+    _Key("timeout", _duration(0.1)),
+    _Key("headers", _MapOf(_header_name, _header_value())),
+    _Key("bearer_token_file", _readable_file()),
+    _Key("tls_verify", _boolean()),
+    _Key("tls_ca_file", _readable_file()),
+]
+
+
+def _type_key(name: str) -> _Key:
+    return _Key("type", _Scalar(_choice([name])), required=True)
+
+
+_SINK_SECTIONS: Mapping[str, _Section] = {
+    "journal": _Section(
+        JournalSinkConfig,
+        [_type_key("journal"), _Key("syslog_identifier", _string()), *_RETRY_KEYS],
+        checks=[_check_retry],
+    ),
+    "webhook": _Section(
+        WebhookSinkConfig,
+        [_type_key("webhook"), _Key("url", _url(), required=True), *_HTTP_KEYS, *_RETRY_KEYS],
+        checks=[_check_retry, _check_http],
+    ),
+    "alertmanager": _Section(
+        AlertmanagerSinkConfig,
+        [
+            _type_key("alertmanager"),
+            _Key("urls", _ListOf(_url()), required=True),
+            _Key("resend_interval", _duration(1.0)),
+            _Key("labels", _MapOf(_label_name, _string())),
+            *_HTTP_KEYS,
+            *_RETRY_KEYS,
+        ],
+        checks=[_check_retry, _check_http, _check_urls],
+    ),
+    "exec": _Section(
+        ExecSinkConfig,
+        [_type_key("exec"), _Key("command", _absolute_program(), required=True),
+         _Key("timeout", _duration(0.1)), *_RETRY_KEYS],
+        checks=[_check_retry],
+    ),
+}
+
+
+class _Tagged(_Node):
+    """A mapping whose ``type`` key picks the section (of ``sections``) that validates the rest."""
+
+    def __init__(self, sections: Mapping[str, _Section]) -> None:
+        self._sections = dict(sections)
+
+    def parse(self, value: object, path: str, errors: list[str]) -> object:
+        types = ", ".join(self._sections)
+        if not isinstance(value, dict):
+            errors.append(_at(path, f"must be a mapping with a 'type' ({types}), got {_show(value)}"))
+            return _BAD
+        kind = value.get("type")
+        if kind is None:
+            errors.append(_at(path, f"missing required key 'type' (one of {types})"))
+            return _BAD
+        if not isinstance(kind, str) or kind not in self._sections:
+            errors.append(_at(_join(path, "type"),
+                              f"unknown sink type {_show(kind)}{_suggest(kind, self._sections)};"
+                              f" must be one of {types}"))
+            return _BAD
+        return self._sections[kind].parse(value, path, errors)
+
+    def dump(self, value: Any) -> object:
+        return self._sections[value.type].dump(value)
+
+    def keys(self, path: str) -> Iterator[str]:
+        seen: set[str] = set()
+        for section in self._sections.values():
+            for key in section.keys(path):
+                if key not in seen:
+                    seen.add(key)
+                    yield key
+
+
+class _SinkMap(_MapOf):
+    """``alerts.sinks``: free names; :meth:`keys` lists every sink key once, under ``NAME``."""
+
+    def keys(self, path: str) -> Iterator[str]:
+        return self._value.keys(_join(path, "NAME"))
+
+
+class _AlertsSection(_Section):
+    """The ``alerts`` section, plus the check that every sink a rule names exists.
+
+    That check reads the raw YAML, so it runs (and reports) even when other
+    parts of the section are invalid.
+    """
+
+    def parse(self, value: object, path: str, errors: list[str]) -> object:
+        built = super().parse(value, path, errors)
+        if not isinstance(value, dict):
+            return built
+        raw_sinks, raw_rules = value.get("sinks"), value.get("rules")
+        if raw_sinks is not None and not isinstance(raw_sinks, dict):
+            return built
+        names = {BUILTIN_SINK, *(k for k in (raw_sinks or {}) if isinstance(k, str))}
+        if not isinstance(raw_rules, list):
+            return built
+        defined = ", ".join(sorted(names))
+        for i, rule in enumerate(raw_rules):
+            sinks = rule.get("sinks") if isinstance(rule, dict) else None
+            if not isinstance(sinks, list):
+                continue
+            for j, name in enumerate(sinks):
+                if isinstance(name, str) and _IDENT_RE.fullmatch(name) and name not in names:
+                    where = _join(path, "rules") + f"[{i}].sinks[{j}]"
+                    errors.append(_at(where, f"unknown sink {name!r}{_suggest(name, names)};"
+                                             f" defined sinks: {defined}"))
+                    built = _BAD
+        return built
+
+
+_ALERT_RULE = _Section(
+    AlertRule,
+    [
+        _Key("name", _Scalar(_name("rule")), required=True),
+        _Key("kind", _kinds(), attr="kinds"),
+        _Key("min_severity", _enum(Severity)),
+        _Key("port", _port_range(), attr="ports"),
+        _Key("address", _ip()),
+        _Key("process", _string()),
+        _Key("unit", _string()),
+        _Key("severity", _enum(Severity)),
+        _Key("for", _duration(0.0), attr="for_"),
+        _Key("repeat_interval", _duration(0.0)),
+        _Key("send_resolved", _boolean()),
+        _Key("continue", _boolean(), attr="continue_"),
+        _Key("sinks", _ListOf(_Scalar(_name("sink")), checks=[_check_sink_list]), required=True),
+    ],
+)
+
+_ALERTS = _AlertsSection(
+    AlertsConfig,
+    [
+        _Key("sinks", _SinkMap(_name("sink"), _Tagged(_SINK_SECTIONS))),
+        _Key("rules", _ListOf(_ALERT_RULE, checks=[_check_rule_names])),
+    ],
+)
+
 _CONFIG = _Section(
     Config,
     [
@@ -869,6 +1356,7 @@ _CONFIG = _Section(
         ),
         _Key("web", _WEB),
         _Key("metrics", _METRICS),
+        _Key("alerts", _ALERTS),
     ],
 )
 

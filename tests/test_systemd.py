@@ -98,16 +98,13 @@ def unit_container() -> Iterator[Container]:
 def install_portwatch(c: Container) -> None:
     """Make /opt/portwatch inside ``c`` what the README install makes: a venv with bin/portwatch.
 
-    When the checkout's venv has the ``portwatch`` console script (``pip install -e .``,
-    as scripts/test does), /opt/portwatch is a symlink to the venv. Otherwise it is a
-    venv of links into the checkout's venv (its pyvenv.cfg, python and lib) plus a
-    ``portwatch`` script equivalent to the console script, with the checkout on sys.path.
+    It is a venv of links into the checkout's venv (its pyvenv.cfg, python and lib)
+    plus a ``portwatch`` script equivalent to the console script, with the checkout on
+    sys.path. (The checkout's own console script would not do: its ``#!`` line names
+    the path the venv was made at, which scripts/test may run the suite from a bind
+    mount of, and only the bound path exists in the container.)
     """
-    if (VENV / "bin" / "portwatch").exists():
-        c.run(["mkdir", "-p", "/opt"], check=True)
-        c.run(["ln", "-sfn", str(VENV), "/opt/portwatch"], check=True)
-    else:
-        install_portwatch_links(c)
+    install_portwatch_links(c)
 
 
 def install_portwatch_links(c: Container) -> None:

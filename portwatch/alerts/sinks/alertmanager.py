@@ -1,0 +1,179 @@
+"""The ``alertmanager`` sink: alerts POSTed to Alertmanager's API v2 (``/api/v2/alerts``).
+
+Each notification becomes one alert (two for a severity change)::
+
+    labels:      alertname (PortwatchSelfConnect, ... see ALERTNAMES), severity, kind,
+                 instance (this host, unless ``labels`` overrides it), port (when the
+                 finding has one), key (the finding's key), rule, and the sink's ``labels``
+    annotations: summary, remediation (when known), processes (``name[pid] user=... unit=...``)
+    startsAt:    when the alert fired
+    endsAt:      firing: now + 4 x resend_interval; resolved: when it resolved
+
+Alertmanager keeps an alert active until its ``endsAt``; portwatch posts a
+firing alert again every ``resend_interval`` (the sink's
+:attr:`~portwatch.alerts.rules.SinkPolicy.resend_interval`), which moves
+``endsAt`` forward, and posts it with ``endsAt`` = the resolution time when
+the finding goes away (always: Alertmanager's own ``send_resolved`` decides
+who hears of it). If portwatch stops for good, Alertmanager resolves its
+alerts by itself four intervals after the last post. A severity change
+resolves the alert with the old ``severity`` label and fires the new one.
+
+Every URL of ``urls`` gets every post (an HA pair gossips, but each member
+must hear from the sender, as with Prometheus). A delivery succeeds when at
+least one Alertmanager accepted it; one that was down catches up with the
+next post of a firing alert. Each failing URL is logged once per outage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import replace
+from typing import Any, Callable, Mapping
+
+from portwatch.alerts.http import HttpPoster, read_token, redact_url
+from portwatch.alerts.notification import Notification, Reason, Status, iso_time
+from portwatch.alerts.rules import SinkPolicy
+from portwatch.alerts.sinks import SinkContext, SinkError
+from portwatch.config import AlertmanagerSinkConfig
+from portwatch.model import Kind
+
+__all__ = ["ALERTNAMES", "API_PATH", "AlertmanagerSink", "alerts_for", "build", "labels_for"]
+
+API_PATH = "/api/v2/alerts"
+#: A firing alert's endsAt is this many resend intervals after the post.
+ENDS_AFTER_INTERVALS = 4
+
+#: The ``alertname`` of each kind: the names config/prometheus/portwatch.rules.yml uses.
+ALERTNAMES: Mapping[str, str] = {
+    Kind.SELF_CONNECT.value: "PortwatchSelfConnect",
+    Kind.LOOP_PAIR.value: "PortwatchLoopPair",
+    Kind.LISTENER_IN_EPHEMERAL_RANGE.value: "PortwatchListenerInEphemeralRange",
+    Kind.PORT_TAKEN.value: "PortwatchPortTaken",
+    Kind.SERVICE_PORT_AT_RISK.value: "PortwatchServicePortAtRisk",
+    Kind.EPHEMERAL_EXHAUSTION.value: "PortwatchEphemeralPortExhaustion",
+    Kind.CLOSE_WAIT_BUILDUP.value: "PortwatchCloseWaitBuildup",
+    Kind.RANGE_MISCONFIGURED.value: "PortwatchRangeMisconfigured",
+}
+
+
+def _describe(process: Mapping[str, Any]) -> str:
+    name = process.get("name") or "?"
+    out = f"{name}[{process.get('pid')}]"
+    if process.get("user"):
+        out += f" user={process['user']}"
+    if process.get("unit"):
+        out += f" unit={process['unit']}"
+    return out
+
+
+def labels_for(note: Notification, extra: Mapping[str, str]) -> dict[str, str]:
+    """The alert's labels (see the module documentation); empty values are left out."""
+    labels = {
+        "alertname": ALERTNAMES.get(note.kind, "Portwatch"),
+        "severity": note.severity.value,
+        "kind": note.kind,
+        "instance": note.host,
+        "port": str(note.port) if note.port is not None else "",
+        "key": note.finding_key,
+        "rule": note.rule,
+    }
+    labels.update(extra)
+    return {k: v for k, v in labels.items() if v}
+
+
+def annotations_for(note: Notification) -> dict[str, str]:
+    """The alert's annotations: summary, remediation and processes (the latter two when known)."""
+    out = {"summary": note.summary}
+    if note.remediation:
+        out["remediation"] = note.remediation
+    if note.processes:
+        out["processes"] = "; ".join(_describe(p) for p in note.processes)
+    return {k: v for k, v in out.items() if v}
+
+
+def alerts_for(note: Notification, now: float, resend_interval: float,
+               extra: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The API v2 alert objects that deliver ``note`` at ``now``."""
+    ends = note.ends_at if note.status is Status.RESOLVED and note.ends_at is not None \
+        else now + ENDS_AFTER_INTERVALS * resend_interval
+    alert = {
+        "labels": labels_for(note, extra),
+        "annotations": annotations_for(note),
+        "startsAt": iso_time(note.starts_at),
+        "endsAt": iso_time(ends),
+    }
+    out = []
+    if note.reason is Reason.SEVERITY_CHANGED and note.previous_severity is not None:
+        old = replace(note, severity=note.previous_severity)
+        out.append({"labels": labels_for(old, extra), "annotations": annotations_for(old),
+                    "startsAt": iso_time(note.starts_at), "endsAt": iso_time(note.created_at)})
+    out.append(alert)
+    return out
+
+
+class AlertmanagerSink:
+    """Posts alerts to every Alertmanager of ``urls``."""
+
+    def __init__(self, name: str, config: AlertmanagerSinkConfig, poster: HttpPoster,
+                 clock: Callable[[], float], logger: logging.Logger) -> None:
+        self._name = name
+        self._endpoints = [url.rstrip("/") + API_PATH for url in config.urls]
+        self._resend = config.resend_interval
+        self._labels = dict(config.labels)
+        self._poster = poster
+        self._clock = clock
+        self._log = logger
+        self._down: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """The sink's name."""
+        return self._name
+
+    @property
+    def policy(self) -> SinkPolicy:
+        """Firing alerts are posted every resend_interval; resolutions always."""
+        return SinkPolicy(resend_interval=self._resend, always_resolve=True)
+
+    def send(self, note: Notification) -> None:
+        """Post ``note`` to every Alertmanager. Returns when at least one accepted it.
+
+        Raises :class:`SinkError`: temporary unless every Alertmanager refused it for good.
+        """
+        body = json.dumps(alerts_for(note, self._clock(), self._resend, self._labels),
+                          separators=(",", ":")).encode("utf-8")
+        errors: list[SinkError] = []
+        for url in self._endpoints:
+            try:
+                self._poster.post(url, body)
+            except SinkError as exc:
+                errors.append(exc)
+                with self._lock:
+                    first = url not in self._down
+                    self._down.add(url)
+                if first and len(self._endpoints) > 1:
+                    self._log.warning("alertmanager sink %s: %s", self._name, exc)
+            else:
+                with self._lock:
+                    back = url in self._down
+                    self._down.discard(url)
+                if back and len(self._endpoints) > 1:
+                    self._log.info("alertmanager sink %s: %s accepts alerts again", self._name, redact_url(url))
+        if len(errors) < len(self._endpoints):
+            return
+        if len(errors) == 1:
+            raise errors[0]
+        permanent = all(e.permanent for e in errors)
+        retry_after = max((e.retry_after for e in errors if e.retry_after is not None), default=None)
+        raise SinkError("; ".join(str(e) for e in errors), permanent=permanent, retry_after=retry_after)
+
+
+def build(name: str, config: AlertmanagerSinkConfig, context: SinkContext) -> AlertmanagerSink:
+    """The alertmanager sink ``name``. Raises :class:`~portwatch.alerts.sinks.SinkBuildError`
+    when the token or CA file cannot be read."""
+    token = read_token(config.bearer_token_file) if config.bearer_token_file is not None else None
+    poster = HttpPoster(config.timeout, config.headers, token, config.tls_verify, config.tls_ca_file)
+    return AlertmanagerSink(name, config, poster, context.clock, context.logger)

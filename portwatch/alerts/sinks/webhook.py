@@ -1,0 +1,53 @@
+"""The ``webhook`` sink: POST the notification's JSON document (docs/alerting.md) to ``url``.
+
+One request per notification, ``Content-Type: application/json``, with the
+configured ``headers`` and, with ``bearer_token_file``, ``Authorization:
+Bearer <token>`` (the file is read when the sink is built: at start and at
+every reload). TLS certificates are verified unless ``tls_verify: false``.
+A 2xx answer is success; see :mod:`portwatch.alerts.http` for what is
+retried. The document's ``id`` lets a receiver drop a retry it already got.
+"""
+
+from __future__ import annotations
+
+import json
+
+from portwatch.alerts.http import HttpPoster, read_token
+from portwatch.alerts.notification import Notification, document
+from portwatch.alerts.rules import SinkPolicy
+from portwatch.alerts.sinks import SinkContext
+from portwatch.config import WebhookSinkConfig
+
+__all__ = ["WebhookSink", "build"]
+
+
+class WebhookSink:
+    """POSTs each notification's document to one URL."""
+
+    def __init__(self, name: str, config: WebhookSinkConfig, poster: HttpPoster) -> None:
+        self._name = name
+        self._url = config.url
+        self._poster = poster
+
+    @property
+    def name(self) -> str:
+        """The sink's name."""
+        return self._name
+
+    @property
+    def policy(self) -> SinkPolicy:
+        """The rule's repeat_interval and send_resolved apply."""
+        return SinkPolicy()
+
+    def send(self, note: Notification) -> None:
+        """POST ``note``'s document. Raises :class:`~portwatch.alerts.sinks.SinkError`."""
+        body = json.dumps(document(note), separators=(",", ":")).encode("utf-8")
+        self._poster.post(self._url, body)
+
+
+def build(name: str, config: WebhookSinkConfig, context: SinkContext) -> WebhookSink:
+    """The webhook sink ``name``. Raises :class:`~portwatch.alerts.sinks.SinkBuildError`
+    when the token or CA file cannot be read."""
+    token = read_token(config.bearer_token_file) if config.bearer_token_file is not None else None
+    poster = HttpPoster(config.timeout, config.headers, token, config.tls_verify, config.tls_ca_file)
+    return WebhookSink(name, config, poster)

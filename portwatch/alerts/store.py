@@ -1,0 +1,270 @@
+"""The alerting state in the state directory: firing alerts and undelivered notifications.
+
+``<state_directory>/alerts.json`` (:data:`ALERTS_FILE`) holds, as JSON with a
+``version``:
+
+- ``alerts``: every *firing* alert (rule, finding key, severity, when it
+  fired, the sinks it was sent to and when, the latest finding), so that a
+  restart neither sends them again nor forgets to resolve them. Pending
+  alerts (waiting for ``for``) are not kept: their countdown restarts.
+- ``pending``: the notifications not delivered yet, per sink, oldest first,
+  with their failed attempts; the next start queues them again before
+  anything new.
+
+The engine writes the file after every scan that changed the alerts or made
+notifications (from a background thread, :class:`StateWriter`: the scan
+loop never waits for the disk) and once more, synchronously, when it stops.
+Writes are atomic (temporary file, ``fsync``, ``rename``). A missing file
+is a first start; an unreadable or corrupt one is logged and replaced, never
+fatal; a malformed entry is skipped and logged. A directory that cannot be
+written is logged once per distinct error and alerting goes on in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from portwatch import __version__
+from portwatch.alerts.notification import Notification
+from portwatch.alerts.rules import AlertState
+from portwatch.model import Severity
+
+__all__ = ["ALERTS_FILE", "STORE_VERSION", "Saved", "StateWriter", "from_document", "load", "to_document",
+           "write_atomic"]
+
+log = logging.getLogger("portwatch.alerts")
+
+ALERTS_FILE = "alerts.json"
+STORE_VERSION = 1
+#: A file larger than this is not read (treated as corrupt).
+MAX_FILE_SIZE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What the file holds: firing alerts by key, and undelivered notifications with their failed attempts."""
+
+    alerts: Mapping[str, AlertState] = field(default_factory=dict)
+    pending: Sequence[tuple[Notification, int]] = ()
+
+
+def _alert_to_dict(a: AlertState) -> dict[str, Any]:
+    return {"key": a.key, "rule": a.rule, "finding_key": a.finding_key, "severity": a.severity.value,
+            "since": a.since, "fired_at": a.fired_at, "send_resolved": a.send_resolved,
+            "notified": dict(sorted(a.notified.items())), "finding": dict(a.finding)}
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} is not a finite number")
+    return float(value)
+
+
+def _alert_from_dict(data: object) -> AlertState:
+    if not isinstance(data, dict):
+        raise ValueError("not an object")
+    texts = {}
+    for name in ("key", "rule", "finding_key"):
+        value = data.get(name)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} is not a non-empty string")
+        texts[name] = value
+    notified_raw = data.get("notified")
+    finding = data.get("finding")
+    if not isinstance(notified_raw, dict) or not isinstance(finding, dict):
+        raise ValueError("notified or finding is not an object")
+    notified = {str(k): _number(v, f"notified.{k}") for k, v in notified_raw.items()}
+    send_resolved = data.get("send_resolved")
+    if not isinstance(send_resolved, bool):
+        raise ValueError("send_resolved is not a bool")
+    return AlertState(texts["key"], texts["rule"], texts["finding_key"], Severity(data.get("severity")),
+                      since=_number(data.get("since"), "since"), fired_at=_number(data.get("fired_at"), "fired_at"),
+                      finding=finding, send_resolved=send_resolved, notified=notified)
+
+
+def to_document(alerts: Mapping[str, AlertState], pending: Sequence[tuple[Notification, int]],
+                now: float) -> dict[str, Any]:
+    """The JSON-ready document: the firing alerts of ``alerts`` (sorted) and ``pending`` in order."""
+    return {
+        "version": STORE_VERSION,
+        "written_by": f"portwatch {__version__}",
+        "saved_at": now,
+        "alerts": [_alert_to_dict(a) for k, a in sorted(alerts.items()) if a.fired_at is not None],
+        "pending": [{"attempts": attempts, "notification": note.to_dict()} for note, attempts in pending],
+    }
+
+
+def from_document(doc: object) -> tuple[Saved, list[str]]:
+    """The state in ``doc`` and the problems of skipped entries. Raises ``ValueError`` when unusable as a whole."""
+    if not isinstance(doc, dict):
+        raise ValueError("the top level is not a JSON object")
+    if doc.get("version") != STORE_VERSION:
+        raise ValueError(f"unsupported version {doc.get('version')!r} (this portwatch reads {STORE_VERSION})")
+    raw_alerts, raw_pending = doc.get("alerts"), doc.get("pending")
+    if not isinstance(raw_alerts, list) or not isinstance(raw_pending, list):
+        raise ValueError("'alerts' and 'pending' must be lists")
+    problems: list[str] = []
+    alerts: dict[str, AlertState] = {}
+    for i, entry in enumerate(raw_alerts):
+        try:
+            a = _alert_from_dict(entry)
+        except ValueError as exc:
+            problems.append(f"alerts[{i}]: {exc}")
+            continue
+        alerts[a.key] = a
+    pending: list[tuple[Notification, int]] = []
+    for i, entry in enumerate(raw_pending):
+        try:
+            if not isinstance(entry, dict):
+                raise ValueError("not an object")
+            attempts = entry.get("attempts", 0)
+            if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+                raise ValueError("attempts is not a count")
+            pending.append((Notification.from_dict(entry.get("notification")), attempts))
+        except ValueError as exc:
+            problems.append(f"pending[{i}]: {exc}")
+    return Saved(alerts, pending), problems
+
+
+def load(path: Path, warn: Callable[[str], None] = log.warning,
+         info: Callable[[str], None] = log.info) -> Saved:
+    """The state in the file at ``path``; empty when missing (``info``) or unusable (``warn``). Never raises."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_SIZE + 1)
+    except FileNotFoundError:
+        info(f"no alert state {path} yet: no firing alerts, nothing pending")
+        return Saved()
+    except OSError as exc:
+        warn(f"cannot read alert state {path}: {exc.strerror or exc}; starting with no firing alerts")
+        return Saved()
+    try:
+        if len(raw) > MAX_FILE_SIZE:
+            raise ValueError(f"larger than {MAX_FILE_SIZE} bytes")
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        saved, problems = from_document(doc)
+    except ValueError as exc:
+        warn(f"alert state {path} is corrupt ({exc}); starting with no firing alerts, it will be replaced")
+        return Saved()
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        warn(f"alert state {path}: skipped {len(problems)} malformed entries ({shown})")
+    return saved
+
+
+def write_atomic(path: Path, document: Mapping[str, Any]) -> None:
+    """Write ``document`` as JSON to ``path``: temporary file, fsync, rename, fsync of the directory.
+
+    Creates the directory (mode 0700) if missing. Raises ``OSError``.
+    """
+    data = (json.dumps(document, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+    directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+class StateWriter:
+    """Writes the latest submitted document in a background thread; the submitter never waits.
+
+    Only the newest document submitted matters: one submitted while a write
+    is running replaces any other waiting one. Write errors go to ``warn``
+    once per distinct error (and ``info`` when writing works again).
+    """
+
+    def __init__(self, warn: Callable[[str], None] = log.warning,
+                 info: Callable[[str], None] = log.info) -> None:
+        self._warn = warn
+        self._info = info
+        self._cond = threading.Condition()
+        self._latest: tuple[Path, Mapping[str, Any]] | None = None
+        self._stopped = False
+        self._last_error: str | None = None
+        self._io = threading.Lock()  # one write at a time, so the newest document wins
+        self._thread = threading.Thread(target=self._run, name="portwatch-alerts-state", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def submit(self, path: Path, document: Mapping[str, Any]) -> None:
+        """Have ``document`` written to ``path`` soon. Never blocks on I/O."""
+        with self._cond:
+            self._latest = (path, document)
+            self._cond.notify_all()
+
+    def stop(self, timeout: float) -> None:
+        """Finish the write in progress (up to ``timeout`` s) and end the thread; waiting documents are not written."""
+        with self._cond:
+            self._stopped = True
+            self._latest = None
+            self._cond.notify_all()
+        if self._thread.ident is not None:
+            self._thread.join(max(timeout, 0.0))
+
+    def write_now(self, path: Path, document: Mapping[str, Any]) -> bool:
+        """Write ``document`` synchronously (used when stopping). Returns False when it failed (reported)."""
+        return self._write(path, document)
+
+    def _write(self, path: Path, document: Mapping[str, Any]) -> bool:
+        try:
+            with self._io:
+                write_atomic(path, document)
+        except OSError as exc:
+            message = f"cannot write alert state {path}: {exc.strerror or exc}"
+            if message != self._last_error:
+                self._warn(message + "; alerting goes on in memory (firing alerts may be sent again"
+                                     " after a restart)")
+            self._last_error = message
+            return False
+        if self._last_error is not None:
+            self._info(f"alert state {path} written again")
+            self._last_error = None
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._latest is None and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                assert self._latest is not None
+                path, document = self._latest
+                self._latest = None
+            self._write(path, document)

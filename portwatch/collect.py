@@ -618,6 +618,10 @@ class Collector:
         raises (:class:`~portwatch.model.SourceUnavailable`, ``OSError``,
         ``ValueError``).
         """
+        # A new scan: the previous scan's walk state (its socket table and the
+        # inodes it saw) is of no use any more; let it go before reading anew.
+        self._walk = None
+        self._walk_key = None
         settings = read_kernel_settings(self.proc_root)
         table = self.source.read()
         return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Collection, Iterable, Mapping, NamedTuple
 
 from portwatch.config import Config, IgnoreRule, Service, ignore_matches
@@ -89,15 +89,45 @@ class RememberedPort(NamedTuple):
 Listening = Mapping[tuple[Protocol, int], list[Socket]]
 
 
+@dataclass(frozen=True)
+class SocketIndex:
+    """What several detectors look for in the socket table, gathered in one pass.
+
+    ``listening``: listeners (TCP LISTEN, unconnected UDP) by (protocol,
+    port), port 0 left out; ``close_wait``: the CLOSE_WAIT sockets;
+    ``self_connected``: the sockets whose local endpoint equals their remote
+    one. Valid for every snapshot with the same ``sockets``.
+    """
+
+    listening: dict[tuple[Protocol, int], list[Socket]]
+    close_wait: list[Socket]
+    self_connected: list[Socket]
+
+
+def index(snapshot: Snapshot) -> SocketIndex:
+    """The :class:`SocketIndex` of ``snapshot``'s sockets (one pass over them)."""
+    listening: dict[tuple[Protocol, int], list[Socket]] = defaultdict(list)
+    close_wait: list[Socket] = []
+    self_connected: list[Socket] = []
+    listen, udp, cw = SocketState.LISTEN, Protocol.UDP, SocketState.CLOSE_WAIT
+    for s in snapshot.sockets:
+        state = s.state
+        remote = s.remote
+        if remote is None:
+            # Socket.is_listener, inlined: this runs over every socket.
+            if (state is listen or s.protocol is udp) and s.local.port:
+                listening[(s.protocol, s.local.port)].append(s)
+        elif state is cw:
+            close_wait.append(s)
+        elif remote == s.local:
+            self_connected.append(s)
+    # (a CLOSE_WAIT self-connect is left to the CLOSE_WAIT count: it is closing)
+    return SocketIndex(dict(listening), close_wait, self_connected)
+
+
 def listeners(snapshot: Snapshot) -> dict[tuple[Protocol, int], list[Socket]]:
     """Listeners (TCP LISTEN, unconnected UDP) by (protocol, port); port 0 left out."""
-    out: dict[tuple[Protocol, int], list[Socket]] = defaultdict(list)
-    listen, udp = SocketState.LISTEN, Protocol.UDP
-    for s in snapshot.sockets:
-        # Socket.is_listener, inlined: this runs over every socket.
-        if (s.state is listen or (s.remote is None and s.protocol is udp)) and s.local.port:
-            out[(s.protocol, s.local.port)].append(s)
-    return out
+    return index(snapshot).listening
 
 
 def _covers(listener_ip: str, ip: str | None) -> bool:
@@ -213,11 +243,11 @@ def _make(
 # --------------------------------------------------------------------------- detectors
 
 
-def find_self_connects(snapshot: Snapshot) -> list[Finding]:
+def find_self_connects(snapshot: Snapshot, idx: SocketIndex | None = None) -> list[Finding]:
     """Sockets whose local endpoint equals their remote endpoint (one finding each)."""
     out = []
-    for s in [s for s in snapshot.sockets if s.local == s.remote]:
-        if s.remote is not None and s.state not in _ORPHAN_STATES:
+    for s in (idx or index(snapshot)).self_connected:
+        if s.state not in _ORPHAN_STATES:
             key = f"self_connect:{s.protocol.value}:{s.local}"
             in_range = snapshot.settings.is_ephemeral(s.local.port)
             hint = (
@@ -460,19 +490,19 @@ def find_exhaustion(snapshot: Snapshot, config: Config, usage: Mapping[Destinati
     return out
 
 
-def owners_needed(snapshot: Snapshot, config: Config) -> set[int]:
+def owners_needed(snapshot: Snapshot, config: Config, idx: SocketIndex | None = None) -> set[int]:
     """Inodes whose owners :func:`detect` needs before it runs.
 
     Only CLOSE_WAIT sockets, and only when there are more of them in total
     than one process may hold (else no process can cross the threshold).
     """
-    inodes = [s.inode for s in snapshot.sockets if s.state is SocketState.CLOSE_WAIT]
-    if len(inodes) <= config.thresholds.close_wait:
+    waiting = (idx or index(snapshot)).close_wait
+    if len(waiting) <= config.thresholds.close_wait:
         return set()
-    return set(inodes)
+    return {s.inode for s in waiting}
 
 
-def find_close_wait(snapshot: Snapshot, config: Config) -> list[Finding]:
+def find_close_wait(snapshot: Snapshot, config: Config, idx: SocketIndex | None = None) -> list[Finding]:
     """Processes holding more CLOSE_WAIT sockets than the threshold.
 
     Sockets whose owner is unknown are grouped by uid (or as one unknown
@@ -480,7 +510,7 @@ def find_close_wait(snapshot: Snapshot, config: Config) -> list[Finding]:
     """
     threshold = config.thresholds.close_wait
     groups: dict[str, list[Socket]] = defaultdict(list)
-    waiting = [s for s in snapshot.sockets if s.state is SocketState.CLOSE_WAIT]
+    waiting = (idx or index(snapshot)).close_wait
     if len(waiting) <= threshold:
         return []
     for s in waiting:
@@ -560,28 +590,29 @@ def detect(
     config: Config,
     remembered: Collection[RememberedPort] = (),
     usage: Mapping[Destination, int] | None = None,
-    listening: Listening | None = None,
+    idx: SocketIndex | None = None,
 ) -> list[Finding]:
     """Every finding of ``snapshot``, before ignore rules, sorted by severity then key.
 
     Takes the snapshot, the configuration (services, thresholds, severity
     overrides), the ports remembered from earlier scans' listeners, and the
-    per-destination usage and the listeners if the caller computed them
-    already (:func:`destination_usage`, :func:`listeners`). Processes are filled from what the
+    per-destination usage and the socket index if the caller computed them
+    already (:func:`destination_usage`, :func:`index`). Processes are filled from what the
     snapshot's owners already cover; see :func:`explain`.
     """
-    if listening is None:
-        listening = listeners(snapshot)
+    if idx is None:
+        idx = index(snapshot)
+    listening = idx.listening
     if usage is None:
         usage = destination_usage(snapshot, listening)
     findings: list[Finding] = []
-    findings += find_self_connects(snapshot)
+    findings += find_self_connects(snapshot, idx)
     findings += find_loop_pairs(snapshot, listening)
     findings += find_listeners_in_range(snapshot, config, listening)
     findings += find_services_at_risk(snapshot, config, listening)
     findings += find_ports_taken(snapshot, config, remembered, listening)
     findings += find_exhaustion(snapshot, config, usage)
-    findings += find_close_wait(snapshot, config)
+    findings += find_close_wait(snapshot, config, idx)
     findings += find_range_problems(snapshot.settings, config)
     if config.severities:
         findings = [replace(f, severity=config.severities.get(f.kind, f.severity)) for f in findings]

@@ -104,12 +104,12 @@ def run_scan(
     """
     started = clock()
     snapshot = collector.snapshot()
-    needed = detect.owners_needed(snapshot, config)
+    idx = detect.index(snapshot)
+    needed = detect.owners_needed(snapshot, config, idx)
     if needed:
         snapshot = collector.attribute(snapshot, needed)
-    listening = detect.listeners(snapshot)
-    usage = detect.destination_usage(snapshot, listening)
-    findings = detect.detect(snapshot, config, remembered, usage, listening)
+    usage = detect.destination_usage(snapshot, idx.listening)
+    findings = detect.detect(snapshot, config, remembered, usage, idx)
     involved = detect.involved_inodes(findings)
     if involved:
         snapshot = collector.attribute(snapshot, involved)

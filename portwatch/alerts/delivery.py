@@ -177,9 +177,13 @@ class SinkQueue:
 
     # -- the worker side
 
-    def take(self, stop: threading.Event, timeout: float | None = None) -> Entry | None:
-        """The oldest entry, marked in flight; waits for one. None when ``stop`` is set or ``timeout`` passed."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def take(self, stop: threading.Event, idle: threading.Event) -> Entry | None:
+        """The oldest entry, marked in flight; waits for one.
+
+        Returns None at once when ``stop`` is set (or the queue was closed),
+        and when ``idle`` is set and the queue is empty. Setters of either
+        event call :meth:`wake`.
+        """
         with self._cond:
             while True:
                 if stop.is_set() or self._closed:
@@ -188,10 +192,9 @@ class SinkQueue:
                     entry = self._entries[0]
                     entry.in_flight = True
                     return entry
-                wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-                if wait <= 0:
+                if idle.is_set():
                     return None
-                self._cond.wait(wait)
+                self._cond.wait(1.0)
 
     def done(self, entry: Entry) -> None:
         """``entry`` was delivered, or dropped for good: remove it."""
@@ -311,7 +314,8 @@ class Worker:
         self._clock = clock
         self._log = logger
         self._stop = threading.Event()
-        self._interrupt = threading.Event()  # ends a backoff wait early (stop or drain)
+        self._interrupt = threading.Event()  # ends a backoff wait early (stop, drain, reload)
+        self._drain = threading.Event()  # set once stopping: end when the queue is empty
         self._draining = False
         self._deadline: float | None = None
         self._failures = 0
@@ -330,8 +334,13 @@ class Worker:
         """Keep delivering until the queue is empty, the sink fails, or ``deadline`` (monotonic) passes; then stop."""
         self._deadline = deadline
         self._draining = True
+        self._drain.set()
         self._interrupt.set()
         self.queue.wake()
+
+    def retry_now(self) -> None:
+        """End a backoff wait in progress: the next attempt starts at once (e.g. after a reload)."""
+        self._interrupt.set()
 
     def stop(self) -> None:
         """Stop after the attempt in progress (if any)."""
@@ -354,7 +363,7 @@ class Worker:
         while not self._stop.is_set():
             if self._draining and (len(self.queue) == 0 or self._out_of_time()):
                 return
-            entry = self.queue.take(self._stop, timeout=0.2 if self._draining else None)
+            entry = self.queue.take(self._stop, self._drain)
             if entry is None:
                 continue
             if self._out_of_time():
@@ -383,14 +392,15 @@ class Worker:
     def _failed(self, entry: Entry, exc: SinkError, message: str | None) -> bool:
         """Count and log a failed attempt, wait the backoff. False when the worker must end (stopping)."""
         name = self.sink.name
-        self._metrics.failed.labels(name).inc()
         if exc.permanent:
             self.queue.done(entry)
+            self._metrics.failed.labels(name).inc()
             self._metrics.dropped.labels(name, DROP_REJECTED).inc()
             self._log.error("sink %s refused the %s notification of %s for good, dropped: %s", name,
                             entry.note.status.value, entry.note.alert_key, exc)
             return True
-        self.queue.failed(entry)
+        self.queue.failed(entry)  # before the metric: once it shows, the entry is no longer in flight
+        self._metrics.failed.labels(name).inc()
         self._failures += 1
         delay = backoff_delay(self._failures, self.initial_delay, self.max_delay, self._rand, exc.retry_after)
         if message is not None:
@@ -403,4 +413,7 @@ class Worker:
         if self._draining:
             return False  # stopping: what is left is saved, not waited for
         self._interrupt.wait(delay)
-        return not self._draining and not self._stop.is_set()
+        if self._draining or self._stop.is_set():
+            return False
+        self._interrupt.clear()
+        return True

@@ -207,7 +207,7 @@ class Alerting:
 
         Every sink is rebuilt (token files are read again); a sink that stays
         keeps its queue and worker (a smaller ``queue_size`` drops per the
-        queue policy, counted); a removed sink's undelivered notifications
+        queue policy, counted) and, if it was waiting to retry, retries at once; a removed sink's undelivered notifications
         are discarded (logged) and its metrics removed; alerts of removed
         rules resolve at the next :meth:`process`. Raises
         :class:`~portwatch.alerts.sinks.SinkBuildError` with nothing changed
@@ -234,6 +234,7 @@ class Alerting:
                     continue
                 worker.sink = sink
                 worker.initial_delay, worker.max_delay = cfg.retry_initial_delay, cfg.retry_max_delay
+                worker.retry_now()  # a sink in backoff tries its new settings at once
                 dropped = self._queues[name].resize(cfg.queue_size)
                 if dropped:
                     self._metrics.dropped.labels(name, DROP_QUEUE_FULL).inc(len(dropped))

@@ -1156,15 +1156,17 @@ def _check_http(sink: Any, given: frozenset[object]) -> Iterator[tuple[str, str]
 
 
 def _check_urls(sink: AlertmanagerSinkConfig | None, given: frozenset[object]) -> Iterator[tuple[str, str]]:
-    """At least one URL, none twice."""
-    if sink is None:
-        return
-    if not sink.urls:
+    """At least one URL."""
+    if sink is not None and not sink.urls:
         yield "urls", "must list at least one Alertmanager URL"
+
+
+def _check_url_list(items: Sequence[tuple[int, Any]]) -> Iterator[tuple[str, str]]:
+    """No URL twice (a trailing slash does not make another URL)."""
     seen: set[str] = set()
-    for i, url in enumerate(sink.urls):
+    for index, url in items:
         if url.rstrip("/") in seen:
-            yield f"urls[{i}]", "listed twice"
+            yield f"[{index}]", "listed twice"
         seen.add(url.rstrip("/"))
 
 
@@ -1220,7 +1222,7 @@ _SINK_SECTIONS: Mapping[str, _Section] = {
         AlertmanagerSinkConfig,
         [
             _type_key("alertmanager"),
-            _Key("urls", _ListOf(_url()), required=True),
+            _Key("urls", _ListOf(_url(), checks=[_check_url_list]), required=True),
             _Key("resend_interval", _duration(1.0)),
             _Key("labels", _MapOf(_label_name, _string())),
             *_HTTP_KEYS,

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Sequence
 from portwatch import __version__
 
 if TYPE_CHECKING:
+    from portwatch.alerts.rules import DryRunEntry
     from portwatch.config import Config
+    from portwatch.model import Finding
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="report format (default: table)")
     scan.add_argument("--fail-on", choices=["info", "warning", "critical", "never"], default="critical",
                       help="exit 1 when a finding of this severity or worse exists (default: critical)")
+    scan.add_argument("--alerts-dry-run", action="store_true",
+                      help="also show which alert rules would fire for these findings and to which sinks "
+                           "(nothing is sent)")
 
     check = sub.add_parser("check-config", help="validate a configuration file",
                            description="Validate FILE; list every error with its key path.")
@@ -94,15 +99,49 @@ def cmd_scan(args: argparse.Namespace) -> int:
     collector = Collector(make_source(config.source))
     result = run_scan(config, collector)
     host = socket.gethostname()
+    dry = _alerts_dry_run(config, result.findings) if args.alerts_dry_run else None
     if args.format == "json":
-        json.dump(to_json_document(result, host), sys.stdout, indent=2)
+        document = to_json_document(result, host)
+        if dry is not None:
+            document["alerts_dry_run"] = [entry.to_dict() for entry in dry]
+        json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_text(result, host))
+        if dry is not None:
+            sys.stdout.write(_render_dry_run(dry))
     if args.fail_on == "never":
         return EXIT_OK
     threshold = Severity(args.fail_on)
     return EXIT_FINDINGS if any(f.severity >= threshold for f in result.findings) else EXIT_OK
+
+
+def _alerts_dry_run(config: Config, findings: Sequence[Finding]) -> list[DryRunEntry]:
+    """What ``config.alerts`` would do with ``findings`` on a first scan (no alert state); sends nothing."""
+    import time
+
+    from portwatch.alerts.rules import dry_run
+
+    return dry_run(config.alerts, findings, {}, time.time())
+
+
+def _render_dry_run(entries: Sequence[DryRunEntry]) -> str:
+    """The ``--alerts-dry-run`` section of the text report."""
+    lines = ["", "Alerts (dry run: nothing sent):"]
+    if not entries:
+        lines.append("  no findings, nothing to alert")
+    for e in entries:
+        head = f"  {e.finding_severity.value:<8} {e.finding_key}"
+        if e.rule is None:
+            lines.append(f"{head}: no rule matches, not alerted")
+        elif not e.sinks:
+            lines.append(f"{head}: rule {e.rule!r} silences it")
+        else:
+            when = {"fires now": "fires now", "firing": "is firing"}.get(
+                e.state, f"fires in {e.fires_in or 0:g}s if it persists")
+            severity = e.severity.value if e.severity is not None else e.finding_severity.value
+            lines.append(f"{head}: rule {e.rule!r} {when} as {severity} -> {', '.join(e.sinks)}")
+    return "\n".join(lines) + "\n"
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

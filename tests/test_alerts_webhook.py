@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 import pytest
 from prometheus_client import CollectorRegistry
 
-from portwatch.alerts import Alerting
+from portwatch.alerts import Alerting, SinkBuildError
 from portwatch.alerts.notification import iso_time
 from portwatch.alerts.store import ALERTS_FILE
 from portwatch.config import AlertsConfig, load_yaml, parse_config
@@ -337,3 +337,72 @@ def test_corrupt_state_file_is_replaced(harness: Harness, receiver: Receiver,
     receiver.wait_accepted(1)
     alerting.stop(timeout=5)
     assert json.loads((harness.state_dir / ALERTS_FILE).read_text())["version"] == 1
+
+
+def test_reload_rereads_the_token_adds_and_removes_sinks_and_resolves_removed_rules(
+        harness: Harness, receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    token = tmp_path / "token"
+    token.write_text("first\n")
+
+    def config(rules: str, sinks: str = "") -> AlertsConfig:
+        return alerts_config(f"""
+alerts:
+  sinks:
+    hook: {{type: webhook, url: "{receiver.url}/hook", bearer_token_file: {token},
+           retry_initial_delay: 10ms, retry_max_delay: 50ms}}
+{sinks}
+  rules:
+{rules}
+""")
+
+    alerting = harness.new(config("    - {name: page, sinks: [hook]}"))
+    alerting.process([A], 1000.0)
+    (first,) = receiver.wait_accepted(1)
+    assert first.headers["authorization"] == "Bearer first"
+
+    token.write_text("second\n")
+    other = Receiver()
+    try:
+        alerting.reload(config("    - {name: page2, sinks: [hook, other]}",
+                               sinks=f'    other: {{type: webhook, url: "{other.url}/other"}}'))
+        assert harness.metric("portwatch_alerts_sent_total", sink="other") == 0  # its series exists now
+        alerting.process([A], 1010.0)
+        got = receiver.wait_accepted(3)
+        assert {(r.json["status"], r.json["alert"]["rule"]) for r in got[1:]} == {
+            ("firing", "page2"), ("resolved", "page")}  # the old rule's alert resolves
+        assert all(r.headers["authorization"] == "Bearer second" for r in got[1:])
+        (to_other,) = other.wait_accepted(1)
+        assert to_other.json["alert"]["rule"] == "page2"
+
+        # a sink that cannot be built (its token vanished after validation) fails the reload as a
+        # whole: nothing changes
+        valid = config("    - {name: page3, sinks: [hook]}")
+        token.unlink()
+        with pytest.raises(SinkBuildError, match="alerts.sinks.hook: cannot read bearer_token_file"):
+            alerting.reload(valid)
+        assert [r.name for r in alerting.config.rules] == ["page2"]
+
+        # removing a sink discards its queue and its series
+        token.write_text("third\n")
+        other.stop()
+        alerting.process([], 1020.0)
+        wait_for("other's queue to fill", lambda: alerting.queued("other") != [])
+        alerting.reload(config("    - {name: page2, sinks: [hook]}"))
+        assert alerting.queued("other") == []
+        assert harness.registry.get_sample_value("portwatch_alerts_sent_total", {"sink": "other"}) is None
+        assert "sink 'other' was removed: discarding its 1 undelivered notification(s)" in caplog.text
+    finally:
+        other.stop()
+
+
+def test_firing_metric(harness: Harness, receiver: Receiver) -> None:
+    alerting = harness.new(webhook_config(receiver.url, rule="      for: 1m"))
+    alerting.process([A, B], 1000.0)
+    assert harness.metric("portwatch_alerts_pending", rule="page") == 2
+    assert harness.metric("portwatch_alerts_firing", rule="page", severity="critical") == 0
+    alerting.process([A, B], 1060.0)
+    assert harness.metric("portwatch_alerts_pending", rule="page") == 0
+    assert harness.metric("portwatch_alerts_firing", rule="page", severity="critical") == 2
+    alerting.process([A], 1075.0)
+    assert harness.metric("portwatch_alerts_firing", rule="page", severity="critical") == 1
+    assert harness.metric("portwatch_alerts_firing", rule="page", severity="warning") == 0

@@ -406,3 +406,19 @@ def test_firing_metric(harness: Harness, receiver: Receiver) -> None:
     alerting.process([A], 1075.0)
     assert harness.metric("portwatch_alerts_firing", rule="page", severity="critical") == 1
     assert harness.metric("portwatch_alerts_firing", rule="page", severity="warning") == 0
+
+
+def test_stop_before_start_leaves_the_state_file_alone(harness: Harness, receiver: Receiver) -> None:
+    receiver.stop()
+    first = harness.new(webhook_config(receiver.url))
+    first.process([A], 1000.0)
+    harness.wait_metric("portwatch_alerts_failed_total", 1, sink="hook")
+    first.stop(timeout=1)
+    before = (harness.state_dir / ALERTS_FILE).read_text()
+    never_started = Alerting(webhook_config(receiver.url), harness.state_dir, HOST, CollectorRegistry(),
+                             journal=lambda: None)
+    never_started.stop(timeout=1)
+    assert (harness.state_dir / ALERTS_FILE).read_text() == before
+    with pytest.raises(RuntimeError, match="before start"):
+        Alerting(webhook_config(receiver.url), harness.state_dir, HOST, CollectorRegistry(),
+                 journal=lambda: None).process([A], 1001.0)

@@ -253,19 +253,22 @@ class Alerting:
         A sink that fails while stopping is not retried (no backoff wait).
         What is still queued (including a notification whose delivery was in
         progress: it may be delivered twice) is written to the state file and
-        delivered after the next :meth:`start`. Idempotent; never raises.
+        delivered after the next :meth:`start`. Before :meth:`start` it only
+        marks the engine stopped (the state file is left alone). Idempotent;
+        never raises.
         """
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
             workers = list(self._workers.values())
+            if not self._started:
+                return  # nothing was loaded: the previous run's file stays as it is
         deadline = self._monotonic() + max(timeout, 0.0)
-        if self._started:
-            for worker in workers:
-                worker.drain_then_stop(deadline)
-            for worker in workers:
-                worker.join(deadline - self._monotonic())
+        for worker in workers:
+            worker.drain_then_stop(deadline)
+        for worker in workers:
+            worker.join(deadline - self._monotonic())
         for worker in workers:
             worker.stop()
         self._writer.stop(max(deadline - self._monotonic(), 0.1))

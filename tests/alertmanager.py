@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -118,26 +119,36 @@ def _handler(control: _Control) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class Receiver:
-    """A real HTTP server on 127.0.0.1 recording POSTs (see the module documentation)."""
+class _QuietServer(ThreadingHTTPServer):
+    """Does not print a traceback for a client that fails the TLS handshake (a test makes them on purpose)."""
 
-    def __init__(self, port: int = 0) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
+class Receiver:
+    """A real HTTP(S) server on 127.0.0.1 recording POSTs (see the module documentation)."""
+
+    def __init__(self, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self._control = _Control()
         self._control.release.set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._tls = tls
         self.port = port
         self.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         """Listen (again) on the receiver's port."""
         assert self._server is None, "already running"
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self._control))
+        server = _QuietServer(("127.0.0.1", self.port), _handler(self._control))
         server.daemon_threads = True
+        if self._tls is not None:
+            server.socket = self._tls.wrap_socket(server.socket, server_side=True)
         self.port = int(server.server_address[1])
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},

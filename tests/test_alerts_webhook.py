@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
+import subprocess
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -19,6 +21,7 @@ from portwatch.alerts.store import ALERTS_FILE
 from portwatch.config import AlertsConfig, load_yaml, parse_config
 from portwatch.model import Finding, Kind, ProcessInfo, Protocol, Severity
 from tests.alertmanager import Receiver, receiver, wait_for  # noqa: F401 (fixture)
+from tests.conftest import require_binary
 
 HOST = "testhost"
 TOKEN = "s3cret-token-value"
@@ -422,3 +425,43 @@ def test_stop_before_start_leaves_the_state_file_alone(harness: Harness, receive
     with pytest.raises(RuntimeError, match="before start"):
         Alerting(webhook_config(receiver.url), harness.state_dir, HOST, CollectorRegistry(),
                  journal=lambda: None).process([A], 1001.0)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate (its own CA) for 127.0.0.1, and its key, made with the openssl CLI."""
+    openssl = require_binary("openssl")
+    cert, key = directory / "server.pem", directory / "server.key"
+    result = subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=portwatch-test",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:TRUE"],
+        capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"openssl failed: {result.stderr}")
+    return cert, key
+
+
+def test_tls_is_verified_by_default(harness: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    https = Receiver(tls=context)
+    try:
+        config = alerts_config(f"""
+alerts:
+  sinks:
+    strict: {{type: webhook, url: "{https.url}/strict", retry_initial_delay: 1h, retry_max_delay: 1h}}
+    with_ca: {{type: webhook, url: "{https.url}/with-ca", tls_ca_file: {cert}}}
+    lax: {{type: webhook, url: "{https.url}/lax", tls_verify: false}}
+  rules:
+    - {{name: page, sinks: [strict, with_ca, lax]}}
+""")
+        alerting = harness.new(config)
+        alerting.process([A], 1000.0)
+        got = https.wait_accepted(2)
+        assert sorted(r.path for r in got) == ["/lax", "/with-ca"]
+        harness.wait_metric("portwatch_alerts_failed_total", 1, sink="strict")
+        assert "CERTIFICATE_VERIFY_FAILED" in caplog.text or "certificate verify failed" in caplog.text
+        assert [n.alert_key for n in alerting.queued("strict")] == [f"page/{A.key}"]  # kept for a retry
+    finally:
+        https.stop()

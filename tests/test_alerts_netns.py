@@ -27,6 +27,8 @@ import pytest
 from tests.alertmanager import WAIT, Alertmanager, wait_for
 from tests.netns import REPO, NetNS
 
+pytestmark = pytest.mark.netns
+
 TINY = "40000 40009"
 AM_PORT = 9093
 METRICS_PORT = 9731

@@ -505,7 +505,7 @@ class Daemon:
         if self._last_error is not None:
             log.info("scans work again")
             self._last_error = None
-        listeners = update_listeners(self.state.listeners, listening_ports(result.snapshot), now,
+        listeners = update_listeners(self.state.listeners, listening_ports(result.listening), now,
                                      remember_after=self.remember_after)
         upd = update_findings(self.state.findings, result.findings, now)
         self.state = State(listeners, upd.records)

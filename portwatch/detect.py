@@ -176,7 +176,8 @@ def _summarize(finding: Finding, processes: tuple[ProcessInfo, ...]) -> str:
     if kind is Kind.LOOP_PAIR:
         return (
             f"{proto} sockets {d['a']} and {d['b']} are connected to each other with no listener "
-            f"on either port (simultaneous open); held by {who}"
+            f"on either port: a simultaneous open, or a server that stopped listening after "
+            f"accepting this connection; held by {who}"
         )
     if kind is Kind.LISTENER_IN_EPHEMERAL_RANGE:
         return (
@@ -188,7 +189,9 @@ def _summarize(finding: Finding, processes: tuple[ProcessInfo, ...]) -> str:
         return (
             f"{service}port {finding.port}/{finding.protocol.value if finding.protocol else ''} "
             f"({d['reason']}) has no listener and is held by {d['holders']} "
-            f"non-listening socket(s), e.g. {d['example']}, of {who}: the service cannot bind it"
+            f"non-listening socket(s), e.g. {d['example']}, of {who}: an outgoing connection on "
+            f"it makes the service's bind() fail with EADDRINUSE, even with SO_REUSEADDR "
+            f"(the service's own draining connections would not)"
         )
     if kind is Kind.SERVICE_PORT_AT_RISK:
         listening = f", now served by {who}" if d.get("listening") else ", not listening now"
@@ -263,10 +266,18 @@ def find_self_connects(snapshot: Snapshot, idx: SocketIndex | None = None) -> li
     return out
 
 
-def find_loop_pairs(snapshot: Snapshot, listening: Listening) -> list[Finding]:
-    """Pairs of local TCP sockets that mirror each other with no listener on either port."""
+def find_loop_pairs(snapshot: Snapshot, listening: Listening,
+                    service_ports: Collection[int] = ()) -> list[Finding]:
+    """Pairs of local TCP sockets that mirror each other with no listener on either port.
+
+    The socket table cannot tell a simultaneous open from an ordinary
+    connection whose server closed its listener after accepting it; pairs
+    with a side on ``service_ports`` (declared services and remembered
+    listeners: TCP ports known to be servers') are taken for the latter.
+    """
     served = _ListenerIndex(listening, Protocol.TCP)
     wild, specific = served.wildcard_ports, served.specific
+    wild = wild | set(service_ports) if service_ports else wild
     by_ends: dict[tuple[Endpoint, Endpoint], Socket] = {}
     tcp = Protocol.TCP
     for s in snapshot.sockets:
@@ -416,6 +427,11 @@ def find_ports_taken(snapshot: Snapshot, config: Config, remembered: Collection[
     return out
 
 
+def _tcp_listen_ports(listening: Listening) -> set[int]:
+    """Ports with a TCP listener: their accepted connections take no ephemeral port."""
+    return {port for (proto, port) in listening if proto is Protocol.TCP}
+
+
 def destination_usage(snapshot: Snapshot, listening: Listening | None = None) -> dict[Destination, int]:
     """Sockets using a usable ephemeral port, per (local ip, remote ip, remote port).
 
@@ -431,7 +447,7 @@ def destination_usage(snapshot: Snapshot, listening: Listening | None = None) ->
     if listening is None:
         listening = listeners(snapshot)
     tcp = Protocol.TCP
-    listen_ports = {port for (proto, port) in listening if proto is tcp}
+    listen_ports = _tcp_listen_ports(listening)
     # Plain tuples as keys in the loop (a NamedTuple costs a Python-level
     # __new__ per socket); Destination only for the result.
     counts: dict[tuple[str, str, int], int] = {}
@@ -448,7 +464,8 @@ def destination_usage(snapshot: Snapshot, listening: Listening | None = None) ->
     return {Destination(*key): n for key, n in counts.items()}
 
 
-def find_exhaustion(snapshot: Snapshot, config: Config, usage: Mapping[Destination, int]) -> list[Finding]:
+def find_exhaustion(snapshot: Snapshot, config: Config, usage: Mapping[Destination, int],
+                    listening: Listening) -> list[Finding]:
     """Destinations whose share of the usable range reaches the warning threshold."""
     usable = snapshot.settings.usable_ports
     if usable <= 0:
@@ -460,12 +477,14 @@ def find_exhaustion(snapshot: Snapshot, config: Config, usage: Mapping[Destinati
         return []
     members: dict[Destination, list[Socket]] = {dest: [] for _ratio, dest in flagged}
     is_ephemeral = snapshot.settings.is_ephemeral
+    listen_ports = _tcp_listen_ports(listening)
     for s in snapshot.sockets:
         remote = s.remote
         if remote is None or s.protocol is not Protocol.TCP:
             continue
         group = members.get(Destination(s.local.ip, remote.ip, remote.port))
-        if group is not None and is_ephemeral(s.local.port) and s.state is not SocketState.LISTEN:
+        # the condition of destination_usage, so that examples and counts agree
+        if group is not None and is_ephemeral(s.local.port) and s.local.port not in listen_ports:
             group.append(s)
     out = []
     for ratio, dest in flagged:
@@ -607,11 +626,13 @@ def detect(
         usage = destination_usage(snapshot, listening)
     findings: list[Finding] = []
     findings += find_self_connects(snapshot, idx)
-    findings += find_loop_pairs(snapshot, listening)
+    known_servers = {svc.port for svc in config.services if svc.protocol is Protocol.TCP}
+    known_servers |= {r.port for r in remembered if r.protocol is Protocol.TCP}
+    findings += find_loop_pairs(snapshot, listening, known_servers)
     findings += find_listeners_in_range(snapshot, config, listening)
     findings += find_services_at_risk(snapshot, config, listening)
     findings += find_ports_taken(snapshot, config, remembered, listening)
-    findings += find_exhaustion(snapshot, config, usage)
+    findings += find_exhaustion(snapshot, config, usage, listening)
     findings += find_close_wait(snapshot, config, idx)
     findings += find_range_problems(snapshot.settings, config)
     if config.severities:
@@ -661,14 +682,12 @@ def apply_ignores(findings: Iterable[Finding], rules: Collection[IgnoreRule],
     return kept, ignored
 
 
-def listening_ports(snapshot: Snapshot) -> set[RememberedPort]:
-    """The (protocol, port) of every listener now: what the daemon remembers for ``port_taken``."""
-    return {RememberedPort(p, port) for (p, port) in listeners(snapshot)}
+def listening_ports(listening: Listening) -> set[RememberedPort]:
+    """The (protocol, port) of every TCP listener in ``listening`` (:attr:`SocketIndex.listening`).
 
-
-def reserve_candidates(snapshot: Snapshot, services: Iterable[Service]) -> set[int]:
-    """Ports to add to ``ip_local_reserved_ports``: listeners and declared services inside the range."""
-    settings = snapshot.settings
-    ports = {port for (_p, port) in listeners(snapshot) if settings.is_ephemeral(port)}
-    ports |= {svc.port for svc in services if settings.is_ephemeral(svc.port)}
-    return ports
+    What the daemon remembers for ``port_taken``. Only TCP: an unconnected UDP
+    socket is as often a client's random source port (used with sendto()) as
+    a service, and remembering those would turn every later reuse of the port
+    into a finding. UDP services are covered when declared.
+    """
+    return {RememberedPort(p, port) for (p, port) in listening if p is Protocol.TCP}

@@ -109,7 +109,9 @@ def _process_label(finding: Finding) -> str:
 
     At most three names (then ``+N``); ``unknown`` when no owner is known.
     """
-    names = sorted({p.name or f"pid {p.pid}" for p in finding.processes})
+    # A process without a name counts as unknown: a pid would start a new series
+    # every time the process restarts.
+    names = sorted({p.name or _UNKNOWN_PROCESS for p in finding.processes})
     if not names:
         return _UNKNOWN_PROCESS
     shown = ",".join(names[:_MAX_PROCESS_NAMES])

@@ -126,4 +126,17 @@ def render_text(result: ScanResult, host: str) -> str:
         lines.append("")
     for note in snap.notes:
         lines.append(f"note: {note}")
-    return "\n".join(lines).rstrip() + "\n"
+    return "\n".join(_printable(line) for line in lines).rstrip() + "\n"
+
+
+def _printable(text: str) -> str:
+    """``text`` with every non-printable character as ``\\xNN`` (or ``\\uNNNN``).
+
+    Process names and command lines are chosen by whoever started the process;
+    an escape sequence in one must not reach the terminal of the person reading
+    the report.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   for c in text)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Collection, Mapping
 
 from portwatch import detect
@@ -27,7 +27,8 @@ class ScanResult:
 
     ``findings`` are those the ignore rules kept, most severe first;
     ``ignored`` those they dropped. ``usage`` is the per-destination count of
-    sockets on usable ephemeral ports (for the top-K metric). ``duration`` is
+    sockets on usable ephemeral ports (for the top-K metric); ``listening``
+    the listeners by (protocol, port) (what the daemon remembers). ``duration`` is
     in seconds, from the monotonic clock given to :func:`run_scan`.
     """
 
@@ -36,6 +37,7 @@ class ScanResult:
     ignored: tuple[Finding, ...]
     usage: Mapping[Destination, int]
     duration: float
+    listening: detect.Listening = field(default_factory=dict)
 
     def top_destinations(self, k: int) -> list[tuple[Destination, int, float]]:
         """The ``k`` destinations using most ephemeral ports: (destination, count, ratio of usable)."""
@@ -100,7 +102,10 @@ def run_scan(
 
     Owners are looked up only for the sockets that detection or the findings
     need (lazy attribution). Raises :class:`~portwatch.collect.CollectError`
-    or ``OSError`` when the kernel's settings or socket table cannot be read.
+    or ``OSError`` when the kernel's settings or socket table cannot be read,
+    :class:`~portwatch.model.SourceUnavailable` when the configured source
+    cannot work here (``source: netlink`` without sock_diag), and
+    :class:`~portwatch.netlink.NetlinkError` for malformed kernel data.
     """
     started = clock()
     snapshot = collector.snapshot()
@@ -116,4 +121,4 @@ def run_scan(
         findings = detect.explain(findings, snapshot)
     kept, ignored = detect.apply_ignores(findings, config.ignore)
     return ScanResult(snapshot=snapshot, findings=tuple(kept), ignored=tuple(ignored),
-                      usage=usage, duration=clock() - started)
+                      usage=usage, duration=clock() - started, listening=idx.listening)

@@ -53,7 +53,7 @@ def result_of(snapshot: Snapshot, config: Config = Config(), duration: float = 0
     findings = detect.detect(snapshot, config, (), usage)
     kept, ignored = detect.apply_ignores(findings, config.ignore)
     return ScanResult(snapshot=snapshot, findings=tuple(kept), ignored=tuple(ignored), usage=usage,
-                      duration=duration)
+                      duration=duration, listening=detect.listeners(snapshot))
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

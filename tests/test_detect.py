@@ -313,9 +313,16 @@ def test_findings_sorted_most_severe_first_and_to_dict_is_json_ready():
     json.dumps([f.to_dict() for f in found])
 
 
-def test_reserve_candidates():
-    s = snap([listen("0.0.0.0:40005"), listen("0.0.0.0:8080"), udp("0.0.0.0:40006")], RANGE, reserved=(40006,))
-    assert detect.reserve_candidates(s, (Service("x", 40100), Service("y", 80))) == {40005, 40100}
+def test_loop_pair_on_a_known_server_port_is_a_drained_connection():
+    # 40001 <-> 40003 with no listener: a simultaneous open, unless 40003 is
+    # known to be a server's port (declared, or remembered from an earlier scan).
+    sockets = [tcp(A, B), tcp(B, A)]
+    assert [f.kind for f in run(snap(sockets, RANGE))] == [Kind.LOOP_PAIR]
+    declared = run(snap(sockets, RANGE), Config(services=(Service("api", 40003),)))
+    # the declared service's port is held with no listener: that is what it reports
+    assert sorted(f.kind.value for f in declared) == ["port_taken", "service_port_at_risk"]
+    remembered = (detect.RememberedPort(Protocol.TCP, 40001),)
+    assert all(f.kind is not Kind.LOOP_PAIR for f in run(snap(sockets, RANGE), CFG, remembered))
 
 
 def test_big_findings_keep_a_bounded_sample_of_sockets():
@@ -327,3 +334,8 @@ def test_big_findings_keep_a_bounded_sample_of_sockets():
     cfg = Config(thresholds=Thresholds(close_wait=100))
     (g,) = run(snap(close_waits(500), RANGE), cfg)
     assert g.details["count"] == 500 and len(g.sockets) == detect.MAX_EXAMPLE_SOCKETS
+
+
+def test_only_tcp_listeners_are_remembered():
+    s = snap([listen("0.0.0.0:40005"), udp("0.0.0.0:40006"), tcp("127.0.0.1:40007", "127.0.0.1:80")], RANGE)
+    assert detect.listening_ports(detect.index(s).listening) == {detect.RememberedPort(Protocol.TCP, 40005)}

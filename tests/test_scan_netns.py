@@ -180,3 +180,27 @@ def test_bad_config_exit_2_lists_every_error(netns: NetNS, tmp_path: Path) -> No
     assert check.returncode == 2 and check.stderr == proc.stderr
     missing = netns.run([*PORTWATCH, "scan", "--config", str(tmp_path / "nope.yaml")])
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_reserve_leaves_out_what_the_config_ignores(netns: NetNS, tmp_path: Path) -> None:
+    # A UDP client's unconnected socket on a random in-range port looks like a
+    # bound UDP service; ignored by process, it must not be proposed for reservation.
+    _udp, _ = netns.actor("listen", "--proto", "udp", "--port", "45344")
+    _tcp, tinfo = netns.actor("listen", "--proto", "tcp", "--port", "45000")
+    cfg = write_config(tmp_path, "ignore:\n  - {kind: listener_in_ephemeral_range, port: 45344}\n"
+                                 "services:\n  - {name: api, port: 45100}\n")
+    out = netns.run([*PORTWATCH, "reserve", "--config", str(cfg)], check=True).stdout
+    assert "net.ipv4.ip_local_reserved_ports = 45000,45100" in out
+    assert "#   45000: tcp listener 0.0.0.0:45000 (python" in out and f"[{tinfo['pid']}]" in out
+    assert "#   45100: declared service 'api' (tcp)" in out
+    assert "45344" not in out
+
+
+def test_unreadable_kernel_settings_exit_3(netns: NetNS) -> None:
+    # Hide the sysctls behind an empty tmpfs in a private mount namespace.
+    proc = netns.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                      "mount -t tmpfs none /proc/sys/net/ipv4 && exec \"$@\"", "sh",
+                      *PORTWATCH, "scan"])
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith("portwatch: cannot scan: /proc/sys/net/ipv4/ip_local_port_range")
+    assert "Traceback" not in proc.stderr

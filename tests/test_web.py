@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Gauge
 import portwatch
 from portwatch.config import WebConfig
 from portwatch.web import MetricsServer, WebError, parse_listen_address
-from tests.conftest import require_binary
+from tests.conftest import require, require_binary
 
 CLIENT_TIMEOUT = 10.0  # a safety bound on every client socket, never asserted on
 LOOPBACK = "127.0.0.1:0"
@@ -367,13 +367,14 @@ def test_server_header_does_not_leak_python_version(registry: CollectorRegistry)
 
 
 def test_ipv6_listen_address(registry: CollectorRegistry) -> None:
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6")
+    require(socket.has_ipv6, "no IPv6 in this Python")
     try:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
+        loopback6 = True
     except OSError:
-        pytest.skip("::1 not available")
+        loopback6 = False
+    require(loopback6, "::1 is not available on this host")
     with running(WebConfig(listen_address="[::1]:0"), registry) as server:
         host, port = server.address
         assert host == "::1"

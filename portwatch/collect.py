@@ -607,6 +607,11 @@ class Collector:
         # listener lives for days; checking its one fd with a readlink is
         # exact and spares the daemon a walk of every fd table each scan.
         self._fd_cache: dict[int, list[tuple[int, str]]] = {}
+        # Across scans: sockets a complete walk found no process holding (kernel
+        # sockets, e.g. nfsd's listeners), with the number of fd tables that
+        # walk could not read: a socket owned by nobody stays so, and must not
+        # cost a walk of every fd table on every scan.
+        self._unowned: dict[int, int] = {}
 
     def snapshot(self) -> Snapshot:
         """Read the kernel settings and the socket table.
@@ -632,7 +637,8 @@ class Collector:
 
         Owners the snapshot already has are kept without a lookup. Missing
         positive inodes are first looked up where an earlier scan found them
-        (one readlink of the remembered ``PID/fd/N`` each, exact); the rest,
+        (one readlink of the remembered ``PID/fd/N`` each, exact); those an
+        earlier complete walk found nobody holding stay unowned; the rest,
         if they belong to the snapshot's sockets, in ``proc_root/*/fd`` (other
         inodes are ignored); what the walk saw is
         kept for this scan (the snapshot and the copies this method made from
@@ -651,10 +657,14 @@ class Collector:
         owners = dict(snapshot.owners)
         missing = {i for i in requested if i > 0 and i not in owners}
         notes = snapshot.notes
+        known_unowned: dict[int, int] = {}
         if missing:
             cached = self._from_fd_cache(missing)
             owners.update(cached)
             missing.difference_update(cached)
+            known_unowned = {i: self._unowned[i] for i in missing if i in self._unowned}
+            missing.difference_update(known_unowned)
+        unowned, denied = len(known_unowned), max(known_unowned.values(), default=0)
         if missing:
             walk = self._walk_for(snapshot)
             missing &= walk.interesting
@@ -662,12 +672,16 @@ class Collector:
             walk.run(missing, stop_early=True, uids=uids)
             owners.update(walk.owners_of(missing))
             self._remember_fds(walk, missing)
-            unowned = sum(1 for i in missing if i not in owners)
-            if walk.denied and unowned:
-                # Only worth saying when a socket we needed stays unexplained:
-                # an unreadable fd table that held none of them changes nothing.
-                notes = tuple(n for n in notes if not n.startswith(_PARTIAL_PREFIX))
-                notes += (PARTIAL_ATTRIBUTION_NOTE.format(unowned=unowned, denied=walk.denied),)
+            still = [i for i in missing if i not in owners]
+            if walk.complete:
+                self._remember_unowned(still, walk.denied)
+            unowned += len(still)
+            denied = max(denied, walk.denied)
+        if denied and unowned:
+            # Only worth saying when a socket we needed stays unexplained:
+            # an unreadable fd table that held none of them changes nothing.
+            notes = tuple(n for n in notes if not n.startswith(_PARTIAL_PREFIX))
+            notes += (PARTIAL_ATTRIBUTION_NOTE.format(unowned=unowned, denied=denied),)
         pids = {pid for i in requested for pid in owners.get(i, ())}
         new_pids = sorted(p for p in pids if p not in snapshot.processes)
         processes = dict(snapshot.processes)
@@ -709,6 +723,14 @@ class Collector:
                 self._fd_cache[inode] = list(places)
         while len(self._fd_cache) > FD_CACHE_SIZE:
             del self._fd_cache[next(iter(self._fd_cache))]
+
+    def _remember_unowned(self, inodes: Iterable[int], denied: int) -> None:
+        """Keep that a complete walk found nobody holding ``inodes`` (at most FD_CACHE_SIZE, oldest out)."""
+        for inode in inodes:
+            self._unowned.pop(inode, None)
+            self._unowned[inode] = denied
+        while len(self._unowned) > FD_CACHE_SIZE:
+            del self._unowned[next(iter(self._unowned))]
 
     def _same_scan(self, snapshot: Snapshot) -> bool:
         """True if the kept walk state belongs to ``snapshot``'s scan (identity, not equality)."""

@@ -832,3 +832,16 @@ def test_collector_remembers_where_sockets_were_found_across_scans(fixture_world
     # Once pid 10 no longer holds it there, the remembered place is stale: walk again.
     os.unlink(fixture_world / "10" / "fd" / "3")
     assert collector.attribute(collector.snapshot(), [555]).owners == {555: (5,)}
+
+
+def test_collector_does_not_walk_again_for_a_socket_nobody_holds(fixture_world: Path) -> None:
+    # 999 is in the table but in no fd table (a kernel socket): one complete walk
+    # says so, and later scans do not walk every fd table for it again.
+    collector = Collector(StaticSource(TABLE), fixture_world, process_factory=fake_factory())
+    assert collector.attribute(collector.snapshot(), [999]).owners == {}
+    # Were a walk to happen again it would now find 999 in pid 50.
+    os.symlink("socket:[999]", fixture_world / "50" / "fd" / "9")
+    assert collector.attribute(collector.snapshot(), [999]).owners == {}
+    # A fresh collector (a restarted daemon) walks and finds it.
+    fresh = Collector(StaticSource(TABLE), fixture_world, process_factory=fake_factory())
+    assert fresh.attribute(fresh.snapshot(), [999]).owners == {999: (50,)}

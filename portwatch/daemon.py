@@ -16,6 +16,13 @@ last scan 12 ms") and pings the watchdog; new and resolved findings are
 logged. A scan that raises is logged and counted; the previous figures stay
 and the loop goes on.
 
+After every scan the findings the ignore rules kept go to the alerting
+engine (:class:`portwatch.alerts.Alerting`, configured by ``alerts``): it
+only queues notifications, each sink delivers from its own queue and
+thread, so a slow or dead sink never delays a scan. At SIGTERM the sinks get
+a few seconds to deliver; what is still queued is saved in the state
+directory and delivered after the next start.
+
 Signals:
 
 ``SIGHUP``
@@ -67,6 +74,7 @@ from typing import Callable, Collection, Mapping, Protocol as TypingProtocol
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from portwatch import __version__
+from portwatch.alerts import Alerting
 from portwatch.collect import CollectError, Collector
 from portwatch.config import Config, ConfigError, WebConfig, load_config
 from portwatch.detect import RememberedPort, listening_ports
@@ -229,7 +237,7 @@ def setup_logging(env: Mapping[str, str]) -> str:
     if not root.handlers:
         logging.basicConfig(format="portwatch: %(levelname)s: %(message)s")
     if root.level <= logging.WARNING:
-        for name in ("portwatch.daemon", "portwatch.findings", "portwatch.state"):
+        for name in ("portwatch.daemon", "portwatch.findings", "portwatch.state", "portwatch.alerts"):
             logger = logging.getLogger(name)
             if logger.getEffectiveLevel() > logging.INFO:
                 logger.setLevel(logging.INFO)
@@ -291,6 +299,20 @@ def default_collector(config: Config) -> Collector:
     return Collector(make_source(config.source))
 
 
+#: Seconds the alert sinks get at SIGTERM to deliver what is queued (the rest is saved).
+ALERTS_STOP_TIMEOUT = 5.0
+
+AlertingFactory = Callable[[Config, Path, CollectorRegistry], Alerting]
+
+
+def default_alerting(config: Config, state_dir: Path, registry: CollectorRegistry) -> Alerting:
+    """The alerting engine of ``config.alerts``, keeping its state in ``state_dir``.
+
+    Raises ``ValueError`` (:class:`~portwatch.alerts.SinkBuildError`) when a sink cannot be built.
+    """
+    return Alerting(config.alerts, state_dir, socket.gethostname(), registry)
+
+
 def default_server(web: WebConfig, registry: CollectorRegistry, ready: Callable[[], bool],
                    health: Callable[[], bool], index_extra: Callable[[], str]) -> Server:
     """The real HTTP server (not bound yet). Raises :class:`WebError`."""
@@ -340,6 +362,7 @@ class Daemon:
         store: StateStore | None = None,
         registry: CollectorRegistry | None = None,
         remember_after: float = REMEMBER_AFTER,
+        alerting_factory: AlertingFactory | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -364,6 +387,8 @@ class Daemon:
                                                                 remember_after=remember_after)
         self.state: State = State()
         self.server = server_factory(self._web(config), registry, self.ready, self.healthy, self.index_html)
+        # Alerting keeps its own state file in the same directory as ours.
+        self.alerting = (alerting_factory or default_alerting)(config, self.store.directory, registry)
         self.started = False
         self.scans = 0
         # what the HTTP threads read: replaced, never mutated
@@ -403,6 +428,7 @@ class Daemon:
     def run(self) -> int:
         """Start (first scan, bind, READY) and loop until SIGTERM/SIGINT. Returns the exit code."""
         self.state = self.store.load()
+        self.alerting.start()
         self.scan_once()
         try:
             self.server.start()
@@ -521,6 +547,10 @@ class Daemon:
         if self.scans == 0 and len(result.findings) > len(upd.new):
             log.info("%d finding(s) still active from before the restart", len(result.findings) - len(upd.new))
         self.store.save(self.state, now)
+        try:
+            self.alerting.process(result.findings, now)  # queues only: never waits on a sink
+        except Exception:
+            log.exception("alerting failed on this scan's findings; the scan loop goes on")
 
     def _log_new(self, f: Finding) -> None:
         pid = f.processes[0].pid if f.processes else None
@@ -550,7 +580,16 @@ class Daemon:
         try:
             new = self._load(self.config_path)
             collector = self.collector if new.source == self.config.source else self._collector_factory(new)
-            self.server.update_config(self._web(new))
+            moved = new.state_directory if new.state_directory != self.config.state_directory else None
+            # Alerting first: it changes nothing when a sink cannot be built. Should the
+            # web settings then fail, alerting goes back to the old configuration.
+            self.alerting.reload(new.alerts, moved)
+            try:
+                self.server.update_config(self._web(new))
+            except Exception:
+                self.alerting.reload(self.config.alerts,
+                                     self.store.directory if moved is not None else None)
+                raise
         except ConfigError as exc:
             log.error("reload: %s is invalid; keeping the previous configuration:", where)
             for error in exc.errors:
@@ -585,6 +624,10 @@ class Daemon:
             self.server.stop()
         except Exception:
             log.exception("error while stopping the HTTP server")
+        try:
+            self.alerting.stop(ALERTS_STOP_TIMEOUT)  # what is still queued goes to the state directory
+        except Exception:
+            log.exception("error while stopping alerting")
         self.store.save(self.state, self._wall(), force=True)
         return EXIT_OK
 

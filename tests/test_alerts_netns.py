@@ -11,7 +11,6 @@ findings to :class:`portwatch.alerts.Alerting`, until SIGTERM.
 
 from __future__ import annotations
 
-import inspect
 import json
 import signal
 import socket
@@ -137,13 +136,6 @@ def test_alerts_dry_run_on_a_real_self_connect(netns: NetNS, tmp_path: Path) -> 
     assert not (tmp_path / "state").exists()  # a dry run writes nothing
 
 
-def daemon_drives_alerting() -> bool:
-    """True once portwatch/daemon.py builds portwatch.alerts.Alerting from the configuration."""
-    import portwatch.daemon
-    return "Alerting" in inspect.getsource(portwatch.daemon)
-
-
-@pytest.mark.skipif(not daemon_drives_alerting(), reason="portwatch/daemon.py does not drive portwatch.alerts yet")
 def test_daemon_sends_a_real_self_connect_to_alertmanager(netns: NetNS, tmp_path: Path) -> None:
     netns.sysctl("net/ipv4/ip_local_port_range", TINY)
     am = start_alertmanager(netns, tmp_path)

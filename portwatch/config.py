@@ -400,13 +400,24 @@ def ignore_matches(rule: IgnoreRule, finding: Finding) -> bool:
     """
     if rule.kind is not None and finding.kind is not rule.kind:
         return False
-    if rule.ports is not None and (finding.port is None or finding.port not in rule.ports):
+    return finding_matches(finding, rule.ports, rule.address, rule.process, rule.unit)
+
+
+def finding_matches(finding: Finding, ports: PortRange | None, address: str | None,
+                    process: str | None, unit: str | None) -> bool:
+    """The matching ignore rules and alert rules share; ``None`` matches anything.
+
+    ``ports``: the finding's port is in the range (a finding without a port
+    never matches); ``address``: one of the finding's addresses; ``process``
+    and ``unit``: the name or systemd unit of one of its processes. Pure.
+    """
+    if ports is not None and (finding.port is None or finding.port not in ports):
         return False
-    if rule.address is not None and rule.address not in finding.addresses:
+    if address is not None and address not in finding.addresses:
         return False
-    if rule.process is not None and not any(p.name == rule.process for p in finding.processes):
+    if process is not None and not any(p.name == process for p in finding.processes):
         return False
-    if rule.unit is not None and not any(p.unit == rule.unit for p in finding.processes):
+    if unit is not None and not any(p.unit == unit for p in finding.processes):
         return False
     return True
 

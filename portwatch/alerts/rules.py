@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
-from portwatch.config import AlertRule, AlertsConfig
+from portwatch.config import AlertRule, AlertsConfig, finding_matches
 from portwatch.model import Finding, Severity
 from portwatch.alerts.notification import Notification, Reason, Status
 
@@ -113,15 +113,7 @@ def rule_matches(rule: AlertRule, finding: Finding) -> bool:
         return False
     if rule.min_severity is not None and finding.severity < rule.min_severity:
         return False
-    if rule.ports is not None and (finding.port is None or finding.port not in rule.ports):
-        return False
-    if rule.address is not None and rule.address not in finding.addresses:
-        return False
-    if rule.process is not None and not any(p.name == rule.process for p in finding.processes):
-        return False
-    if rule.unit is not None and not any(p.unit == rule.unit for p in finding.processes):
-        return False
-    return True
+    return finding_matches(finding, rule.ports, rule.address, rule.process, rule.unit)
 
 
 def route(rules: Sequence[AlertRule], finding: Finding) -> list[AlertRule]:

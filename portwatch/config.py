@@ -349,12 +349,16 @@ _HOSTNAME_RE = re.compile(
 )
 
 
-def parse_listen_address(text: str) -> tuple[str, int]:
-    """Split ``"host:port"`` or ``"[v6]:port"`` into ``(host, port)``.
+def parse_listen_address(text: str, *, any_port: bool = False) -> tuple[str, int]:
+    """Split ``"host:port"``, ``"[v6]:port"`` or ``":port"`` into ``(host, port)``.
 
-    The host must be an IPv4 address, a hostname, or (in brackets) an IPv6
-    address; the port 1..65535. Returns the host without brackets and the
-    port as an int. Raises ``ValueError`` saying what is wrong.
+    The host must be an IPv4 address, a hostname, (in brackets) an IPv6
+    address, or empty: every address of both families, as in Go exporters'
+    ``:9100``. The port is 1..65535, or 0..65535 with ``any_port`` (0: any
+    free port, for tests). Returns the host without brackets (``""`` for
+    every address) and the port as an int. Raises ``ValueError`` saying what
+    is wrong. The one parser of listen addresses: ``web`` and
+    ``--listen-address`` use it too.
     """
     if text.startswith("["):
         m = re.fullmatch(r"\[([^\]]*)\]:([0-9]*)", text)
@@ -373,19 +377,16 @@ def parse_listen_address(text: str) -> tuple[str, int]:
             raise ValueError(
                 f"an IPv6 address must be in brackets, as in '[::1]:{DEFAULT_PORT}', got {text!r}"
             )
-        if not host:
-            raise ValueError(
-                f"the host is empty in {text!r}; use 0.0.0.0 or [::] to listen on every address"
-            )
         if re.fullmatch(r"[0-9.]+", host):
             try:
                 ipaddress.IPv4Address(host)
             except ValueError:
                 raise ValueError(f"{host!r} is not an IPv4 address") from None
-        elif _HOSTNAME_RE.fullmatch(host) is None:
+        elif host and _HOSTNAME_RE.fullmatch(host) is None:
             raise ValueError(f"{host!r} is not an IP address or a hostname")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"the port must be 1..65535, got {port_text!r} in {text!r}")
+    low = 0 if any_port else 1
+    if not (port_text.isascii() and port_text.isdigit()) or not low <= int(port_text) <= 65535:
+        raise ValueError(f"the port must be {low}..65535, got {port_text!r} in {text!r}")
     return host, int(port_text)
 
 

@@ -70,6 +70,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 import portwatch
 from portwatch.config import WebConfig
+from portwatch.config import parse_listen_address as config_parse_listen_address
 
 __all__ = [
     "AUTH_CACHE_SECONDS",
@@ -121,33 +122,16 @@ class WebError(Exception):
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
-    """Split ``web.listen_address`` into host and port.
+    """Split ``web.listen_address`` into host and port (:func:`portwatch.config.parse_listen_address`).
 
-    Takes ``host:port``, ``[ipv6]:port`` or ``:port`` (all addresses); ``host`` may be
-    an IP address or a name. Port 0 (any free port) is allowed.
-    Returns ``(host, port)`` with brackets removed; ``host`` is ``""`` for ``:port``.
+    Port 0 (any free port) is allowed here. Returns ``(host, port)`` with
+    brackets removed; ``host`` is ``""`` for ``:port`` (every address).
     Raises :class:`WebError` naming the value when it is malformed.
     """
-    prefix = f"web.listen_address {value!r}"
-    if value.startswith("["):
-        close = value.find("]")
-        if close < 0 or not value[close + 1 :].startswith(":"):
-            raise WebError(f"{prefix}: expected [ipv6]:port")
-        host, port_text = value[1:close], value[close + 2 :]
-        if not host:
-            raise WebError(f"{prefix}: empty address between the brackets")
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep:
-            raise WebError(f"{prefix}: expected host:port, [ipv6]:port or :port")
-        if ":" in host:
-            raise WebError(f"{prefix}: write an IPv6 address in brackets, e.g. [::1]:9731")
-    if not port_text.isdigit() or not port_text.isascii():
-        raise WebError(f"{prefix}: port {port_text!r} is not a number")
-    port = int(port_text)
-    if port > 65535:
-        raise WebError(f"{prefix}: port {port} is out of range (0-65535)")
-    return host, port
+    try:
+        return config_parse_listen_address(value, any_port=True)
+    except ValueError as exc:
+        raise WebError(f"web.listen_address {value!r}: {exc}") from None
 
 
 def _resolve(value: str) -> tuple[socket.AddressFamily, str, int]:

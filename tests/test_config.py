@@ -487,6 +487,7 @@ LISTEN_OK = [
     ("[2001:db8::1]:9731", ("2001:db8::1", 9731)),
     ("localhost:9731", ("localhost", 9731)),
     ("metrics.example.org:443", ("metrics.example.org", 443)),
+    (":9731", ("", 9731)),  # every address, as Go exporters' ":9100"
 ]
 
 
@@ -499,7 +500,7 @@ def test_parse_listen_address(text: str, expected: tuple[str, int]) -> None:
 
 LISTEN_BAD = [
     ("9731", "must be 'host:port' or '[ipv6]:port', got '9731'"),
-    (":9731", "the host is empty in ':9731'; use 0.0.0.0 or [::] to listen on every address"),
+    (":0", "the port must be 1..65535, got '0' in ':0'"),
     ("::1:9731", "an IPv6 address must be in brackets, as in '[::1]:9731', got '::1:9731'"),
     ("[::1]", "must be 'host:port' or '[ipv6]:port', got '[::1]'"),
     ("[127.0.0.1]:80", "'127.0.0.1' in brackets is not an IPv6 address"),

@@ -451,13 +451,13 @@ def test_parse_listen_address(value: str, expected: tuple[str, int]) -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("127.0.0.1", "expected host:port"),
-        ("::1:9731", "IPv6 address in brackets"),
-        ("[::1]9731", "expected [ipv6]:port"),
-        ("[::1:9731", "expected [ipv6]:port"),
-        ("127.0.0.1:http", "is not a number"),
-        ("127.0.0.1:70000", "out of range"),
-        ("127.0.0.1:", "is not a number"),
+        ("127.0.0.1", "must be 'host:port' or '[ipv6]:port'"),
+        ("::1:9731", "an IPv6 address must be in brackets"),
+        ("[::1]9731", "must be 'host:port' or '[ipv6]:port'"),
+        ("[::1:9731", "must be 'host:port' or '[ipv6]:port'"),
+        ("127.0.0.1:http", "the port must be 0..65535"),
+        ("127.0.0.1:70000", "the port must be 0..65535"),
+        ("127.0.0.1:", "the port must be 0..65535"),
     ],
 )
 def test_bad_listen_address(registry: CollectorRegistry, value: str, message: str) -> None:

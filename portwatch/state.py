@@ -42,16 +42,15 @@ written is logged once per distinct error and the daemon goes on in memory.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from portwatch import __version__
 from portwatch.detect import RememberedPort
+from portwatch.jsonfile import read_document, write_atomic
 from portwatch.model import Finding, Kind, Protocol, Severity
 
 __all__ = [
@@ -444,21 +443,18 @@ class StateStore:
         """
         path = self.path
         try:
-            with open(path, "rb") as fh:
-                raw = fh.read(MAX_FILE_SIZE + 1)
+            doc = read_document(path, MAX_FILE_SIZE)
         except FileNotFoundError:
             self._info(f"no state file {path} yet: starting with no remembered listeners or finding history")
             return State()
         except OSError as exc:
             self._warn(f"cannot read state file {path}: {_reason(exc)}; starting with an empty state")
             return State()
+        except ValueError as exc:
+            self._warn(f"state file {path} is corrupt ({exc}); starting with an empty state, "
+                       f"the file will be replaced")
+            return State()
         try:
-            if len(raw) > MAX_FILE_SIZE:
-                raise StateError(f"larger than {MAX_FILE_SIZE} bytes")
-            try:
-                doc = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise StateError(f"not JSON: {exc}") from None
             state, problems = from_document(doc)
         except StateError as exc:
             self._warn(f"state file {path} is corrupt ({exc}); starting with an empty state, "
@@ -503,34 +499,6 @@ class StateStore:
         return True
 
     def _write(self, document: Mapping[str, Any]) -> None:
-        """Write ``document`` atomically: temporary file, fsync, rename, fsync of the directory. Raises OSError."""
-        data = (json.dumps(document, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.directory / f".{STATE_FILE}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        try:
-            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            os.fsync(dfd)
-        except OSError:
-            pass
-        finally:
-            os.close(dfd)
+        """Write ``document`` atomically (:func:`portwatch.jsonfile.write_atomic`). Raises OSError."""
+        write_atomic(self.path, document)
+

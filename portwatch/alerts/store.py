@@ -22,10 +22,8 @@ written is logged once per distinct error and alerting goes on in memory.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 from portwatch import __version__
 from portwatch.alerts.notification import Notification
 from portwatch.alerts.rules import AlertState
+from portwatch.jsonfile import read_document, write_atomic
 from portwatch.model import Severity
 
 __all__ = ["ALERTS_FILE", "STORE_VERSION", "Saved", "StateWriter", "from_document", "load", "to_document",
@@ -137,21 +136,17 @@ def load(path: Path, warn: Callable[[str], None] = log.warning,
          info: Callable[[str], None] = log.info) -> Saved:
     """The state in the file at ``path``; empty when missing (``info``) or unusable (``warn``). Never raises."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_FILE_SIZE + 1)
+        doc = read_document(path, MAX_FILE_SIZE)
     except FileNotFoundError:
         info(f"no alert state {path} yet: no firing alerts, nothing pending")
         return Saved()
     except OSError as exc:
         warn(f"cannot read alert state {path}: {exc.strerror or exc}; starting with no firing alerts")
         return Saved()
+    except ValueError as exc:
+        warn(f"alert state {path} is corrupt ({exc}); starting with no firing alerts, it will be replaced")
+        return Saved()
     try:
-        if len(raw) > MAX_FILE_SIZE:
-            raise ValueError(f"larger than {MAX_FILE_SIZE} bytes")
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"not JSON: {exc}") from None
         saved, problems = from_document(doc)
     except ValueError as exc:
         warn(f"alert state {path} is corrupt ({exc}); starting with no firing alerts, it will be replaced")
@@ -160,43 +155,6 @@ def load(path: Path, warn: Callable[[str], None] = log.warning,
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         warn(f"alert state {path}: skipped {len(problems)} malformed entries ({shown})")
     return saved
-
-
-def write_atomic(path: Path, document: Mapping[str, Any]) -> None:
-    """Write ``document`` as JSON to ``path``: temporary file, fsync, rename, fsync of the directory.
-
-    Creates the directory (mode 0700) if missing. Raises ``OSError``.
-    """
-    data = (json.dumps(document, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
-    directory = path.parent
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 class StateWriter:

@@ -1,0 +1,69 @@
+"""JSON documents in the state directory: bounded reads and atomic writes.
+
+Shared by the daemon's state (:mod:`portwatch.state`) and the alerting
+state (:mod:`portwatch.alerts.store`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def read_document(path: Path, max_size: int) -> object:
+    """The JSON document in ``path``.
+
+    Raises ``FileNotFoundError`` when there is no file, ``OSError`` when it
+    cannot be read, and ``ValueError`` (saying why) when it is larger than
+    ``max_size`` bytes, not UTF-8 or not JSON.
+    """
+    with open(path, "rb") as fh:
+        raw = fh.read(max_size + 1)
+    if len(raw) > max_size:
+        raise ValueError(f"larger than {max_size} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+
+
+def write_atomic(path: Path, document: Mapping[str, Any]) -> None:
+    """Write ``document`` as JSON to ``path``: temporary file, fsync, rename, fsync of the directory.
+
+    Creates the directory (mode 0700) if missing; the file is mode 0600. A
+    reader sees the old document or the new one, never a mix. Raises
+    ``OSError`` (the temporary file is removed).
+    """
+    data = (json.dumps(document, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+    directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)

@@ -92,6 +92,24 @@ class Sink(Protocol):
         ...
 
 
+class NamedSink:
+    """What most sinks share: a name, and the default policy (the rule's
+    ``repeat_interval`` and ``send_resolved`` apply). Subclasses add ``send``."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        """The sink's name in ``alerts.sinks``."""
+        return self._name
+
+    @property
+    def policy(self) -> SinkPolicy:
+        """The rule's repeat_interval and send_resolved apply."""
+        return SinkPolicy()
+
+
 def _journal_socket_exists() -> bool:
     return os.path.exists("/run/systemd/journal/socket")
 

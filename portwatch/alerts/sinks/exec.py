@@ -26,8 +26,7 @@ import tempfile
 from typing import Mapping
 
 from portwatch.alerts.notification import Notification, document
-from portwatch.alerts.rules import SinkPolicy
-from portwatch.alerts.sinks import SinkContext, SinkError
+from portwatch.alerts.sinks import NamedSink, SinkContext, SinkError
 from portwatch.config import ExecSinkConfig
 
 __all__ = ["ExecSink", "build"]
@@ -59,24 +58,14 @@ def _kill_session(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-class ExecSink:
+class ExecSink(NamedSink):
     """Runs the command per notification."""
 
     def __init__(self, name: str, config: ExecSinkConfig, environ: Mapping[str, str]) -> None:
-        self._name = name
+        super().__init__(name)
         self._command = list(config.command)
         self._timeout = config.timeout
         self._environ = environ
-
-    @property
-    def name(self) -> str:
-        """The sink's name."""
-        return self._name
-
-    @property
-    def policy(self) -> SinkPolicy:
-        """The rule's repeat_interval and send_resolved apply."""
-        return SinkPolicy()
 
     def send(self, note: Notification) -> None:
         """Run the command for ``note``. Raises :class:`SinkError` (always temporary)."""

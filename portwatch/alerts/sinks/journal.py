@@ -25,8 +25,7 @@ import logging
 from typing import Mapping
 
 from portwatch.alerts.notification import Notification, Status
-from portwatch.alerts.rules import SinkPolicy
-from portwatch.alerts.sinks import JournalSend, SinkContext
+from portwatch.alerts.sinks import NamedSink, JournalSend, SinkContext
 from portwatch.config import JournalSinkConfig
 from portwatch.model import Severity
 
@@ -69,25 +68,15 @@ def fields(note: Notification, identifier: str) -> dict[str, str]:
     return out
 
 
-class JournalSink:
+class JournalSink(NamedSink):
     """Writes notifications to the journal (or the log). See the module documentation."""
 
     def __init__(self, name: str, config: JournalSinkConfig, send: JournalSend | None,
                  logger: logging.Logger) -> None:
-        self._name = name
+        super().__init__(name)
         self._identifier = config.syslog_identifier
         self._send = send
         self._log = logger
-
-    @property
-    def name(self) -> str:
-        """The sink's name."""
-        return self._name
-
-    @property
-    def policy(self) -> SinkPolicy:
-        """The rule's repeat_interval and send_resolved apply."""
-        return SinkPolicy()
 
     def send(self, note: Notification) -> None:
         """Write one entry; never raises (a journal error falls back to the log)."""

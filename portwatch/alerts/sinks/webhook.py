@@ -14,30 +14,19 @@ import json
 
 from portwatch.alerts.http import HttpPoster, read_token
 from portwatch.alerts.notification import Notification, document
-from portwatch.alerts.rules import SinkPolicy
-from portwatch.alerts.sinks import SinkContext
+from portwatch.alerts.sinks import NamedSink, SinkContext
 from portwatch.config import WebhookSinkConfig
 
 __all__ = ["WebhookSink", "build"]
 
 
-class WebhookSink:
+class WebhookSink(NamedSink):
     """POSTs each notification's document to one URL."""
 
     def __init__(self, name: str, config: WebhookSinkConfig, poster: HttpPoster) -> None:
-        self._name = name
+        super().__init__(name)
         self._url = config.url
         self._poster = poster
-
-    @property
-    def name(self) -> str:
-        """The sink's name."""
-        return self._name
-
-    @property
-    def policy(self) -> SinkPolicy:
-        """The rule's repeat_interval and send_resolved apply."""
-        return SinkPolicy()
 
     def send(self, note: Notification) -> None:
         """POST ``note``'s document. Raises :class:`~portwatch.alerts.sinks.SinkError`."""

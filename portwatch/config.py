@@ -942,8 +942,8 @@ def _kinds() -> _Scalar:
     return _Scalar(check, dump)
 
 
-def _redact(url: str) -> str:
-    """``url`` with any user:password part replaced by ``***``, for messages."""
+def redact_url(url: str) -> str:
+    """``url`` without credentials, for messages: ``https://***@host/path`` for ``https://user:pw@host/path``."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
@@ -959,7 +959,7 @@ def _url() -> _Scalar:
     def check(value: object) -> str:
         if not isinstance(value, str) or not value:
             raise ValueError(f"must be an http:// or https:// URL, got {_show(value)}")
-        shown = repr(_redact(value))
+        shown = repr(redact_url(value))
         try:
             parts = urlsplit(value)
             port = parts.port

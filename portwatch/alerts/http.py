@@ -26,6 +26,7 @@ from typing import IO, Any, Mapping
 
 from portwatch import __version__
 from portwatch.alerts.sinks import SinkBuildError, SinkError
+from portwatch.config import redact_url
 
 __all__ = ["HttpPoster", "read_token", "redact_url"]
 
@@ -33,17 +34,6 @@ USER_AGENT = f"portwatch/{__version__}"
 #: At most this much of a response body is read (and then discarded).
 MAX_RESPONSE = 64 * 1024
 _TEMPORARY_STATUS = frozenset({408, 425, 429})
-
-
-def redact_url(url: str) -> str:
-    """``url`` without credentials: ``https://***@host/path`` for ``https://user:pw@host/path``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, tail = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{authority}{slash}{tail}"
 
 
 def read_token(path: Path) -> str:

@@ -48,8 +48,11 @@ SCRIPT = textwrap.dedent('''\
         open(step["fifo"]).read()
     if step.get("sleep"):
         time.sleep(step["sleep"])
-    with open(os.path.join(out, f"{calls:03d}.json"), "w") as fh:
+    # written aside, then renamed: the test polls the directory and must never read half a file
+    final = os.path.join(out, f"{calls:03d}.json")
+    with open(final + ".tmp", "w") as fh:
         json.dump(record, fh)
+    os.rename(final + ".tmp", final)
     sys.stderr.write(step.get("stderr", ""))
     sys.exit(step.get("exit", 0))
 ''')
@@ -70,7 +73,7 @@ class Exec:
         self.control.write_text(json.dumps({k.lstrip("_"): v for k, v in steps.items()}))
 
     def calls(self) -> list[dict[str, Any]]:
-        return [json.loads(p.read_text()) for p in sorted(self.out.iterdir())]
+        return [json.loads(p.read_text()) for p in sorted(self.out.glob("*.json"))]
 
     def config(self, timeout: str = "10s") -> AlertsConfig:
         return parse_config(load_yaml(f"""

@@ -227,7 +227,7 @@ def probe(kind: str) -> int:
             extra["source"] = result.snapshot.source
             return len(result.snapshot.sockets)
     elif kind == "netlink":
-        from portwatch.netlink import NetlinkSource
+        from portwatch.collect.netlink import NetlinkSource
         source = NetlinkSource()
 
         def call() -> int:

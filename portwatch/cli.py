@@ -92,7 +92,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     """``portwatch scan``: returns the exit code."""
     from portwatch.collect import Collector
     from portwatch.model import Severity
-    from portwatch.report import render_text, to_json_document
+    from portwatch.output.report import render_text, to_json_document
     from portwatch.scan import make_source, run_scan
 
     config = _load(args.config)
@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from portwatch.collect import CollectError
     from portwatch.config import ConfigError
     from portwatch.model import SourceUnavailable
-    from portwatch.netlink import NetlinkError
+    from portwatch.collect.netlink import NetlinkError
 
     parser = build_parser()
     args = parser.parse_args(argv)

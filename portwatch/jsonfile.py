@@ -1,6 +1,6 @@
 """JSON documents in the state directory: bounded reads and atomic writes.
 
-Shared by the daemon's state (:mod:`portwatch.state`) and the alerting
+Shared by the daemon's state (:mod:`portwatch.daemon.state`) and the alerting
 state (:mod:`portwatch.alerts.store`).
 """
 

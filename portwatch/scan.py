@@ -9,41 +9,23 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Collection, Mapping
 
 from portwatch import detect
 from portwatch.collect import Collector, PsutilSource
 from portwatch.config import SOURCES, Config
-from portwatch.detect import Destination, RememberedPort
-from portwatch.model import Finding, Snapshot, SocketSource, SocketTable, SourceUnavailable
+from portwatch.model import (
+    Destination,
+    Finding,
+    RememberedPort,
+    ScanResult,
+    Snapshot,
+    SocketSource,
+    SocketTable,
+    SourceUnavailable,
+)
 
 log = logging.getLogger("portwatch.scan")
-
-
-@dataclass(frozen=True)
-class ScanResult:
-    """What one scan found.
-
-    ``findings`` are those the ignore rules kept, most severe first;
-    ``ignored`` those they dropped. ``usage`` is the per-destination count of
-    sockets on usable ephemeral ports (for the top-K metric); ``listening``
-    the listeners by (protocol, port) (what the daemon remembers). ``duration`` is
-    in seconds, from the monotonic clock given to :func:`run_scan`.
-    """
-
-    snapshot: Snapshot
-    findings: tuple[Finding, ...]
-    ignored: tuple[Finding, ...]
-    usage: Mapping[Destination, int]
-    duration: float
-    listening: detect.Listening = field(default_factory=dict)
-
-    def top_destinations(self, k: int) -> list[tuple[Destination, int, float]]:
-        """The ``k`` destinations using most ephemeral ports: (destination, count, ratio of usable)."""
-        usable = self.snapshot.settings.usable_ports
-        ranked = sorted(self.usage.items(), key=lambda kv: (-kv[1], kv[0]))[: max(k, 0)]
-        return [(dest, n, (n / usable) if usable > 0 else 1.0) for dest, n in ranked]
 
 
 class FallbackSource:
@@ -85,7 +67,7 @@ def make_source(name: str, warn: Callable[[str], None] = log.warning) -> SocketS
         return PsutilSource()
     if name not in ("auto", "netlink"):
         raise ValueError(f"unknown socket source {name!r} (expected one of {', '.join(SOURCES)})")
-    from portwatch.netlink import NetlinkSource
+    from portwatch.collect.netlink import NetlinkSource
 
     if name == "netlink":
         return NetlinkSource()
@@ -105,7 +87,7 @@ def run_scan(
     or ``OSError`` when the kernel's settings or socket table cannot be read,
     :class:`~portwatch.model.SourceUnavailable` when the configured source
     cannot work here (``source: netlink`` without sock_diag), and
-    :class:`~portwatch.netlink.NetlinkError` for malformed kernel data.
+    :class:`~portwatch.collect.netlink.NetlinkError` for malformed kernel data.
     """
     started = clock()
     snapshot = collector.snapshot()

@@ -34,9 +34,9 @@ from portwatch.daemon import (
     status_line,
     watchdog_interval,
 )
-from portwatch.detect import RememberedPort
+from portwatch.model import RememberedPort
 from portwatch.model import Kind, Protocol, Snapshot
-from portwatch.scan import ScanResult
+from portwatch.model import ScanResult
 from tests.builders import listen, proc, snap, tcp
 from tests.netns import REPO, NetNS
 

@@ -10,9 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from portwatch import detect
 from portwatch.config import Config
-from portwatch.metrics import DURATION_BUCKETS, PortwatchMetrics
+from portwatch.output.metrics import DURATION_BUCKETS, PortwatchMetrics
 from portwatch.model import Kind, Severity, Snapshot
-from portwatch.scan import ScanResult
+from portwatch.model import ScanResult
 from tests.builders import listen, proc, snap, tcp, udp
 
 RANGE = (40000, 40999)

@@ -26,7 +26,7 @@ from portwatch.model import (
     SourceUnavailable,
     normalize_ip,
 )
-from portwatch.netlink import (
+from portwatch.collect.netlink import (
     NLMSG_DONE,
     NLMSG_ERROR,
     NLMSG_NOOP,
@@ -378,7 +378,7 @@ ACTOR = textwrap.dedent('''
 READER = textwrap.dedent('''
     import json, sys
     from portwatch.model import socket_to_dict
-    from portwatch.netlink import NetlinkSource
+    from portwatch.collect.netlink import NetlinkSource
     out = {"netlink": [socket_to_dict(s) for s in NetlinkSource().read().sockets]}
     if "psutil" in sys.argv:
         from portwatch.collect import PsutilSource
@@ -478,7 +478,7 @@ def test_empty_namespace(netns: NetNS) -> None:
 
 MANY = textwrap.dedent('''
     import json, os, socket
-    from portwatch.netlink import NetlinkSource
+    from portwatch.collect.netlink import NetlinkSource
     keep = []
     for i in range(2000):
         u = socket.socket(socket.AF_INET6 if i % 2 else socket.AF_INET, socket.SOCK_DGRAM)

@@ -7,8 +7,8 @@ import json
 from portwatch import detect
 from portwatch.config import Config
 from portwatch.model import ProcessInfo
-from portwatch.report import render_text, to_json_document
-from portwatch.scan import ScanResult
+from portwatch.output.report import render_text, to_json_document
+from portwatch.model import ScanResult
 from tests.builders import snap, tcp
 
 

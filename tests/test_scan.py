@@ -12,9 +12,9 @@ import pytest
 
 from portwatch.collect import Collector, PsutilSource
 from portwatch.config import Config, IgnoreRule
-from portwatch.detect import Destination
+from portwatch.model import Destination
 from portwatch.model import Kind, SocketTable, SourceUnavailable
-from portwatch.netlink import NetlinkSource
+from portwatch.collect.netlink import NetlinkSource
 from portwatch.scan import FallbackSource, make_source, run_scan
 from tests.builders import listen, tcp
 from tests.netns import NetNS

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from portwatch.detect import RememberedPort
+from portwatch.model import RememberedPort
 from portwatch.model import Finding, Kind, Protocol, Severity
-from portwatch.state import (
+from portwatch.daemon.state import (
     STATE_VERSION,
     FindingRecord,
     ListenerRecord,

@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from portwatch import __version__
 from portwatch.model import KERNEL_TCP_STATES, Finding, Kind, Protocol, Severity, SocketState
-from portwatch.scan import ScanResult
+from portwatch.model import ScanResult
 
 __all__ = [
     "DURATION_BUCKETS",

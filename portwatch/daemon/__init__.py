@@ -77,11 +77,13 @@ from portwatch import __version__
 from portwatch.alerts import Alerting
 from portwatch.collect import CollectError, Collector
 from portwatch.config import Config, ConfigError, WebConfig, load_config
-from portwatch.detect import RememberedPort, listening_ports
-from portwatch.metrics import PortwatchMetrics
+from portwatch.detect import listening_ports
+from portwatch.model import RememberedPort
+from portwatch.output.metrics import PortwatchMetrics
 from portwatch.model import Finding, Kind, Severity, SourceUnavailable
-from portwatch.scan import ScanResult, make_source, run_scan
-from portwatch.state import (
+from portwatch.model import ScanResult
+from portwatch.scan import make_source, run_scan
+from portwatch.daemon.state import (
     REMEMBER_AFTER,
     FindingRecord,
     State,

@@ -1,6 +1,6 @@
 """Rendering a scan for people (a terminal report) and for machines (a JSON document).
 
-Pure functions of a :class:`~portwatch.scan.ScanResult` plus what the caller
+Pure functions of a :class:`~portwatch.model.ScanResult` plus what the caller
 knows about the host; no I/O.
 
 The JSON document's shape (``schema`` 1) is stable and documented in the
@@ -15,7 +15,7 @@ from typing import Any
 
 from portwatch import __version__
 from portwatch.model import Finding, Severity, Snapshot, format_port_set
-from portwatch.scan import ScanResult
+from portwatch.model import ScanResult
 
 JSON_SCHEMA_VERSION = 1
 

@@ -26,6 +26,9 @@ from typing import Callable, Collection, Iterable, Mapping, NamedTuple
 
 from portwatch.config import Config, IgnoreRule, Service, ignore_matches
 from portwatch.model import (
+    Destination,
+    Listening,
+    RememberedPort,
     Endpoint,
     Finding,
     KernelSettings,
@@ -65,28 +68,8 @@ SYSCTL_RESERVED = "net.ipv4.ip_local_reserved_ports"
 SYSCTL_RANGE = "net.ipv4.ip_local_port_range"
 
 
-class Destination(NamedTuple):
-    """What connect() exhausts: ports are unique per (local ip, remote ip, remote port)."""
-
-    local_ip: str
-    remote_ip: str
-    remote_port: int
-
-    def __str__(self) -> str:
-        return f"{self.local_ip} -> {Endpoint(self.remote_ip, self.remote_port)}"
-
-
-class RememberedPort(NamedTuple):
-    """A port a listener held in an earlier scan (the daemon remembers them)."""
-
-    protocol: Protocol
-    port: int
-
-
 # --------------------------------------------------------------------------- helpers
 
-
-Listening = Mapping[tuple[Protocol, int], list[Socket]]
 
 
 @dataclass(frozen=True)

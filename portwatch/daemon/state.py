@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from portwatch import __version__
-from portwatch.detect import RememberedPort
+from portwatch.model import RememberedPort
 from portwatch.jsonfile import read_document, write_atomic
 from portwatch.model import Finding, Kind, Protocol, Severity
 

@@ -36,7 +36,7 @@ import struct
 import time
 from typing import Callable, Final, Sequence
 
-from .model import (
+from portwatch.model import (
     KERNEL_TCP_STATES,
     Endpoint,
     Family,

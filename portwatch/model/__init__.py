@@ -1,0 +1,38 @@
+"""The data that flows through portwatch: sockets, kernel settings, snapshots, findings, scan results.
+
+Everything here is immutable data with the few pure methods that describe it
+(``Socket.describe``, ``Finding.to_dict``). Standard library only: this
+package imports nothing else of portwatch and nothing that does I/O, so every
+other package may import it. The names below are its public interface; the
+modules split it by subject (``sockets``, ``kernel``, ``findings``,
+``snapshot``, ``results``).
+"""
+
+from __future__ import annotations
+
+from portwatch.model.findings import Finding, Kind, ProcessInfo, Severity
+from portwatch.model.kernel import KernelSettings, PortRange, format_port_set
+from portwatch.model.results import ScanResult
+from portwatch.model.snapshot import Destination, Listening, RememberedPort, Snapshot
+from portwatch.model.sockets import (
+    KERNEL_TCP_STATES,
+    WILDCARDS,
+    Endpoint,
+    Family,
+    Protocol,
+    Socket,
+    SocketSource,
+    SocketState,
+    SocketTable,
+    SourceUnavailable,
+    is_wildcard,
+    normalize_ip,
+    socket_to_dict,
+)
+
+__all__ = [
+    "Destination", "Endpoint", "Family", "Finding", "KERNEL_TCP_STATES", "KernelSettings", "Kind",
+    "Listening", "PortRange", "ProcessInfo", "Protocol", "RememberedPort", "ScanResult", "Severity",
+    "Snapshot", "Socket", "SocketSource", "SocketState", "SocketTable", "SourceUnavailable",
+    "WILDCARDS", "format_port_set", "is_wildcard", "normalize_ip", "socket_to_dict",
+]

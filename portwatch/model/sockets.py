@@ -15,6 +15,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple, Protocol as TypingProtocol
 
+from portwatch.model.text import host_port
+
 
 class Protocol(str, enum.Enum):
     """Transport protocol of a socket."""
@@ -76,7 +78,7 @@ class Endpoint(NamedTuple):
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+        return host_port(self.ip, self.port)
 
 
 class Socket(NamedTuple):

@@ -2,77 +2,25 @@
 
 One call of :func:`run_scan` is one scan. It touches the kernel only through
 the :class:`~portwatch.collect.Collector` it is given and keeps no state, so
-the CLI, the daemon and the benchmark all run the same code.
+the CLI, the daemon and the benchmark all run the same code. It may import
+:mod:`portwatch.collect`, :mod:`portwatch.detect`, :mod:`portwatch.config` and
+:mod:`portwatch.model`. :func:`make_source` and :class:`FallbackSource` live in
+:mod:`portwatch.collect.sources`; they are re-exported here for the daemon and
+the CLI.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from typing import Callable, Collection, Mapping
+from typing import Callable, Collection
 
 from portwatch import detect
-from portwatch.collect import Collector, PsutilSource
-from portwatch.config import SOURCES, Config
-from portwatch.model import (
-    Destination,
-    Finding,
-    RememberedPort,
-    ScanResult,
-    Snapshot,
-    SocketSource,
-    SocketTable,
-    SourceUnavailable,
-)
+from portwatch.collect import Collector
+from portwatch.collect.sources import FallbackSource, make_source
+from portwatch.config import Config
+from portwatch.model import RememberedPort, ScanResult
 
-log = logging.getLogger("portwatch.scan")
-
-
-class FallbackSource:
-    """A socket source that uses ``primary`` until it proves unavailable, then ``fallback`` for good.
-
-    The switch is logged once, at warning level, with the reason.
-    """
-
-    def __init__(self, primary: SocketSource, fallback: SocketSource,
-                 warn: Callable[[str], None] = log.warning) -> None:
-        self._primary: SocketSource | None = primary
-        self._fallback = fallback
-        self._warn = warn
-
-    @property
-    def name(self) -> str:
-        """The name of the source in use."""
-        return (self._primary or self._fallback).name
-
-    def read(self) -> SocketTable:
-        """Read from the primary source, or from the fallback once the primary is unavailable."""
-        if self._primary is not None:
-            try:
-                return self._primary.read()
-            except SourceUnavailable as exc:
-                self._warn(f"{self._primary.name} socket source unavailable ({exc}); "
-                           f"using {self._fallback.name} from now on")
-                self._primary = None
-        return self._fallback.read()
-
-
-def make_source(name: str, warn: Callable[[str], None] = log.warning) -> SocketSource:
-    """The socket source the configuration names: ``auto``, ``netlink`` or ``psutil``.
-
-    ``auto`` is netlink (NETLINK_SOCK_DIAG, fast) falling back to psutil when
-    the kernel lacks it. Raises ``ValueError`` for another name.
-    """
-    if name == "psutil":
-        return PsutilSource()
-    if name not in ("auto", "netlink"):
-        raise ValueError(f"unknown socket source {name!r} (expected one of {', '.join(SOURCES)})")
-    from portwatch.collect.netlink import NetlinkSource
-
-    if name == "netlink":
-        return NetlinkSource()
-    return FallbackSource(NetlinkSource(), PsutilSource(), warn)
-
+__all__ = ["FallbackSource", "make_source", "run_scan"]
 
 def run_scan(
     config: Config,

@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterator, Mapping
 import psutil
 import pytest
 
-from portwatch import collect
 from portwatch.collect import (
     DEFAULT_UNPRIVILEGED_PORT_START,
     PARTIAL_ATTRIBUTION_NOTE,
@@ -37,6 +36,7 @@ from portwatch.collect import (
     read_kernel_settings,
     systemd_unit_from_cgroup,
 )
+from portwatch.collect.owners import OwnerWalk
 from portwatch.model import (
     Endpoint,
     Family,
@@ -815,7 +815,7 @@ def test_walk_stops_inside_a_process_once_everything_is_found(fixture_world: Pat
     # The walk returns as soon as 555 is found in pid 10, without finishing
     # pid 10's table: pid 10 is not marked as read, and a later walk for 777
     # (also in pid 10) reads it again from the start.
-    walk = collect._Walk(fixture_world, frozenset({555, 777}))
+    walk = OwnerWalk(fixture_world, frozenset({555, 777}))
     walk.run({555}, stop_early=True)
     assert walk.seen[555] == [10] and 10 not in walk.scanned and 20 not in walk.scanned
     walk.run({777}, stop_early=True)

@@ -1,17 +1,14 @@
-"""A socket source over NETLINK_SOCK_DIAG (inet_diag), with the standard library only.
+"""The sock_diag (inet_diag) wire format: requests, and the parser of the kernel's answers.
 
-:class:`NetlinkSource` asks the kernel for four dumps (TCP and UDP, IPv4 and
-IPv6) with ``SOCK_DIAG_BY_FAMILY`` requests (``struct inet_diag_req_v2``,
-``NLM_F_DUMP``) on an ``AF_NETLINK``/``NETLINK_SOCK_DIAG`` socket, the way
-``ss`` does, and turns each ``struct inet_diag_msg`` into a
-:class:`portwatch.model.Socket`. It does not walk processes, so its table
-has no owners; it reads 100,000 sockets in about the CPU time ``ss -tan``
-takes (~0.22 s here; ``benchmarks/run.py`` measures it), some 7 times less
-than ``psutil.net_connections``. No privilege is needed to dump the sockets
-of the caller's own network namespace; a sandbox must allow ``AF_NETLINK``.
-
-:func:`parse_messages` is the pure parser of one receive buffer; it is public
-so that tests can feed it crafted bytes.
+Job: the kernel constants, :func:`build_request` (one ``SOCK_DIAG_BY_FAMILY``
+dump request, ``struct inet_diag_req_v2`` with ``NLM_F_DUMP``, the way ``ss``
+asks) and :func:`parse_messages`, the pure parser of one receive buffer, which
+turns each ``struct inet_diag_msg`` into a :class:`portwatch.model.Socket`; it
+is public so that tests can feed it crafted bytes. No I/O here: the socket
+source that sends the requests and receives the answers is
+:class:`portwatch.collect.sources.netlink.NetlinkSource` (it reads 100,000
+sockets in about the CPU time ``ss -tan`` takes; ``benchmarks/run.py``
+measures it). May import the standard library and :mod:`portwatch.model`.
 
 Wire layout (all integers in host byte order except ports and addresses)::
 
@@ -29,12 +26,10 @@ inode 0 and uid 0. They are kept (TIME_WAIT counts for port exhaustion).
 from __future__ import annotations
 
 import errno as _errno
-import gc
 import os
 import socket
 import struct
-import time
-from typing import Callable, Final, Sequence
+from typing import Any, Final
 
 from portwatch.model import (
     KERNEL_TCP_STATES,
@@ -53,10 +48,11 @@ __all__ = [
     "SOCK_DIAG_BY_FAMILY",
     "TCP_STATES_MASK",
     "UDP_STATES_MASK",
+    "UNAVAILABLE_ERRNOS",
     "NetlinkError",
-    "NetlinkSource",
     "build_request",
-    "default_socket_factory",
+    "errno_failure",
+    "family_name",
     "fast_ip",
     "parse_messages",
 ]
@@ -100,10 +96,9 @@ _V4MAPPED: Final = bytes(10) + b"\xff\xff"
 _BIG_ENDIAN: Final = struct.pack("=H", 1) == struct.pack(">H", 1)
 
 _FAMILIES: Final[dict[int, Family]] = {int(socket.AF_INET): Family.IPV4, int(socket.AF_INET6): Family.IPV6}
-_PROTO_NUMBERS: Final = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
 
-#: Errors that mean "this kernel cannot answer sock_diag requests at all".
-_UNAVAILABLE_ERRNOS: Final = frozenset(
+#: Errors that mean "this kernel cannot answer sock_diag requests at all" (the source uses them too).
+UNAVAILABLE_ERRNOS: Final = frozenset(
     {_errno.ENOENT, _errno.EPROTONOSUPPORT, _errno.EAFNOSUPPORT, _errno.EOPNOTSUPP}
 )
 
@@ -176,10 +171,10 @@ def build_request(seq: int, family: int, protocol: int, states: int) -> bytes:
     )
 
 
-def _errno_failure(err: int, what: str) -> Exception:
+def errno_failure(err: int, what: str) -> Exception:
     """The exception for a negative errno the kernel reported about dump ``what``."""
     name = _errno.errorcode.get(err, str(err))
-    if err in _UNAVAILABLE_ERRNOS:
+    if err in UNAVAILABLE_ERRNOS:
         return SourceUnavailable(
             f"kernel has no sock_diag support for {what} ({name}: {os.strerror(err)}); "
             "is the inet_diag/tcp_diag/udp_diag module missing?"
@@ -302,19 +297,19 @@ def parse_messages(
                 f"nlmsg_len {nlen} runs past the end of the buffer ({left} bytes left)", off)
         if seq is not None and nseq != seq:
             raise NetlinkError(f"unexpected sequence number {nseq} (expected {seq})", off)
-        what = proto_name if family is None else f"{proto_name}/{_family_name(family)}"
+        what = proto_name if family is None else f"{proto_name}/{family_name(family)}"
         if ntype == NLMSG_DONE:
             if nlen >= _HDR_LEN + 4:
                 (status,) = _INT.unpack_from(data, off + _HDR_LEN)
                 if status < 0:
-                    raise _errno_failure(-status, what)
+                    raise errno_failure(-status, what)
             return sockets, True
         if ntype == NLMSG_ERROR:
             if nlen < _HDR_LEN + 4:
                 raise NetlinkError(f"NLMSG_ERROR of {nlen} bytes has no error code", off)
             (status,) = _INT.unpack_from(data, off + _HDR_LEN)
             if status != 0:
-                raise _errno_failure(-status, what)
+                raise errno_failure(-status, what)
         elif ntype == SOCK_DIAG_BY_FAMILY:
             raise NetlinkError(
                 f"inet_diag_msg payload of {nlen - _HDR_LEN} bytes is shorter than "
@@ -327,133 +322,21 @@ def parse_messages(
     return sockets, False
 
 
-def _family_name(family: int) -> str:
+def family_name(family: int) -> str:
     """'ipv4' / 'ipv6' / 'family N'."""
     known = _FAMILIES.get(family)
     return known.value if known is not None else f"family {family}"
 
 
-def default_socket_factory() -> socket.socket:
-    """Open an ``AF_NETLINK``/``SOCK_DGRAM``/``NETLINK_SOCK_DIAG`` socket (close-on-exec).
+def __getattr__(name: str) -> Any:
+    """``NetlinkSource`` and ``default_socket_factory``, still importable from here.
 
-    Raises ``OSError`` when the kernel refuses (e.g. ``EAFNOSUPPORT``,
-    ``EPROTONOSUPPORT`` without sock_diag).
+    They live in :mod:`portwatch.collect.sources.netlink`, which imports this
+    module; importing them here lazily keeps the module graph without a cycle.
+    Raises ``AttributeError`` for any other name.
     """
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    if name in ("NetlinkSource", "default_socket_factory"):
+        from portwatch.collect.sources import netlink as _source
 
-
-#: The four dumps of one read: (protocol, address family).
-DUMPS: Final[Sequence[tuple[Protocol, int]]] = (
-    (Protocol.TCP, socket.AF_INET),
-    (Protocol.TCP, socket.AF_INET6),
-    (Protocol.UDP, socket.AF_INET),
-    (Protocol.UDP, socket.AF_INET6),
-)
-
-
-class NetlinkSource:
-    """Reads the current network namespace's TCP and UDP sockets over sock_diag.
-
-    Implements :class:`portwatch.model.SocketSource`. The table it returns
-    has no owners (netlink does not know processes). ``uid`` and ``inode``
-    come from the kernel; they are 0 for TIME_WAIT and NEW_SYN_RECV mini
-    sockets.
-    """
-
-    name = "netlink"
-
-    def __init__(
-        self,
-        socket_factory: Callable[[], socket.socket] = default_socket_factory,
-        bufsize: int = 1 << 17,
-        timeout: float = 10.0,
-    ) -> None:
-        """Takes a factory for the netlink socket (tests replace it), the receive
-        buffer size in bytes (at least 32 KiB: the kernel sends up to ~32 KiB
-        per datagram) and the time limit in seconds for one whole :meth:`read`.
-        Raises ``ValueError`` for a too small ``bufsize`` or a non-positive
-        ``timeout``.
-        """
-        if bufsize < 32768:
-            raise ValueError(f"bufsize must be at least 32768 bytes, got {bufsize}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
-        self._factory = socket_factory
-        self._bufsize = bufsize
-        self._timeout = timeout
-        self._seq = 0
-
-    def read(self) -> SocketTable:
-        """Dump every TCP and UDP, IPv4 and IPv6 socket of the current namespace.
-
-        Returns a :class:`SocketTable` with empty ``owners``. Raises
-        :class:`SourceUnavailable` when the kernel has no sock_diag (the
-        socket cannot be opened: EAFNOSUPPORT/EPROTONOSUPPORT; or a request
-        is refused with ENOENT/EPROTONOSUPPORT), :class:`NetlinkError` for
-        malformed answers, ``TimeoutError`` when the dumps take longer than
-        the source's ``timeout``, and ``OSError`` for other failures.
-        """
-        try:
-            sock = self._factory()
-        except OSError as exc:
-            if exc.errno in _UNAVAILABLE_ERRNOS:
-                raise SourceUnavailable(
-                    f"cannot open a NETLINK_SOCK_DIAG socket: {exc.strerror or exc} "
-                    f"({_errno.errorcode.get(exc.errno or 0, exc.errno)})") from exc
-            raise
-        deadline = time.monotonic() + self._timeout
-        sockets: list[Socket] = []
-        buf = bytearray(self._bufsize)
-        view = memoryview(buf)
-        # Hundreds of thousands of new tuples would trigger the cyclic garbage
-        # collector again and again (each pass walking everything built so far);
-        # they cannot form cycles, so pause it for the read.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            for protocol, family in DUMPS:
-                self._seq = (self._seq % 0x7FFFFFFF) + 1
-                self._dump(sock, view, protocol, family, self._seq, sockets, deadline)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-            view.release()
-            sock.close()
-        return SocketTable(sockets=tuple(sockets))
-
-    def _dump(self, sock: socket.socket, view: memoryview, protocol: Protocol, family: int,
-              seq: int, out: list[Socket], deadline: float) -> None:
-        """Run one dump request and parse its answers into ``out``."""
-        states = TCP_STATES_MASK if protocol is Protocol.TCP else UDP_STATES_MASK
-        what = f"{protocol.value}/{_family_name(family)}"
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"sock_diag read took longer than {self._timeout}s")
-        sock.settimeout(remaining)
-        try:
-            sock.sendto(build_request(seq, family, _PROTO_NUMBERS[protocol], states), (0, 0))
-        except OSError as exc:
-            if exc.errno in _UNAVAILABLE_ERRNOS:
-                raise _errno_failure(exc.errno or 0, what) from exc
-            raise
-        size = len(view)
-        recv = sock.recvfrom_into
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"sock_diag dump of {what} took longer than {self._timeout}s")
-            sock.settimeout(remaining)
-            try:
-                n, addr = recv(view, size, socket.MSG_TRUNC)
-            except socket.timeout as exc:
-                raise TimeoutError(
-                    f"sock_diag dump of {what} took longer than {self._timeout}s") from exc
-            if n > size:
-                raise NetlinkError(
-                    f"datagram of {n} bytes truncated to the {size}-byte receive buffer", size)
-            if addr[0] != 0:  # not from the kernel (port id 0): not ours to read
-                continue
-            _, done = parse_messages(view, protocol=protocol, seq=seq, family=family,
-                                     out=out, length=n)
-            if done:
-                return
+        return getattr(_source, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,148 @@
+"""The collector: snapshots from a socket source, owners attributed lazily, with caches across scans.
+
+Job: :class:`Collector`, the one object the scan talks to. It reads the
+sysctls (:mod:`~portwatch.collect.kernel`) and the socket table (a
+:class:`~portwatch.model.SocketSource`), then finds owners only of the sockets
+asked for (:mod:`~portwatch.collect.owners`) and describes their processes
+(:mod:`~portwatch.collect.processes`). May import the standard library,
+:mod:`portwatch.model` and the modules of :mod:`portwatch.collect`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable, Collection
+
+from portwatch.collect.kernel import read_kernel_settings
+from portwatch.collect.owners import OwnerMemory, OwnerWalk
+from portwatch.collect.processes import ProcessFactory, describe_processes
+from portwatch.model import KernelSettings, Snapshot, Socket, SocketSource
+
+__all__ = ["PARTIAL_ATTRIBUTION_NOTE", "Collector"]
+
+#: The note :meth:`Collector.attribute` adds when it could not read some
+#: processes' file descriptors; ``{denied}`` is the number of such processes.
+PARTIAL_ATTRIBUTION_NOTE = (
+    "attribution is partial: the owners of {unowned} sockets are unknown and {denied} processes' "
+    "file descriptors could not be read (run as root or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
+)
+_PARTIAL_PREFIX = "attribution is partial:"
+
+
+class Collector:
+    """Takes snapshots from a socket source and attributes their sockets lazily.
+
+    Keeps the state of the latest ``/proc`` walk, keyed to the scan it was made
+    for, so that repeated :meth:`attribute` calls on one scan read every
+    process's fd table at most once. Not thread-safe.
+    """
+
+    def __init__(self, source: SocketSource, proc_root: Path = Path("/proc"),
+                 clock: Callable[[], float] = time.time,
+                 process_factory: ProcessFactory | None = None) -> None:
+        """Take the socket source, the proc mount (sysctls, fd tables, cgroups),
+        the clock giving ``Snapshot.taken_at`` and the process factory for
+        :func:`describe_processes` (``None``: ``psutil.Process``)."""
+        self.source = source
+        self.proc_root = Path(proc_root)
+        self.clock = clock
+        self.process_factory = process_factory
+        # The scan the walk belongs to: its settings and sockets objects (held,
+        # so their ids stay unique; snapshot() makes new ones for every scan)
+        # and its timestamp. Copies made by attribute() share all three.
+        self._walk_key: tuple[KernelSettings, tuple[Socket, ...], float] | None = None
+        self._walk: OwnerWalk | None = None
+        # Across scans: where (pid, fd) each attributed socket was found, and
+        # the sockets a complete walk found nobody holding.
+        self._memory = OwnerMemory(self.proc_root)
+
+    def snapshot(self) -> Snapshot:
+        """Read the kernel settings and the socket table.
+
+        Returns a :class:`Snapshot` with the source's owners (if any), no
+        process descriptions (see :meth:`attribute`), ``taken_at`` from the
+        clock and ``source`` set to the source's name. Raises
+        :class:`CollectError` for unreadable sysctls, and whatever the source
+        raises (:class:`~portwatch.model.SourceUnavailable`, ``OSError``,
+        ``ValueError``).
+        """
+        # A new scan: the previous scan's walk state (its socket table and the
+        # inodes it saw) is of no use any more; let it go before reading anew.
+        self._walk = None
+        self._walk_key = None
+        settings = read_kernel_settings(self.proc_root)
+        table = self.source.read()
+        return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
+                        owners=dict(table.owners), processes={}, source=self.source.name)
+
+    def attribute(self, snapshot: Snapshot, inodes: Collection[int]) -> Snapshot:
+        """Return a copy of ``snapshot`` whose owners and processes cover ``inodes``.
+
+        Owners the snapshot already has are kept without a lookup. Missing
+        positive inodes are first looked up where an earlier scan found them
+        (one readlink of the remembered ``PID/fd/N`` each, exact); those an
+        earlier complete walk found nobody holding stay unowned; the rest,
+        if they belong to the snapshot's sockets, in ``proc_root/*/fd`` (other
+        inodes are ignored); what the walk saw is
+        kept for this scan (the snapshot and the copies this method made from
+        it), so later calls only read processes not read yet, and never
+        re-read one; an inode the walk already looked for and did not find
+        stays unowned. The walk stops early as :func:`find_socket_owners`
+        describes (shared sockets may list only their first holders). Every
+        pid owning a requested inode that is not yet in ``snapshot.processes``
+        is described (:func:`describe_processes`). When a requested socket
+        stays without an owner and fd tables could not be read for lack of
+        permission, the copy carries one note (:data:`PARTIAL_ATTRIBUTION_NOTE`)
+        replacing any earlier such note.
+        Raises :class:`CollectError` when ``proc_root`` cannot be listed.
+        """
+        requested = list(dict.fromkeys(inodes))
+        owners = dict(snapshot.owners)
+        missing = {i for i in requested if i > 0 and i not in owners}
+        notes = snapshot.notes
+        known_unowned: dict[int, int] = {}
+        if missing:
+            cached = self._memory.owners(missing)
+            owners.update(cached)
+            missing.difference_update(cached)
+            known_unowned = self._memory.unowned(missing)
+            missing.difference_update(known_unowned)
+        unowned, denied = len(known_unowned), max(known_unowned.values(), default=0)
+        if missing:
+            walk = self._walk_for(snapshot)
+            missing &= walk.interesting
+            uids = {s.uid for s in snapshot.sockets if s.uid is not None and s.inode in missing}
+            walk.run(missing, stop_early=True, uids=uids)
+            owners.update(walk.owners_of(missing))
+            self._memory.remember_fds(walk, missing)
+            still = [i for i in missing if i not in owners]
+            if walk.complete:
+                self._memory.remember_unowned(still, walk.denied)
+            unowned += len(still)
+            denied = max(denied, walk.denied)
+        if denied and unowned:
+            # Only worth saying when a socket we needed stays unexplained:
+            # an unreadable fd table that held none of them changes nothing.
+            notes = tuple(n for n in notes if not n.startswith(_PARTIAL_PREFIX))
+            notes += (PARTIAL_ATTRIBUTION_NOTE.format(unowned=unowned, denied=denied),)
+        pids = {pid for i in requested for pid in owners.get(i, ())}
+        new_pids = sorted(p for p in pids if p not in snapshot.processes)
+        processes = dict(snapshot.processes)
+        processes.update(describe_processes(new_pids, self.proc_root, self.process_factory))
+        return dataclasses.replace(snapshot, owners=owners, processes=processes, notes=notes)
+
+    def _same_scan(self, snapshot: Snapshot) -> bool:
+        """True if the kept walk state belongs to ``snapshot``'s scan (identity, not equality)."""
+        key = self._walk_key
+        return (self._walk is not None and key is not None and key[0] is snapshot.settings
+                and key[1] is snapshot.sockets and key[2] == snapshot.taken_at)
+
+    def _walk_for(self, snapshot: Snapshot) -> OwnerWalk:
+        """The walk state of ``snapshot``'s scan, started afresh for a new scan."""
+        if not self._same_scan(snapshot) or self._walk is None:
+            interesting = frozenset(s.inode for s in snapshot.sockets if s.inode > 0)
+            self._walk = OwnerWalk(self.proc_root, interesting)
+            self._walk_key = (snapshot.settings, snapshot.sockets, snapshot.taken_at)
+        return self._walk

@@ -1,0 +1,118 @@
+"""The socket sources, registered once: their names, how each is built, the fallback between them.
+
+Job: :data:`SOURCES`, the one registry of socket sources, from which
+:data:`SOURCE_NAMES` (the values the configuration's ``source`` key allows)
+and :func:`make_source` are derived; and :class:`FallbackSource`. Each entry
+builds its source lazily, so importing this package imports neither psutil
+nor the netlink modules. Adding a source is one module here plus one entry.
+May import the standard library, :mod:`portwatch.model` and (inside the
+factories only) its own source modules.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from portwatch.model import SocketSource, SocketTable, SourceUnavailable
+
+__all__ = ["SOURCES", "SOURCE_NAMES", "FallbackSource", "SourceEntry", "make_source"]
+
+# The logger the fallback warning has always been logged under.
+log = logging.getLogger("portwatch.scan")
+
+#: Receives a one-line warning (the fallback's switch).
+Warn = Callable[[str], None]
+
+
+class FallbackSource:
+    """A socket source that uses ``primary`` until it proves unavailable, then ``fallback`` for good.
+
+    The switch is logged once, at warning level, with the reason.
+    """
+
+    def __init__(self, primary: SocketSource, fallback: SocketSource,
+                 warn: Warn = log.warning) -> None:
+        """Take the preferred source, the one to use once it is unavailable, and
+        where to say so (a logger's ``warning`` or a stand-in)."""
+        self._primary: SocketSource | None = primary
+        self._fallback = fallback
+        self._warn = warn
+
+    @property
+    def name(self) -> str:
+        """The name of the source in use."""
+        return (self._primary or self._fallback).name
+
+    def read(self) -> SocketTable:
+        """Read from the primary source, or from the fallback once the primary is unavailable.
+
+        Returns the table read. Raises whatever the source in use raises,
+        except the primary's :class:`~portwatch.model.SourceUnavailable`,
+        which switches to the fallback for good (and is warned about once).
+        """
+        if self._primary is not None:
+            try:
+                return self._primary.read()
+            except SourceUnavailable as exc:
+                self._warn(f"{self._primary.name} socket source unavailable ({exc}); "
+                           f"using {self._fallback.name} from now on")
+                self._primary = None
+        return self._fallback.read()
+
+
+def _netlink() -> SocketSource:
+    """A :class:`~portwatch.collect.sources.netlink.NetlinkSource`."""
+    from portwatch.collect.sources.netlink import NetlinkSource
+
+    return NetlinkSource()
+
+
+def _psutil() -> SocketSource:
+    """A :class:`~portwatch.collect.sources.psutil.PsutilSource`."""
+    from portwatch.collect.sources.psutil import PsutilSource
+
+    return PsutilSource()
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One registered socket source: what it is, and how to build it.
+
+    ``build`` takes the warning callback (used by sources that fall back) and
+    returns a new source; it imports the source's module on first use.
+    """
+
+    description: str
+    build: Callable[[Warn], SocketSource]
+
+
+#: Every socket source the configuration may name, in the order the
+#: documentation lists them; ``auto`` first, as the default.
+SOURCES: Mapping[str, SourceEntry] = {
+    "auto": SourceEntry("netlink, falling back to psutil when the kernel lacks sock_diag",
+                        lambda warn: FallbackSource(_netlink(), _psutil(), warn)),
+    "netlink": SourceEntry("NETLINK_SOCK_DIAG (inet_diag), fast, no process walk",
+                           lambda warn: _netlink()),
+    "psutil": SourceEntry("psutil.net_connections, portable, walks every process",
+                          lambda warn: _psutil()),
+}
+
+#: The names of the registered sources: the allowed values of ``source``.
+SOURCE_NAMES: tuple[str, ...] = tuple(SOURCES)
+
+
+def make_source(name: str, warn: Warn = log.warning) -> SocketSource:
+    """The socket source the configuration names: ``auto``, ``netlink`` or ``psutil``.
+
+    ``auto`` is netlink (NETLINK_SOCK_DIAG, fast) falling back to psutil when
+    the kernel lacks it; ``warn`` receives the one warning of that switch.
+    Returns a new source. Raises ``ValueError`` for a name not in
+    :data:`SOURCE_NAMES`.
+    """
+    entry = SOURCES.get(name)
+    if entry is None:
+        raise ValueError(
+            f"unknown socket source {name!r} (expected one of {', '.join(SOURCE_NAMES)})")
+    return entry.build(warn)

@@ -179,7 +179,7 @@ def world_tmp() -> Iterator[Path]:
     ("40000 40000\n", PortRange(40000, 40000)),
     ("  1024 \t  2048  \n", PortRange(1024, 2048)),
 ])
-def test_parse_port_range_valid(text: str, expected: PortRange) -> None:
+def test_parse_port_range_accepts_two_ports_in_order(text: str, expected: PortRange) -> None:
     assert parse_port_range(text, "SRC") == expected
 
 
@@ -196,7 +196,7 @@ def test_parse_port_range_valid(text: str, expected: PortRange) -> None:
     ("100 70000", "port 70000 is outside 1..65535"),
     ("60999 32768", "range start 60999 is above its end 32768"),
 ])
-def test_parse_port_range_garbage(text: str, cause: str) -> None:
+def test_parse_port_range_rejects_garbage_naming_the_cause(text: str, cause: str) -> None:
     with pytest.raises(CollectError) as err:
         parse_port_range(text, "/x/ip_local_port_range")
     assert str(err.value).startswith("/x/ip_local_port_range: ")
@@ -216,7 +216,7 @@ def test_parse_port_range_garbage(text: str, cause: str) -> None:
     (" 1 - 3 , 8080 ,\t9000-9001 \n", {1, 2, 3, 8080, 9000, 9001}),
     ("8080,8080,8079-8081", {8079, 8080, 8081}),
 ])
-def test_parse_reserved_ports_valid(text: str, expected: set[int]) -> None:
+def test_parse_reserved_ports_accepts_the_kernels_list_syntax(text: str, expected: set[int]) -> None:
     assert parse_reserved_ports(text, "SRC") == frozenset(expected)
 
 
@@ -224,20 +224,20 @@ def test_parse_reserved_ports_valid(text: str, expected: set[int]) -> None:
     "abc", "1,,2", "1,2,", ",1", "1-", "-3", "1-2-3", "3-1", "70000", "1-70000",
     "8080 9090", "0x10", "+5", "1;2", "8080\n9090\n",
 ])
-def test_parse_reserved_ports_garbage(text: str) -> None:
+def test_parse_reserved_ports_rejects_garbage(text: str) -> None:
     with pytest.raises(CollectError) as err:
         parse_reserved_ports(text, "/x/ip_local_reserved_ports")
     assert str(err.value).startswith("/x/ip_local_reserved_ports: ")
 
 
-def test_parse_reserved_ports_large_range() -> None:
+def test_parse_reserved_ports_expands_a_large_range() -> None:
     assert len(parse_reserved_ports("0-65535\n", "SRC")) == 65536
 
 
 # --------------------------------------------------------------------------- read_kernel_settings
 
 
-def test_read_kernel_settings_all_files(tmp_path: Path) -> None:
+def test_read_kernel_settings_reads_all_three_files(tmp_path: Path) -> None:
     write_sysctls(tmp_path, {"ip_local_port_range": "40000\t50000\n",
                              "ip_local_reserved_ports": "8080,40000-40002\n",
                              "ip_unprivileged_port_start": "0\n"})
@@ -274,13 +274,13 @@ def test_read_kernel_settings_errors_name_the_file(tmp_path: Path, broken: str, 
     assert cause in str(err.value)
 
 
-def test_read_kernel_settings_bad_proc_root(tmp_path: Path) -> None:
+def test_read_kernel_settings_of_a_missing_proc_root_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(CollectError) as err:
         read_kernel_settings(tmp_path / "nowhere")
     assert "nowhere/sys/net/ipv4/ip_local_port_range: no such file" in str(err.value)
 
 
-def test_read_kernel_settings_of_this_host() -> None:
+def test_read_kernel_settings_of_this_host_are_valid() -> None:
     settings = read_kernel_settings()
     text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
     assert settings.port_range == PortRange(int(text[0]), int(text[1]))
@@ -289,7 +289,7 @@ def test_read_kernel_settings_of_this_host() -> None:
 # --------------------------------------------------------------------------- find_socket_owners
 
 
-def test_find_socket_owners_all_holders(tmp_path: Path) -> None:
+def test_find_socket_owners_with_all_holders_lists_every_holder(tmp_path: Path) -> None:
     root = build_proc_tree(tmp_path)
     scan = find_socket_owners([555, 777, 888, 999], root, all_holders=True)
     assert scan == OwnerScan(owners={555: (10, 20), 777: (10,), 888: (50,)}, denied=0)
@@ -311,7 +311,7 @@ def test_find_socket_owners_ignores_non_positive_inodes(tmp_path: Path) -> None:
     assert str(err.value) == f"{missing_root}: no such file"
 
 
-def test_find_socket_owners_permission_denied_counts(world_tmp: Path) -> None:
+def test_find_socket_owners_counts_unreadable_fd_tables(world_tmp: Path) -> None:
     root = world_tmp / "proc"
     make_fds(root, 10, {3: "socket:[555]"})
     make_fds(root, 20, {3: "socket:[777]"}).chmod(0o000)
@@ -352,11 +352,11 @@ def test_find_socket_owners_permission_denied_counts(world_tmp: Path) -> None:
     ("garbage without colons\n", None),
     ("0::/system.slice/.service\n", None),
 ])
-def test_systemd_unit_from_cgroup(text: str, unit: str | None) -> None:
+def test_systemd_unit_from_cgroup_names_the_innermost_unit(text: str, unit: str | None) -> None:
     assert systemd_unit_from_cgroup(text) == unit
 
 
-def test_describe_processes_live_and_vanished() -> None:
+def test_describe_processes_of_live_and_vanished_processes() -> None:
     live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "marker-arg"],
                             stdin=subprocess.PIPE)
     dead = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
@@ -381,7 +381,7 @@ def test_describe_processes_live_and_vanished() -> None:
     assert infos[dead.pid] == ProcessInfo(pid=dead.pid, gone=True)
 
 
-def test_describe_processes_unit_from_proc_root(tmp_path: Path) -> None:
+def test_describe_processes_reads_the_unit_from_proc_root(tmp_path: Path) -> None:
     (tmp_path / "42").mkdir()
     (tmp_path / "42" / "cgroup").write_text("0::/system.slice/web.service\n")
     infos = describe_processes([42, 43], tmp_path, fake_factory())
@@ -398,12 +398,12 @@ def test_describe_processes_unit_from_proc_root(tmp_path: Path) -> None:
     ({"cmdline": psutil.NoSuchProcess(7)}, ProcessInfo(7, "proc7", gone=True)),
     ({"cmdline": psutil.ZombieProcess(7)}, ProcessInfo(7, "proc7", gone=True)),
 ])
-def test_describe_processes_field_failures(tmp_path: Path, fail: Mapping[str, Exception],
+def test_describe_processes_leaves_unreadable_fields_unknown(tmp_path: Path, fail: Mapping[str, Exception],
                                            expected: ProcessInfo) -> None:
     assert describe_processes([7], tmp_path, fake_factory(fail=fail)) == {7: expected}
 
 
-def test_describe_processes_factory_failures(tmp_path: Path) -> None:
+def test_describe_processes_survives_a_failing_factory(tmp_path: Path) -> None:
     def gone(pid: int) -> psutil.Process:
         raise psutil.NoSuchProcess(pid)
 
@@ -428,7 +428,7 @@ def sconn(family: int, type_: int, laddr: tuple[Any, ...], raddr: tuple[Any, ...
                 status, pid)
 
 
-def test_psutil_source_conversion_edge_cases() -> None:
+def test_psutil_source_skips_other_families_and_maps_states_and_addresses() -> None:
     rows = [
         sconn(socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 80), (), "NONE", 5),
         sconn(socket.AF_UNIX, socket.SOCK_STREAM, ("/run/x", 0), (), "NONE", 5),
@@ -463,7 +463,7 @@ def test_psutil_source_failures_are_clear_oserrors(exc: Exception, cause: str) -
     assert cause in str(err.value)
 
 
-def test_psutil_source_bad_address() -> None:
+def test_psutil_source_bad_address_is_a_clear_oserror() -> None:
     rows = [sconn(socket.AF_INET, socket.SOCK_STREAM, ("not-an-ip", 1), (), "LISTEN", None)]
     with pytest.raises(SourceReadError, match="bad address"):
         PsutilSource(lambda kind="inet": rows).read()
@@ -486,7 +486,7 @@ TABLE = SocketTable(sockets=(tcp(40001, 555, SocketState.LISTEN), tcp(40002, 777
                              tcp(40003, 888), tcp(40004, 999), tcp(40005, 0, SocketState.TIME_WAIT)))
 
 
-def test_collector_snapshot(fixture_world: Path) -> None:
+def test_collector_snapshot_has_settings_sockets_and_no_processes(fixture_world: Path) -> None:
     table = SocketTable(sockets=TABLE.sockets, owners={777: (3,)})
     snap = Collector(StaticSource(table), fixture_world, clock=lambda: 1234.5).snapshot()
     assert snap == Snapshot(settings=KernelSettings(PortRange(40000, 40999), frozenset({40500})),
@@ -494,7 +494,7 @@ def test_collector_snapshot(fixture_world: Path) -> None:
                             processes={}, source="static", notes=())
 
 
-def test_collector_attribute(fixture_world: Path) -> None:
+def test_collector_attribute_finds_and_describes_the_owners_asked_for(fixture_world: Path) -> None:
     calls: list[int] = []
     collector = Collector(StaticSource(TABLE), fixture_world, process_factory=fake_factory(calls))
     snap = collector.snapshot()
@@ -545,7 +545,7 @@ def test_collector_attribute_keeps_known_owners_and_ignores_foreign_inodes(
     assert set(out.processes) == {99}
 
 
-def test_collector_attribute_partial_note_when_not_root(world_tmp: Path) -> None:
+def test_collector_attribute_notes_partial_attribution_when_not_root(world_tmp: Path) -> None:
     root = world_tmp
     write_sysctls(root, DEFAULT_SYSCTLS)
     make_fds(root, 10, {3: "socket:[555]"})
@@ -719,7 +719,7 @@ def ep_dict(ip: str, port: int) -> dict[str, Any]:
     return {"ip": ip, "port": port}
 
 
-def test_real_sockets_in_a_namespace(netns: NetNS) -> None:
+def test_real_sockets_in_a_namespace_have_their_owners(netns: NetNS) -> None:
     netns.sysctl("net/ipv4/ip_local_port_range", "40000 40100")
     netns.sysctl("net/ipv4/ip_local_reserved_ports", "40050,40060-40061")
     netns.sysctl("net/ipv4/ip_unprivileged_port_start", "80")

@@ -26,17 +26,19 @@ from portwatch.model import (
     SourceUnavailable,
     normalize_ip,
 )
+from portwatch.collect import netlink
 from portwatch.collect.netlink import (
     NLMSG_DONE,
     NLMSG_ERROR,
     NLMSG_NOOP,
     SOCK_DIAG_BY_FAMILY,
     NetlinkError,
-    NetlinkSource,
     build_request,
     fast_ip,
     parse_messages,
 )
+from portwatch.collect.sources import netlink as netlink_source
+from portwatch.collect.sources.netlink import NetlinkSource
 from tests.netns import NetNS
 
 AF4, AF6 = int(socket.AF_INET), int(socket.AF_INET6)
@@ -95,7 +97,7 @@ TCP, UDP = Protocol.TCP, Protocol.UDP
 
 # --- the parser ---
 
-def test_valid_messages_with_attributes_alignment_and_done() -> None:
+def test_valid_messages_parse_despite_attributes_and_alignment_until_done() -> None:
     # a 5-byte attribute (INET_DIAG_SHUTDOWN-like) makes nlmsg_len unaligned: padding follows
     attr = struct.pack("=HH", 5, 8) + b"\x00"
     data = (diag(state=1, sport=40001, dport=8080, uid=1000, inode=777, attrs=attr)
@@ -111,7 +113,7 @@ def test_valid_messages_with_attributes_alignment_and_done() -> None:
     assert all(type(s) is Socket and type(s.local) is Endpoint for s in sockets)
 
 
-def test_ipv6_and_ipv4_mapped_addresses() -> None:
+def test_ipv6_addresses_parse_and_ipv4_mapped_ones_become_ipv4() -> None:
     data = (diag(AF6, state=1, src=v6("::ffff:127.0.0.1"), dst=v6("::ffff:10.0.0.9"),
                  sport=8443, dport=50000)
             + diag(AF6, state=1, src=v6("fe80::1:0:0:1"), dst=v6("2001:db8::1"))
@@ -125,7 +127,7 @@ def test_ipv6_and_ipv4_mapped_addresses() -> None:
     ]
 
 
-def test_udp_states_and_tcp_mini_sockets() -> None:
+def test_udp_states_and_tcp_mini_sockets_are_kept() -> None:
     udp = (diag(state=7, sport=5353, dport=0, dst=bytes(16), inode=9)
            + diag(state=1, sport=41000, dport=53, inode=10))
     sockets, _ = parse_messages(udp, protocol=UDP)
@@ -140,7 +142,7 @@ def test_udp_states_and_tcp_mini_sockets() -> None:
         (SocketState.TIME_WAIT, 0, 0), (SocketState.NEW_SYN_RECV, 0, 0)]
 
 
-def test_multi_part_dump_and_length_and_out() -> None:
+def test_multi_part_dump_appends_to_out_and_honours_length() -> None:
     out: list[Socket] = []
     first = diag(sport=1) + diag(sport=2)
     _, finished = parse_messages(first, protocol=TCP, seq=1, out=out)
@@ -166,13 +168,13 @@ def test_missing_trailing_padding_is_accepted() -> None:
     assert len(sockets) == 1
 
 
-def test_truncated_header() -> None:
+def test_truncated_header_is_a_netlink_error() -> None:
     data = diag() + b"\x10\x00\x00\x00\x03\x00"
     with pytest.raises(NetlinkError, match=r"truncated netlink header: 6 bytes left.*offset 88"):
         parse_messages(data, protocol=TCP)
 
 
-def test_nlmsg_len_larger_than_buffer() -> None:
+def test_nlmsg_len_larger_than_the_buffer_is_a_netlink_error() -> None:
     data = diag()[:60]
     with pytest.raises(NetlinkError, match=r"nlmsg_len 88 runs past the end.*60 bytes left.*offset 0"):
         parse_messages(data, protocol=TCP)
@@ -180,19 +182,19 @@ def test_nlmsg_len_larger_than_buffer() -> None:
         parse_messages(diag() + diag(), protocol=TCP, length=120)
 
 
-def test_nlmsg_len_shorter_than_header() -> None:
+def test_nlmsg_len_shorter_than_its_header_is_a_netlink_error() -> None:
     data = diag() + nlmsg(NLMSG_DONE, b"\0\0\0\0", length=8)
     with pytest.raises(NetlinkError, match=r"nlmsg_len 8 is shorter than the 16-byte header.*offset 88"):
         parse_messages(data, protocol=TCP)
 
 
-def test_payload_shorter_than_inet_diag_msg() -> None:
+def test_payload_shorter_than_inet_diag_msg_is_a_netlink_error() -> None:
     short = nlmsg(SOCK_DIAG_BY_FAMILY, bytes(40))
     with pytest.raises(NetlinkError, match=r"payload of 40 bytes is shorter than the 72-byte"):
         parse_messages(short + done(), protocol=TCP)
 
 
-def test_length_outside_buffer() -> None:
+def test_length_outside_the_buffer_is_rejected() -> None:
     with pytest.raises(NetlinkError, match="length 500 outside a buffer of 88 bytes"):
         parse_messages(diag(), protocol=TCP, length=500)
 
@@ -212,44 +214,44 @@ def test_nlmsg_error_enoent_means_unavailable() -> None:
         parse_messages(error(errno.EPROTONOSUPPORT), protocol=TCP)
 
 
-def test_failed_done_is_an_error() -> None:
+def test_done_with_a_negative_status_is_an_error() -> None:
     with pytest.raises(OSError) as info:
         parse_messages(diag() + done(status=-errno.ENOBUFS), protocol=TCP)
     assert info.value.errno == errno.ENOBUFS
 
 
-def test_nlmsg_error_without_code() -> None:
+def test_nlmsg_error_without_a_code_is_a_netlink_error() -> None:
     with pytest.raises(NetlinkError, match="NLMSG_ERROR of 18 bytes has no error code"):
         parse_messages(nlmsg(NLMSG_ERROR, b"\0\0", pad=True), protocol=TCP)
 
 
-def test_unknown_family() -> None:
+def test_unknown_address_family_is_a_netlink_error() -> None:
     with pytest.raises(NetlinkError, match=r"unknown address family 7 in inet_diag_msg.*offset 104"):
         parse_messages(diag() + diag(family=7, src=bytes(16), dst=bytes(16)), protocol=TCP)
 
 
-def test_family_other_than_requested() -> None:
+def test_family_other_than_requested_is_a_netlink_error() -> None:
     with pytest.raises(NetlinkError, match="address family 10 in a dump of family 2"):
         parse_messages(diag(AF6), protocol=TCP, family=AF4)
 
 
 @pytest.mark.parametrize("protocol,state", [(TCP, 0), (TCP, 13), (TCP, 255), (UDP, 2), (UDP, 10)])
-def test_unknown_state(protocol: Protocol, state: int) -> None:
+def test_unknown_socket_state_is_a_netlink_error(protocol: Protocol, state: int) -> None:
     with pytest.raises(NetlinkError, match=rf"unknown {protocol.value} state {state} .*offset 17"):
         parse_messages(diag(state=state), protocol=protocol)
 
 
-def test_unexpected_sequence_number() -> None:
+def test_unexpected_sequence_number_is_a_netlink_error() -> None:
     with pytest.raises(NetlinkError, match=r"unexpected sequence number 9 \(expected 1\).*offset 88"):
         parse_messages(diag() + diag(seq=9), protocol=TCP, seq=1)
 
 
-def test_unknown_message_type() -> None:
+def test_unknown_message_type_is_a_netlink_error() -> None:
     with pytest.raises(NetlinkError, match="unexpected netlink message type 99"):
         parse_messages(nlmsg(99, b""), protocol=TCP)
 
 
-def test_build_request_layout() -> None:
+def test_build_request_lays_out_inet_diag_req_v2() -> None:
     req = build_request(7, AF6, socket.IPPROTO_UDP, 0x82)
     assert len(req) == 72
     assert struct.unpack_from("=IHHII", req) == (72, SOCK_DIAG_BY_FAMILY, 0x301, 7, 0)
@@ -291,7 +293,7 @@ def test_fast_ip_equals_normalize_ip() -> None:
     assert [s.local.ip for s in sockets] == [_reference(raw, AF6) for raw in samples[:3000]]
 
 
-def test_fast_ip_bad_input() -> None:
+def test_fast_ip_rejects_bad_families_and_lengths() -> None:
     with pytest.raises(ValueError, match="unknown address family 3"):
         fast_ip(bytes(16), 3)
     with pytest.raises(ValueError, match="IPv6 address needs 16 bytes, got 4"):
@@ -316,11 +318,18 @@ def test_other_socket_errors_are_oserror() -> None:
     assert info.value.errno == errno.EMFILE and not isinstance(info.value, SourceUnavailable)
 
 
-def test_bad_arguments() -> None:
+def test_netlink_source_rejects_a_small_buffer_and_no_timeout() -> None:
     with pytest.raises(ValueError, match="bufsize must be at least 32768"):
         NetlinkSource(bufsize=4096)
     with pytest.raises(ValueError, match="timeout must be positive"):
         NetlinkSource(timeout=0)
+
+
+def test_netlink_source_is_still_importable_from_the_parser_module() -> None:
+    assert getattr(netlink, "NetlinkSource") is netlink_source.NetlinkSource
+    assert getattr(netlink, "default_socket_factory") is netlink_source.default_socket_factory
+    with pytest.raises(AttributeError, match="has no attribute 'Nothing'"):
+        getattr(netlink, "Nothing")
 
 
 # --- real sockets in a network namespace ---
@@ -378,7 +387,7 @@ ACTOR = textwrap.dedent('''
 READER = textwrap.dedent('''
     import json, sys
     from portwatch.model import socket_to_dict
-    from portwatch.collect.netlink import NetlinkSource
+    from portwatch.collect.sources.netlink import NetlinkSource
     out = {"netlink": [socket_to_dict(s) for s in NetlinkSource().read().sockets]}
     if "psutil" in sys.argv:
         from portwatch.collect import PsutilSource
@@ -415,7 +424,7 @@ def key(d: dict[str, Any]) -> tuple[Any, ...]:
     return (d["protocol"], d["family"], d["state"], (d["local"]["ip"], d["local"]["port"]), remote)
 
 
-def test_real_sockets_every_kind(netns: NetNS) -> None:
+def test_real_sockets_of_every_kind_are_read_with_their_inodes(netns: NetNS) -> None:
     actor = start_actor(netns)
     sockets = read_in(netns)["netlink"]
     keys = {key(d) for d in sockets}
@@ -463,7 +472,7 @@ def test_real_sockets_every_kind(netns: NetNS) -> None:
         assert by_inode[inode]["protocol"] == ("tcp" if is_tcp else "udp")
 
 
-def test_same_sockets_as_psutil(netns: NetNS) -> None:
+def test_netlink_reads_the_same_sockets_as_psutil(netns: NetNS) -> None:
     start_actor(netns)
     doc = read_in(netns, "psutil")
     ours = sorted(key(d) for d in doc["netlink"])
@@ -472,13 +481,13 @@ def test_same_sockets_as_psutil(netns: NetNS) -> None:
     assert len(ours) == 23  # 4 listeners, 10 established, 3 TIME_WAIT, CLOSE_WAIT, FIN_WAIT2, 4 UDP
 
 
-def test_empty_namespace(netns: NetNS) -> None:
+def test_empty_namespace_has_no_sockets(netns: NetNS) -> None:
     assert read_in(netns)["netlink"] == []
 
 
 MANY = textwrap.dedent('''
     import json, os, socket
-    from portwatch.collect.netlink import NetlinkSource
+    from portwatch.collect.sources.netlink import NetlinkSource
     keep = []
     for i in range(2000):
         u = socket.socket(socket.AF_INET6 if i % 2 else socket.AF_INET, socket.SOCK_DGRAM)

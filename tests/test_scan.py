@@ -5,16 +5,18 @@ from __future__ import annotations
 import errno
 import json
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from portwatch.collect import Collector, PsutilSource
+from portwatch.collect.processes import ProcessHandle
+from portwatch.collect.sources import SOURCE_NAMES, SOURCES
+from portwatch.collect.sources.netlink import NetlinkSource
 from portwatch.config import Config, IgnoreRule
-from portwatch.model import Destination
-from portwatch.model import Kind, SocketTable, SourceUnavailable
-from portwatch.collect.netlink import NetlinkSource
+from portwatch.model import Destination, Kind, SocketTable
 from portwatch.scan import FallbackSource, make_source, run_scan
 from tests.builders import listen, tcp
 from tests.netns import NetNS
@@ -51,7 +53,7 @@ def test_fallback_to_psutil_is_logged_once() -> None:
     assert "netlink socket source unavailable" in warnings[0] and "using table from now on" in warnings[0]
 
 
-def test_fallback_passes_other_errors_through() -> None:
+def test_fallback_passes_other_errors_through_without_switching() -> None:
     class Broken:
         name = "broken"
 
@@ -64,13 +66,35 @@ def test_fallback_passes_other_errors_through() -> None:
     assert source.name == "broken"  # a passing failure does not switch sources
 
 
-def test_make_source() -> None:
+def test_make_source_builds_each_named_source_and_rejects_other_names() -> None:
     assert isinstance(make_source("psutil"), PsutilSource)
     assert isinstance(make_source("netlink"), NetlinkSource)
     auto = make_source("auto")
     assert isinstance(auto, FallbackSource) and auto.name == "netlink"
     with pytest.raises(ValueError, match="unknown socket source 'ss'"):
         make_source("ss")
+
+
+def test_source_names_are_the_registrys_in_documented_order() -> None:
+    assert SOURCE_NAMES == tuple(SOURCES) == ("auto", "netlink", "psutil")
+    assert all(SOURCES[name].description for name in SOURCE_NAMES)
+
+
+def test_naming_sources_imports_neither_psutil_nor_netlink() -> None:
+    # A fresh interpreter: the registry, the collector and a psutil source that
+    # has not read yet cost no psutil import and no netlink module.
+    code = (
+        "import sys\n"
+        "from portwatch.collect import Collector, PsutilSource, SOURCE_NAMES\n"
+        "from portwatch.collect.sources import make_source\n"
+        "source = make_source('psutil')\n"
+        "print(sorted(m for m in sys.modules if m == 'psutil' or 'netlink' in m))\n"
+        "source.read()\n"
+        "print('psutil' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "True"]
 
 
 def test_run_scan_attributes_only_what_findings_involve(tmp_path: Path) -> None:
@@ -88,7 +112,7 @@ def test_run_scan_attributes_only_what_findings_involve(tmp_path: Path) -> None:
     (fd / "4").symlink_to("socket:[4343]")
     described: list[int] = []
 
-    def factory(pid: int):  # a process that exited: describing it must not fail the scan
+    def factory(pid: int) -> ProcessHandle:  # a process that exited: describing it must not fail the scan
         import psutil
         described.append(pid)
         raise psutil.NoSuchProcess(pid)
@@ -108,7 +132,7 @@ def test_run_scan_attributes_only_what_findings_involve(tmp_path: Path) -> None:
                             Destination("127.0.0.1", "127.0.0.1", 40002): 1}
 
 
-def test_run_scan_ignores_and_top_destinations(tmp_path: Path) -> None:
+def test_run_scan_applies_ignores_and_ranks_top_destinations(tmp_path: Path) -> None:
     sysctl = tmp_path / "sys" / "net" / "ipv4"
     sysctl.mkdir(parents=True)
     (sysctl / "ip_local_port_range").write_text("40000 40009\n")

@@ -47,7 +47,7 @@ def write_config(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_self_connect(netns: NetNS) -> None:
+def test_socket_connected_to_itself_is_critical_and_names_its_process(netns: NetNS) -> None:
     netns.sysctl("net/ipv4/ip_local_port_range", TINY)
     _proc, info = netns.actor("self-connect")
     port = info["port"]
@@ -62,7 +62,7 @@ def test_self_connect(netns: NetNS) -> None:
     assert rc == 1  # a critical finding fails the default --fail-on critical
 
 
-def test_self_connect_ipv6(netns: NetNS) -> None:
+def test_ipv6_socket_connected_to_itself_is_found_with_a_bracketed_key(netns: NetNS) -> None:
     netns.sysctl("net/ipv4/ip_local_port_range", TINY)
     _proc, info = netns.actor("self-connect", "--family", "6")
     _rc, doc = scan(netns)
@@ -70,7 +70,7 @@ def test_self_connect_ipv6(netns: NetNS) -> None:
     assert f["key"] == f"self_connect:tcp:[::1]:{info['port']}" and pids(f) == {info["pid"]}
 
 
-def test_loop_pair(netns: NetNS) -> None:
+def test_two_sockets_connected_to_each_other_are_one_loop_pair(netns: NetNS) -> None:
     _proc, info = netns.actor("loop-pair")
     _rc, doc = scan(netns)
     (f,) = of_kind(doc, "loop_pair")
@@ -80,7 +80,7 @@ def test_loop_pair(netns: NetNS) -> None:
     assert of_kind(doc, "self_connect") == []
 
 
-def test_listener_in_range_until_reserved(netns: NetNS) -> None:
+def test_listener_in_the_ephemeral_range_is_found_until_its_port_is_reserved(netns: NetNS) -> None:
     _tcp, tinfo = netns.actor("listen", "--proto", "tcp", "--port", "40005")
     _udp, uinfo = netns.actor("listen", "--proto", "udp", "--port", "40006")
     _rc, doc = scan(netns)
@@ -113,7 +113,7 @@ def test_port_taken_names_the_holder(netns: NetNS, tmp_path: Path) -> None:
     assert rc == 1
 
 
-def test_exhaustion_towards_one_destination(netns: NetNS) -> None:
+def test_ports_used_towards_one_destination_warn_of_exhaustion(netns: NetNS) -> None:
     netns.sysctl("net/ipv4/ip_local_port_range", TINY)
     _proc, info = netns.actor("exhaust", "--to", "127.0.0.1:8080", "--count", "9",
                               "--also", "127.0.0.1:8081", "--count-also", "3")
@@ -129,7 +129,7 @@ def test_exhaustion_towards_one_destination(netns: NetNS) -> None:
     assert [x["details"]["problem"] for x in of_kind(doc, "range_misconfigured")] == ["small"]
 
 
-def test_close_wait_buildup(netns: NetNS, tmp_path: Path) -> None:
+def test_close_wait_sockets_above_the_threshold_are_a_buildup_of_their_process(netns: NetNS, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "thresholds:\n  close_wait: 3\n")
     _proc, info = netns.actor("close-wait", "--count", "5")
     _rc, doc = scan(netns, config=cfg)
@@ -149,7 +149,7 @@ def test_clean_namespace_has_no_findings(netns: NetNS) -> None:
     assert tcp_states.get("TIME_WAIT", 0) >= 1
 
 
-def test_table_report(netns: NetNS) -> None:
+def test_table_report_shows_the_range_findings_and_fixes(netns: NetNS) -> None:
     netns.sysctl("net/ipv4/ip_local_port_range", TINY)
     _proc, info = netns.actor("self-connect")
     proc = netns.run([*PORTWATCH, "scan"])
@@ -196,7 +196,7 @@ def test_reserve_leaves_out_what_the_config_ignores(netns: NetNS, tmp_path: Path
     assert "45344" not in out
 
 
-def test_unreadable_kernel_settings_exit_3(netns: NetNS) -> None:
+def test_unreadable_kernel_settings_exit_3_naming_the_file(netns: NetNS) -> None:
     # Hide the sysctls behind an empty tmpfs in a private mount namespace.
     proc = netns.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
                       "mount -t tmpfs none /proc/sys/net/ipv4 && exec \"$@\"", "sh",

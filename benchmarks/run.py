@@ -213,9 +213,9 @@ def probe(kind: str) -> int:
     if profile:
         kind = "scan"
     if kind in ("scan", "scan-findings", "scan-steady"):
-        from portwatch.collect import Collector
+        from portwatch.collect import Collector, make_source
         from portwatch.config import Config
-        from portwatch.scan import make_source, run_scan
+        from portwatch.scan import run_scan
         config = Config()
         collector = Collector(make_source(config.source))
         if kind == "scan-steady":
@@ -227,7 +227,7 @@ def probe(kind: str) -> int:
             extra["source"] = result.snapshot.source
             return len(result.snapshot.sockets)
     elif kind == "netlink":
-        from portwatch.collect.netlink import NetlinkSource
+        from portwatch.collect.sources.netlink import NetlinkSource
         source = NetlinkSource()
 
         def call() -> int:

@@ -37,18 +37,8 @@ from portwatch.collect import (
     systemd_unit_from_cgroup,
 )
 from portwatch.collect.owners import OwnerWalk
-from portwatch.model import (
-    Endpoint,
-    Family,
-    KernelSettings,
-    PortRange,
-    ProcessInfo,
-    Protocol,
-    Snapshot,
-    Socket,
-    SocketState,
-    SocketTable,
-)
+from portwatch.model import Endpoint, Family, KernelSettings, PortRange, ProcessInfo, Protocol
+from portwatch.model import Snapshot, Socket, SocketState, SocketTable
 from tests.conftest import require
 from tests.netns import REPO, NetNS
 
@@ -545,13 +535,13 @@ def test_collector_attribute_keeps_known_owners_and_ignores_foreign_inodes(
     assert set(out.processes) == {99}
 
 
-def test_collector_attribute_notes_partial_attribution_when_not_root(world_tmp: Path) -> None:
-    root = world_tmp
-    write_sysctls(root, DEFAULT_SYSCTLS)
-    make_fds(root, 10, {3: "socket:[555]"})
-    make_fds(root, 20, {3: "socket:[777]"}).chmod(0o000)
-    make_fds(root, 30, {3: "socket:[888]"}).chmod(0o000)
-    code = (
+def collector_script(inodes: tuple[int, ...]) -> str:
+    """The start of a script making ``c``, a Collector over ``sys.argv[1]``.
+
+    Its source holds TCP listeners with these inodes (on port 1000 + inode);
+    every process it would describe has exited.
+    """
+    return (
         "import json, sys\n"
         "from pathlib import Path\n"
         "from portwatch.collect import Collector\n"
@@ -560,11 +550,21 @@ def test_collector_attribute_notes_partial_attribution_when_not_root(world_tmp: 
         "    name = 'static'\n"
         "    def read(self):\n"
         "        return SocketTable(tuple(Socket(Protocol.TCP, Family.IPV4, SocketState.LISTEN,\n"
-        "                           Endpoint('0.0.0.0', 1000 + i), None, i) for i in (555, 777)))\n"
+        f"                           Endpoint('0.0.0.0', 1000 + i), None, i) for i in {inodes!r}))\n"
         "def gone(pid):\n"
         "    import psutil\n"
         "    raise psutil.NoSuchProcess(pid)\n"
         "c = Collector(Src(), Path(sys.argv[1]), process_factory=gone)\n"
+    )
+
+
+def test_collector_attribute_notes_partial_attribution_when_not_root(world_tmp: Path) -> None:
+    root = world_tmp
+    write_sysctls(root, DEFAULT_SYSCTLS)
+    make_fds(root, 10, {3: "socket:[555]"})
+    make_fds(root, 20, {3: "socket:[777]"}).chmod(0o000)
+    make_fds(root, 30, {3: "socket:[888]"}).chmod(0o000)
+    code = collector_script((555, 777)) + (
         "s = c.attribute(c.snapshot(), [555, 777])\n"
         "s2 = c.attribute(s, [555])\n"
         "print(json.dumps({'owners': {str(k): v for k, v in s.owners.items()},\n"
@@ -584,20 +584,7 @@ def test_collector_attribute_no_note_when_every_requested_owner_is_found(world_t
     write_sysctls(root, DEFAULT_SYSCTLS)
     make_fds(root, 5, {3: "socket:[999]"}).chmod(0o000)
     make_fds(root, 10, {3: "socket:[555]"})
-    code = (
-        "import json, sys\n"
-        "from pathlib import Path\n"
-        "from portwatch.collect import Collector\n"
-        "from portwatch.model import Endpoint, Family, Protocol, Socket, SocketState, SocketTable\n"
-        "class Src:\n"
-        "    name = 'static'\n"
-        "    def read(self):\n"
-        "        return SocketTable((Socket(Protocol.TCP, Family.IPV4, SocketState.LISTEN,\n"
-        "                           Endpoint('0.0.0.0', 1555), None, 555),))\n"
-        "def gone(pid):\n"
-        "    import psutil\n"
-        "    raise psutil.NoSuchProcess(pid)\n"
-        "c = Collector(Src(), Path(sys.argv[1]), process_factory=gone)\n"
+    code = collector_script((555,)) + (
         "s = c.attribute(c.snapshot(), [555])\n"
         "print(json.dumps({'owners': {str(k): v for k, v in s.owners.items()}, 'notes': s.notes}))\n"
     )

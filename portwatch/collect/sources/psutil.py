@@ -13,15 +13,8 @@ import socket
 from typing import Any, Callable, Mapping
 
 from portwatch.collect.errors import SourceReadError
-from portwatch.model import (
-    Endpoint,
-    Family,
-    Protocol,
-    Socket,
-    SocketState,
-    SocketTable,
-    normalize_ip,
-)
+from portwatch.model import Endpoint, Family, Protocol, Socket, SocketState, SocketTable
+from portwatch.model import normalize_ip
 
 __all__ = ["PsutilSource"]
 

@@ -591,7 +591,7 @@ def test_collector_attribute_no_note_when_every_requested_owner_is_found(world_t
     assert run_as_nobody(code, str(root)) == {"owners": {"555": [10]}, "notes": []}
 
 
-def test_read_kernel_settings_permission_denied(world_tmp: Path) -> None:
+def test_read_kernel_settings_denied_to_an_unprivileged_process_names_the_file(world_tmp: Path) -> None:
     base = write_sysctls(world_tmp, DEFAULT_SYSCTLS)
     (base / "ip_local_reserved_ports").chmod(0o000)
     code = (

@@ -267,7 +267,7 @@ def _reference(raw: bytes, family: int) -> str:
     return normalize_ip(str(ipaddress.IPv6Address(raw)))
 
 
-def test_fast_ip_equals_normalize_ip() -> None:
+def test_fast_ip_spells_addresses_as_normalize_ip_does() -> None:
     rng = random.Random(20240601)
     samples: list[bytes] = [
         bytes(16), bytes(15) + b"\x01", v6("::ffff:0.0.0.0"), v6("::ffff:127.0.0.1"),
@@ -502,7 +502,7 @@ MANY = textwrap.dedent('''
 ''')
 
 
-def test_multi_part_dump_of_many_sockets(netns: NetNS) -> None:
+def test_many_sockets_arrive_exactly_once_across_datagrams(netns: NetNS) -> None:
     # 2,300 sockets take several datagrams per dump: every one arrives exactly once
     result = netns.run([sys.executable, "-c", MANY], timeout=60)
     assert result.returncode == 0, result.stderr

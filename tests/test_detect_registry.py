@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +163,44 @@ def test_range_finding_involves_no_process_and_is_left_as_found() -> None:
     (f,) = [f for f in detect.detect(snap([], (32768, 60998)), Config()) if f.kind is Kind.RANGE_MISCONFIGURED]
     assert detect.explain([f], snap([], (32768, 60998))) == [f]
     assert f.processes == () and f.summary == f.details["message"]
+
+
+# ----------------------------------------------------------------- the direction of imports inside detect
+
+DETECT_DIR = Path(detect.__file__).parent
+KIND_MODULES = {f"portwatch.detect.{kind.value}" for kind in Kind}
+#: What each layer of portwatch.detect may import from the package: below it only.
+ALLOWED_INSIDE = {
+    "portwatch.detect.base": set(),
+    **{m: {"portwatch.detect.base"} for m in KIND_MODULES},
+    "portwatch.detect.registry": {"portwatch.detect.base"} | KIND_MODULES,
+    "portwatch.detect.pipeline": {"portwatch.detect.base", "portwatch.detect.registry",
+                                  "portwatch.detect.ephemeral_exhaustion"},
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The absolute module names ``path`` imports (``from a.b import c`` counts as ``a.b``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("module", sorted(ALLOWED_INSIDE))
+def test_detect_modules_import_only_the_layers_below_them(module: str) -> None:
+    imported = imported_modules(DETECT_DIR / f"{module.rsplit('.', 1)[1]}.py")
+    inside = {m for m in imported if m == "portwatch.detect" or m.startswith("portwatch.detect.")}
+    assert inside <= ALLOWED_INSIDE[module]
+    outside = {m.split(".")[0] if not m.startswith("portwatch.") else ".".join(m.split(".")[:2])
+               for m in imported - inside}
+    assert outside <= {"__future__", "collections", "dataclasses", "heapq", "typing",
+                       "portwatch.model", "portwatch.config"}
+
+
+def test_every_module_of_detect_has_a_layer() -> None:
+    on_disk = {f"portwatch.detect.{p.stem}" for p in DETECT_DIR.glob("*.py") if p.stem != "__init__"}
+    assert on_disk == set(ALLOWED_INSIDE)

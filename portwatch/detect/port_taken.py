@@ -19,17 +19,7 @@ from portwatch.detect.base import (
     reserve_hint,
     who,
 )
-from portwatch.model import (
-    Finding,
-    Kind,
-    Listening,
-    ProcessInfo,
-    Protocol,
-    RememberedPort,
-    Severity,
-    Snapshot,
-    Socket,
-)
+from portwatch.model import Finding, Kind, Listening, ProcessInfo, Protocol, RememberedPort, Severity, Snapshot, Socket
 
 
 def find_ports_taken(snapshot: Snapshot, config: Config, remembered: Collection[RememberedPort],

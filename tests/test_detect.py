@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from typing import Collection, Iterable
 
 import pytest
 
 from portwatch import detect
 from portwatch.config import Config, IgnoreRule, Service, Thresholds
-from portwatch.model import Kind, PortRange, ProcessInfo, Protocol, Severity
+from portwatch.model import Finding, Kind, PortRange, Protocol, RememberedPort, Severity, Snapshot, Socket
 from tests.builders import listen, proc, snap, tcp, udp
 
 # A healthy range for most tests: 40000-40999 (1000 ports, ends of different parity).
@@ -16,11 +18,11 @@ RANGE = (40000, 40999)
 CFG = Config()
 
 
-def kinds(findings: list) -> list[tuple[str, str]]:
+def kinds(findings: list[Finding]) -> list[tuple[str, str]]:
     return sorted((f.kind.value, f.key) for f in findings)
 
 
-def run(snapshot, config: Config = CFG, remembered=()) -> list:
+def run(snapshot: Snapshot, config: Config = CFG, remembered: Collection[RememberedPort] = ()) -> list[Finding]:
     """Detect, without range_misconfigured noise unless a test asks for it."""
     return [f for f in detect.detect(snapshot, config, remembered) if f.kind is not Kind.RANGE_MISCONFIGURED]
 
@@ -38,7 +40,7 @@ def run(snapshot, config: Config = CFG, remembered=()) -> list:
     # same port, different address: not a self-connect
     (tcp("127.0.0.1:40002", "127.0.0.2:40002"), []),
 ])
-def test_self_connect(sock, expected):
+def test_socket_connected_to_itself_is_critical(sock: Socket, expected: list[str]) -> None:
     found = [f for f in run(snap([sock], RANGE)) if f.kind is Kind.SELF_CONNECT]
     assert [f.key for f in found] == expected
     for f in found:
@@ -47,7 +49,7 @@ def test_self_connect(sock, expected):
         assert "reserved_ports" in (f.remediation or "")
 
 
-def test_self_connect_names_holder_process():
+def test_self_connect_summary_names_the_holding_process() -> None:
     s = tcp("127.0.0.1:40002", "127.0.0.1:40002")
     found = run(snap([s], RANGE, owners={s: 321}, processes=[proc(321, "grpc-client")]))
     (f,) = found
@@ -67,7 +69,7 @@ A, B = "127.0.0.1:40001", "127.0.0.1:40003"
     ([listen("[::]:40003")], []),           # so does a dual-stack one
     ([listen("127.0.0.2:40003")], ["loop_pair:tcp:127.0.0.1:40001<->127.0.0.1:40003"]),  # other address
 ])
-def test_loop_pair(extra, expected):
+def test_sockets_connected_to_each_other_with_no_listener_are_a_loop_pair(extra: list[Socket], expected: list[str]) -> None:
     sockets = [tcp(A, B), tcp(B, A), *extra]
     found = [f for f in run(snap(sockets, RANGE)) if f.kind is Kind.LOOP_PAIR]
     assert [f.key for f in found] == expected
@@ -75,7 +77,7 @@ def test_loop_pair(extra, expected):
         assert len(f.sockets) == 2 and f.severity is Severity.WARNING
 
 
-def test_loop_pair_needs_both_halves():
+def test_one_half_of_a_loop_pair_is_no_finding() -> None:
     assert [f for f in run(snap([tcp(A, B)], RANGE)) if f.kind is Kind.LOOP_PAIR] == []
 
 
@@ -93,13 +95,14 @@ def test_loop_pair_needs_both_halves():
     (udp("127.0.0.1:40006", "127.0.0.1:53"), (), []),                            # connected UDP: a client
     (tcp("127.0.0.1:40006", "127.0.0.1:80"), (), []),                            # a client socket
 ])
-def test_listener_in_range(sock, reserved, expected):
+def test_unreserved_listener_inside_the_ephemeral_range_is_reported(sock: Socket, reserved: tuple[int, ...],
+                                                                  expected: list[str]) -> None:
     found = [f for f in run(snap([sock], RANGE, reserved=reserved))
              if f.kind is Kind.LISTENER_IN_EPHEMERAL_RANGE]
     assert [f.key for f in found] == expected
 
 
-def test_listener_in_range_one_finding_per_port_and_remediation_merges_reserved():
+def test_listeners_on_one_port_make_one_finding_whose_hint_merges_reserved_ports() -> None:
     socks = [listen("0.0.0.0:40005"), listen("[::]:40005")]
     (f,) = run(snap(socks, RANGE, reserved=(40100, 40101, 80)))
     assert len(f.sockets) == 2
@@ -111,24 +114,24 @@ def test_listener_in_range_one_finding_per_port_and_remediation_merges_reserved(
 SVC = Config(services=(Service("api", 40100),))
 
 
-def test_service_at_risk_while_up_replaces_listener_finding():
+def test_declared_service_listening_in_range_is_at_risk_not_a_listener_finding() -> None:
     found = run(snap([listen("0.0.0.0:40100")], RANGE), SVC)
     assert kinds(found) == [("service_port_at_risk", "service_port_at_risk:tcp:40100")]
     assert found[0].details["listening"] is True
 
 
 @pytest.mark.parametrize("reserved, expected", [((), 1), ((40100,), 0)])
-def test_service_at_risk_reserved(reserved, expected):
+def test_reserving_a_service_port_takes_it_out_of_risk(reserved: tuple[int, ...], expected: int) -> None:
     found = [f for f in run(snap([], RANGE, reserved=reserved), SVC) if f.kind is Kind.SERVICE_PORT_AT_RISK]
     assert len(found) == expected
 
 
-def test_service_outside_range_not_at_risk():
+def test_service_outside_the_range_is_not_at_risk() -> None:
     cfg = Config(services=(Service("web", 8080),))
     assert run(snap([], RANGE), cfg) == []
 
 
-def test_port_taken_declared_service():
+def test_declared_service_port_held_by_a_client_is_taken_and_names_the_holder() -> None:
     holder = tcp("10.0.0.1:40100", "10.0.0.9:2379")
     s = snap([holder], RANGE, owners={holder: 77}, processes=[proc(77, "kube-apiserver")])
     found = [f for f in run(s, SVC) if f.kind is Kind.PORT_TAKEN]
@@ -162,7 +165,9 @@ def test_port_taken_declared_service():
     # nothing declared, reserved or remembered: an ordinary client
     ([tcp("10.0.0.1:40300", "10.0.0.9:2379")], CFG, (), []),
 ])
-def test_port_taken_table(sockets, config, remembered, expected):
+def test_port_taken_depends_on_listeners_addresses_and_how_the_port_is_known(
+        sockets: list[Socket], config: Config, remembered: tuple[RememberedPort, ...],
+        expected: list[tuple[str, str]]) -> None:
     found = [f for f in run(snap(sockets, RANGE, reserved=(40200,)), config, remembered)
              if f.kind is Kind.PORT_TAKEN]
     assert [(f.key, f.severity.value) for f in found] == expected
@@ -170,7 +175,8 @@ def test_port_taken_table(sockets, config, remembered, expected):
 
 # ----------------------------------------------------------------- ephemeral_exhaustion
 
-def clients(n: int, dest: str, first: int = 40000, state: str = "ESTABLISHED", src: str = "127.0.0.1"):
+def clients(n: int, dest: str, first: int = 40000, state: str = "ESTABLISHED",
+            src: str = "127.0.0.1") -> list[Socket]:
     return [tcp(f"{src}:{first + i}", dest, state) for i in range(n)]
 
 
@@ -190,27 +196,28 @@ SMALL = (40000, 40009)
     (clients(5, "127.0.0.1:8080") + clients(5, "127.0.0.1:8081"), (), []),
     (clients(5, "127.0.0.1:8080") + clients(5, "127.0.0.2:8080"), (), []),
 ])
-def test_exhaustion(sockets, reserved, expected):
+def test_destination_using_most_usable_ports_is_exhaustion(sockets: list[Socket], reserved: tuple[int, ...],
+                                                           expected: list[tuple[str, float]]) -> None:
     found = [f for f in run(snap(sockets, SMALL, reserved=reserved)) if f.kind is Kind.EPHEMERAL_EXHAUSTION]
     assert [(f.severity.value, f.details["ratio"]) for f in found] == expected
     for f in found:
         assert f.key == "ephemeral_exhaustion:127.0.0.1->127.0.0.1:8080"
 
 
-def test_exhaustion_ignores_accepted_connections_of_an_in_range_listener():
+def test_exhaustion_ignores_accepted_connections_of_an_in_range_listener() -> None:
     # a server on 40009 with 9 accepted connections from one client host/port set
     socks = [listen("0.0.0.0:40009")] + [tcp("127.0.0.1:40009", f"127.0.0.1:{50000 + i}") for i in range(9)]
     assert detect.destination_usage(snap(socks, SMALL)) == {}
 
 
-def test_destination_usage_counts():
+def test_destination_usage_counts_sockets_per_local_ip_and_destination() -> None:
     socks = clients(3, "127.0.0.1:8080") + clients(2, "[::1]:443", 40003, src="[::1]")
     usage = detect.destination_usage(snap(socks, SMALL))
     assert usage == {detect.Destination("127.0.0.1", "127.0.0.1", 8080): 3,
                      detect.Destination("::1", "::1", 443): 2}
 
 
-def test_exhaustion_thresholds_from_config():
+def test_exhaustion_thresholds_come_from_config() -> None:
     cfg = Config(thresholds=Thresholds(exhaustion_warning=0.5, exhaustion_critical=0.6))
     found = [f for f in run(snap(clients(6, "127.0.0.1:8080"), SMALL), cfg) if f.kind is Kind.EPHEMERAL_EXHAUSTION]
     assert [f.severity for f in found] == [Severity.CRITICAL]
@@ -218,11 +225,11 @@ def test_exhaustion_thresholds_from_config():
 
 # ----------------------------------------------------------------- close_wait_buildup
 
-def close_waits(n: int, first: int = 8000):
+def close_waits(n: int, first: int = 8000) -> list[Socket]:
     return [tcp(f"127.0.0.1:{first}", f"127.0.0.1:{50000 + i}", "CLOSE_WAIT") for i in range(n)]
 
 
-def test_close_wait_by_process():
+def test_process_holding_more_close_wait_sockets_than_the_threshold_is_reported() -> None:
     cfg = Config(thresholds=Thresholds(close_wait=3))
     leaky, fine = close_waits(4), close_waits(2, 9000)
     owners = {s: 10 for s in leaky} | {s: 11 for s in fine}
@@ -233,14 +240,14 @@ def test_close_wait_by_process():
     assert "leaky[10]" in f.summary
 
 
-def test_close_wait_below_threshold_needs_no_owners():
+def test_close_wait_total_within_threshold_needs_no_owners_and_finds_nothing() -> None:
     cfg = Config(thresholds=Thresholds(close_wait=10))
     s = snap(close_waits(10), RANGE)
     assert detect.owners_needed(s, cfg) == set()
     assert run(s, cfg) == []
 
 
-def test_close_wait_unknown_owner_grouped_by_uid():
+def test_close_wait_sockets_of_unknown_owners_are_grouped_by_uid() -> None:
     cfg = Config(thresholds=Thresholds(close_wait=2))
     (f,) = run(snap(close_waits(3), RANGE), cfg)
     assert f.key == "close_wait_buildup:uid:0" and "user id 0" in f.summary
@@ -256,13 +263,14 @@ def test_close_wait_unknown_owner_grouped_by_uid():
     ((1000, 60999), (), 1024, ["range_misconfigured:below_unprivileged"]),
     ((1000, 60998), (), 1024, ["range_misconfigured:below_unprivileged", "range_misconfigured:same_parity"]),
 ])
-def test_range_problems(port_range, reserved, unpriv, expected):
+def test_range_below_unprivileged_too_small_or_of_equal_parity_is_misconfigured(
+        port_range: tuple[int, int], reserved: Iterable[int], unpriv: int, expected: list[str]) -> None:
     found = detect.find_range_problems(snap([], port_range, reserved, unpriv).settings, CFG)
     assert sorted(f.key for f in found) == sorted(expected)
     assert all(f.severity is Severity.INFO for f in found)
 
 
-def test_range_small_counts_reserved():
+def test_reserved_ports_count_against_the_range_size() -> None:
     found = detect.find_range_problems(snap([], (32768, 33799), range(32768, 32801)).settings, CFG)
     assert [f.key for f in found] == ["range_misconfigured:small"]
     assert "999 usable" in found[0].summary
@@ -270,7 +278,7 @@ def test_range_small_counts_reserved():
 
 # ----------------------------------------------------------------- pipeline: explain, ignores, severities
 
-def test_explain_fills_processes_after_attribution():
+def test_explain_fills_processes_after_attribution() -> None:
     s_ = tcp("127.0.0.1:40002", "127.0.0.1:40002")
     before = snap([s_], RANGE)
     (f,) = run(before)
@@ -281,7 +289,7 @@ def test_explain_fills_processes_after_attribution():
     assert g.processes == (proc(5, "nats"),) and "nats[5]" in g.summary and g.key == f.key
 
 
-def test_severity_override():
+def test_configured_severity_overrides_the_default() -> None:
     cfg = Config(severities={Kind.LISTENER_IN_EPHEMERAL_RANGE: Severity.CRITICAL})
     (f,) = run(snap([listen("0.0.0.0:40005")], RANGE), cfg)
     assert f.severity is Severity.CRITICAL
@@ -297,7 +305,7 @@ def test_severity_override():
     (IgnoreRule(address="127.0.0.1"), 1),
     (IgnoreRule(kind=Kind.SELF_CONNECT), 0),
 ])
-def test_ignore_rules(rule, ignored):
+def test_ignore_rule_drops_findings_matching_all_its_fields(rule: IgnoreRule, ignored: int) -> None:
     a, b = listen("0.0.0.0:40005"), udp("127.0.0.1:40006")
     s = snap([a, b], RANGE, owners={a: 1, b: 2},
              processes=[proc(1, "nginx"), proc(2, "chronyd", unit="chrony.service")])
@@ -305,15 +313,14 @@ def test_ignore_rules(rule, ignored):
     assert len(dropped) == ignored and len(kept) == 2 - ignored
 
 
-def test_findings_sorted_most_severe_first_and_to_dict_is_json_ready():
-    import json
+def test_findings_sorted_most_severe_first_and_to_dict_is_json_ready() -> None:
     socks = [listen("0.0.0.0:40005"), tcp("127.0.0.1:40002", "127.0.0.1:40002")]
     found = detect.detect(snap(socks, SMALL), CFG)
     assert [f.severity for f in found] == sorted((f.severity for f in found), key=lambda s: -s.rank)
     json.dumps([f.to_dict() for f in found])
 
 
-def test_loop_pair_on_a_known_server_port_is_a_drained_connection():
+def test_loop_pair_on_a_known_server_port_is_a_drained_connection() -> None:
     # 40001 <-> 40003 with no listener: a simultaneous open, unless 40003 is
     # known to be a server's port (declared, or remembered from an earlier scan).
     sockets = [tcp(A, B), tcp(B, A)]
@@ -325,7 +332,7 @@ def test_loop_pair_on_a_known_server_port_is_a_drained_connection():
     assert all(f.kind is not Kind.LOOP_PAIR for f in run(snap(sockets, RANGE), CFG, remembered))
 
 
-def test_big_findings_keep_a_bounded_sample_of_sockets():
+def test_big_findings_keep_a_bounded_sample_of_sockets() -> None:
     socks = clients(1000, "127.0.0.1:8080")
     (f,) = [f for f in run(snap(socks, (40000, 40999))) if f.kind is Kind.EPHEMERAL_EXHAUSTION]
     assert f.details["used"] == f.details["sockets_total"] == 1000
@@ -336,6 +343,6 @@ def test_big_findings_keep_a_bounded_sample_of_sockets():
     assert g.details["count"] == 500 and len(g.sockets) == detect.MAX_EXAMPLE_SOCKETS
 
 
-def test_only_tcp_listeners_are_remembered():
+def test_only_tcp_listeners_are_remembered() -> None:
     s = snap([listen("0.0.0.0:40005"), udp("0.0.0.0:40006"), tcp("127.0.0.1:40007", "127.0.0.1:80")], RANGE)
     assert detect.listening_ports(detect.index(s).listening) == {detect.RememberedPort(Protocol.TCP, 40005)}

@@ -466,8 +466,17 @@ def test_notify_socket_errors_are_logged_once(tmp_path: Path, caplog: pytest.Log
     assert len(caplog.records) == 1 and "cannot notify systemd" in caplog.text
 
 
-def test_no_notify_socket_means_no_op() -> None:
-    make_notifier({})("READY=1")  # nothing to send to, nothing raised
+def test_no_notify_socket_means_nothing_is_sent(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        listener.setblocking(False)
+        make_notifier({"NOTIFY_SOCKET": ""})("READY=1")
+        make_notifier({})("READY=1")  # nothing to send to, nothing raised
+        with pytest.raises(BlockingIOError):
+            listener.recv(4096)
+        make_notifier({"NOTIFY_SOCKET": path}, use_systemd_python=False)("READY=1")  # the contrast: it arrives
+        assert listener.recv(4096) == b"READY=1"
 
 
 # =============================================================================== real daemon in a namespace

@@ -52,6 +52,7 @@ from portwatch import __version__
 from portwatch.model import RememberedPort
 from portwatch.jsonfile import read_document, write_atomic
 from portwatch.model import Finding, Kind, Protocol, Severity
+from portwatch.model.text import os_error_text
 
 __all__ = [
     "FindingRecord",
@@ -391,11 +392,6 @@ def from_document(doc: object) -> tuple[State, list[str]]:
 # --------------------------------------------------------------------------- the file
 
 
-def _reason(exc: OSError) -> str:
-    """``strerror`` of ``exc`` (or its text), e.g. ``Permission denied``."""
-    return exc.strerror or str(exc)
-
-
 class StateStore:
     """Reads and writes ``state.json`` in one directory. Never raises from :meth:`load` or :meth:`save`.
 
@@ -448,7 +444,7 @@ class StateStore:
             self._info(f"no state file {path} yet: starting with no remembered listeners or finding history")
             return State()
         except OSError as exc:
-            self._warn(f"cannot read state file {path}: {_reason(exc)}; starting with an empty state")
+            self._warn(f"cannot read state file {path}: {os_error_text(exc)}; starting with an empty state")
             return State()
         except ValueError as exc:
             self._warn(f"state file {path} is corrupt ({exc}); starting with an empty state, "
@@ -484,7 +480,7 @@ class StateStore:
         try:
             self._write(to_document(view, now))
         except OSError as exc:
-            message = f"cannot write state file {self.path}: {_reason(exc)}"
+            message = f"cannot write state file {self.path}: {os_error_text(exc)}"
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 message += " (is the state directory writable? the unit's StateDirectory= provides one)"
             if message != self._last_error:

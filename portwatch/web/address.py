@@ -55,8 +55,7 @@ def resolve(value: str) -> tuple[socket.AddressFamily, str, int]:
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except (socket.gaierror, UnicodeError) as e:
-        reason = e.strerror if isinstance(e, socket.gaierror) else str(e)
-        raise WebError(f"web.listen_address {value}: cannot resolve {host!r}: {reason}") from None
+        raise WebError(f"web.listen_address {value}: cannot resolve {host!r}: {os_error_text(e)}") from None
     for family, _, _, _, sockaddr in infos:
         if family in (socket.AF_INET, socket.AF_INET6):
             return family, str(sockaddr[0]), port

@@ -29,7 +29,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from portwatch.model.text import host_port
+from portwatch.model.text import host_port, os_error_text
 
 __all__ = ["CONNECTION_TIMEOUT", "MAX_CONNECTIONS", "ConnectionServer", "client_text"]
 
@@ -147,7 +147,7 @@ class ConnectionServer(ThreadingHTTPServer):
             return super().get_request()
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                log.warning("cannot accept a connection: %s; retrying in 0.1 s", e.strerror)
+                log.warning("cannot accept a connection: %s; retrying in 0.1 s", os_error_text(e))
                 self._stop_serving.wait(0.1)
             raise
 

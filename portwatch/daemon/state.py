@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from portwatch import __version__
 from portwatch.model import RememberedPort
-from portwatch.jsonfile import read_document, write_atomic
+from portwatch.jsonfile import parse_entries, problems_text, read_document, write_atomic
 from portwatch.model import Finding, Kind, Protocol, Severity
 from portwatch.model.text import os_error_text
 
@@ -370,22 +370,8 @@ def from_document(doc: object) -> tuple[State, list[str]]:
     raw_listeners, raw_findings = doc.get("listeners"), doc.get("findings")
     if not isinstance(raw_listeners, list) or not isinstance(raw_findings, list):
         raise StateError("'listeners' and 'findings' must be lists")
-    listeners: dict[RememberedPort, ListenerRecord] = {}
-    for i, entry in enumerate(raw_listeners):
-        try:
-            rec = _listener(entry)
-        except StateError as exc:
-            problems.append(f"listeners[{i}]: {exc}")
-            continue
-        listeners[rec.port_key] = rec
-    findings: dict[str, FindingRecord] = {}
-    for i, entry in enumerate(raw_findings):
-        try:
-            frec = _finding(entry)
-        except StateError as exc:
-            problems.append(f"findings[{i}]: {exc}")
-            continue
-        findings[frec.key] = frec
+    listeners = {rec.port_key: rec for rec in parse_entries(raw_listeners, "listeners", _listener, problems, StateError)}
+    findings = {rec.key: rec for rec in parse_entries(raw_findings, "findings", _finding, problems, StateError)}
     return State(listeners, findings), problems
 
 
@@ -457,8 +443,7 @@ class StateStore:
                        f"the file will be replaced")
             return State()
         if problems:
-            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            self._warn(f"state file {path}: skipped {len(problems)} malformed entries ({shown})")
+            self._warn(f"state file {path}: skipped {len(problems)} malformed entries ({problems_text(problems)})")
         else:
             self._saved = persistent(state, self.remember_after)
             self._saved_at = None  # unknown age: the first save after a change writes at once

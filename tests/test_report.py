@@ -6,13 +6,13 @@ import json
 
 from portwatch import detect
 from portwatch.config import Config
-from portwatch.model import ProcessInfo
+from portwatch.model import ProcessInfo, Snapshot
 from portwatch.output.report import render_text, to_json_document
 from portwatch.model import ScanResult
 from tests.builders import snap, tcp
 
 
-def result(snapshot) -> ScanResult:
+def result(snapshot: Snapshot) -> ScanResult:
     findings = detect.detect(snapshot, Config())
     return ScanResult(snapshot, tuple(findings), (), detect.destination_usage(snapshot), 0.012)
 
@@ -25,7 +25,7 @@ def test_control_characters_from_process_names_never_reach_the_terminal() -> Non
     assert "x\\x1b]0;owned\\x07[9]" in text and "\\x1b[2J" in text
 
 
-def test_json_document_shape() -> None:
+def test_json_document_has_the_schema_1_shape() -> None:
     s_ = tcp("127.0.0.1:40002", "127.0.0.1:40002")
     doc = to_json_document(result(snap([s_], reserved=(40100, 40101, 80))), "host")
     json.dumps(doc)

@@ -570,6 +570,30 @@ def test_tls_files_rotated_are_picked_up(registry: CollectorRegistry, certs: Cer
         assert request(server, context=client_context(certs)).status == 200
 
 
+def test_rotation_to_an_unloadable_file_is_logged_naming_the_setting(
+    registry: CollectorRegistry, certs: Certs, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = tmp_path / "tls.pem", tmp_path / "tls.key"
+    shutil.copy(certs.server_cert, cert)
+    shutil.copy(certs.server_key, key)
+    config = WebConfig(listen_address=LOOPBACK, tls_cert_file=cert, tls_key_file=key)
+    with caplog.at_level(logging.ERROR, logger="portwatch.web"), running(config, registry) as server:
+        assert request(server, context=client_context(certs)).status == 200
+        cert.unlink()
+        cert.mkdir()  # what was checked at start-up is no longer a file
+        assert request(server, context=client_context(certs)).status == 200  # the old certificate stays
+        cert.rmdir()
+        shutil.copy(certs.server_cert, cert)
+        key.unlink()
+        os.mkfifo(key)  # opening it would block the connection's thread
+        assert request(server, context=client_context(certs)).status == 200
+    prefix = "TLS files changed but cannot be loaded, still using the previous certificate: "
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)] == [
+        f"{prefix}web.tls_cert_file {cert}: is a directory, not a file",
+        f"{prefix}web.tls_key_file {key}: not a regular file",
+    ]
+
+
 def test_missing_cert_file_names_the_file(registry: CollectorRegistry, certs: Certs, tmp_path: Path) -> None:
     missing = tmp_path / "missing.pem"
     config = dataclasses.replace(tls_config(certs), tls_cert_file=missing)

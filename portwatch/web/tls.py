@@ -8,7 +8,8 @@ exporter-toolkit does; a changed file that does not load is logged once and the
 previous certificate stays). The configuration was validated (and its files
 checked by the preflight step) before; what fails when the files are actually
 loaded is reported as :class:`~portwatch.web.address.WebError` naming the
-setting and the file. May import the standard library,
+setting and the file; a file that is no longer a regular file (a FIFO would
+block OpenSSL's open in a connection's thread) is refused from its ``stat``. May import the standard library,
 :mod:`portwatch.config` types, :mod:`portwatch.model` and :mod:`portwatch.web.address`.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import stat
 import threading
 from pathlib import Path
 
@@ -110,15 +112,31 @@ def build_ssl_context(config: WebConfig) -> ssl.SSLContext | None:
     return context
 
 
-def _file_signature(paths: tuple[Path, ...]) -> Signature | None:
-    """What identifies the current content of ``paths``; None if one cannot be stat'ed."""
-    try:
-        return tuple(
-            (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            for st in (os.stat(p) for p in paths)
-        )
-    except OSError:
-        return None
+def _tls_files(config: WebConfig) -> tuple[tuple[str, Path], ...]:
+    """The (setting, path) of each TLS file ``config`` names."""
+    named = (("web.tls_cert_file", config.tls_cert_file), ("web.tls_key_file", config.tls_key_file),
+             ("web.tls_client_ca_file", config.tls_client_ca_file))
+    return tuple((setting, path) for setting, path in named if path is not None)
+
+
+def _file_signature(files: tuple[tuple[str, Path], ...]) -> Signature | None:
+    """What identifies the current content of ``files``; None if one cannot be stat'ed.
+
+    Raises :class:`WebError` when one is not a regular file: OpenSSL would
+    block opening a FIFO, in a connection's thread.
+    """
+    stats = []
+    for setting, path in files:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
+                raise WebError(f"{setting} {path}: is a directory, not a file")
+            raise WebError(f"{setting} {path}: not a regular file")
+        stats.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(stats)
 
 
 class TLS:
@@ -127,19 +145,16 @@ class TLS:
     def __init__(self, config: WebConfig, context: ssl.SSLContext, signature: Signature | None) -> None:
         """Takes the configuration, the context built from it and the files' signature at build time."""
         self._config = config
-        self._paths = tuple(
-            p for p in (config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file) if p is not None
-        )
+        self._files = _tls_files(config)
         self._context = context
         self._signature = signature
-        self._failed_signature: Signature | None = None
+        self._failed: Signature | str | None = None
         self._lock = threading.Lock()
 
     @classmethod
     def build(cls, config: WebConfig) -> TLS | None:
         """The TLS state for ``config``, None when TLS is off. Raises :class:`WebError` (see :func:`build_ssl_context`)."""
-        paths = tuple(p for p in (config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file) if p is not None)
-        signature = _file_signature(paths)
+        signature = _file_signature(_tls_files(config))
         context = build_ssl_context(config)
         if context is None:
             return None
@@ -151,20 +166,35 @@ class TLS:
         A changed file that fails to load is logged (once per change) and the
         previous context is returned. Never raises.
         """
-        signature = _file_signature(self._paths)
+        try:
+            signature = _file_signature(self._files)
+        except WebError as e:
+            with self._lock:
+                self._refuse(None, e)
+            return self._context
         if signature is None or signature == self._signature:
             return self._context
         with self._lock:
-            if signature == self._signature or signature == self._failed_signature:
+            if signature == self._signature or signature == self._failed:
                 return self._context
             try:
                 context = build_ssl_context(self._config)
             except WebError as e:
-                self._failed_signature = signature
-                log.error("TLS files changed but cannot be loaded, still using the previous certificate: %s", e)
+                self._refuse(signature, e)
                 return self._context
             assert context is not None  # the configuration has a certificate and key
             self._context = context
             self._signature = signature
-            log.info("TLS files changed: reloaded %s", ", ".join(str(p) for p in self._paths))
+            log.info("TLS files changed: reloaded %s", ", ".join(str(p) for _, p in self._files))
             return self._context
+
+    def _refuse(self, signature: Signature | None, e: WebError) -> None:
+        """Logs (once per change) that changed files cannot be loaded; ``signature`` None: one is not a regular file.
+
+        Called with ``self._lock`` held.
+        """
+        key = signature if signature is not None else str(e)
+        if key == self._failed:
+            return
+        self._failed = key
+        log.error("TLS files changed but cannot be loaded, still using the previous certificate: %s", e)

@@ -37,6 +37,8 @@ else (a listener remembered or forgotten, a finding new, resolved, or of
 another severity) is written after the scan that made it. A missing or
 corrupt file is logged and replaced, never fatal; a directory that cannot be
 written is logged once per distinct error and the daemon goes on in memory.
+
+May import the standard library, :mod:`portwatch.model` and :mod:`portwatch.jsonfile`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
-"""JSON documents in the state directory: bounded reads and atomic writes.
+"""JSON documents in the state directory: bounded reads, atomic writes, lists of entries.
 
-Shared by the daemon's state (:mod:`portwatch.daemon.state`) and the alerting
-state (:mod:`portwatch.alerts.store`).
+Job: what the daemon's state (:mod:`portwatch.daemon.state`) and the alerting
+state (:mod:`portwatch.alerts.store`) share about their files: reading a
+bounded document, writing one atomically, parsing a list of entries where a
+malformed entry is skipped and described (:func:`parse_entries`), and the
+summary of those descriptions for a log line (:func:`problems_text`). May
+import the standard library only.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+T = TypeVar("T")
 
 
 def read_document(path: Path, max_size: int) -> object:
@@ -28,6 +34,36 @@ def read_document(path: Path, max_size: int) -> object:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
+
+
+def parse_entries(
+    entries: Sequence[object],
+    section: str,
+    parse: Callable[[object], T],
+    problems: list[str],
+    errors: type[Exception] | tuple[type[Exception], ...] = ValueError,
+) -> list[T]:
+    """``parse`` applied to each of ``entries`` (the list ``section`` of a document), in order.
+
+    An entry for which ``parse`` raises one of ``errors`` is skipped, and
+    ``"<section>[<index>]: <error>"`` is appended to ``problems``. Returns the
+    parsed entries; other exceptions propagate.
+    """
+    out: list[T] = []
+    for i, entry in enumerate(entries):
+        try:
+            out.append(parse(entry))
+        except errors as exc:
+            problems.append(f"{section}[{i}]: {exc}")
+    return out
+
+
+def problems_text(problems: Sequence[str], shown: int = 5) -> str:
+    """The first ``shown`` of ``problems`` joined by ``; ``, then ``; and N more``. Never raises."""
+    text = "; ".join(problems[:shown])
+    if len(problems) > shown:
+        text += f"; and {len(problems) - shown} more"
+    return text
 
 
 def write_atomic(path: Path, document: Mapping[str, Any]) -> None:

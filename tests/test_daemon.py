@@ -216,7 +216,7 @@ def test_bind_failure_exits_1_without_ready(tmp_path: Path) -> None:
     assert "address already in use" in notes.messages[-1]
 
 
-def test_reload_good_bad_and_unappliable(tmp_path: Path) -> None:
+def test_reload_applies_a_good_config_and_keeps_the_old_on_a_bad_or_unappliable_one(tmp_path: Path) -> None:
     base = Config(interval=0.001, state_directory=tmp_path, web=WebConfig(listen_address="127.0.0.1:0"))
     ignoring = replace(base, ignore=(IgnoreRule(kind=Kind.LISTENER_IN_EPHEMERAL_RANGE),))
     loads: list[Config | Exception] = [
@@ -422,7 +422,7 @@ def test_setup_logging_outside_systemd_keeps_stderr() -> None:
 # =============================================================================== pieces
 
 
-def test_status_line() -> None:
+def test_status_line_counts_sockets_findings_and_scan_time() -> None:
     sc = tcp("127.0.0.1:40002", "127.0.0.1:40002")
     r = result_of(snap([sc, LISTENER], RANGE), duration=0.0123)
     assert status_line(r) == "2 sockets, 1 critical, 1 warning; last scan 12 ms"
@@ -436,7 +436,7 @@ def test_status_line() -> None:
     ({"WATCHDOG_USEC": "0"}, 10, None),
     ({"WATCHDOG_USEC": "soon"}, 10, None),
 ])
-def test_watchdog_interval(env: dict[str, str], pid: int, expected: float | None) -> None:
+def test_watchdog_interval_is_half_of_watchdog_usec_for_our_pid(env: dict[str, str], pid: int, expected: float | None) -> None:
     assert watchdog_interval(env, pid) == expected
 
 
@@ -447,7 +447,7 @@ def _receiver(address: str | bytes) -> socket.socket:
     return sock
 
 
-def test_notify_socket_path_and_abstract(tmp_path: Path) -> None:
+def test_notify_socket_sends_to_a_path_or_an_abstract_address(tmp_path: Path) -> None:
     path = str(tmp_path / "notify")
     with _receiver(path) as rx:
         NotifySocket(path)("READY=1\nSTATUS=hello")
@@ -466,8 +466,17 @@ def test_notify_socket_errors_are_logged_once(tmp_path: Path, caplog: pytest.Log
     assert len(caplog.records) == 1 and "cannot notify systemd" in caplog.text
 
 
-def test_no_notify_socket_means_no_op() -> None:
-    make_notifier({})("READY=1")  # nothing to send to, nothing raised
+def test_no_notify_socket_means_nothing_is_sent(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        listener.setblocking(False)
+        make_notifier({"NOTIFY_SOCKET": ""})("READY=1")
+        make_notifier({})("READY=1")  # nothing to send to, nothing raised
+        with pytest.raises(BlockingIOError):
+            listener.recv(4096)
+        make_notifier({"NOTIFY_SOCKET": path}, use_systemd_python=False)("READY=1")  # the contrast: it arrives
+        assert listener.recv(4096) == b"READY=1"
 
 
 # =============================================================================== real daemon in a namespace
@@ -672,7 +681,8 @@ def test_real_daemon_replaces_garbage_state_file(netns: NetNS, tmp_path: Path) -
 
     def replaced() -> bool:
         try:
-            return json.loads((state_dir / "state.json").read_text()).get("version") == 1
+            document: dict[str, object] = json.loads((state_dir / "state.json").read_text())
+            return document.get("version") == 1
         except ValueError:
             return False
 

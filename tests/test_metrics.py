@@ -71,7 +71,7 @@ def test_before_first_scan_only_build_info_and_zero_counters() -> None:
 
 # ----------------------------------------------------------------- one scan
 
-def test_scan_figures() -> None:
+def test_successful_scan_exports_range_socket_finding_and_destination_figures() -> None:
     listener = listen("0.0.0.0:40100")
     udp_listener = udp("0.0.0.0:40200")
     sc = tcp("127.0.0.1:40002", "127.0.0.1:40002")
@@ -129,7 +129,7 @@ def test_scan_figures() -> None:
     assert s[("portwatch_scan_duration_seconds_bucket", lab(le="+Inf"))] == 1
 
 
-def test_listener_process_label_unknown_and_many() -> None:
+def test_listener_process_label_is_unknown_without_owner_and_capped_with_many() -> None:
     a, b = listen("0.0.0.0:40100"), listen("[::]:40100")
     lone = listen("0.0.0.0:40101")
     snapshot = snap([a, b, lone], RANGE, owners={a: 1, b: 2},
@@ -155,7 +155,7 @@ def test_listener_series_are_capped_lowest_ports_first() -> None:
     assert s[("portwatch_findings", lab(kind="listener_in_ephemeral_range", severity="warning"))] == 10
 
 
-def test_top_destinations_k_and_ordering() -> None:
+def test_top_destinations_keep_the_k_busiest_in_order() -> None:
     socks = []
     for i, n in enumerate([5, 3, 1]):
         socks += [tcp(f"10.0.0.1:{40000 + 10 * i + j}", f"10.0.1.{i}:80") for j in range(n)]
@@ -219,7 +219,7 @@ def test_detected_counter_adds_only_new_findings() -> None:
     ([(True, 10.0), (False, 20.0), (True, 30.0)], 1, 30.0),
     ([(False, 20.0)], 0, None),
 ])
-def test_reload_metrics(events: list[tuple[bool, float]], ok: int, ts: float | None) -> None:
+def test_reload_metrics_follow_the_latest_reload(events: list[tuple[bool, float]], ok: int, ts: float | None) -> None:
     registry, metrics = new_metrics()
     for success, at in events:
         metrics.record_reload(success, at)
@@ -257,7 +257,10 @@ def test_openmetrics_exposition_parses() -> None:
     registry, metrics = new_metrics()
     metrics.record_scan(result, result.findings, 1.0)
     metrics.record_reload(True, 1.0)
-    names = {f.name for f in om_parse(om_latest(registry).decode())}
+    # prometheus_client's OpenMetrics functions carry no annotations
+    exposition: bytes = om_latest(registry)  # type: ignore[no-untyped-call]
+    families = om_parse(exposition.decode())  # type: ignore[no-untyped-call]
+    names = {f.name for f in families}
     assert {"portwatch_findings_detected", "portwatch_scans", "portwatch_scan_duration_seconds",
             "portwatch_listener_in_ephemeral_range"} <= names
 

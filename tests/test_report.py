@@ -6,13 +6,14 @@ import json
 
 from portwatch import detect
 from portwatch.config import Config
-from portwatch.model import ProcessInfo
+from portwatch.model import ProcessInfo, Snapshot
 from portwatch.output.report import render_text, to_json_document
+from portwatch.output.reserve import reserve_snippet
 from portwatch.model import ScanResult
-from tests.builders import snap, tcp
+from tests.builders import listen, snap, tcp
 
 
-def result(snapshot) -> ScanResult:
+def result(snapshot: Snapshot) -> ScanResult:
     findings = detect.detect(snapshot, Config())
     return ScanResult(snapshot, tuple(findings), (), detect.destination_usage(snapshot), 0.012)
 
@@ -25,7 +26,7 @@ def test_control_characters_from_process_names_never_reach_the_terminal() -> Non
     assert "x\\x1b]0;owned\\x07[9]" in text and "\\x1b[2J" in text
 
 
-def test_json_document_shape() -> None:
+def test_json_document_has_the_schema_1_shape() -> None:
     s_ = tcp("127.0.0.1:40002", "127.0.0.1:40002")
     doc = to_json_document(result(snap([s_], reserved=(40100, 40101, 80))), "host")
     json.dumps(doc)
@@ -42,3 +43,21 @@ def test_json_document_shape() -> None:
 def test_clean_report_says_so() -> None:
     text = render_text(result(snap([])), "host")
     assert "No problems found." in text and "findings               0 critical, 0 warning, 0 info" in text
+
+
+def test_reserve_snippet_adds_in_range_listeners_to_what_is_reserved() -> None:
+    inside = listen("0.0.0.0:40005")
+    owner = ProcessInfo(pid=7, name="app")
+    text = reserve_snippet(result(snap([inside, listen("0.0.0.0:22")], reserved=(80,), owners={inside: 7},
+                                       processes=[owner])), "host")
+    lines = text.splitlines()
+    assert lines[0] == "# /etc/sysctl.d/90-portwatch.conf"
+    assert "on host." in lines[1]
+    assert "#   40005: tcp listener 0.0.0.0:40005 (app[7])" in lines
+    assert lines[-1] == "net.ipv4.ip_local_reserved_ports = 80,40005"
+
+
+def test_reserve_snippet_without_in_range_listeners_adds_nothing() -> None:
+    text = reserve_snippet(result(snap([listen("0.0.0.0:22")])), "host")
+    assert "# No listener or declared service is inside the range: nothing to add." in text
+    assert "net.ipv4.ip_local_reserved_ports" not in text

@@ -70,7 +70,7 @@ def fr(key: str, first: float, last: float, resolved: float | None = None,
     ("clock went back: first_seen is not in the future",
      {rp(8080): lr(8080, T + 100, T + 100)}, [rp(8080)], T, {rp(8080): lr(8080, T, T)}),
 ])
-def test_update_listeners(name: str, before: dict[RememberedPort, ListenerRecord], seen: list[RememberedPort],
+def test_listener_records_after_a_scan(name: str, before: dict[RememberedPort, ListenerRecord], seen: list[RememberedPort],
                           now: float, after: dict[RememberedPort, ListenerRecord]) -> None:
     assert update_listeners(before, seen, now) == after, name
 
@@ -86,7 +86,7 @@ def test_update_listeners_limit_keeps_seen_and_most_recent() -> None:
     ({rp(1): lr(1, T, T)}, 0.0, {rp(1)}),
     ({}, 300.0, set()),
 ])
-def test_remembered_ports(records: dict[RememberedPort, ListenerRecord], remember_after: float,
+def test_only_listeners_seen_long_enough_are_remembered(records: dict[RememberedPort, ListenerRecord], remember_after: float,
                           expected: set[RememberedPort]) -> None:
     assert remembered_ports(records, remember_after) == expected
 
@@ -115,7 +115,7 @@ def test_remembered_ports(records: dict[RememberedPort, ListenerRecord], remembe
      {"a": fr("a", T, T), "b": fr("b", T, T)}, [finding("b"), finding("c")], T + 15,
      {"a": fr("a", T, T, T + 15), "b": fr("b", T, T + 15), "c": fr("c", T + 15, T + 15)}, ["c"], ["a"]),
 ])
-def test_update_findings(name: str, before: dict[str, FindingRecord], findings: list[Finding], now: float,
+def test_finding_history_after_a_scan(name: str, before: dict[str, FindingRecord], findings: list[Finding], now: float,
                          after: dict[str, FindingRecord], new: list[str], resolved: list[str]) -> None:
     upd = update_findings(before, findings, now)
     assert dict(upd.records) == after, name
@@ -150,7 +150,7 @@ BASE = State({rp(8080): lr(8080, T, T + 300)}, {"a": fr("a", T, T + 300)})
     ("listener forgotten: at once", BASE, State({}, BASE.findings), T, T + 1, True),
     ("clock went back", BASE, State(BASE.listeners, {"a": fr("a", T, T + 301)}), T + 300, T, True),
 ])
-def test_needs_save(name: str, saved: State | None, current: State, saved_at: float | None, now: float,
+def test_save_needed_on_structure_change_or_after_the_resolution(name: str, saved: State | None, current: State, saved_at: float | None, now: float,
                     expected: bool) -> None:
     assert needs_save(saved, current, saved_at, now) is expected, name
 
@@ -162,7 +162,7 @@ def test_persistent_view_drops_unqualified_listeners() -> None:
 
 # ----------------------------------------------------------------- document
 
-def test_document_round_trip() -> None:
+def test_state_survives_a_document_round_trip() -> None:
     state = State({rp(8080): lr(8080, T, T + 300), rp(53, UDP): lr(53, T, T + 400, UDP)},
                   {"a": fr("a", T, T + 300), "b": fr("b", T, T, T + 15)})
     doc = json.loads(json.dumps(to_document(state, T + 500)))
@@ -177,7 +177,7 @@ def test_document_round_trip() -> None:
     ({"version": 99, "listeners": [], "findings": []}, "unsupported version 99"),
     ({"version": STATE_VERSION, "listeners": {}, "findings": []}, "must be lists"),
 ])
-def test_unusable_documents(doc: object, message: str) -> None:
+def test_unusable_document_is_refused_saying_why(doc: object, message: str) -> None:
     with pytest.raises(StateError, match=message):
         from_document(doc)
 
@@ -211,7 +211,7 @@ class Log:
 ACTIVE = State({rp(8080): lr(8080, T, T + 300)}, {"a": fr("a", T, T + 300)})
 
 
-def test_missing_file_then_saved(tmp_path: Path) -> None:
+def test_missing_state_file_starts_empty_and_is_then_saved(tmp_path: Path) -> None:
     log = Log()
     store = log.store(tmp_path / "state")
     assert store.load() == State()

@@ -221,7 +221,7 @@ def test_notify_unit_is_activating_until_ready(container: Container, variant: st
                "pwnotify.service active after READY=1", units)
 
 
-def test_harness_journal_and_run(container: Container) -> None:
+def test_container_harness_runs_commands_and_reads_the_journal(container: Container) -> None:
     """run() sees the container (its hostname, not ours); journal() returns structured fields."""
     c = container
     assert c.run(["hostname"], check=True).stdout.strip() == c.name
@@ -241,7 +241,7 @@ def test_harness_journal_and_run(container: Container) -> None:
     assert c.journal(args=["-t", "pwtest"], fields=False)[-1] == {"MESSAGE": "hello from the test"}
 
 
-def test_unit_verifies(unit_container: Container) -> None:
+def test_unit_passes_systemd_analyze_verify_with_notify_and_watchdog(unit_container: Container) -> None:
     """``systemd-analyze verify`` accepts the unit, with its real paths, and says nothing about it."""
     c = unit_container
     r = c.run(["systemd-analyze", "verify", UNIT_PATH])
@@ -254,7 +254,7 @@ def test_unit_verifies(unit_container: Container) -> None:
     assert "WatchdogUSec=0" not in props, props
 
 
-def test_unit_exposure_and_capabilities(unit_container: Container) -> None:
+def test_unit_sandbox_has_low_exposure_and_two_capabilities(unit_container: Container) -> None:
     """The sandbox keeps ``systemd-analyze security`` exposure low, with exactly two capabilities."""
     c = unit_container
     level, report = exposure(c, UNIT)

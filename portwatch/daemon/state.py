@@ -37,6 +37,8 @@ else (a listener remembered or forgotten, a finding new, resolved, or of
 another severity) is written after the scan that made it. A missing or
 corrupt file is logged and replaced, never fatal; a directory that cannot be
 written is logged once per distinct error and the daemon goes on in memory.
+
+May import the standard library, :mod:`portwatch.model` and :mod:`portwatch.jsonfile`.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 from portwatch import __version__
 from portwatch.model import RememberedPort
-from portwatch.jsonfile import read_document, write_atomic
+from portwatch.jsonfile import parse_entries, problems_text, read_document, write_atomic
 from portwatch.model import Finding, Kind, Protocol, Severity
+from portwatch.model.text import os_error_text
 
 __all__ = [
     "FindingRecord",
@@ -369,31 +372,12 @@ def from_document(doc: object) -> tuple[State, list[str]]:
     raw_listeners, raw_findings = doc.get("listeners"), doc.get("findings")
     if not isinstance(raw_listeners, list) or not isinstance(raw_findings, list):
         raise StateError("'listeners' and 'findings' must be lists")
-    listeners: dict[RememberedPort, ListenerRecord] = {}
-    for i, entry in enumerate(raw_listeners):
-        try:
-            rec = _listener(entry)
-        except StateError as exc:
-            problems.append(f"listeners[{i}]: {exc}")
-            continue
-        listeners[rec.port_key] = rec
-    findings: dict[str, FindingRecord] = {}
-    for i, entry in enumerate(raw_findings):
-        try:
-            frec = _finding(entry)
-        except StateError as exc:
-            problems.append(f"findings[{i}]: {exc}")
-            continue
-        findings[frec.key] = frec
+    listeners = {rec.port_key: rec for rec in parse_entries(raw_listeners, "listeners", _listener, problems, StateError)}
+    findings = {rec.key: rec for rec in parse_entries(raw_findings, "findings", _finding, problems, StateError)}
     return State(listeners, findings), problems
 
 
 # --------------------------------------------------------------------------- the file
-
-
-def _reason(exc: OSError) -> str:
-    """``strerror`` of ``exc`` (or its text), e.g. ``Permission denied``."""
-    return exc.strerror or str(exc)
 
 
 class StateStore:
@@ -448,7 +432,7 @@ class StateStore:
             self._info(f"no state file {path} yet: starting with no remembered listeners or finding history")
             return State()
         except OSError as exc:
-            self._warn(f"cannot read state file {path}: {_reason(exc)}; starting with an empty state")
+            self._warn(f"cannot read state file {path}: {os_error_text(exc)}; starting with an empty state")
             return State()
         except ValueError as exc:
             self._warn(f"state file {path} is corrupt ({exc}); starting with an empty state, "
@@ -461,8 +445,7 @@ class StateStore:
                        f"the file will be replaced")
             return State()
         if problems:
-            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            self._warn(f"state file {path}: skipped {len(problems)} malformed entries ({shown})")
+            self._warn(f"state file {path}: skipped {len(problems)} malformed entries ({problems_text(problems)})")
         else:
             self._saved = persistent(state, self.remember_after)
             self._saved_at = None  # unknown age: the first save after a change writes at once
@@ -484,7 +467,7 @@ class StateStore:
         try:
             self._write(to_document(view, now))
         except OSError as exc:
-            message = f"cannot write state file {self.path}: {_reason(exc)}"
+            message = f"cannot write state file {self.path}: {os_error_text(exc)}"
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 message += " (is the state directory writable? the unit's StateDirectory= provides one)"
             if message != self._last_error:

@@ -164,6 +164,18 @@ def scan_figures(result: ScanResult, top_destinations: int,
     )
 
 
+def _counted_scan(old: Figures, duration: float, finished_at: float, *, success: bool) -> Figures:
+    """``old`` with one more scan counted: its duration observed, its end time and success. Pure."""
+    return replace(
+        old,
+        scans=old.scans + 1,
+        duration_buckets=_observe(old.duration_buckets, duration),
+        duration_sum=old.duration_sum + duration,
+        last_scan_timestamp=finished_at,
+        last_scan_success=success,
+    )
+
+
 def _observe(buckets: tuple[int, ...], value: float) -> tuple[int, ...]:
     """``buckets`` with one more observation of ``value`` in the first bucket whose bound holds it."""
     index = len(DURATION_BUCKETS)
@@ -231,14 +243,9 @@ class PortwatchMetrics(Collector):
         with self._lock:
             old = self._figures
             self._figures = replace(
-                old,
+                _counted_scan(old, duration, finished_at, success=True),
                 scan=scan,
                 detected=tuple((k, n + new_per_kind.get(k, 0)) for k, n in old.detected),
-                scans=old.scans + 1,
-                duration_buckets=_observe(old.duration_buckets, duration),
-                duration_sum=old.duration_sum + duration,
-                last_scan_timestamp=finished_at,
-                last_scan_success=True,
             )
 
     def record_scan_error(self, duration: float, finished_at: float) -> None:
@@ -249,15 +256,8 @@ class PortwatchMetrics(Collector):
         duration = max(duration, 0.0) if math.isfinite(duration) else 0.0
         with self._lock:
             old = self._figures
-            self._figures = replace(
-                old,
-                scans=old.scans + 1,
-                errors=old.errors + 1,
-                duration_buckets=_observe(old.duration_buckets, duration),
-                duration_sum=old.duration_sum + duration,
-                last_scan_timestamp=finished_at,
-                last_scan_success=False,
-            )
+            self._figures = replace(_counted_scan(old, duration, finished_at, success=False),
+                                    errors=old.errors + 1)
 
     def record_reload(self, success: bool, at: float) -> None:
         """Record a configuration load (the first one at start-up counts): success, and the Unix time if it succeeded."""

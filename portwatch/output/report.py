@@ -1,67 +1,22 @@
-"""Rendering a scan for people (a terminal report) and for machines (a JSON document).
+"""The terminal report of a scan (``portwatch scan``, the default table format).
 
-Pure functions of a :class:`~portwatch.model.ScanResult` plus what the caller
-knows about the host; no I/O.
-
-The JSON document's shape (``schema`` 1) is stable and documented in the
-README: additions are possible, removals or renames bump ``schema``.
+Job: :func:`render_text`, readable by a person, with every non-printable
+character escaped (process names and command lines are chosen by whoever
+started the process). Pure; may import the standard library and
+:mod:`portwatch.model` (and :mod:`portwatch.output.json` for the shared counts).
+:func:`to_json_document` is re-exported from :mod:`portwatch.output.json`.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-from collections import Counter
 from typing import Any
 
 from portwatch import __version__
-from portwatch.model import Finding, Severity, Snapshot, format_port_set
-from portwatch.model import ScanResult
+from portwatch.model import ScanResult, Severity, format_port_set
+from portwatch.model.text import iso_time
+from portwatch.output.json import JSON_SCHEMA_VERSION, severity_counts, socket_counts, to_json_document
 
-JSON_SCHEMA_VERSION = 1
-
-
-def _iso(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def socket_counts(snapshot: Snapshot) -> dict[str, dict[str, int]]:
-    """Sockets per protocol and state: ``{"tcp": {"ESTABLISHED": 3, ...}, "udp": {...}}``."""
-    counts: Counter[tuple[str, str]] = Counter((s.protocol.value, s.state.value) for s in snapshot.sockets)
-    out: dict[str, dict[str, int]] = {}
-    for (proto, state), n in sorted(counts.items()):
-        out.setdefault(proto, {})[state] = n
-    return out
-
-
-def severity_counts(findings: tuple[Finding, ...]) -> dict[str, int]:
-    """Findings per severity, every severity present (0 when none)."""
-    c = Counter(f.severity.value for f in findings)
-    return {sev.value: c.get(sev.value, 0) for sev in Severity}
-
-
-def to_json_document(result: ScanResult, host: str) -> dict[str, Any]:
-    """The ``portwatch scan --format json`` document for ``result`` on ``host``."""
-    snap = result.snapshot
-    st = snap.settings
-    return {
-        "schema": JSON_SCHEMA_VERSION,
-        "portwatch_version": __version__,
-        "host": host,
-        "taken_at": _iso(snap.taken_at),
-        "source": snap.source,
-        "duration_seconds": round(result.duration, 6),
-        "kernel": {
-            "ip_local_port_range": [st.port_range.low, st.port_range.high],
-            "ip_local_reserved_ports": format_port_set(st.reserved),
-            "reserved_ports_in_range": st.port_range.size - st.usable_ports,
-            "usable_ephemeral_ports": st.usable_ports,
-            "ip_unprivileged_port_start": st.unprivileged_port_start,
-        },
-        "sockets": {"total": len(snap.sockets), "by_protocol_state": socket_counts(snap)},
-        "counts": {**severity_counts(result.findings), "ignored": len(result.ignored)},
-        "findings": [f.to_dict() for f in result.findings],
-        "notes": list(snap.notes),
-    }
+__all__ = ["JSON_SCHEMA_VERSION", "render_text", "severity_counts", "socket_counts", "to_json_document"]
 
 
 def _process_line(p: Any) -> str:
@@ -84,7 +39,7 @@ def render_text(result: ScanResult, host: str) -> str:
     snap = result.snapshot
     st = snap.settings
     lines = [
-        f"portwatch {__version__}: scan of {host} at {_iso(snap.taken_at)} "
+        f"portwatch {__version__}: scan of {host} at {iso_time(snap.taken_at)} "
         f"({snap.source} source, {result.duration * 1000:.0f} ms)",
         "",
         f"  ephemeral port range   {st.port_range} ({st.port_range.size} ports, {st.usable_ports} usable)",

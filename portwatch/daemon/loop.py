@@ -1,0 +1,477 @@
+"""The daemon's loop (:class:`Daemon`): scans on a timer, signals, reload, stop.
+
+Start-up (:func:`main`): load the configuration (invalid: every error on
+stderr, exit 2), prepare the collector, the metrics registry, the HTTP server
+and the state directory, run the first scan, bind the HTTP server (cannot
+bind: exit 1), and only then tell systemd ``READY=1``: when systemd considers
+portwatch started, ``/metrics`` answers with the figures of a complete scan.
+
+The loop follows gunicorn's arbiter: signal handlers only put the signal
+number on a queue (:class:`queue.SimpleQueue`, whose ``put`` is safe to call
+from a signal handler); the loop waits on that queue with the time to the
+next scan (or watchdog ping) as timeout, so a signal is handled at once and a
+scan never runs inside a signal handler. Each scan updates the metrics, the
+state file, systemd's ``STATUS=`` line ("42 sockets, 1 critical, 2 warning;
+last scan 12 ms") and pings the watchdog; new and resolved findings are
+logged. A scan that raises is logged and counted; the previous figures stay
+and the loop goes on.
+
+After every scan the findings the ignore rules kept go to the alerting
+engine (:class:`portwatch.alerts.Alerting`, configured by ``alerts``): it
+only queues notifications, each sink delivers from its own queue and
+thread, so a slow or dead sink never delays a scan. At SIGTERM the sinks get
+a few seconds to deliver; what is still queued is saved in the state
+directory and delivered after the next start.
+
+Signals:
+
+``SIGHUP``
+    ``RELOADING=1`` (with ``MONOTONIC_USEC``), then the configuration file is
+    read again. Invalid (or a ``web`` section the server cannot apply): every
+    error is logged, the old configuration stays,
+    ``portwatch_config_last_reload_successful`` goes to 0. Valid: it applies
+    from the next scan (interval, source, thresholds, services, ignores,
+    top-K, state directory) and at once to the HTTP server (users, TLS,
+    listen address); the reload metric goes to 1 with its timestamp. Then
+    ``READY=1``.
+``SIGTERM``, ``SIGINT``
+    ``STOPPING=1``, stop the HTTP server, save the state, exit 0.
+
+systemd: ``sd_notify`` goes through ``systemd.daemon.notify`` when
+systemd-python is installed, else through a small ``NOTIFY_SOCKET`` datagram
+sender (:class:`NotifySocket`); without ``NOTIFY_SOCKET`` nothing is sent.
+With ``WATCHDOG_USEC`` set (and ``WATCHDOG_PID`` unset or ours) ``WATCHDOG=1``
+is sent after every scan and, while idle, at least every ``WATCHDOG_USEC/2``.
+Under systemd (``JOURNAL_STREAM`` or ``INVOCATION_ID`` set) and with
+systemd-python, logs go to the journal with structured fields on finding
+events: ``PORTWATCH_KIND``, ``PORTWATCH_KEY``, ``PORTWATCH_SEVERITY``,
+``PORTWATCH_PORT`` and ``PORTWATCH_PID`` (the latter two when known);
+otherwise to stderr.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT; 1 cannot start (the HTTP address
+cannot be bound); 2 invalid configuration (or ``--listen-address``).
+
+:class:`Daemon` holds the loop; every clock, the notifier, the event queue,
+the scan function and the factories of the collector and the HTTP server are
+parameters, so tests drive it in-process without monkeypatching. This module
+may import everything below the daemon (model, config, collect, scan, detect,
+output, alerts, web) and :mod:`portwatch.daemon.state`, ``.notify`` and ``.logs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import socket
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Collection, Mapping, Protocol as TypingProtocol
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from portwatch import __version__
+from portwatch.alerts import Alerting
+from portwatch.collect import CollectError, Collector
+from portwatch.config import Config, ConfigError, WebConfig, load_config
+from portwatch.daemon.logs import SEVERITY_LEVEL, finding_fields
+from portwatch.daemon.notify import Notify, no_notify
+from portwatch.daemon.state import (
+    REMEMBER_AFTER,
+    FindingRecord,
+    State,
+    StateStore,
+    remembered_ports,
+    update_findings,
+    update_listeners,
+)
+from portwatch.detect import listening_ports
+from portwatch.model import Finding, RememberedPort, ScanResult, SourceUnavailable
+from portwatch.model.text import host_port, os_error_text
+from portwatch.output.metrics import PortwatchMetrics
+from portwatch.output.status import findings_html, one_line, status_line
+from portwatch.scan import make_source, run_scan
+from portwatch.web import MetricsServer, WebError
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "HANDLED_SIGNALS",
+    "Daemon",
+    "Server",
+    "install_signal_handlers",
+]
+
+log = logging.getLogger("portwatch.daemon")
+findings_log = logging.getLogger("portwatch.findings")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+#: The signals the daemon handles (everything else keeps its default action).
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+
+#: Errors the scan is expected to raise (shown without a traceback).
+_EXPECTED_SCAN_ERRORS = (CollectError, SourceUnavailable, OSError, ValueError)
+
+
+class Server(TypingProtocol):
+    """What the daemon needs of the HTTP server (:class:`portwatch.web.MetricsServer`)."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+    def update_config(self, config: WebConfig) -> None: ...
+
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+
+ServerFactory = Callable[
+    [WebConfig, CollectorRegistry, Callable[[], bool], Callable[[], bool], Callable[[], str]], Server]
+ScanFunction = Callable[[Config, Collector, Collection[RememberedPort]], ScanResult]
+
+
+def default_collector(config: Config) -> Collector:
+    """A collector reading the socket source ``config.source`` names. Raises ValueError for an unknown one."""
+    return Collector(make_source(config.source))
+
+
+#: Seconds the alert sinks get at SIGTERM to deliver what is queued (the rest is saved).
+ALERTS_STOP_TIMEOUT = 5.0
+
+AlertingFactory = Callable[[Config, Path, CollectorRegistry], Alerting]
+
+
+def default_alerting(config: Config, state_dir: Path, registry: CollectorRegistry) -> Alerting:
+    """The alerting engine of ``config.alerts``, keeping its state in ``state_dir``.
+
+    Raises ``ValueError`` (:class:`~portwatch.alerts.SinkBuildError`) when a sink cannot be built.
+    """
+    return Alerting(config.alerts, state_dir, socket.gethostname(), registry)
+
+
+def default_server(web: WebConfig, registry: CollectorRegistry, ready: Callable[[], bool],
+                   health: Callable[[], bool], index_extra: Callable[[], str]) -> Server:
+    """The real HTTP server (not bound yet). Raises :class:`WebError`."""
+    return MetricsServer(web, registry, ready, health=health, index_extra=index_extra)
+
+
+def _default_scan(config: Config, collector: Collector, remembered: Collection[RememberedPort]) -> ScanResult:
+    return run_scan(config, collector, remembered)
+
+
+class Daemon:
+    """The scan loop. Build it, then call :meth:`run` (which returns the exit code).
+
+    Takes the loaded configuration and where it came from (for SIGHUP), the
+    ``--listen-address`` override, and every dependency:
+
+    - ``events``: the queue signal numbers arrive on (the signal handlers, or a test, put them);
+    - ``notify``: ``sd_notify`` (see :func:`make_notifier`);
+    - ``monotonic``: seconds for scheduling (and ``MONOTONIC_USEC``); ``wall``: Unix time for timestamps;
+    - ``watchdog``: seconds between watchdog pings, or None;
+    - ``load``: reads a configuration file (raises ConfigError);
+    - ``collector_factory``, ``scan``, ``server_factory``: the collector for a
+      configuration, one scan, and the HTTP server;
+    - ``store``: the state file (None: built from ``config.state_directory``);
+    - ``registry``: where the metrics are registered (None: a new registry
+      with the process collector).
+
+    Raises :class:`WebError` or ``ValueError`` when the HTTP server or the
+    collector cannot be built from ``config``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        listen_override: str | None = None,
+        events: queue.SimpleQueue[int] | None = None,
+        notify: Notify = no_notify,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        watchdog: float | None = None,
+        load: Callable[[Path | None], Config] = load_config,
+        collector_factory: Callable[[Config], Collector] = default_collector,
+        scan: ScanFunction = _default_scan,
+        server_factory: ServerFactory = default_server,
+        store: StateStore | None = None,
+        registry: CollectorRegistry | None = None,
+        remember_after: float = REMEMBER_AFTER,
+        alerting_factory: AlertingFactory | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.listen_override = listen_override
+        self.events: queue.SimpleQueue[int] = events if events is not None else queue.SimpleQueue()
+        self._notify = notify
+        self._monotonic = monotonic
+        self._wall = wall
+        self._watchdog = watchdog
+        self._load = load
+        self._collector_factory = collector_factory
+        self._scan = scan
+        self.remember_after = remember_after
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+        self.registry = registry
+        self.metrics = PortwatchMetrics(registry, top_destinations=config.metrics.top_destinations)
+        self.metrics.record_reload(True, wall())
+        self.collector = collector_factory(config)
+        self.store = store if store is not None else StateStore(config.state_directory,
+                                                                remember_after=remember_after)
+        self.state: State = State()
+        self.server = server_factory(self._web(config), registry, self.ready, self.healthy, self.index_html)
+        # Alerting keeps its own state file in the same directory as ours.
+        self.alerting = (alerting_factory or default_alerting)(config, self.store.directory, registry)
+        self.started = False
+        self.scans = 0
+        # what the HTTP threads read: replaced, never mutated
+        self._status = "starting: first scan"
+        self._active: Mapping[str, Finding] = {}
+        self._last_scan_end: float | None = None
+        self._last_good: float | None = None
+        self._last_error: str | None = None
+        self._next_scan = monotonic()
+        self._next_ping = monotonic()
+
+    # -- what the HTTP server asks
+
+    def ready(self) -> bool:
+        """True once the first scan has run and the server is bound (``/-/ready``)."""
+        return self.started
+
+    def healthy(self) -> bool:
+        """True while the loop keeps scanning: the latest scan ended less than 3 intervals (at least 60 s) ago."""
+        last = self._last_scan_end
+        if last is None:
+            return True
+        return self._monotonic() - last <= max(3 * self.config.interval, 60.0)
+
+    def index_html(self) -> str:
+        """The index page's extra HTML: the status line and the active findings, escaped."""
+        return findings_html(self._status, list(self._active.values()))
+
+    # -- the loop
+
+    def run(self) -> int:
+        """Start (first scan, bind, READY) and loop until SIGTERM/SIGINT. Returns the exit code."""
+        self.state = self.store.load()
+        self.alerting.start()
+        self.scan_once()
+        try:
+            self.server.start()
+        except WebError as exc:
+            log.error("cannot start: %s", exc)
+            self._notify(f"STATUS=cannot start: {one_line(str(exc))}")
+            return EXIT_FAILED
+        host, port = self.server.address
+        self.started = True
+        log.info("portwatch %s started: scanning every %gs, metrics on %s", __version__,
+                 self.config.interval, host_port(host, port))
+        self._notify(f"READY=1\nSTATUS={self._status}")
+        self._ping()
+        while True:
+            event = self._wait()
+            if event is not None:
+                if event in (signal.SIGTERM, signal.SIGINT):
+                    return self.shutdown(event)
+                if event == signal.SIGHUP:
+                    self.reload()
+                else:
+                    log.debug("ignoring event %r", event)
+                continue
+            now = self._monotonic()
+            if now >= self._next_scan:
+                self.scan_once()
+            elif self._watchdog is not None and now >= self._next_ping:
+                self._ping()
+
+    def _wait(self) -> int | None:
+        """The next event, or None when the next scan or watchdog ping is due first."""
+        now = self._monotonic()
+        deadline = self._next_scan
+        if self._watchdog is not None:
+            deadline = min(deadline, self._next_ping)
+        try:
+            return self.events.get(timeout=max(deadline - now, 0.0))
+        except queue.Empty:
+            return None
+
+    def _ping(self) -> None:
+        """Send ``WATCHDOG=1`` when a watchdog is configured; schedule the next."""
+        if self._watchdog is None:
+            return
+        self._notify("WATCHDOG=1")
+        self._next_ping = self._monotonic() + self._watchdog
+
+    def scan_once(self) -> None:
+        """One scan and everything that follows it. Never raises (a failure is logged and counted)."""
+        started = self._monotonic()
+        self._next_scan = started + self.config.interval
+        try:
+            remembered = remembered_ports(self.state.listeners, self.remember_after)
+            result = self._scan(self.config, self.collector, remembered)
+        except Exception as exc:  # a failed scan never stops the loop
+            self._scan_failed(exc, self._monotonic() - started)
+        else:
+            try:
+                self._scan_succeeded(result)
+            except Exception:
+                log.exception("error while recording a scan (the loop goes on)")
+        finally:
+            end = self._monotonic()
+            self._last_scan_end = end
+            self.scans += 1
+            if self._next_scan <= end:
+                self._next_scan = end  # late: scan again right away, but never in a burst
+            if self.started:
+                self._ping_with_status()
+
+    def _ping_with_status(self) -> None:
+        message = f"STATUS={self._status}"
+        if self._watchdog is not None:
+            message += "\nWATCHDOG=1"
+            self._next_ping = self._monotonic() + self._watchdog
+        self._notify(message)
+
+    def _scan_failed(self, exc: Exception, duration: float) -> None:
+        if isinstance(exc, _EXPECTED_SCAN_ERRORS):
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, OSError) and exc.strerror:
+                reason = os_error_text(exc, with_filename=True)
+            if reason != self._last_error:
+                log.error("scan failed: %s (keeping the previous figures)", reason)
+            else:
+                log.debug("scan failed again: %s", reason)
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("scan failed with an unexpected error (keeping the previous figures)", exc_info=exc)
+        self._last_error = reason
+        self.metrics.record_scan_error(duration, self._wall())
+        if self._last_good is None:
+            self._status = f"scan failed: {one_line(reason, 120)}"
+        else:
+            ago = max(self._wall() - self._last_good, 0.0)
+            self._status = f"scan failed: {one_line(reason, 120)}; figures from {ago:.0f} s ago"
+
+    def _scan_succeeded(self, result: ScanResult) -> None:
+        now = self._wall()
+        if self._last_error is not None:
+            log.info("scans work again")
+            self._last_error = None
+        listeners = update_listeners(self.state.listeners, listening_ports(result.listening), now,
+                                     remember_after=self.remember_after)
+        upd = update_findings(self.state.findings, result.findings, now)
+        self.state = State(listeners, upd.records)
+        self.metrics.record_scan(result, upd.new, now)
+        previous = self._active
+        self._active = {f.key: f for f in result.findings}
+        self._last_good = now
+        self._status = status_line(result)
+        for f in upd.new:
+            self._log_new(f)
+        for rec in upd.resolved:
+            self._log_resolved(rec, previous.get(rec.key))
+        if self.scans == 0 and len(result.findings) > len(upd.new):
+            log.info("%d finding(s) still active from before the restart", len(result.findings) - len(upd.new))
+        self.store.save(self.state, now)
+        try:
+            self.alerting.process(result.findings, now)  # queues only: never waits on a sink
+        except Exception:
+            log.exception("alerting failed on this scan's findings; the scan loop goes on")
+
+    def _log_new(self, f: Finding) -> None:
+        pid = f.processes[0].pid if f.processes else None
+        findings_log.log(SEVERITY_LEVEL[f.severity], "new %s finding [%s]: %s", f.severity.value, f.key,
+                         f.summary, extra=finding_fields(f.kind, f.key, f.severity, f.port, pid))
+
+    def _log_resolved(self, rec: FindingRecord, last: Finding | None) -> None:
+        port = last.port if last is not None else None
+        pid = last.processes[0].pid if last is not None and last.processes else None
+        findings_log.info("resolved [%s]: %s", rec.key, rec.summary,
+                          extra=finding_fields(rec.kind, rec.key, rec.severity, port, pid))
+
+    # -- reload and stop
+
+    def _web(self, config: Config) -> WebConfig:
+        """``config.web`` with the ``--listen-address`` override applied."""
+        if self.listen_override is None:
+            return config.web
+        return replace(config.web, listen_address=self.listen_override)
+
+    def reload(self) -> bool:
+        """Re-read the configuration (SIGHUP). Returns True when the new one applies. Never raises."""
+        usec = int(self._monotonic() * 1_000_000)
+        self._notify(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading configuration")
+        where = self.config_path or "built-in defaults"
+        ok = False
+        try:
+            new = self._load(self.config_path)
+            collector = self.collector if new.source == self.config.source else self._collector_factory(new)
+            moved = new.state_directory if new.state_directory != self.config.state_directory else None
+            # Alerting first: it changes nothing when a sink cannot be built. Should the
+            # web settings then fail, alerting goes back to the old configuration.
+            self.alerting.reload(new.alerts, moved)
+            try:
+                self.server.update_config(self._web(new))
+            except Exception:
+                self.alerting.reload(self.config.alerts,
+                                     self.store.directory if moved is not None else None)
+                raise
+        except ConfigError as exc:
+            log.error("reload: %s is invalid; keeping the previous configuration:", where)
+            for error in exc.errors:
+                log.error("  %s: %s", exc.source, error)
+        except (WebError, ValueError) as exc:
+            log.error("reload: %s cannot be applied (%s); keeping the previous configuration", where, exc)
+        except Exception:
+            log.exception("reload: unexpected error; keeping the previous configuration")
+        else:
+            ok = True
+            old = self.config
+            self.config = new
+            self.collector = collector
+            self.metrics.set_top_destinations(new.metrics.top_destinations)
+            if new.state_directory != old.state_directory:
+                self.store = StateStore(new.state_directory, remember_after=self.remember_after)
+                log.info("state directory is now %s", new.state_directory)
+            if new.interval != old.interval:
+                # apply from the next scan: the next one is due one new interval after the last
+                last = self._last_scan_end if self._last_scan_end is not None else self._monotonic()
+                self._next_scan = last + new.interval
+            log.info("reloaded configuration from %s", where)
+        self.metrics.record_reload(ok, self._wall())
+        self._notify(f"READY=1\nSTATUS={self._status}")
+        return ok
+
+    def shutdown(self, signum: int) -> int:
+        """Stop (SIGTERM/SIGINT): ``STOPPING=1``, stop the server, save the state. Returns EXIT_OK."""
+        log.info("stopping (%s)", signal.Signals(signum).name)
+        self._notify("STOPPING=1\nSTATUS=stopping")
+        try:
+            self.server.stop()
+        except Exception:
+            log.exception("error while stopping the HTTP server")
+        try:
+            self.alerting.stop(ALERTS_STOP_TIMEOUT)  # what is still queued goes to the state directory
+        except Exception:
+            log.exception("error while stopping alerting")
+        self.store.save(self.state, self._wall(), force=True)
+        return EXIT_OK
+
+
+def install_signal_handlers(events: queue.SimpleQueue[int]) -> None:
+    """Make SIGHUP, SIGTERM and SIGINT only put their number on ``events``."""
+    def handler(signum: int, _frame: object) -> None:
+        events.put(signum)
+
+    for sig in HANDLED_SIGNALS:
+        signal.signal(sig, handler)

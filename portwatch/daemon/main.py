@@ -1,0 +1,66 @@
+"""``portwatch run``: start the daemon from the command line and return its exit code.
+
+Job: install the signal handlers, set up logging, load the configuration
+(invalid: every error on stderr, exit 2), check ``--listen-address``, build
+the :class:`~portwatch.daemon.loop.Daemon` with the real notifier and
+watchdog, and run it. May import the standard library, :mod:`portwatch.config`,
+:mod:`portwatch.web` and the modules of :mod:`portwatch.daemon`.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+from pathlib import Path
+
+from portwatch.config import ConfigError, load_config
+from portwatch.daemon.logs import setup_logging
+from portwatch.daemon.loop import EXIT_CONFIG, EXIT_FAILED, Daemon, install_signal_handlers
+from portwatch.daemon.notify import make_notifier, watchdog_interval
+from portwatch.model.text import os_error_text
+from portwatch.web import WebError, parse_listen_address
+
+__all__ = ["main"]
+
+
+def main(config_path: Path | None, listen_address: str | None) -> int:
+    """``portwatch run``: run the daemon until SIGTERM/SIGINT.
+
+    Takes the configuration file (None: built-in defaults) and the
+    ``--listen-address`` override (None: ``web.listen_address``). Returns the
+    exit code (see the module documentation); errors are reported on stderr
+    (or in the journal), never as a traceback.
+    """
+    events: queue.SimpleQueue[int] = queue.SimpleQueue()
+    install_signal_handlers(events)
+    env = os.environ
+    setup_logging(env)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(f"portwatch: {exc.source}: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if listen_address is not None:
+        try:
+            parse_listen_address(listen_address)
+        except WebError as exc:
+            print(f"portwatch: --listen-address: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        daemon = Daemon(
+            config,
+            config_path=config_path,
+            listen_override=listen_address,
+            events=events,
+            notify=make_notifier(env),
+            watchdog=watchdog_interval(env, os.getpid()),
+        )
+    except (WebError, ValueError) as exc:
+        print(f"portwatch: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"portwatch: cannot start: {os_error_text(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    return daemon.run()

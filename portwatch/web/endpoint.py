@@ -1,0 +1,226 @@
+"""The HTTP(S) endpoint as the daemon uses it: :class:`MetricsServer` (start, stop, reload).
+
+Job: put the pieces together for one configuration at a time: the listen
+address (:mod:`.address`), basic auth (:mod:`.auth`), TLS with rotation
+(:mod:`.tls`), the routes (:mod:`.routes`) and the server core
+(:mod:`.server`). A SIGHUP swaps users and TLS for new connections; a new
+listen address is bound before the old listener is closed. May import the
+standard library, prometheus_client, :mod:`portwatch.config` types,
+:mod:`portwatch.output` and the modules of :mod:`portwatch.web`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from prometheus_client import CollectorRegistry
+
+import portwatch
+from portwatch.config import WebConfig
+from portwatch.model.text import host_port
+from portwatch.output.status import index_page
+from portwatch.web.address import WebError, bind_error, resolve
+from portwatch.web.auth import Auth
+from portwatch.web.routes import handler_for
+from portwatch.web.server import CONNECTION_TIMEOUT, MAX_CONNECTIONS, ConnectionServer
+from portwatch.web.tls import TLS
+
+__all__ = ["MetricsServer"]
+
+log = logging.getLogger("portwatch.web")
+
+
+@dataclass(frozen=True)
+class _State:
+    """Everything one configuration decides about request handling, swapped as a whole."""
+
+    config: WebConfig
+    auth: Auth
+    tls: TLS | None
+
+
+def _build_state(config: WebConfig) -> _State:
+    """The users and TLS context of ``config``. Raises :class:`WebError` when a TLS file cannot be loaded."""
+    return _State(config=config, auth=Auth(config.basic_auth_users), tls=TLS.build(config))
+
+
+class MetricsServer:
+    """The HTTP(S) server of the daemon (see the module documentation for the endpoints)."""
+
+    def __init__(
+        self,
+        config: WebConfig,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+        health: Callable[[], bool] = lambda: True,
+        index_extra: Callable[[], str] | None = None,
+        *,
+        connection_timeout: float = CONNECTION_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        """Prepares (does not bind) a server.
+
+        Takes the ``web`` configuration, the registry ``/metrics`` renders, the
+        readiness and health checks (called per request, must be quick; raising counts
+        as false), and an optional function returning trusted HTML for the index page
+        (e.g. the latest scan summary; raising omits it).
+        Raises :class:`WebError` when the listen address does not resolve or the
+        TLS files cannot be loaded.
+        """
+        self._family, self._host, self._port = resolve(config.listen_address)
+        self._state = _build_state(config)
+        self._site = _Site(self, registry, ready, health, index_extra)
+        self._connection_timeout = connection_timeout
+        self._max_connections = max_connections
+        self._httpd: ConnectionServer | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # start/stop/update_config
+
+    def start(self) -> None:
+        """Binds ``web.listen_address`` and serves in a daemon thread.
+
+        Raises :class:`WebError` naming the address when it cannot be bound (e.g.
+        ``web.listen_address 127.0.0.1:9731: address already in use``), and
+        RuntimeError when already started.
+        """
+        with self._lock:
+            if self._httpd is not None:
+                raise RuntimeError("MetricsServer already started")
+            httpd = self._bind(self._state.config.listen_address, self._family, self._host, self._port)
+            self._serve(httpd)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)`` (the real port when ``:0`` was configured). Raises RuntimeError before :meth:`start`."""
+        httpd = self._httpd
+        if httpd is None:
+            raise RuntimeError("MetricsServer not started")
+        host, port = httpd.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def config(self) -> WebConfig:
+        """The configuration in effect."""
+        return self._state.config
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stops serving: closes the listening socket, shuts down open connections and joins the threads.
+
+        Waits at most about ``timeout`` seconds for the serve thread and the
+        connection threads. Does nothing when not started.
+        """
+        with self._lock:
+            self._shutdown(timeout)
+
+    def update_config(self, config: WebConfig) -> None:
+        """Applies a new ``web`` configuration (SIGHUP) without dropping the server.
+
+        New users and TLS files take effect for new connections; the cache of
+        successful password checks starts empty. When ``listen_address`` changed, the
+        new address is bound first and the old listener is closed after it; if the new
+        address cannot be bound (e.g. it overlaps the old one: same port, wildcard
+        address), :class:`WebError` says so and that a restart is needed.
+        On any :class:`WebError` (bad TLS file, bad or unbindable address)
+        nothing changes: the old configuration keeps serving.
+        """
+        state = _build_state(config)
+        family, host, port = resolve(config.listen_address)
+        with self._lock:
+            old = self._state.config.listen_address
+            if self._httpd is None or (family, host, port) == (self._family, self._host, self._port):
+                self._state = state
+                self._family, self._host, self._port = family, host, port
+                return
+            try:
+                httpd = self._bind(config.listen_address, family, host, port)
+            except WebError as e:
+                raise WebError(f"{e} (still serving on {old}; restart portwatch to move there)") from None
+            self._shutdown(timeout=5.0)
+            self._state = state
+            self._family, self._host, self._port = family, host, port
+            self._serve(httpd)
+            log.info("now serving on %s (moved from %s)", config.listen_address, old)
+
+    # -- internals (called with self._lock held)
+
+    def _bind(self, value: str, family: socket.AddressFamily, host: str, port: int) -> ConnectionServer:
+        """A bound, listening server for ``value``. Raises :class:`WebError`."""
+        try:
+            return ConnectionServer(family, (host, port), handler_for(self._site), self._tls_context,
+                                    self._connection_timeout, self._max_connections)
+        except OSError as e:
+            raise bind_error(value, e) from None
+
+    def _serve(self, httpd: ConnectionServer) -> None:
+        """Starts the serve loop of ``httpd`` in a daemon thread."""
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve, name="portwatch-web", daemon=True)
+        self._thread.start()
+        scheme = "https" if self._state.tls is not None else "http"
+        host, port = self.address
+        log.info("serving on %s://%s/metrics", scheme, host_port(host, port))
+
+    def _shutdown(self, timeout: float) -> None:
+        """Stops the current server, if any (see :meth:`stop`)."""
+        httpd, thread = self._httpd, self._thread
+        if httpd is None:
+            return
+        deadline = time.monotonic() + timeout
+        httpd.stop_serving()
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        httpd.server_close()
+        httpd.close_connections(deadline)
+        self._httpd = None
+        self._thread = None
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for a new connection (None: plain HTTP), reloaded when its files changed."""
+        tls = self._state.tls
+        return tls.context() if tls is not None else None
+
+
+class _Site:
+    """What the routes serve for one :class:`MetricsServer` (its users follow :meth:`MetricsServer.update_config`)."""
+
+    def __init__(self, owner: MetricsServer, registry: CollectorRegistry, ready: Callable[[], bool],
+                 health: Callable[[], bool], index_extra: Callable[[], str] | None) -> None:
+        self._owner = owner
+        self._registry = registry
+        self._ready = ready
+        self._health = health
+        self._index_extra = index_extra
+
+    @property
+    def auth(self) -> Auth:
+        """The users of the configuration in effect."""
+        return self._owner._state.auth
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry ``/metrics`` renders."""
+        return self._registry
+
+    def ready(self) -> bool:
+        """The readiness check given to the server."""
+        return self._ready()
+
+    def healthy(self) -> bool:
+        """The health check given to the server."""
+        return self._health()
+
+    def index_page(self) -> str:
+        """The HTML of ``/`` (without the extra part when ``index_extra`` raises)."""
+        extra = ""
+        if self._index_extra is not None:
+            try:
+                extra = self._index_extra()
+            except Exception:
+                log.exception("index_extra raised; index page shown without it")
+        return index_page(portwatch.__version__, extra)

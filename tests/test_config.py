@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import json
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 import textwrap
 from pathlib import Path
+from typing import Iterator
 
 import bcrypt
 import pytest
 import yaml
 
-from portwatch import config as config_module
 from portwatch.config import (
     BCRYPT_HINT,
     Config,
@@ -36,6 +40,7 @@ from portwatch.model import Finding, Kind, PortRange, ProcessInfo, Protocol, Sev
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "portwatch.yaml"
 DOCS = ROOT / "docs" / "configuration.md"
+PORTWATCH = ROOT / ".venv" / "bin" / "portwatch"
 
 #: A real bcrypt hash (of "correct horse battery staple"), as a config holds it.
 HASH = "$2b$12$5x1f/KmM9RKBOliMXM7yd.9694DXqgYirWGNsMz4bHPFMANb77Gci"
@@ -282,17 +287,8 @@ BAD = [
         id="tls-relative-and-pair",
     ),
     pytest.param(
-        "web: {tls_cert_file: /nonexistent/portwatch.crt, tls_key_file: /nonexistent/portwatch.key}\n",
-        [
-            "web.tls_cert_file: cannot read '/nonexistent/portwatch.crt': no such file",
-            "web.tls_key_file: cannot read '/nonexistent/portwatch.key': no such file",
-        ],
-        id="tls-missing-files",
-    ),
-    pytest.param(
         "web: {tls_client_ca_file: /nonexistent/ca.crt}\n",
         [
-            "web.tls_client_ca_file: cannot read '/nonexistent/ca.crt': no such file",
             "web.tls_client_ca_file: needs tls_cert_file and tls_key_file"
             " (client certificates are only checked over TLS)",
         ],
@@ -535,6 +531,23 @@ def test_empty_file_gives_defaults(tmp_path: Path, content: str) -> None:
     assert load_config(path) == Config()
 
 
+@contextlib.contextmanager
+def shared_dir() -> Iterator[Path]:
+    """A fresh directory that the ``nobody`` user may enter (pytest's tmp_path is root's only)."""
+    directory = Path(tempfile.mkdtemp(prefix="portwatch-test-"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def check_config_as_nobody(path: Path) -> subprocess.CompletedProcess[str]:
+    """``portwatch check-config path`` run as the unprivileged ``nobody`` user (bounded in time)."""
+    return subprocess.run([str(PORTWATCH), "check-config", str(path)], user="nobody", group="nogroup",
+                          capture_output=True, text=True, timeout=60, check=False, cwd="/")
+
+
 def load_errors(path: Path) -> ConfigError:
     """The ConfigError load_config raises for ``path``."""
     with pytest.raises(ConfigError) as info:
@@ -554,17 +567,27 @@ def test_directory(tmp_path: Path) -> None:
     assert load_errors(tmp_path).errors == ["cannot read: is a directory, not a YAML file"]
 
 
-def test_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Tests run as root here, where chmod 000 does not stop a read: simulate the refusal.
+def test_permission_denied_for_an_unprivileged_user() -> None:
+    # chmod 000 does not stop root: the check runs as nobody, on a real file.
+    with shared_dir() as directory:
+        path = directory / "portwatch.yaml"
+        path.write_text("interval: 15s\n")
+        path.chmod(0)
+        proc = check_config_as_nobody(path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"{path}: cannot read: permission denied"
+
+
+def test_fifo_as_config_file_is_refused_without_hanging(tmp_path: Path) -> None:
     path = tmp_path / "portwatch.yaml"
-    path.write_text("interval: 15s\n")
+    os.mkfifo(path)
+    assert load_errors(path).errors == ["cannot read: not a regular file"]
 
-    def refuse(self: Path) -> bytes:
-        raise PermissionError(errno.EACCES, "Permission denied", str(self))
 
-    monkeypatch.setattr(Path, "read_bytes", refuse)
-    err = load_errors(path)
-    assert str(err) == f"{path}: cannot read: permission denied"
+def test_link_to_a_device_is_refused_without_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "portwatch.yaml"
+    path.symlink_to("/dev/zero")
+    assert load_errors(path).errors == ["cannot read: not a regular file"]
 
 
 def test_yaml_syntax_error_shows_line_and_column(tmp_path: Path) -> None:
@@ -668,25 +691,65 @@ def test_tls_files_that_exist(tmp_path: Path) -> None:
     assert config.web.tls
 
 
-def test_tls_file_that_is_a_directory(tmp_path: Path) -> None:
-    key = tmp_path / "k.pem"
-    key.write_text("x")
-    errors = errors_of(f"web: {{tls_cert_file: {tmp_path}, tls_key_file: {key}}}\n")
-    assert errors == [f"web.tls_cert_file: cannot read '{tmp_path}': is a directory"]
+def write_config(tmp_path: Path, text: str) -> Path:
+    """``text`` written as ``portwatch.yaml`` in ``tmp_path``; returns its path."""
+    path = tmp_path / "portwatch.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
 
 
-def test_tls_file_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tls_files_are_not_read_while_parsing(tmp_path: Path) -> None:
+    text = "web: {tls_cert_file: /nonexistent/portwatch.crt, tls_key_file: /nonexistent/portwatch.key}\n"
+    expected = WebConfig(tls_cert_file=Path("/nonexistent/portwatch.crt"),
+                         tls_key_file=Path("/nonexistent/portwatch.key"))
+    assert parse(text).web == expected
+    assert load_config(write_config(tmp_path, text), preflight=False).web == expected
+
+
+def test_preflight_names_every_missing_tls_file(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path, "web: {tls_cert_file: /nonexistent/portwatch.crt, tls_key_file: /nonexistent/portwatch.key}\n")
+    assert load_errors(path).errors == [
+        "web.tls_cert_file: cannot read '/nonexistent/portwatch.crt': no such file",
+        "web.tls_key_file: cannot read '/nonexistent/portwatch.key': no such file",
+    ]
+
+
+def test_preflight_names_a_missing_client_ca(tmp_path: Path) -> None:
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     for p in (cert, key):
         p.write_text("x")
+    path = write_config(tmp_path, f"web: {{tls_cert_file: {cert}, tls_key_file: {key},"
+                                  " tls_client_ca_file: /nonexistent/ca.crt}\n")
+    assert load_errors(path).errors == ["web.tls_client_ca_file: cannot read '/nonexistent/ca.crt': no such file"]
 
-    def probe(path: Path) -> None:
-        if path == key:
-            raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(config_module, "_probe_readable", probe)
-    errors = errors_of(f"web: {{tls_cert_file: {cert}, tls_key_file: {key}}}\n")
-    assert errors == [f"web.tls_key_file: cannot read '{key}': permission denied"]
+def test_tls_file_that_is_a_directory(tmp_path: Path) -> None:
+    key = tmp_path / "k.pem"
+    key.write_text("x")
+    path = write_config(tmp_path, f"web: {{tls_cert_file: {tmp_path}, tls_key_file: {key}}}\n")
+    assert load_errors(path).errors == [f"web.tls_cert_file: cannot read '{tmp_path}': is a directory"]
+
+
+def test_tls_file_that_is_a_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    os.mkfifo(cert)
+    key.write_text("x")
+    path = write_config(tmp_path, f"web: {{tls_cert_file: {cert}, tls_key_file: {key}}}\n")
+    assert load_errors(path).errors == [f"web.tls_cert_file: cannot read '{cert}': not a regular file"]
+
+
+def test_tls_file_permission_denied_for_an_unprivileged_user() -> None:
+    with shared_dir() as directory:
+        cert, key = directory / "c.pem", directory / "k.pem"
+        for p in (cert, key):
+            p.write_text("x")
+        key.chmod(0)
+        path = directory / "portwatch.yaml"
+        path.write_text(f"web: {{tls_cert_file: {cert}, tls_key_file: {key}}}\n")
+        proc = check_config_as_nobody(path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"{path}: web.tls_key_file: cannot read '{key}': permission denied"
 
 
 def test_tls_key_without_cert(tmp_path: Path) -> None:

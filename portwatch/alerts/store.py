@@ -34,6 +34,7 @@ from portwatch.alerts.notification import Notification
 from portwatch.alerts.rules import AlertState
 from portwatch.jsonfile import read_document, write_atomic
 from portwatch.model import Severity
+from portwatch.model.text import os_error_text
 
 __all__ = ["ALERTS_FILE", "STORE_VERSION", "Saved", "StateWriter", "from_document", "load", "to_document",
            "write_atomic"]
@@ -141,7 +142,7 @@ def load(path: Path, warn: Callable[[str], None] = log.warning,
         info(f"no alert state {path} yet: no firing alerts, nothing pending")
         return Saved()
     except OSError as exc:
-        warn(f"cannot read alert state {path}: {exc.strerror or exc}; starting with no firing alerts")
+        warn(f"cannot read alert state {path}: {os_error_text(exc)}; starting with no firing alerts")
         return Saved()
     except ValueError as exc:
         warn(f"alert state {path} is corrupt ({exc}); starting with no firing alerts, it will be replaced")
@@ -204,7 +205,7 @@ class StateWriter:
             with self._io:
                 write_atomic(path, document)
         except OSError as exc:
-            message = f"cannot write alert state {path}: {exc.strerror or exc}"
+            message = f"cannot write alert state {path}: {os_error_text(exc)}"
             if message != self._last_error:
                 self._warn(message + "; alerting goes on in memory (firing alerts may be sent again"
                                      " after a restart)")

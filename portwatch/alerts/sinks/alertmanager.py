@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from portwatch.alerts.notification import Notification, Reason, Status, iso_time
 from portwatch.alerts.rules import SinkPolicy
-from portwatch.alerts.sinks.base import HTTP_KEYS, HttpSinkConfig, check_http, sink_section, timeout_key
+from portwatch.alerts.sinks.base import HTTP_KEYS, HttpSinkConfig, check_http, sink_section, TIMEOUT_KEY
 from portwatch.alerts.sinks.core import SinkContext, SinkError
 import portwatch.config.schema as s
 from portwatch.config.grammar import label_name, redact_url
@@ -92,7 +92,7 @@ SHAPE = sink_section(AlertmanagerSinkConfig, "alertmanager", [
     Key("labels", MapOf(_label, s.string()), "mapping label → string", "labels added to every alert;"
         " `instance` may be overridden, `alertname`, `severity`, `kind`, `port`, `key` and `rule` are"
         " portwatch's"),
-    timeout_key("one attempt fails after this long"),
+    TIMEOUT_KEY,
     *HTTP_KEYS,
 ], checks=[check_http, _check_urls])
 

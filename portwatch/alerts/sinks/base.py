@@ -20,7 +20,7 @@ from portwatch.config.grammar import header_name
 from portwatch.config.schema import Key, MapOf, Section, SectionCheck
 from portwatch.config.types import SinkConfig
 
-__all__ = ["HTTP_KEYS", "RETRY_KEYS", "HttpSinkConfig", "check_http", "sink_section"]
+__all__ = ["HTTP_KEYS", "RETRY_KEYS", "TIMEOUT_KEY", "HttpSinkConfig", "check_http", "sink_section"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,10 +49,9 @@ def check_http(sink: Any, given: frozenset[object]) -> Iterator[tuple[str, str]]
         yield "headers", "sets Authorization, and so does bearer_token_file: use one of them"
 
 
-#: The timeout key: each sink that has one says how long an attempt may take.
-def timeout_key(doc: str) -> Key:
-    """The ``timeout`` key with the sink's own meaning text."""
-    return Key("timeout", s.duration(0.1), "duration, at least `100ms`", doc)
+#: How long one delivery attempt may take (the webhook, alertmanager and exec sinks have it).
+TIMEOUT_KEY = Key("timeout", s.duration(0.1), "duration, at least `100ms`",
+                  "one attempt fails after this long (an exec command is killed)")
 
 
 HTTP_KEYS: tuple[Key, ...] = (

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from portwatch.alerts.notification import Notification, document
-from portwatch.alerts.sinks.base import sink_section, timeout_key
+from portwatch.alerts.sinks.base import sink_section, TIMEOUT_KEY
 from portwatch.config.types import SinkConfig
 from portwatch.alerts.sinks.core import NamedSink, SinkContext, SinkError
 import portwatch.config.schema as s
@@ -53,7 +53,7 @@ SHAPE = sink_section(ExecSinkConfig, "exec", [
     Key("command", s.command(), "list: absolute program path, then arguments", "the command run per"
         " notification, without a shell, with the JSON document on stdin", required=True,
         preflight="executable"),
-    timeout_key("one attempt fails after this long (the command is killed)"),
+    TIMEOUT_KEY,
 ])
 
 #: The end of stderr kept for the error message (bytes).

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from portwatch.alerts.notification import Notification, document
-from portwatch.alerts.sinks.base import HTTP_KEYS, HttpSinkConfig, check_http, sink_section, timeout_key
+from portwatch.alerts.sinks.base import HTTP_KEYS, HttpSinkConfig, check_http, sink_section, TIMEOUT_KEY
 from portwatch.alerts.sinks.core import NamedSink, SinkContext
 import portwatch.config.schema as s
 from portwatch.config.schema import Key
@@ -41,7 +41,7 @@ class WebhookSinkConfig(HttpSinkConfig):
 
 SHAPE = sink_section(WebhookSinkConfig, "webhook", [
     Key("url", s.url(), "`http://` or `https://` URL", "where the JSON document is POSTed", required=True),
-    timeout_key("one attempt fails after this long"),
+    TIMEOUT_KEY,
     *HTTP_KEYS,
 ], checks=[check_http])
 

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import tempfile
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from portwatch.alerts.notification import Notification, document
 from portwatch.alerts.sinks.base import sink_section, TIMEOUT_KEY
@@ -33,6 +30,9 @@ from portwatch.alerts.sinks.core import NamedSink, SinkContext, SinkError
 import portwatch.config.schema as s
 from portwatch.config.schema import Key
 from portwatch.model.text import os_error_text
+
+if TYPE_CHECKING:
+    import subprocess
 
 __all__ = ["SHAPE", "ExecSink", "ExecSinkConfig", "build"]
 
@@ -77,6 +77,8 @@ def _environment(note: Notification, base: Mapping[str, str]) -> dict[str, str]:
 
 def _kill_session(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the command's session (its process group, as it is the session leader)."""
+    import signal
+
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -94,6 +96,10 @@ class ExecSink(NamedSink):
 
     def send(self, note: Notification) -> None:
         """Run the command for ``note``. Raises :class:`SinkError` (always temporary)."""
+        # Imported here: the config loader imports this module for its SHAPE, on every CLI run.
+        import subprocess
+        import tempfile
+
         payload = json.dumps(document(note)).encode("utf-8")
         program = self._command[0]
         with tempfile.TemporaryFile() as err:

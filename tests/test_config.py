@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -914,3 +915,80 @@ def test_schema_keys_walks_nested_lists_and_kinds() -> None:
     assert "web.basic_auth_users" in keys
     assert {f"severities.{k.value}" for k in Kind} <= set(keys)
     assert len(keys) == len(set(keys))
+
+
+# --------------------------------------------------------------------------
+# Hostile files: a clear error (exit 2), never a traceback
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """``portwatch check-config path`` (bounded in time: a FIFO must not hang it)."""
+    return subprocess.run([str(PORTWATCH), "check-config", str(path)], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+HOSTILE = [
+    pytest.param(b"interval: 15s\x7f\n",
+                 "line 1, column 14: invalid YAML: control character #x007f is not allowed"
+                 " (write it as an escape in a double-quoted string)", id="control-character"),
+    pytest.param(b"interval: 1" + b"0" * 400 + b"\n",
+                 "interval: must be a number of seconds or a duration such as '15s', '1m30s' or '500ms',"
+                 " got an integer of about 401 digits", id="huge-integer-duration"),
+    pytest.param(b'interval: "1' + b"0" * 400 + b's"\n',
+                 "interval: must be a number of seconds or a duration such as '15s', '1m30s' or '500ms',"
+                 " got '1" + "0" * 75 + "...", id="huge-duration-string"),
+    pytest.param(b"thresholds: {close_wait: " + b"9" * 5000 + b"}\n",
+                 "line 1, column 26: invalid YAML: an integer of 5000 digits is too long (at most 4000)",
+                 id="integer-beyond-python-conversion-limit"),
+    pytest.param(b"thresholds: {close_wait: 1" + b"0" * 3900 + b"}\n",
+                 "thresholds.close_wait: must be 1..9223372036854775807, got an integer of about 3901 digits",
+                 id="13000-bit-threshold"),
+    pytest.param(b"x: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+                 "invalid YAML: the document is nested too deeply", id="deep-nesting"),
+    pytest.param(b"interval: !!set {a: null}\n",
+                 "interval: must be a number of seconds or a duration such as '15s', '1m30s' or '500ms',"
+                 " got a set", id="yaml-set"),
+    pytest.param(b"interval: 2024-01-01\n",
+                 "interval: must be a number of seconds or a duration such as '15s', '1m30s' or '500ms',"
+                 " got '2024-01-01'", id="yaml-timestamp"),
+    pytest.param("ignore: [{port: \"٤٠٠٠٠-٤٠١٠٠\"}]\n".encode(),
+                 "ignore[0].port: must be a port 1..65535 or a range such as '40000-40100', got '٤٠٠٠٠-٤٠١٠٠'",
+                 id="non-ascii-digits-in-a-port-range"),
+    pytest.param("interval: \"١٥s\"\n".encode(),
+                 "interval: must be a number of seconds or a duration such as '15s', '1m30s' or '500ms',"
+                 " got '١٥s'", id="non-ascii-digits-in-a-duration"),
+]
+
+
+@pytest.mark.parametrize("content, error", HOSTILE)
+def test_hostile_file_gives_one_clear_error_and_exit_2(tmp_path: Path, content: bytes, error: str) -> None:
+    path = tmp_path / "portwatch.yaml"
+    path.write_bytes(content)
+    assert load_errors(path).errors == [error]
+    proc = check_config(path)
+    assert proc.returncode == 2
+    assert proc.stderr == f"{path}: {error}\n"
+    assert "Traceback" not in proc.stderr and "sys.set_int_max_str_digits" not in proc.stderr
+
+
+def test_check_config_on_a_fifo_exits_2_without_hanging(tmp_path: Path) -> None:
+    path = tmp_path / "portwatch.yaml"
+    os.mkfifo(path)
+    proc = check_config(path)
+    assert (proc.returncode, proc.stderr) == (2, f"{path}: cannot read: not a regular file\n")
+
+
+def test_scan_parses_a_servers_config_whose_tls_files_are_elsewhere(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "web: {tls_cert_file: /nonexistent/a.crt, tls_key_file: /nonexistent/a.key}\n")
+    assert check_config(path).returncode == 2
+    assert load_config(path, preflight=False).web.tls
+
+
+def test_twenty_thousand_services_validate_quickly(tmp_path: Path) -> None:
+    path = tmp_path / "portwatch.yaml"
+    path.write_text("services:\n" + "".join(f"  - {{name: s{i}, port: {1 + i % 65535}, protocol: "
+                                            f"{'tcp' if i < 10000 else 'udp'}}}\n" for i in range(20000)))
+    started = time.monotonic()
+    config = load_config(path)
+    assert len(config.services) == 20000
+    assert time.monotonic() - started < 5.0  # 6.5 s before libyaml's parser was used

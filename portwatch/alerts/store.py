@@ -67,6 +67,23 @@ def _number(value: object, name: str) -> float:
     return float(value)
 
 
+def _refuse_non_finite(entry: object) -> None:
+    """Raise ``ValueError`` when ``entry`` holds NaN or an infinity anywhere (the writer refuses them).
+
+    Python's JSON reader accepts ``NaN`` and ``Infinity``; kept, such an entry
+    would make every later save fail. Walks without recursion.
+    """
+    todo = [entry]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("holds a number that is not finite (NaN or Infinity)")
+        if isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+
+
 def _alert_from_dict(data: object) -> AlertState:
     if not isinstance(data, dict):
         raise ValueError("not an object")
@@ -114,6 +131,7 @@ def from_document(doc: object) -> tuple[Saved, list[str]]:
     alerts: dict[str, AlertState] = {}
     for i, entry in enumerate(raw_alerts):
         try:
+            _refuse_non_finite(entry)
             a = _alert_from_dict(entry)
         except ValueError as exc:
             problems.append(f"alerts[{i}]: {exc}")
@@ -124,6 +142,7 @@ def from_document(doc: object) -> tuple[Saved, list[str]]:
         try:
             if not isinstance(entry, dict):
                 raise ValueError("not an object")
+            _refuse_non_finite(entry)
             attempts = entry.get("attempts", 0)
             if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
                 raise ValueError("attempts is not a count")

@@ -12,6 +12,7 @@ I/O, cheap to import: :mod:`portwatch.config.types` and the sink modules use it)
 
 from __future__ import annotations
 
+import datetime as _dt
 import difflib
 import ipaddress
 import math
@@ -42,11 +43,21 @@ _HOSTNAME_RE = re.compile(
     r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
 )
+#: The largest integer any key takes (a key without its own upper bound): 2**63 - 1.
+MAX_INTEGER = 2**63 - 1
 _PORT_RANGE_RE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", re.ASCII)
 
 
+#: Integers with more digits than this are shown by their size, not spelled out.
+_SHOWN_DIGITS = 40
+
+
 def show(value: object) -> str:
-    """A value as an error message quotes it: YAML spelling for scalars, the type for containers."""
+    """A value as an error message quotes it: YAML spelling for scalars, the type for containers.
+
+    Never raises, whatever YAML built: a huge integer is shown by its size,
+    a ``!!set`` as a set, ``!!binary`` as binary data, a timestamp in ISO form.
+    """
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -55,6 +66,14 @@ def show(value: object) -> str:
         return "a mapping"
     if isinstance(value, (list, tuple)):
         return "a list"
+    if isinstance(value, (set, frozenset)):
+        return "a set"
+    if isinstance(value, (bytes, bytearray)):
+        return "binary data"
+    if isinstance(value, int) and value.bit_length() > _SHOWN_DIGITS * 3.33:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    if isinstance(value, (_dt.date, _dt.time)):
+        return repr(value.isoformat())
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -71,7 +90,10 @@ def finite_number(value: object) -> float | None:
     """``value`` as a finite float when it is an int or float (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond a float's range
+        return None
     return number if math.isfinite(number) else None
 
 
@@ -84,7 +106,7 @@ _DURATION_UNITS: tuple[tuple[str, float], ...] = (
     ("s", 1.0),
     ("ms", 0.001),
 )
-_DURATION_RE = re.compile("".join(rf"(?:(\d+){unit})?" for unit, _ in _DURATION_UNITS))
+_DURATION_RE = re.compile("".join(rf"(?:([0-9]{{1,15}}){unit})?" for unit, _ in _DURATION_UNITS))
 
 
 def parse_duration(text: str) -> float:
@@ -94,7 +116,7 @@ def parse_duration(text: str) -> float:
     most once. Returns the total in seconds (a float). Raises ``ValueError``
     for anything else, including the empty string and a bare number.
     """
-    match = _DURATION_RE.fullmatch(text)
+    match = _DURATION_RE.fullmatch(text) if isinstance(text, str) else None
     if not text or match is None:
         raise ValueError(f"not a duration such as '15s', '1m30s' or '500ms': {text!r}")
     return sum(
@@ -192,10 +214,12 @@ def integer(value: object, low: int, high: int | None = None) -> int:
     """An int in ``low..high`` (``high`` None = no upper bound); bools and floats are refused."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"must be an integer, got {show(value)}")
+    if high is None and value > MAX_INTEGER:
+        raise ValueError(f"must be {low}..{MAX_INTEGER}, got {show(value)}")
     if high is None and value < low:
-        raise ValueError(f"must be >= {low}, got {value}")
+        raise ValueError(f"must be >= {low}, got {show(value)}")
     if high is not None and not low <= value <= high:
-        raise ValueError(f"must be {low}..{high}, got {value}")
+        raise ValueError(f"must be {low}..{high}, got {show(value)}")
     return value
 
 

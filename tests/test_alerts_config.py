@@ -255,7 +255,7 @@ def test_preflight_names_exec_programs_that_cannot_run(tmp_path: Path) -> None:
     ]
 
 
-def test_defaults() -> None:
+def test_without_alerts_section_warnings_go_to_the_builtin_journal_sink() -> None:
     config = Config()
     assert config.alerts.rules == DEFAULT_ALERT_RULES
     assert DEFAULT_ALERT_RULES == (AlertRule("default", ("journal",), min_severity=Severity.WARNING),)
@@ -265,7 +265,7 @@ def test_defaults() -> None:
     assert alerts("alerts:\n  rules: []\n").rules == ()  # no rules: nothing alerts
 
 
-def test_full_alerts_section(tmp_path: Path) -> None:
+def test_every_alerts_key_builds_and_round_trips(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("t\n")
     a = alerts(f"""

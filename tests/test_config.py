@@ -432,7 +432,7 @@ GOOD = [
 
 
 @pytest.mark.parametrize("text, expected", GOOD)
-def test_good_config(text: str, expected: Config) -> None:
+def test_good_config_builds_the_expected_dataclasses(text: str, expected: Config) -> None:
     assert parse(text) == expected
 
 
@@ -467,12 +467,12 @@ DURATIONS = [
 
 
 @pytest.mark.parametrize("text, seconds", DURATIONS)
-def test_parse_duration(text: str, seconds: float) -> None:
+def test_duration_strings_give_seconds(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("text", ["", "15", "1.5m", "30s1m", "1m1m", "5 s", "-1s", "1M", "s", "1x"])
-def test_parse_duration_rejects(text: str) -> None:
+def test_malformed_durations_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
 
@@ -489,7 +489,7 @@ LISTEN_OK = [
 
 
 @pytest.mark.parametrize("text, expected", LISTEN_OK)
-def test_parse_listen_address(text: str, expected: tuple[str, int]) -> None:
+def test_listen_address_splits_into_host_and_port(text: str, expected: tuple[str, int]) -> None:
     assert parse_listen_address(text) == expected
     assert WebConfig(listen_address=text).host == expected[0]
     assert WebConfig(listen_address=text).port == expected[1]
@@ -511,7 +511,7 @@ LISTEN_BAD = [
 
 
 @pytest.mark.parametrize("text, message", LISTEN_BAD)
-def test_parse_listen_address_rejects(text: str, message: str) -> None:
+def test_malformed_listen_address_is_refused_with_the_reason(text: str, message: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_listen_address(text)
     assert str(info.value) == message
@@ -521,7 +521,7 @@ def test_parse_listen_address_rejects(text: str, message: str) -> None:
 # Loading files
 
 
-def test_no_file_gives_defaults() -> None:
+def test_no_file_gives_the_defaults() -> None:
     assert load_config(None) == Config()
 
 
@@ -556,7 +556,7 @@ def load_errors(path: Path) -> ConfigError:
     return info.value
 
 
-def test_missing_file(tmp_path: Path) -> None:
+def test_missing_file_is_named_in_the_error(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     err = load_errors(path)
     assert err.source == str(path)
@@ -564,7 +564,7 @@ def test_missing_file(tmp_path: Path) -> None:
     assert str(err) == f"{path}: cannot read: no such file"
 
 
-def test_directory(tmp_path: Path) -> None:
+def test_directory_is_not_read_as_a_config(tmp_path: Path) -> None:
     assert load_errors(tmp_path).errors == ["cannot read: is a directory, not a YAML file"]
 
 
@@ -648,7 +648,7 @@ def test_unsafe_tags_are_refused(tmp_path: Path) -> None:
     assert error.startswith("line 1, column 11: invalid YAML: could not determine a constructor")
 
 
-def test_not_utf8(tmp_path: Path) -> None:
+def test_non_utf8_file_names_the_byte_offset(tmp_path: Path) -> None:
     path = tmp_path / "portwatch.yaml"
     path.write_bytes(b"interval: 15s\n# caf\xe9\n")
     assert load_errors(path).errors == ["not UTF-8 text: invalid byte at offset 19"]
@@ -681,7 +681,7 @@ def test_config_error_without_a_file() -> None:
 # TLS files
 
 
-def test_tls_files_that_exist(tmp_path: Path) -> None:
+def test_existing_tls_files_enable_https(tmp_path: Path) -> None:
     cert, key, ca = (tmp_path / n for n in ("c.pem", "k.pem", "ca.pem"))
     for p in (cert, key, ca):
         p.write_text("-----BEGIN-----\n")
@@ -725,7 +725,7 @@ def test_preflight_names_a_missing_client_ca(tmp_path: Path) -> None:
     assert load_errors(path).errors == ["web.tls_client_ca_file: cannot read '/nonexistent/ca.crt': no such file"]
 
 
-def test_tls_file_that_is_a_directory(tmp_path: Path) -> None:
+def test_tls_file_that_is_a_directory_is_refused(tmp_path: Path) -> None:
     key = tmp_path / "k.pem"
     key.write_text("x")
     path = write_config(tmp_path, f"web: {{tls_cert_file: {tmp_path}, tls_key_file: {key}}}\n")
@@ -753,7 +753,7 @@ def test_tls_file_permission_denied_for_an_unprivileged_user() -> None:
     assert proc.stderr.strip() == f"{path}: web.tls_key_file: cannot read '{key}': permission denied"
 
 
-def test_tls_key_without_cert(tmp_path: Path) -> None:
+def test_tls_key_without_certificate_is_an_error(tmp_path: Path) -> None:
     key = tmp_path / "k.pem"
     key.write_text("x")
     assert errors_of(f"web: {{tls_key_file: {key}}}\n") == [
@@ -821,7 +821,7 @@ MATCHES = [
 
 
 @pytest.mark.parametrize("rule, finding, expected", MATCHES)
-def test_ignore_matches(rule: IgnoreRule, finding: Finding, expected: bool) -> None:
+def test_ignore_rule_drops_a_finding_only_when_every_field_matches(rule: IgnoreRule, finding: Finding, expected: bool) -> None:
     assert ignore_matches(rule, finding) is expected
 
 

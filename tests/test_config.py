@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -992,3 +994,34 @@ def test_twenty_thousand_services_validate_quickly(tmp_path: Path) -> None:
     config = load_config(path)
     assert len(config.services) == 20000
     assert time.monotonic() - started < 5.0  # 6.5 s before libyaml's parser was used
+
+
+# --------------------------------------------------------------------------
+# Layering: the types are cheap and pure; each sink owns its shape
+
+
+@pytest.mark.parametrize("module", ["portwatch.config", "portwatch.config.types", "portwatch.alerts.rules"])
+def test_importing_the_types_does_not_import_yaml_or_the_sinks(module: str) -> None:
+    code = (f"import sys, {module}; "
+            "print(sorted(m for m in sys.modules if m == 'yaml' or m.startswith('portwatch.alerts.sinks')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_every_sink_type_comes_from_its_own_module() -> None:
+    from portwatch.alerts.sinks import SINK_MODULES, sink_shapes
+
+    shapes = sink_shapes()
+    assert list(shapes) == list(SINK_MODULES) == ["journal", "webhook", "alertmanager", "exec"]
+    for sink_type, shape in shapes.items():
+        assert shape.cls.__module__ == SINK_MODULES[sink_type]
+        [type_field] = [f for f in dataclasses.fields(shape.cls) if f.name == "type"]
+        assert type_field.default == sink_type
+        assert shape.fields[0].name == "type" and shape.fields[0].required
+
+
+def test_a_section_whose_keys_miss_a_field_is_refused_when_written() -> None:
+    from portwatch.config import schema
+
+    with pytest.raises(TypeError, match="must fill each field once"):
+        schema.Section(Thresholds, [schema.Key("close_wait", schema.integer(1), "integer", "x")])

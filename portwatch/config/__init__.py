@@ -56,11 +56,15 @@ from portwatch.config.types import (
 )
 
 if TYPE_CHECKING:
-    from portwatch.alerts.sinks.alertmanager import AlertmanagerSinkConfig
-    from portwatch.alerts.sinks.exec import ExecSinkConfig
-    from portwatch.alerts.sinks.journal import JournalSinkConfig
-    from portwatch.alerts.sinks.webhook import WebhookSinkConfig
-    from portwatch.config.loading import config_to_dict, load_config, load_yaml, parse_config, schema_keys
+    from portwatch.alerts.sinks.alertmanager import AlertmanagerSinkConfig as AlertmanagerSinkConfig
+    from portwatch.alerts.sinks.exec import ExecSinkConfig as ExecSinkConfig
+    from portwatch.alerts.sinks.journal import JournalSinkConfig as JournalSinkConfig
+    from portwatch.alerts.sinks.webhook import WebhookSinkConfig as WebhookSinkConfig
+    from portwatch.config.loading import config_to_dict as config_to_dict
+    from portwatch.config.loading import load_config as load_config
+    from portwatch.config.loading import load_yaml as load_yaml
+    from portwatch.config.loading import parse_config as parse_config
+    from portwatch.config.loading import schema_keys as schema_keys
 
 __all__ = [
     "BCRYPT_HINT", "BUILTIN_SINK", "DEFAULT_ALERT_RULES", "DEFAULT_LISTEN_ADDRESS", "DEFAULT_PORT",

@@ -154,10 +154,10 @@ class Section(Node):
         self.cls = cls
         self.fields = tuple(keys)
         self._checks = tuple(checks)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = [k.field_name for k in keys if k.field_name not in names]
-        if unknown:
-            raise TypeError(f"{cls.__name__} has no field {unknown}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        given = [k.field_name for k in keys]
+        if sorted(names) != sorted(given):
+            raise TypeError(f"the keys of {cls.__name__} must fill each field once: fields {names}, keys {given}")
 
     def parse(self, value: object, path: str, errors: list[str]) -> Any:
         if value is None:

@@ -16,8 +16,9 @@ Prometheus client and the delivery threads.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from portwatch.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from portwatch.alerts.engine import Alerting as Alerting
@@ -56,12 +57,4 @@ __all__ = [
     "SinkError", "Status", "dry_run", "evaluate", "rule_matches",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """A public name of this package, imported from its module on first use."""
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _NAMES, globals())

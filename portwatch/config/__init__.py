@@ -24,7 +24,9 @@ May import: everything in this package; nothing imports this package's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from portwatch.lazy import lazy_getattr
 
 from portwatch.config.grammar import (
     BCRYPT_HINT,
@@ -88,14 +90,4 @@ _LAZY = {
     "ExecSinkConfig": "portwatch.alerts.sinks.exec",
 }
 
-
-def __getattr__(name: str) -> Any:
-    """The names of :data:`_LAZY`, imported from their module on first use."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

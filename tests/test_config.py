@@ -984,6 +984,10 @@ def test_scan_parses_a_servers_config_whose_tls_files_are_elsewhere(tmp_path: Pa
     path = write_config(tmp_path, "web: {tls_cert_file: /nonexistent/a.crt, tls_key_file: /nonexistent/a.key}\n")
     assert check_config(path).returncode == 2
     assert load_config(path, preflight=False).web.tls
+    scan = subprocess.run([str(PORTWATCH), "scan", "--config", str(path), "--fail-on", "never", "--format", "json"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert (scan.returncode, scan.stderr) == (0, "")
+    assert json.loads(scan.stdout)["schema"] == 1
 
 
 def test_twenty_thousand_services_validate_quickly(tmp_path: Path) -> None:

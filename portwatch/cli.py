@@ -82,10 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: Path | None) -> Config:
+def _load(path: Path | None, *, preflight: bool = False) -> Config:
+    """The configuration at ``path`` (None: the defaults). Raises ConfigError.
+
+    Without ``preflight`` the files it names (TLS, CA, tokens, exec programs)
+    are not checked: ``scan`` and ``reserve`` never use them, so a server's
+    configuration can be scanned with on a workstation.
+    """
     from portwatch.config import load_config
 
-    return load_config(path)
+    return load_config(path, preflight=preflight)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -146,8 +152,8 @@ def _render_dry_run(entries: Sequence[DryRunEntry]) -> str:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """``portwatch check-config FILE``: 0 when valid (errors raise ConfigError)."""
-    config = _load(args.file)
+    """``portwatch check-config FILE``: 0 when valid and its files usable (errors raise ConfigError)."""
+    config = _load(args.file, preflight=True)
     print(f"{args.file}: valid ({len(config.services)} services, {len(config.ignore)} ignore rules, "
           f"interval {config.interval:g}s)")
     return EXIT_OK

@@ -20,9 +20,11 @@ from portwatch.config import (
     JournalSinkConfig,
     WebhookSinkConfig,
     config_to_dict,
+    load_config,
     load_yaml,
     parse_config,
 )
+from portwatch.alerts.sinks import all_sinks
 from portwatch.model import Kind, PortRange, Severity
 
 
@@ -181,15 +183,11 @@ BAD = [
           sinks:
             x: {type: exec, command: [run-me]}
             y: {type: exec, command: /bin/true}
-            z: {type: exec, command: [/nonexistent/prog]}
-            t: {type: exec, command: [/etc/passwd]}
             u: {type: exec, command: [/bin/true], url: "http://x/"}
         """,
         ["alerts.sinks.x.command: the program must be an absolute path (no shell, no PATH lookup), got 'run-me'",
          "alerts.sinks.y.command: must be a non-empty list of strings (program and arguments; no shell),"
          " got '/bin/true'",
-         "alerts.sinks.z.command: cannot execute '/nonexistent/prog': no such file",
-         "alerts.sinks.t.command: cannot execute '/etc/passwd': not executable by this user",
          "alerts.sinks.u: unknown key 'url'"],
         id="exec-keys"),
     pytest.param("alerts: [1]\n", ["alerts: this section must be a mapping of keys, got a list"], id="not-a-mapping"),
@@ -218,24 +216,56 @@ def test_token_file_and_authorization_header_exclude_each_other(tmp_path: Path) 
           sinks:
             w: {{type: webhook, url: "http://x/", bearer_token_file: {token}, headers: {{authorization: x}}}}
         """) == ["alerts.sinks.w.headers: sets Authorization, and so does bearer_token_file: use one of them"]
-    assert errors_of("""
+
+
+def load_errors_of(tmp_path: Path, text: str) -> list[str]:
+    """The errors load_config (with its preflight) reports for the file holding ``text``."""
+    path = tmp_path / "portwatch.yaml"
+    path.write_text(textwrap.dedent(text))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.errors
+
+
+def test_preflight_names_a_missing_token_file(tmp_path: Path) -> None:
+    text = """
         alerts:
           sinks:
             w: {type: webhook, url: "http://x/", bearer_token_file: /nonexistent/token}
-        """) == ["alerts.sinks.w.bearer_token_file: cannot read '/nonexistent/token': no such file"]
+        """
+    assert alerts(text).sinks["w"] == WebhookSinkConfig(url="http://x/", bearer_token_file=Path("/nonexistent/token"))
+    assert load_errors_of(tmp_path, text) == [
+        "alerts.sinks.w.bearer_token_file: cannot read '/nonexistent/token': no such file"]
 
 
-def test_defaults() -> None:
+def test_preflight_names_exec_programs_that_cannot_run(tmp_path: Path) -> None:
+    text = """
+        alerts:
+          sinks:
+            z: {type: exec, command: [/nonexistent/prog]}
+            t: {type: exec, command: [/etc/passwd]}
+            d: {type: exec, command: [/etc]}
+            ok: {type: exec, command: [/bin/true]}
+        """
+    assert set(alerts(text).sinks) == {"z", "t", "d", "ok"}  # parsing reads no file
+    assert load_errors_of(tmp_path, text) == [
+        "alerts.sinks.z.command: cannot execute '/nonexistent/prog': no such file",
+        "alerts.sinks.t.command: cannot execute '/etc/passwd': not executable by this user",
+        "alerts.sinks.d.command: cannot execute '/etc': not a regular file",
+    ]
+
+
+def test_without_alerts_section_warnings_go_to_the_builtin_journal_sink() -> None:
     config = Config()
     assert config.alerts.rules == DEFAULT_ALERT_RULES
     assert DEFAULT_ALERT_RULES == (AlertRule("default", ("journal",), min_severity=Severity.WARNING),)
-    assert config.alerts.sinks == {} and config.alerts.all_sinks == {"journal": JournalSinkConfig()}
+    assert config.alerts.sinks == {} and all_sinks(config.alerts) == {"journal": JournalSinkConfig()}
     assert alerts("alerts:\n") == AlertsConfig()
     assert alerts("alerts:\n  rules:\n") == AlertsConfig()
     assert alerts("alerts:\n  rules: []\n").rules == ()  # no rules: nothing alerts
 
 
-def test_full_alerts_section(tmp_path: Path) -> None:
+def test_every_alerts_key_builds_and_round_trips(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("t\n")
     a = alerts(f"""

@@ -197,3 +197,25 @@ def test_state_document_round_trip(tmp_path: Path) -> None:
     assert problems == ["pending[0]: attempts is not a count", "pending[1]: not an object"]
     with pytest.raises(ValueError, match="unsupported version"):
         from_document({**doc, "version": 99})
+
+
+def test_nan_in_saved_state_is_skipped_so_the_next_save_succeeds(tmp_path: Path) -> None:
+    # Python's JSON reader accepts NaN; kept, it made every later save raise in the writer thread.
+    alert = AlertState("r/A", "r", "A", Severity.WARNING, since=1.0, fired_at=2.0, finding={"key": "A"},
+                       send_resolved=True, notified={"s": 2.0})
+    good = AlertState("r/B", "r", "B", Severity.WARNING, since=1.0, fired_at=2.0, finding={"key": "B"},
+                      send_resolved=True, notified={"s": 2.0})
+    path = tmp_path / "alerts.json"
+    write_atomic(path, to_document({"r/A": alert, "r/B": good}, [(n("new:A"), 0), (n("new:B"), 0)], 9.0))
+    text = path.read_text()
+    text = text.replace('"key": "A"', '"key": "A", "x": NaN', 2)
+    assert text.count("NaN") == 2  # one in the alert's finding, one in a pending notification's
+    path.write_text(text)
+    warnings: list[str] = []
+    saved = load(path, warn=warnings.append)
+    assert list(saved.alerts) == ["r/B"]
+    assert [note.alert_key for note, _ in saved.pending] == ["B"]
+    assert len(warnings) == 1 and "skipped 2 malformed entries" in warnings[0]
+    assert "not finite" in warnings[0]
+    write_atomic(path, to_document(saved.alerts, saved.pending, 10.0))  # raised ValueError before
+    assert "NaN" not in path.read_text()

@@ -120,7 +120,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("rules, steps, policies, expected", CASES)
-def test_rule_engine(rules: list[AlertRule], steps: list[tuple[float, list[Finding]]],
+def test_alerts_fire_repeat_and_resolve_as_the_rules_say(rules: list[AlertRule], steps: list[tuple[float, list[Finding]]],
                      policies: dict[str, SinkPolicy] | None, expected: list[Event]) -> None:
     assert run(rules, steps, policies) == expected
 
@@ -148,7 +148,7 @@ MATCH = [
 
 
 @pytest.mark.parametrize("r, f, expected", MATCH)
-def test_rule_matches(r: AlertRule, f: Finding, expected: bool) -> None:
+def test_rule_matches_a_finding_only_when_every_matcher_matches(r: AlertRule, f: Finding, expected: bool) -> None:
     assert rule_matches(r, f) is expected
 
 
@@ -192,7 +192,7 @@ def test_same_finding_twice_in_one_scan_is_one_alert() -> None:
     assert len(r.notifications) == 1 and list(r.alerts) == ["r/A"]
 
 
-def test_dry_run() -> None:
+def test_dry_run_shows_which_rules_would_fire_and_where_without_sending() -> None:
     config = AlertsConfig(rules=(
         rule("quiet", sinks=(), kinds=(Kind.RANGE_MISCONFIGURED,)),
         rule("page", sinks=("hook", "am"), kinds=(Kind.SELF_CONNECT,), continue_=True),

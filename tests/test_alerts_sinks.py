@@ -200,7 +200,7 @@ alerts:
 """)).alerts
 
 
-def test_journal_entry_fields(tmp_path: Path, started: list[Alerting]) -> None:
+def test_journal_entry_carries_the_alert_fields(tmp_path: Path, started: list[Alerting]) -> None:
     entries: list[Mapping[str, str]] = []
     alerting = make(journal_config(), tmp_path, started, CollectorRegistry(), journal=entries.append)
     alerting.process([A, B], 1000.0)

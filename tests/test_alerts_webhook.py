@@ -100,7 +100,7 @@ def docs(requests: Sequence[Any]) -> list[dict[str, Any]]:
     return [r.json for r in requests]
 
 
-def test_payload_and_headers(harness: Harness, receiver: Receiver, tmp_path: Path,
+def test_webhook_posts_the_document_with_headers_and_token(harness: Harness, receiver: Receiver, tmp_path: Path,
                              caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     token_file = tmp_path / "token"
@@ -398,7 +398,7 @@ alerts:
         other.stop()
 
 
-def test_firing_metric(harness: Harness, receiver: Receiver) -> None:
+def test_firing_alerts_are_counted_in_a_metric(harness: Harness, receiver: Receiver) -> None:
     alerting = harness.new(webhook_config(receiver.url, rule="      for: 1m"))
     alerting.process([A, B], 1000.0)
     assert harness.metric("portwatch_alerts_pending", rule="page") == 2

@@ -38,11 +38,12 @@ from portwatch.alerts.sinks import (
     Sink,
     SinkBuildError,
     SinkContext,
+    all_sinks,
     build_sink,
     default_journal_send,
 )
 from portwatch.alerts.store import ALERTS_FILE, StateWriter, load, to_document
-from portwatch.config import AlertsConfig, SinkConfig
+from portwatch.config.types import AlertsConfig, SinkConfig
 from portwatch.model import Finding, Severity
 
 __all__ = ["Alerting", "SinkFactory"]
@@ -116,7 +117,7 @@ class Alerting:
         self._started = False
         self._stopped = False
         for name, sink in sinks.items():
-            self._add_sink(name, sink, config.all_sinks[name])
+            self._add_sink(name, sink, all_sinks(config)[name])
         self._update_gauges()
 
     # -- properties for the daemon and tests
@@ -225,7 +226,7 @@ class Alerting:
                                       name, left)
                 self._metrics.remove_sink(name)
             for name, sink in sinks.items():
-                cfg = config.all_sinks[name]
+                cfg = all_sinks(config)[name]
                 worker = self._workers.get(name)
                 if worker is None:
                     self._add_sink(name, sink, cfg)
@@ -291,7 +292,7 @@ class Alerting:
     def _build_all(self, config: AlertsConfig) -> dict[str, Sink]:
         sinks: dict[str, Sink] = {}
         errors: list[str] = []
-        for name, cfg in config.all_sinks.items():
+        for name, cfg in all_sinks(config).items():
             try:
                 sinks[name] = self._factory(name, cfg, self._context)
             except SinkBuildError as exc:

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import IO, Any, Mapping
 
 from portwatch import __version__
-from portwatch.alerts.sinks import SinkBuildError, SinkError
-from portwatch.config import redact_url
+from portwatch.alerts.sinks.core import SinkBuildError, SinkError
+from portwatch.config.grammar import redact_url
+from portwatch.model.text import os_error_text
 
 __all__ = ["HttpPoster", "read_token", "redact_url"]
 
@@ -41,8 +42,7 @@ def read_token(path: Path) -> str:
     try:
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise SinkBuildError(f"cannot read bearer_token_file {str(path)!r}: {reason}") from None
+        raise SinkBuildError(f"cannot read bearer_token_file {str(path)!r}: {os_error_text(exc)}") from None
     if not token or any(c in token for c in "\r\n\0"):
         raise SinkBuildError(f"bearer_token_file {str(path)!r} is empty or holds more than one line")
     return token
@@ -117,7 +117,7 @@ class HttpPoster:
                             permanent=not temporary, retry_after=_retry_after(exc.headers, time.time())) from None
         except urllib.error.URLError as exc:
             reason = exc.reason
-            text = getattr(reason, "strerror", None) or str(reason)
+            text = os_error_text(reason) if isinstance(reason, BaseException) else str(reason)
             raise SinkError(f"cannot reach {shown}: {text}") from None
         except (socket.timeout, TimeoutError):
             raise SinkError(f"{shown} did not answer within {self.timeout:g}s") from None

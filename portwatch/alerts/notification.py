@@ -11,7 +11,6 @@ docs/alerting.md; additions are possible, removals or renames bump
 
 from __future__ import annotations
 
-import datetime as _dt
 import enum
 import math
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any, Mapping
 
 from portwatch import __version__
 from portwatch.model import Severity
+from portwatch.model.text import iso_time as _iso_time
 
 __all__ = ["DOCUMENT_VERSION", "Notification", "Reason", "Status", "document", "iso_time"]
 
@@ -44,8 +44,7 @@ class Reason(str, enum.Enum):
 
 def iso_time(ts: float) -> str:
     """A Unix time as RFC 3339 UTC with milliseconds: ``2024-05-01T12:00:00.000Z``."""
-    when = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _iso_time(ts, "milliseconds")
 
 
 @dataclass(frozen=True)

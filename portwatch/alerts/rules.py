@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
-from portwatch.config import AlertRule, AlertsConfig, finding_matches
+from portwatch.config.types import AlertRule, AlertsConfig, finding_matches
 from portwatch.model import Finding, Severity
 from portwatch.alerts.notification import Notification, Reason, Status
 
@@ -107,7 +107,7 @@ def rule_matches(rule: AlertRule, finding: Finding) -> bool:
 
     ``kinds``: the finding's kind is one of them; ``min_severity``: the
     finding's severity is at least this; ``ports``, ``address``, ``process``,
-    ``unit``: as :func:`portwatch.config.ignore_matches`. Pure; never raises.
+    ``unit``: as :func:`portwatch.config.types.ignore_matches`. Pure; never raises.
     """
     if rule.kinds is not None and finding.kind not in rule.kinds:
         return False

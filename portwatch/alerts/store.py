@@ -34,6 +34,7 @@ from portwatch.alerts.notification import Notification
 from portwatch.alerts.rules import AlertState
 from portwatch.jsonfile import read_document, write_atomic
 from portwatch.model import Severity
+from portwatch.model.text import os_error_text
 
 __all__ = ["ALERTS_FILE", "STORE_VERSION", "Saved", "StateWriter", "from_document", "load", "to_document",
            "write_atomic"]
@@ -64,6 +65,23 @@ def _number(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} is not a finite number")
     return float(value)
+
+
+def _refuse_non_finite(entry: object) -> None:
+    """Raise ``ValueError`` when ``entry`` holds NaN or an infinity anywhere (the writer refuses them).
+
+    Python's JSON reader accepts ``NaN`` and ``Infinity``; kept, such an entry
+    would make every later save fail. Walks without recursion.
+    """
+    todo = [entry]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("holds a number that is not finite (NaN or Infinity)")
+        if isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
 
 
 def _alert_from_dict(data: object) -> AlertState:
@@ -113,6 +131,7 @@ def from_document(doc: object) -> tuple[Saved, list[str]]:
     alerts: dict[str, AlertState] = {}
     for i, entry in enumerate(raw_alerts):
         try:
+            _refuse_non_finite(entry)
             a = _alert_from_dict(entry)
         except ValueError as exc:
             problems.append(f"alerts[{i}]: {exc}")
@@ -123,6 +142,7 @@ def from_document(doc: object) -> tuple[Saved, list[str]]:
         try:
             if not isinstance(entry, dict):
                 raise ValueError("not an object")
+            _refuse_non_finite(entry)
             attempts = entry.get("attempts", 0)
             if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
                 raise ValueError("attempts is not a count")
@@ -141,7 +161,7 @@ def load(path: Path, warn: Callable[[str], None] = log.warning,
         info(f"no alert state {path} yet: no firing alerts, nothing pending")
         return Saved()
     except OSError as exc:
-        warn(f"cannot read alert state {path}: {exc.strerror or exc}; starting with no firing alerts")
+        warn(f"cannot read alert state {path}: {os_error_text(exc)}; starting with no firing alerts")
         return Saved()
     except ValueError as exc:
         warn(f"alert state {path} is corrupt ({exc}); starting with no firing alerts, it will be replaced")
@@ -204,7 +224,7 @@ class StateWriter:
             with self._io:
                 write_atomic(path, document)
         except OSError as exc:
-            message = f"cannot write alert state {path}: {exc.strerror or exc}"
+            message = f"cannot write alert state {path}: {os_error_text(exc)}"
             if message != self._last_error:
                 self._warn(message + "; alerting goes on in memory (firing alerts may be sent again"
                                      " after a restart)")

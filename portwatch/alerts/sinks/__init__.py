@@ -1,51 +1,55 @@
-"""Sinks: where notifications go. One module per sink type, each with the same interface.
+"""Sinks: where notifications go. The registry of sink types; one module per type.
 
-Every sink module (``journal``, ``webhook``, ``alertmanager``, ``exec``) has
-one function::
+Every sink module (``journal``, ``webhook``, ``alertmanager``, ``exec``)
+defines its config dataclass (a :class:`~portwatch.config.types.SinkConfig`),
+its ``SHAPE`` (the section of ``alerts.sinks.NAME`` for its type, see
+:mod:`portwatch.config.schema`) and::
 
-    build(name: str, config: <its own config dataclass>, context: SinkContext) -> Sink
+    build(name: str, config: <its config dataclass>, context: SinkContext) -> Sink
 
-that takes only its own section of the configuration (and the
-:class:`SinkContext` every sink shares) and returns an object with the
-:class:`Sink` interface. ``build`` may read files the configuration names
-(a bearer token) and raises :class:`SinkBuildError` when it cannot.
-:func:`build_sink` picks the module by the config's ``type``.
+Adding a sink type is one module here, one line in :data:`SINK_MODULES`, and
+its docs. :func:`sink_shapes` gives the config loader every type's shape;
+:func:`build_sink` builds a sink by its config's ``type``. The interface the
+sinks share is in :mod:`.core` (re-exported here).
 
-``Sink.send(notification)`` delivers one notification, synchronously, within
-the sink's own timeout. It returns on success and raises :class:`SinkError`
-on failure: temporary (the delivery worker retries with backoff) or
-``permanent`` (the receiver refused this notification for good: it is
-dropped and counted). A sink never retries by itself and never sleeps:
-the worker in :mod:`portwatch.alerts.delivery` does that, one per sink, off
-the scan loop.
+May import: :mod:`.core` and the standard library; sink modules are imported
+by name when needed (so the registry closes no import circle).
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
-import os
-import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping
 
-from portwatch.alerts.notification import Notification
-from portwatch.alerts.rules import SinkPolicy
-from portwatch.config import SinkConfig
+from portwatch.alerts.sinks.core import (
+    JournalSend,
+    NamedSink,
+    Sink,
+    SinkBuildError,
+    SinkContext,
+    SinkError,
+    default_journal_send,
+)
+from portwatch.config.types import BUILTIN_SINK, AlertsConfig, SinkConfig
+
+if TYPE_CHECKING:
+    from portwatch.config.schema import Section
 
 __all__ = [
+    "SINK_MODULES",
     "JournalSend",
+    "NamedSink",
     "Sink",
     "SinkBuildError",
     "SinkContext",
     "SinkError",
+    "all_sinks",
     "build_sink",
     "default_journal_send",
+    "sink_shapes",
 ]
 
-log = logging.getLogger("portwatch.alerts")
-
-#: ``type`` -> the module that builds sinks of that type.
+#: ``type`` -> the module that defines and builds sinks of that type (in the order errors list them).
 SINK_MODULES: Mapping[str, str] = {
     "journal": "portwatch.alerts.sinks.journal",
     "webhook": "portwatch.alerts.sinks.webhook",
@@ -53,105 +57,24 @@ SINK_MODULES: Mapping[str, str] = {
     "exec": "portwatch.alerts.sinks.exec",
 }
 
-#: Sends one journal entry: ``MESSAGE`` and the other fields, all strings.
-JournalSend = Callable[[Mapping[str, str]], None]
+
+def _module(sink_type: str) -> Any:
+    return importlib.import_module(SINK_MODULES[sink_type])
 
 
-class SinkError(Exception):
-    """A delivery attempt failed. The message says why (never with a secret in it).
-
-    ``permanent``: the receiver refused this notification for good (do not
-    retry); ``retry_after``: seconds the receiver asked to wait, if it did.
-    """
-
-    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-        self.retry_after = retry_after
+def sink_shapes() -> dict[str, Section]:
+    """Every sink type's config section, by type. Imports the sink modules (no I/O)."""
+    return {sink_type: _module(sink_type).SHAPE for sink_type in SINK_MODULES}
 
 
-class SinkBuildError(ValueError):
-    """A sink cannot be built from its configuration (e.g. its token file became unreadable)."""
-
-
-class Sink(Protocol):
-    """A place notifications go (see the module documentation)."""
-
-    @property
-    def name(self) -> str:
-        """The sink's name in ``alerts.sinks``."""
-        ...
-
-    @property
-    def policy(self) -> SinkPolicy:
-        """What the rule engine must know of this sink."""
-        ...
-
-    def send(self, note: Notification) -> None:
-        """Deliver ``note`` within the sink's timeout. Raises :class:`SinkError`."""
-        ...
-
-
-class NamedSink:
-    """What most sinks share: a name, and the default policy (the rule's
-    ``repeat_interval`` and ``send_resolved`` apply). Subclasses add ``send``."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        """The sink's name in ``alerts.sinks``."""
-        return self._name
-
-    @property
-    def policy(self) -> SinkPolicy:
-        """The rule's repeat_interval and send_resolved apply."""
-        return SinkPolicy()
-
-
-def _journal_socket_exists() -> bool:
-    return os.path.exists("/run/systemd/journal/socket")
-
-
-def default_journal_send(socket_exists: Callable[[], bool] = _journal_socket_exists) -> JournalSend | None:
-    """``systemd.journal.send`` wrapped to take a mapping, or None when there is no journal.
-
-    There is no journal when systemd-python is not installed or the journal's
-    socket does not exist (``sd_journal_send`` then fails silently).
-    """
-    if not socket_exists():
-        return None
-    try:
-        journal: Any = importlib.import_module("systemd.journal")
-    except ImportError:
-        return None
-
-    def send(fields: Mapping[str, str]) -> None:
-        rest = {k: v for k, v in fields.items() if k != "MESSAGE"}
-        journal.send(fields.get("MESSAGE", ""), **rest)
-
-    return send
-
-
-@dataclass(frozen=True)
-class SinkContext:
-    """What every sink may use besides its own configuration.
-
-    ``host``: this host's name (the alerts' ``instance``); ``clock``: Unix
-    time (Alertmanager's ``endsAt``); ``journal_send``: how the journal sink
-    writes an entry, None when there is no journal (it logs instead);
-    ``logger``: where sinks log.
-    """
-
-    host: str
-    clock: Callable[[], float] = time.time
-    journal_send: JournalSend | None = None
-    logger: logging.Logger = field(default=log)
+def all_sinks(config: AlertsConfig) -> dict[str, SinkConfig]:
+    """Every sink a rule may name: the built-in ``journal`` (unless the file defines one) and the file's."""
+    out: dict[str, SinkConfig] = {BUILTIN_SINK: _module(BUILTIN_SINK).JournalSinkConfig()}
+    out.update(config.sinks)
+    return out
 
 
 def build_sink(name: str, config: SinkConfig, context: SinkContext) -> Sink:
     """The sink ``config`` describes, built by the module of its type. Raises :class:`SinkBuildError`."""
-    module: Any = importlib.import_module(SINK_MODULES[config.type])
-    sink: Sink = module.build(name, config, context)
+    sink: Sink = _module(config.type).build(name, config, context)
     return sink

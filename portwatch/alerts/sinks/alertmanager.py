@@ -29,17 +29,72 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import replace
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-from portwatch.alerts.http import HttpPoster, read_token, redact_url
 from portwatch.alerts.notification import Notification, Reason, Status, iso_time
 from portwatch.alerts.rules import SinkPolicy
-from portwatch.alerts.sinks import SinkContext, SinkError
-from portwatch.config import AlertmanagerSinkConfig
+from portwatch.alerts.sinks.base import HTTP_KEYS, HttpSinkConfig, check_http, sink_section, TIMEOUT_KEY
+from portwatch.alerts.sinks.core import SinkContext, SinkError
+import portwatch.config.schema as s
+from portwatch.config.grammar import label_name, redact_url
+from portwatch.config.schema import Key, ListOf, MapOf
+from portwatch.config.types import RESERVED_ALERT_LABELS
 from portwatch.model import Kind
 
-__all__ = ["ALERTNAMES", "API_PATH", "AlertmanagerSink", "alerts_for", "build", "labels_for"]
+if TYPE_CHECKING:
+    from portwatch.alerts.http import HttpPoster
+
+__all__ = ["ALERTNAMES", "API_PATH", "SHAPE", "AlertmanagerSink", "AlertmanagerSinkConfig", "alerts_for",
+           "build", "labels_for"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlertmanagerSinkConfig(HttpSinkConfig):
+    """The ``alertmanager`` sink: alerts POSTed to ``/api/v2/alerts`` of every URL (an HA set).
+
+    ``urls`` are base URLs (``http://am1:9093``, or with a path prefix);
+    ``resend_interval`` is how often a firing alert is posted again (its
+    ``endsAt`` is four intervals ahead); ``labels`` are added to every alert.
+    """
+
+    urls: tuple[str, ...]
+    type: str = "alertmanager"
+    resend_interval: float = 60.0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def _check_urls(sink: AlertmanagerSinkConfig | None, given: frozenset[object]) -> Iterator[tuple[str, str]]:
+    """At least one URL."""
+    if sink is not None and not sink.urls:
+        yield "urls", "must list at least one Alertmanager URL"
+
+
+def _check_url_list(items: Sequence[tuple[int, Any]]) -> Iterator[tuple[str, str]]:
+    """No URL twice (a trailing slash does not make another URL)."""
+    seen: set[str] = set()
+    for index, url in items:
+        if url.rstrip("/") in seen:
+            yield f"[{index}]", "listed twice"
+        seen.add(url.rstrip("/"))
+
+
+def _label(value: object) -> str:
+    return label_name(value, RESERVED_ALERT_LABELS)
+
+
+SHAPE = sink_section(AlertmanagerSinkConfig, "alertmanager", [
+    Key("urls", ListOf(s.url(), checks=[_check_url_list]), "list of URLs", "base URL of every Alertmanager"
+        " of the (HA) set, e.g. `http://am1:9093`; portwatch POSTs to `/api/v2/alerts` below it", required=True),
+    Key("resend_interval", s.duration(1.0), "duration, at least `1s`", "how often a firing alert is posted"
+        " again; its `endsAt` is four intervals ahead, so Alertmanager resolves it by itself only if portwatch"
+        " is gone that long"),
+    Key("labels", MapOf(_label, s.string()), "mapping label → string", "labels added to every alert;"
+        " `instance` may be overridden, `alertname`, `severity`, `kind`, `port`, `key` and `rule` are"
+        " portwatch's"),
+    TIMEOUT_KEY,
+    *HTTP_KEYS,
+], checks=[check_http, _check_urls])
 
 API_PATH = "/api/v2/alerts"
 #: A firing alert's endsAt is this many resend intervals after the post.
@@ -174,6 +229,8 @@ class AlertmanagerSink:
 def build(name: str, config: AlertmanagerSinkConfig, context: SinkContext) -> AlertmanagerSink:
     """The alertmanager sink ``name``. Raises :class:`~portwatch.alerts.sinks.SinkBuildError`
     when the token or CA file cannot be read."""
+    from portwatch.alerts.http import HttpPoster, read_token  # urllib and ssl: loaded only to send
+
     token = read_token(config.bearer_token_file) if config.bearer_token_file is not None else None
     poster = HttpPoster(config.timeout, config.headers, token, config.tls_verify, config.tls_ca_file)
     return AlertmanagerSink(name, config, poster, context.clock, context.logger)

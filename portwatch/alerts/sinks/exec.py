@@ -20,16 +20,41 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import tempfile
-from typing import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
 
 from portwatch.alerts.notification import Notification, document
-from portwatch.alerts.sinks import NamedSink, SinkContext, SinkError
-from portwatch.config import ExecSinkConfig
+from portwatch.alerts.sinks.base import sink_section, TIMEOUT_KEY
+from portwatch.config.types import SinkConfig
+from portwatch.alerts.sinks.core import NamedSink, SinkContext, SinkError
+import portwatch.config.schema as s
+from portwatch.config.schema import Key
+from portwatch.model.text import os_error_text
 
-__all__ = ["ExecSink", "build"]
+if TYPE_CHECKING:
+    import subprocess
+
+__all__ = ["SHAPE", "ExecSink", "ExecSinkConfig", "build"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecSinkConfig(SinkConfig):
+    """The ``exec`` sink: ``command`` (argv, no shell, absolute program path) run per notification.
+
+    The notification's JSON document is its stdin; it must exit 0 within ``timeout``.
+    """
+
+    command: tuple[str, ...]
+    type: str = "exec"
+    timeout: float = 10.0
+
+
+SHAPE = sink_section(ExecSinkConfig, "exec", [
+    Key("command", s.command(), "list: absolute program path, then arguments", "the command run per"
+        " notification, without a shell, with the JSON document on stdin", required=True,
+        preflight="executable"),
+    TIMEOUT_KEY,
+])
 
 #: The end of stderr kept for the error message (bytes).
 STDERR_TAIL = 1000
@@ -52,6 +77,8 @@ def _environment(note: Notification, base: Mapping[str, str]) -> dict[str, str]:
 
 def _kill_session(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the command's session (its process group, as it is the session leader)."""
+    import signal
+
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -69,6 +96,10 @@ class ExecSink(NamedSink):
 
     def send(self, note: Notification) -> None:
         """Run the command for ``note``. Raises :class:`SinkError` (always temporary)."""
+        # Imported here: the config loader imports this module for its SHAPE, on every CLI run.
+        import subprocess
+        import tempfile
+
         payload = json.dumps(document(note)).encode("utf-8")
         program = self._command[0]
         with tempfile.TemporaryFile() as err:
@@ -77,7 +108,7 @@ class ExecSink(NamedSink):
                                         stderr=err, cwd="/", env=_environment(note, self._environ),
                                         start_new_session=True, close_fds=True)
             except OSError as exc:
-                raise SinkError(f"cannot run {program}: {exc.strerror or exc}") from None
+                raise SinkError(f"cannot run {program}: {os_error_text(exc)}") from None
             try:
                 proc.communicate(payload, timeout=self._timeout)
             except subprocess.TimeoutExpired:
@@ -101,5 +132,5 @@ class ExecSink(NamedSink):
 
 
 def build(name: str, config: ExecSinkConfig, context: SinkContext) -> ExecSink:
-    """The exec sink ``name``. Never raises (the program is checked when the config is loaded)."""
+    """The exec sink ``name``. Never raises (the program is checked by the preflight)."""
     return ExecSink(name, config, os.environ)

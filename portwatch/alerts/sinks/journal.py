@@ -22,14 +22,31 @@ the log.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Mapping
 
 from portwatch.alerts.notification import Notification, Status
-from portwatch.alerts.sinks import NamedSink, JournalSend, SinkContext
-from portwatch.config import JournalSinkConfig
+from portwatch.alerts.sinks.base import sink_section
+from portwatch.alerts.sinks.core import JournalSend, NamedSink, SinkContext
+import portwatch.config.schema as s
+from portwatch.config.schema import Key
+from portwatch.config.types import SinkConfig
 from portwatch.model import Severity
 
-__all__ = ["JournalSink", "build", "fields", "priority"]
+__all__ = ["SHAPE", "JournalSink", "JournalSinkConfig", "build", "fields", "priority"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JournalSinkConfig(SinkConfig):
+    """The ``journal`` sink: one structured journal entry per notification (the log without a journal)."""
+
+    type: str = "journal"
+    syslog_identifier: str = "portwatch"
+
+
+SHAPE = sink_section(JournalSinkConfig, "journal", [
+    Key("syslog_identifier", s.string(), "non-empty string", "the journal's `SYSLOG_IDENTIFIER`"),
+])
 
 _PRIORITY: Mapping[Severity, int] = {Severity.CRITICAL: 2, Severity.WARNING: 4, Severity.INFO: 6}
 _RESOLVED_PRIORITY = 5

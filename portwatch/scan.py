@@ -17,7 +17,7 @@ from typing import Callable, Collection
 from portwatch import detect
 from portwatch.collect import Collector
 from portwatch.collect.sources import FallbackSource, make_source
-from portwatch.config import Config
+from portwatch.config.types import Config
 from portwatch.model import RememberedPort, ScanResult
 
 __all__ = ["FallbackSource", "make_source", "run_scan"]

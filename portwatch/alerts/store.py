@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 from portwatch import __version__
 from portwatch.alerts.notification import Notification
 from portwatch.alerts.rules import AlertState
-from portwatch.jsonfile import read_document, write_atomic
+from portwatch.jsonfile import parse_entries, problems_text, read_document, write_atomic
 from portwatch.model import Severity
 from portwatch.model.text import os_error_text
 
@@ -118,6 +118,23 @@ def to_document(alerts: Mapping[str, AlertState], pending: Sequence[tuple[Notifi
     }
 
 
+def _checked_alert(entry: object) -> AlertState:
+    """A firing alert from its entry, refusing non-finite numbers. Raises ``ValueError`` saying what is wrong."""
+    _refuse_non_finite(entry)
+    return _alert_from_dict(entry)
+
+
+def _pending_from_dict(entry: object) -> tuple[Notification, int]:
+    """A queued notification and its delivery attempts. Raises ``ValueError`` saying what is wrong."""
+    if not isinstance(entry, dict):
+        raise ValueError("not an object")
+    _refuse_non_finite(entry)
+    attempts = entry.get("attempts", 0)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        raise ValueError("attempts is not a count")
+    return Notification.from_dict(entry.get("notification")), attempts
+
+
 def from_document(doc: object) -> tuple[Saved, list[str]]:
     """The state in ``doc`` and the problems of skipped entries. Raises ``ValueError`` when unusable as a whole."""
     if not isinstance(doc, dict):
@@ -128,27 +145,8 @@ def from_document(doc: object) -> tuple[Saved, list[str]]:
     if not isinstance(raw_alerts, list) or not isinstance(raw_pending, list):
         raise ValueError("'alerts' and 'pending' must be lists")
     problems: list[str] = []
-    alerts: dict[str, AlertState] = {}
-    for i, entry in enumerate(raw_alerts):
-        try:
-            _refuse_non_finite(entry)
-            a = _alert_from_dict(entry)
-        except ValueError as exc:
-            problems.append(f"alerts[{i}]: {exc}")
-            continue
-        alerts[a.key] = a
-    pending: list[tuple[Notification, int]] = []
-    for i, entry in enumerate(raw_pending):
-        try:
-            if not isinstance(entry, dict):
-                raise ValueError("not an object")
-            _refuse_non_finite(entry)
-            attempts = entry.get("attempts", 0)
-            if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
-                raise ValueError("attempts is not a count")
-            pending.append((Notification.from_dict(entry.get("notification")), attempts))
-        except ValueError as exc:
-            problems.append(f"pending[{i}]: {exc}")
+    alerts = {a.key: a for a in parse_entries(raw_alerts, "alerts", _checked_alert, problems)}
+    pending = parse_entries(raw_pending, "pending", _pending_from_dict, problems)
     return Saved(alerts, pending), problems
 
 
@@ -172,8 +170,7 @@ def load(path: Path, warn: Callable[[str], None] = log.warning,
         warn(f"alert state {path} is corrupt ({exc}); starting with no firing alerts, it will be replaced")
         return Saved()
     if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        warn(f"alert state {path}: skipped {len(problems)} malformed entries ({shown})")
+        warn(f"alert state {path}: skipped {len(problems)} malformed entries ({problems_text(problems)})")
     return saved
 
 

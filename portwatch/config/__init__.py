@@ -42,7 +42,6 @@ from portwatch.config.types import (
     DEFAULT_REPEAT_INTERVAL,
     MIN_INTERVAL,
     RESERVED_ALERT_LABELS,
-    SOURCES,
     AlertRule,
     AlertsConfig,
     Config,
@@ -70,7 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BCRYPT_HINT", "BUILTIN_SINK", "DEFAULT_ALERT_RULES", "DEFAULT_LISTEN_ADDRESS", "DEFAULT_PORT",
-    "DEFAULT_REPEAT_INTERVAL", "MIN_INTERVAL", "RESERVED_ALERT_LABELS", "SOURCES", "AlertRule",
+    "DEFAULT_REPEAT_INTERVAL", "MIN_INTERVAL", "RESERVED_ALERT_LABELS", "AlertRule",
     "AlertmanagerSinkConfig", "AlertsConfig", "Config", "ConfigError", "ExecSinkConfig", "IgnoreRule",
     "JournalSinkConfig", "MetricsConfig", "Service", "SinkConfig", "Thresholds", "WebConfig",
     "WebhookSinkConfig", "config_to_dict", "finding_matches", "ignore_matches", "load_config", "load_yaml",

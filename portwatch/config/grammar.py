@@ -413,3 +413,9 @@ def command(value: object) -> tuple[str, ...]:
         raise ValueError(f"the program must be an absolute path (no shell, no PATH lookup),"
                          f" got {program!r}")
     return tuple(value)
+
+
+def one_of(choices: Sequence[str]) -> str:
+    """The choices as prose for docs: ```a`, `b` or `c```. Takes a non-empty sequence."""
+    quoted = [f"`{c}`" for c in choices]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]

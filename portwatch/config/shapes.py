@@ -15,11 +15,11 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import portwatch.config.grammar as grammar
 import portwatch.config.schema as s
+from portwatch.collect.sources import SOURCE_NAMES
 from portwatch.config.schema import Key, ListOf, MapOf, Section, Tagged, at, join
 from portwatch.config.types import (
     BUILTIN_SINK,
     MIN_INTERVAL,
-    SOURCES,
     AlertRule,
     AlertsConfig,
     Config,
@@ -248,7 +248,7 @@ def config_shape(sinks: Mapping[str, Section]) -> Section:
     return Section(Config, [
         Key("interval", s.duration(MIN_INTERVAL), f"duration, at least `{grammar.format_duration(MIN_INTERVAL)}`",
             "time between two scans"),
-        Key("source", s.choice(SOURCES), "`auto`, `netlink` or `psutil`", "where the socket table comes from"),
+        Key("source", s.choice(SOURCE_NAMES), grammar.one_of(SOURCE_NAMES), "where the socket table comes from"),
         Key("state_directory", s.absolute_path(), "absolute path", "what portwatch remembers across restarts"),
         Key("services", ListOf(SERVICE, checks=[_check_service_duplicates]), "list of services",
             "ports that must stay free for their service"),

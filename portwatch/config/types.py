@@ -22,7 +22,7 @@ from portwatch.model import Finding, Kind, PortRange, Protocol, Severity
 
 __all__ = [
     "BUILTIN_SINK", "DEFAULT_ALERT_RULES", "DEFAULT_LISTEN_ADDRESS", "DEFAULT_PORT", "DEFAULT_REPEAT_INTERVAL",
-    "MIN_INTERVAL", "RESERVED_ALERT_LABELS", "SOURCES", "AlertRule", "AlertsConfig", "Config", "ConfigError",
+    "MIN_INTERVAL", "RESERVED_ALERT_LABELS", "AlertRule", "AlertsConfig", "Config", "ConfigError",
     "IgnoreRule", "MetricsConfig", "Service", "SinkConfig", "Thresholds", "WebConfig", "finding_matches",
     "ignore_matches",
 ]
@@ -31,7 +31,6 @@ __all__ = [
 MIN_INTERVAL = 1.0
 
 #: The socket sources ``source:`` accepts.
-SOURCES: tuple[str, ...] = ("auto", "netlink", "psutil")
 
 
 @dataclass(frozen=True)

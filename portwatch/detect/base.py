@@ -19,7 +19,7 @@ from typing import Callable, Collection, Iterable, Mapping
 
 # Re-exported: the detectors take the configuration type from here, so that
 # this is the one module of the kinds' side that imports the config package.
-from portwatch.config import Config as Config
+from portwatch.config.types import Config as Config
 from portwatch.model import (
     Destination,
     Finding,

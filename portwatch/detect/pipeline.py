@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Collection, Iterable, Mapping
 
-from portwatch.config import Config, IgnoreRule, ignore_matches
+from portwatch.config.types import Config, IgnoreRule, ignore_matches
 from portwatch.detect.base import DetectionInput, SocketIndex, index
 from portwatch.detect.ephemeral_exhaustion import destination_usage
 from portwatch.detect.registry import REGISTRY, Registry

@@ -40,7 +40,7 @@ import portwatch.config.schema as s
 from portwatch.config.grammar import label_name, redact_url
 from portwatch.config.schema import Key, ListOf, MapOf
 from portwatch.config.types import RESERVED_ALERT_LABELS
-from portwatch.model import Kind
+from portwatch.detect.registry import ALERTNAMES as REGISTRY_ALERTNAMES
 
 if TYPE_CHECKING:
     from portwatch.alerts.http import HttpPoster
@@ -100,17 +100,10 @@ API_PATH = "/api/v2/alerts"
 #: A firing alert's endsAt is this many resend intervals after the post.
 ENDS_AFTER_INTERVALS = 4
 
-#: The ``alertname`` of each kind: the names config/prometheus/portwatch.rules.yml uses.
-ALERTNAMES: Mapping[str, str] = {
-    Kind.SELF_CONNECT.value: "PortwatchSelfConnect",
-    Kind.LOOP_PAIR.value: "PortwatchLoopPair",
-    Kind.LISTENER_IN_EPHEMERAL_RANGE.value: "PortwatchListenerInEphemeralRange",
-    Kind.PORT_TAKEN.value: "PortwatchPortTaken",
-    Kind.SERVICE_PORT_AT_RISK.value: "PortwatchServicePortAtRisk",
-    Kind.EPHEMERAL_EXHAUSTION.value: "PortwatchEphemeralPortExhaustion",
-    Kind.CLOSE_WAIT_BUILDUP.value: "PortwatchCloseWaitBuildup",
-    Kind.RANGE_MISCONFIGURED.value: "PortwatchRangeMisconfigured",
-}
+#: The ``alertname`` of each kind value, as the detect registry declares them (the names
+#: config/prometheus/portwatch.rules.yml uses). A kind this version does not know (a
+#: notification saved by another version) is sent as plain "Portwatch".
+ALERTNAMES: Mapping[str, str] = REGISTRY_ALERTNAMES
 
 
 def _describe(process: Mapping[str, Any]) -> str:

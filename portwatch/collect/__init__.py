@@ -6,7 +6,9 @@ else of portwatch. Its modules: ``kernel`` (sysctls), ``sources`` (the
 registry of socket sources, and one module per source: ``sources.netlink``,
 ``sources.psutil``), ``netlink`` (the sock_diag wire format), ``owners`` (the
 ``/proc/PID/fd`` walk and its caches), ``processes`` (process descriptions),
-``collector`` (:class:`Collector`), ``errors``. This package exports their
+``collector`` (:class:`Collector`), ``errors``, ``namespaces`` (finding,
+naming and entering network namespaces), ``cgroups`` (cgroup id -> path ->
+unit, container, pod), ``mounts`` (the mount table). This package exports their
 public names; importing it imports neither psutil (loaded at the first psutil
 read or process description) nor the netlink modules. Every function
 takes the root it reads (``proc_root``) and the functions it calls
@@ -30,13 +32,28 @@ Errors: a file that cannot be read or holds garbage raises
 
 from __future__ import annotations
 
-from portwatch.collect.collector import PARTIAL_ATTRIBUTION_NOTE, Collector
+from portwatch.collect.cgroups import (
+    CgroupIndex,
+    cgroup2_mount,
+    cgroup_of_pid,
+    identity_from_path,
+)
+from portwatch.collect.collector import PARTIAL_ATTRIBUTION_NOTE, AttributionCounters, Collector
 from portwatch.collect.errors import CollectError, SourceReadError
 from portwatch.collect.kernel import (
     DEFAULT_UNPRIVILEGED_PORT_START,
     parse_port_range,
     parse_reserved_ports,
     read_kernel_settings,
+)
+from portwatch.collect.mounts import Mount, parse_mountinfo, read_mountinfo
+from portwatch.collect.namespaces import (
+    OWN_NAMESPACE_NOTE,
+    Discovery,
+    NamespaceVanished,
+    can_enter_namespaces,
+    discover_namespaces,
+    run_in_namespace,
 )
 from portwatch.collect.owners import FD_CACHE_SIZE, OwnerScan, find_socket_owners
 from portwatch.collect.processes import describe_processes, systemd_unit_from_cgroup
@@ -61,4 +78,18 @@ __all__ = [
     "SOURCE_NAMES",
     "FallbackSource",
     "make_source",
+    "AttributionCounters",
+    "CgroupIndex",
+    "cgroup2_mount",
+    "cgroup_of_pid",
+    "identity_from_path",
+    "Mount",
+    "parse_mountinfo",
+    "read_mountinfo",
+    "OWN_NAMESPACE_NOTE",
+    "Discovery",
+    "NamespaceVanished",
+    "can_enter_namespaces",
+    "discover_namespaces",
+    "run_in_namespace",
 ]

@@ -11,16 +11,27 @@ asked for (:mod:`~portwatch.collect.owners`) and describes their processes
 from __future__ import annotations
 
 import dataclasses
+import socket
 import time
 from pathlib import Path
 from typing import Callable, Collection
 
+from portwatch.collect.cgroups import CgroupIndex, cgroup2_mount
 from portwatch.collect.kernel import read_kernel_settings
+from portwatch.collect.mounts import read_mountinfo
+from portwatch.collect.namespaces import run_in_namespace
 from portwatch.collect.owners import OwnerMemory, OwnerWalk
 from portwatch.collect.processes import ProcessFactory, describe_processes
-from portwatch.model import KernelSettings, Snapshot, Socket, SocketSource
+from portwatch.model import (
+    CgroupIdentity,
+    KernelSettings,
+    NamespaceInfo,
+    Snapshot,
+    Socket,
+    SocketSource,
+)
 
-__all__ = ["PARTIAL_ATTRIBUTION_NOTE", "Collector"]
+__all__ = ["PARTIAL_ATTRIBUTION_NOTE", "AttributionCounters", "Collector"]
 
 #: The note :meth:`Collector.attribute` adds when it could not read some
 #: processes' file descriptors; ``{denied}`` is the number of such processes.
@@ -29,6 +40,23 @@ PARTIAL_ATTRIBUTION_NOTE = (
     "file descriptors could not be read (run as root or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
 )
 _PARTIAL_PREFIX = "attribution is partial:"
+
+
+@dataclasses.dataclass
+class AttributionCounters:
+    """What attribution cost so far, summed over a collector's life (tests assert them).
+
+    ``fd_tables_read``: ``/proc/PID/fd`` tables read (whole or in part);
+    ``full_walks``: walks of every process started; ``cgroup_narrowed``:
+    wanted sockets whose owner was found among their cgroup's
+    ``cgroup.procs``; ``cgroup_lookups``: cgroups whose ``cgroup.procs`` was
+    read for that.
+    """
+
+    fd_tables_read: int = 0
+    full_walks: int = 0
+    cgroup_narrowed: int = 0
+    cgroup_lookups: int = 0
 
 
 class Collector:
@@ -41,14 +69,20 @@ class Collector:
 
     def __init__(self, source: SocketSource, proc_root: Path = Path("/proc"),
                  clock: Callable[[], float] = time.time,
-                 process_factory: ProcessFactory | None = None) -> None:
+                 process_factory: ProcessFactory | None = None,
+                 cgroups: CgroupIndex | None = None) -> None:
         """Take the socket source, the proc mount (sysctls, fd tables, cgroups),
-        the clock giving ``Snapshot.taken_at`` and the process factory for
-        :func:`describe_processes` (``None``: ``psutil.Process``)."""
+        the clock giving ``Snapshot.taken_at``, the process factory for
+        :func:`describe_processes` (``None``: ``psutil.Process``) and the
+        cgroup index that narrows owner searches (``None``: one on the cgroup2
+        mount named in ``proc_root/self/mountinfo``, made when first needed;
+        no such mount, no narrowing)."""
         self.source = source
         self.proc_root = Path(proc_root)
         self.clock = clock
         self.process_factory = process_factory
+        self._cgroups = cgroups
+        self.counters = AttributionCounters()
         # The scan the walk belongs to: its settings and sockets objects (held,
         # so their ids stay unique; snapshot() makes new ones for every scan)
         # and its timestamp. Copies made by attribute() share all three.
@@ -77,6 +111,52 @@ class Collector:
         return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
                         owners=dict(table.owners), processes={}, source=self.source.name)
 
+    @property
+    def cgroups(self) -> CgroupIndex:
+        """The cgroup index (made from ``proc_root/self/mountinfo`` on first use)."""
+        if self._cgroups is None:
+            mounts = read_mountinfo(self.proc_root / "self" / "mountinfo")
+            self._cgroups = CgroupIndex(cgroup2_mount(mounts))
+        return self._cgroups
+
+    def snapshot_namespace(self, namespace: NamespaceInfo) -> Snapshot:
+        """Read the kernel settings and socket table of another network namespace.
+
+        The sysctls are read, and the NETLINK_SOCK_DIAG socket is created,
+        in a thread inside ``namespace`` (:func:`run_in_namespace`); the dump
+        then runs here. The collector's own namespace (``namespace.own``) is
+        read with :meth:`snapshot` and its configured source. Returns a
+        :class:`Snapshot` whose ``namespace`` is ``namespace`` and ``source``
+        ``netlink``. Raises :class:`~portwatch.collect.namespaces.NamespaceVanished`
+        when the namespace is gone (skip it quietly), ``PermissionError``
+        without the privilege to enter it, :class:`CollectError` for
+        unreadable sysctls and what :class:`NetlinkSource` raises
+        (:class:`~portwatch.model.SourceUnavailable` without sock_diag there).
+        """
+        if namespace.own:
+            return dataclasses.replace(self.snapshot(), namespace=namespace)
+        # Here, not at module level: importing the package loads no netlink module.
+        from portwatch.collect.sources.netlink import NetlinkSource, default_socket_factory
+
+        self._walk = None
+        self._walk_key = None
+
+        def inside() -> tuple[KernelSettings, socket.socket]:
+            settings = read_kernel_settings(Path("/proc"))  # the thread's namespace's /proc/sys
+            return settings, default_socket_factory()
+
+        settings, sock = run_in_namespace(namespace, inside, self.proc_root)
+        source = NetlinkSource(socket_factory=lambda: sock)
+        table = source.read()
+        return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
+                        owners={}, processes={}, source=source.name, namespace=namespace)
+
+    def identity_of(self, sock: Socket) -> CgroupIdentity | None:
+        """Who created ``sock``: the unit, container and pod of its cgroup; None without a cgroup id or when unknown."""
+        if sock.cgroup_id is None:
+            return None
+        return self.cgroups.identity(sock.cgroup_id)
+
     def attribute(self, snapshot: Snapshot, inodes: Collection[int]) -> Snapshot:
         """Return a copy of ``snapshot`` whose owners and processes cover ``inodes``.
 
@@ -89,7 +169,10 @@ class Collector:
         kept for this scan (the snapshot and the copies this method made from
         it), so later calls only read processes not read yet, and never
         re-read one; an inode the walk already looked for and did not find
-        stays unowned. The walk stops early as :func:`find_socket_owners`
+        stays unowned. Before that walk, sockets with a ``cgroup_id`` (other
+        than the root cgroup's) are looked for in the fd tables of their
+        cgroup's ``cgroup.procs`` pids; only those still missing cost the
+        walk of every process. The walk stops early as :func:`find_socket_owners`
         describes (shared sockets may list only their first holders). Every
         pid owning a requested inode that is not yet in ``snapshot.processes``
         is described (:func:`describe_processes`). When a requested socket
@@ -113,6 +196,8 @@ class Collector:
         if missing:
             walk = self._walk_for(snapshot)
             missing &= walk.interesting
+            reads, walks = walk.reads, walk.full_walks
+            self._narrow(snapshot, walk, missing)
             uids = {s.uid for s in snapshot.sockets if s.uid is not None and s.inode in missing}
             walk.run(missing, stop_early=True, uids=uids)
             owners.update(walk.owners_of(missing))
@@ -122,6 +207,8 @@ class Collector:
                 self._memory.remember_unowned(still, walk.denied)
             unowned += len(still)
             denied = max(denied, walk.denied)
+            self.counters.fd_tables_read += walk.reads - reads
+            self.counters.full_walks += walk.full_walks - walks
         if denied and unowned:
             # Only worth saying when a socket we needed stays unexplained:
             # an unreadable fd table that held none of them changes nothing.
@@ -132,6 +219,23 @@ class Collector:
         processes = dict(snapshot.processes)
         processes.update(describe_processes(new_pids, self.proc_root, self.process_factory))
         return dataclasses.replace(snapshot, owners=owners, processes=processes, notes=notes)
+
+    def _narrow(self, snapshot: Snapshot, walk: OwnerWalk, missing: set[int]) -> None:
+        """Look for ``missing`` inodes in the fd tables of their cgroups' processes first."""
+        by_cgroup: dict[int, set[int]] = {}
+        for sock in snapshot.sockets:
+            if sock.cgroup_id is not None and sock.inode in missing:
+                by_cgroup.setdefault(sock.cgroup_id, set()).add(sock.inode)
+        if not by_cgroup:
+            return
+        index = self.cgroups
+        for cgroup_id, wanted in by_cgroup.items():
+            if index.path_of(cgroup_id) in (None, "/"):
+                continue  # unknown, or the root cgroup: that is no narrowing
+            self.counters.cgroup_lookups += 1
+            before = len(wanted)
+            walk.read_pids(index.pids(cgroup_id), wanted)
+            self.counters.cgroup_narrowed += before - len(wanted)
 
     def _same_scan(self, snapshot: Snapshot) -> bool:
         """True if the kept walk state belongs to ``snapshot``'s scan (identity, not equality)."""

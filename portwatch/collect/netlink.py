@@ -17,10 +17,17 @@ Wire layout (all integers in host byte order except ports and addresses)::
                            be16 sport, dport; be32 src[4], dst[4];
                            u32 if; u32 cookie[2];
                            u32 expires, rqueue, wqueue, uid, inode; }           72 bytes
-    (then netlink attributes, skipped)
+    then netlink attributes  { u16 len; u16 type; value; } at 4-byte alignment
+
+Of the attributes only ``INET_DIAG_CGROUP_ID`` (21, a u64, Linux 5.8+) is
+read: the kernel puts it in every full socket's message without being asked.
+It is looked for first where the previous message had it (on this kernel,
+after ``INET_DIAG_SHUTDOWN`` and ``INET_DIAG_CLASS_ID``), so the walk of the
+attribute list happens about once per buffer, not once per socket.
 
 TIME_WAIT and NEW_SYN_RECV entries are the kernel's "mini sockets": they have
-inode 0 and uid 0. They are kept (TIME_WAIT counts for port exhaustion).
+inode 0 and uid 0, and no attributes (``cgroup_id`` is ``None``). They are
+kept (TIME_WAIT counts for port exhaustion).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from portwatch.model import (
 )
 
 __all__ = [
+    "INET_DIAG_CGROUP_ID",
     "NETLINK_SOCK_DIAG",
     "SOCK_DIAG_BY_FAMILY",
     "TCP_STATES_MASK",
@@ -53,6 +61,7 @@ __all__ = [
     "build_request",
     "errno_failure",
     "family_name",
+    "find_cgroup_id",
     "fast_ip",
     "parse_messages",
 ]
@@ -63,6 +72,8 @@ __all__ = [
 NETLINK_SOCK_DIAG: Final = 4
 #: Message type of a sock_diag request and of its answers.
 SOCK_DIAG_BY_FAMILY: Final = 20
+#: Netlink attribute of an inet_diag_msg holding the socket's cgroup v2 id (u64).
+INET_DIAG_CGROUP_ID: Final = 21
 
 NLMSG_NOOP: Final = 1
 NLMSG_ERROR: Final = 2
@@ -90,6 +101,13 @@ _MSG: Final = struct.Struct("=IHHII" "BBxx" "HH16s16s" "24x" "II")
 _HDR_LEN: Final = _NLMSGHDR.size  # 16
 _MSG_LEN: Final = _MSG.size  # 16 + 72 = 88
 _INT: Final = struct.Struct("=i")
+_NLA_U64: Final = struct.Struct("=HHQ")  # nlattr header + u64 value
+_NLA_HDR: Final = struct.Struct("=HH")
+_NLA_CGROUP_LEN: Final = _NLA_U64.size  # 12
+_NLA_TYPE_MASK: Final = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+#: Where (after inet_diag_msg) INET_DIAG_CGROUP_ID is first looked for: after
+#: INET_DIAG_SHUTDOWN (8 bytes) and INET_DIAG_CLASS_ID (8 bytes), as on Linux 6.x.
+_CGROUP_GUESS: Final = 16
 
 _ZERO16: Final = bytes(16)
 _V4MAPPED: Final = bytes(10) + b"\xff\xff"
@@ -157,6 +175,26 @@ def fast_ip(raw: bytes, family: int) -> str:
     raise ValueError(f"unknown address family {family}")
 
 
+def find_cgroup_id(data: bytes | bytearray | memoryview, start: int, end: int) -> tuple[int | None, int]:
+    """The ``INET_DIAG_CGROUP_ID`` value among the netlink attributes in ``data[start:end]``.
+
+    Takes the buffer and the bounds of one message's attribute list. Returns
+    ``(cgroup id, offset of its attribute relative to start)``, or
+    ``(None, -1)`` when the list has no such attribute. An attribute whose
+    length is below its 4-byte header or runs past ``end`` ends the search
+    (the rest cannot be read). Never raises.
+    """
+    off = start
+    while off + 4 <= end:
+        alen, atype = _NLA_HDR.unpack_from(data, off)
+        if alen < 4 or off + alen > end:
+            return None, -1
+        if atype & _NLA_TYPE_MASK == INET_DIAG_CGROUP_ID and alen >= _NLA_CGROUP_LEN:
+            return _NLA_U64.unpack_from(data, off)[2], off - start
+        off += (alen + 3) & ~3
+    return None, -1
+
+
 def build_request(seq: int, family: int, protocol: int, states: int) -> bytes:
     """The bytes of one ``SOCK_DIAG_BY_FAMILY`` dump request.
 
@@ -200,7 +238,8 @@ def parse_messages(
     and a list ``out`` to append to.
 
     Returns ``(sockets, done)``: the list the sockets were appended to (``out``
-    if given) and whether ``NLMSG_DONE`` ended the dump in this buffer (the
+    if given; each socket's ``cgroup_id`` is the message's
+    ``INET_DIAG_CGROUP_ID``, ``None`` without one) and whether ``NLMSG_DONE`` ended the dump in this buffer (the
     rest of the buffer after it is ignored). ``NLMSG_NOOP`` and an
     ``NLMSG_ERROR`` with error 0 (an acknowledgement) are skipped; messages
     are read at 4-byte alignment.
@@ -235,6 +274,9 @@ def parse_messages(
     ep6: dict[tuple[bytes, int], Endpoint] = {}
     ip4: dict[bytes, str] = {}
     ip6: dict[bytes, str] = {}
+    unpack_nla = _NLA_U64.unpack_from
+    cg_at = _CGROUP_GUESS  # where the attribute was in the previous message
+    cg_len, cg_type = _NLA_CGROUP_LEN, INET_DIAG_CGROUP_ID
     off = 0
     while off < end:
         left = end - off
@@ -282,7 +324,20 @@ def parse_messages(
                         if ip is None:
                             ip = ips[dst] = fast_ip(dst, fam)
                         remote = eps[key] = new(Endpoint, (ip, dport))
-                append(new(Socket, (protocol, sock_family, state, local, remote, inode, uid)))
+                if nlen > _MSG_LEN:
+                    at = off + _MSG_LEN + cg_at
+                    if at + cg_len <= off + nlen:
+                        alen, atype, cgid = unpack_nla(data, at)
+                        if alen != cg_len or atype != cg_type:
+                            cgid, cg_at = find_cgroup_id(data, off + _MSG_LEN, off + nlen)
+                    else:
+                        cgid, cg_at = find_cgroup_id(data, off + _MSG_LEN, off + nlen)
+                    if cg_at < 0:
+                        cg_at = _CGROUP_GUESS
+                else:
+                    cgid = None
+                append(new(Socket, (protocol, sock_family, state, local, remote, inode, uid,
+                                    cgid)))
                 off += (nlen + 3) & ~3
                 continue
         # ---- everything else: control messages and malformed data ----

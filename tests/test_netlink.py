@@ -510,3 +510,50 @@ def test_many_sockets_arrive_exactly_once_across_datagrams(netns: NetNS) -> None
     assert len(doc["held"]) == 2300
     assert doc["small"] == doc["held"] and doc["large"] == doc["held"]
     assert doc["same"]
+
+
+# --- INET_DIAG_CGROUP_ID (attribute 21) ---
+
+def nlattr(attr_type: int, value: bytes) -> bytes:
+    """One netlink attribute: length, type, value, padded to 4 bytes."""
+    raw = struct.pack("=HH", 4 + len(value), attr_type) + value
+    return raw + bytes(-len(raw) % 4)
+
+
+def cgroup_attr(cgroup_id: int) -> bytes:
+    """INET_DIAG_CGROUP_ID carrying ``cgroup_id``."""
+    return nlattr(21, struct.pack("=Q", cgroup_id))
+
+
+SHUTDOWN, CLASS_ID, SOCKOPT = nlattr(8, b"\0"), nlattr(15, bytes(4)), nlattr(22, b"\x52\0")
+
+
+def test_cgroup_id_is_read_wherever_the_attribute_sits_and_none_without_it() -> None:
+    data = (diag(inode=1, attrs=SHUTDOWN + CLASS_ID + cgroup_attr(4242) + SOCKOPT)  # Linux 6.x
+            + diag(inode=2, attrs=SHUTDOWN + cgroup_attr(7))  # an older kernel: no class id
+            + diag(inode=3, attrs=SHUTDOWN + cgroup_attr(8))  # same place as the one before
+            + diag(inode=4, attrs=SHUTDOWN + CLASS_ID + cgroup_attr(1 << 40))
+            + diag(inode=5, state=6)  # TIME_WAIT mini socket: no attributes at all
+            + diag(inode=6, attrs=SHUTDOWN + CLASS_ID + SOCKOPT)  # no cgroup id (kernel < 5.8)
+            + diag(inode=7, attrs=nlattr(21 | 0x8000, struct.pack("=Q", 99)))  # flag bit set
+            + done())
+
+    sockets, finished = parse_messages(data, protocol=TCP)
+
+    assert finished
+    assert [(s.inode, s.cgroup_id) for s in sockets] == [
+        (1, 4242), (2, 7), (3, 8), (4, 1 << 40), (5, None), (6, None), (7, 99)]
+
+
+def test_a_broken_attribute_list_leaves_the_cgroup_id_unknown_not_the_socket() -> None:
+    short = struct.pack("=HH", 2, 21) + bytes(8)  # length below the 4-byte header
+    overrun = struct.pack("=HH", 200, 21) + struct.pack("=Q", 5)  # runs past the message
+    tiny = struct.pack("=HH", 8, 21) + bytes(4)  # type 21 but no room for a u64
+    data = diag(inode=1, attrs=short) + diag(inode=2, attrs=overrun) + diag(inode=3, attrs=tiny)
+
+    sockets, _ = parse_messages(data, protocol=TCP)
+
+    assert [(s.inode, s.cgroup_id) for s in sockets] == [(1, None), (2, None), (3, None)]
+    assert netlink.find_cgroup_id(cgroup_attr(9), 0, 12) == (9, 0)
+    assert netlink.find_cgroup_id(SHUTDOWN + cgroup_attr(9), 0, 20) == (9, 8)
+    assert netlink.find_cgroup_id(SHUTDOWN, 0, 8) == (None, -1)

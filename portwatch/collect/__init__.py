@@ -38,7 +38,12 @@ from portwatch.collect.cgroups import (
     cgroup_of_pid,
     identity_from_path,
 )
-from portwatch.collect.collector import PARTIAL_ATTRIBUTION_NOTE, AttributionCounters, Collector
+from portwatch.collect.collector import (
+    PARTIAL_ATTRIBUTION_NOTE,
+    AttributionCounters,
+    Collector,
+    NamespaceScan,
+)
 from portwatch.collect.errors import CollectError, SourceReadError
 from portwatch.collect.kernel import (
     DEFAULT_UNPRIVILEGED_PORT_START,
@@ -72,6 +77,7 @@ __all__ = [
     "systemd_unit_from_cgroup",
     "describe_processes",
     "Collector",
+    "NamespaceScan",
     "PARTIAL_ATTRIBUTION_NOTE",
     "DEFAULT_UNPRIVILEGED_PORT_START",
     "FD_CACHE_SIZE",

@@ -19,7 +19,8 @@ from typing import Callable, Collection
 from portwatch.collect.cgroups import CgroupIndex, cgroup2_mount
 from portwatch.collect.kernel import read_kernel_settings
 from portwatch.collect.mounts import read_mountinfo
-from portwatch.collect.namespaces import run_in_namespace
+from portwatch.collect.errors import CollectError
+from portwatch.collect.namespaces import NamespaceVanished, run_in_namespace
 from portwatch.collect.owners import OwnerMemory, OwnerWalk
 from portwatch.collect.processes import ProcessFactory, describe_processes
 from portwatch.model import (
@@ -31,7 +32,7 @@ from portwatch.model import (
     SocketSource,
 )
 
-__all__ = ["PARTIAL_ATTRIBUTION_NOTE", "AttributionCounters", "Collector"]
+__all__ = ["PARTIAL_ATTRIBUTION_NOTE", "AttributionCounters", "Collector", "NamespaceScan"]
 
 #: The note :meth:`Collector.attribute` adds when it could not read some
 #: processes' file descriptors; ``{denied}`` is the number of such processes.
@@ -57,6 +58,22 @@ class AttributionCounters:
     full_walks: int = 0
     cgroup_narrowed: int = 0
     cgroup_lookups: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class NamespaceScan:
+    """The outcome of reading one namespace in :meth:`Collector.snapshot_namespaces`.
+
+    ``outcome`` is ``ok`` (``snapshot`` is set), ``vanished`` (the namespace
+    ended before or while it was read: skip it quietly), ``denied`` (no
+    privilege to enter it) or ``failed`` (``message`` says why: unreadable
+    sysctls, a failed dump).
+    """
+
+    namespace: NamespaceInfo
+    outcome: str
+    snapshot: Snapshot | None = None
+    message: str = ""
 
 
 class Collector:
@@ -150,6 +167,28 @@ class Collector:
         table = source.read()
         return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
                         owners={}, processes={}, source=source.name, namespace=namespace)
+
+    def snapshot_namespaces(self, namespaces: Collection[NamespaceInfo]) -> list[NamespaceScan]:
+        """:meth:`snapshot_namespace` of each of ``namespaces``, in order, never raising for one.
+
+        Returns one :class:`NamespaceScan` per namespace: a namespace that
+        vanished gives outcome ``vanished``, a ``PermissionError`` ``denied``,
+        any other ``OSError``, ``ValueError`` (malformed dump) or
+        :class:`CollectError` ``failed`` with its message.
+        """
+        scans: list[NamespaceScan] = []
+        for namespace in namespaces:
+            try:
+                snap = self.snapshot_namespace(namespace)
+            except NamespaceVanished as exc:
+                scans.append(NamespaceScan(namespace, "vanished", message=str(exc)))
+            except PermissionError as exc:
+                scans.append(NamespaceScan(namespace, "denied", message=str(exc)))
+            except (CollectError, OSError, ValueError) as exc:
+                scans.append(NamespaceScan(namespace, "failed", message=str(exc)))
+            else:
+                scans.append(NamespaceScan(namespace, "ok", snapshot=snap))
+        return scans
 
     def identity_of(self, sock: Socket) -> CgroupIdentity | None:
         """Who created ``sock``: the unit, container and pod of its cgroup; None without a cgroup id or when unknown."""

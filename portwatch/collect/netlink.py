@@ -105,6 +105,8 @@ _NLA_U64: Final = struct.Struct("=HHQ")  # nlattr header + u64 value
 _NLA_HDR: Final = struct.Struct("=HH")
 _NLA_CGROUP_LEN: Final = _NLA_U64.size  # 12
 _NLA_TYPE_MASK: Final = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+#: The nlattr header of INET_DIAG_CGROUP_ID (length 12, type 21) read as one u32.
+_CGROUP_TAG: Final = struct.unpack("=I", struct.pack("=HH", _NLA_CGROUP_LEN, INET_DIAG_CGROUP_ID))[0]
 #: Where (after inet_diag_msg) INET_DIAG_CGROUP_ID is first looked for: after
 #: INET_DIAG_SHUTDOWN (8 bytes) and INET_DIAG_CLASS_ID (8 bytes), as on Linux 6.x.
 _CGROUP_GUESS: Final = 16
@@ -173,6 +175,18 @@ def fast_ip(raw: bytes, family: int) -> str:
         # glibc prints "::a.b.c.d" where ipaddress prints hex words; defer to the model.
         return normalize_ip(text) if "." in text else text
     raise ValueError(f"unknown address family {family}")
+
+
+def _msg_with_cgroup(at: int) -> tuple[Any, int]:
+    """``unpack_from`` of a message plus an INET_DIAG_CGROUP_ID attribute ``at`` bytes after
+    ``inet_diag_msg``, and the size it reads."""
+    full = _MSG_CGROUP.get(at)
+    if full is None:
+        full = _MSG_CGROUP[at] = struct.Struct(_MSG.format + f"{at}x" + "IQ")
+    return full.unpack_from, full.size
+
+
+_MSG_CGROUP: dict[int, struct.Struct] = {}
 
 
 def find_cgroup_id(data: bytes | bytearray | memoryview, start: int, end: int) -> tuple[int | None, int]:
@@ -263,6 +277,7 @@ def parse_messages(
     unpack_msg = _MSG.unpack_from
     new = tuple.__new__  # Socket._make / Endpoint._make without their Python-level wrapper
     af_inet, af_inet6 = int(socket.AF_INET), int(socket.AF_INET6)
+    v4_ok, v6_ok = family in (None, af_inet), family in (None, af_inet6)
     fam_v4, fam_v6 = Family.IPV4, Family.IPV6
     zero16 = _ZERO16
     swap = not _BIG_ENDIAN
@@ -274,72 +289,78 @@ def parse_messages(
     ep6: dict[tuple[bytes, int], Endpoint] = {}
     ip4: dict[bytes, str] = {}
     ip6: dict[bytes, str] = {}
-    unpack_nla = _NLA_U64.unpack_from
-    cg_at = _CGROUP_GUESS  # where the attribute was in the previous message
-    cg_len, cg_type = _NLA_CGROUP_LEN, INET_DIAG_CGROUP_ID
+    # The message and the INET_DIAG_CGROUP_ID attribute where the previous
+    # message had it, in one unpack; ``cg_end`` is where that attribute ends.
+    cg_at = _CGROUP_GUESS
+    unpack_full, full_len = _msg_with_cgroup(cg_at)
+    cg_end = full_len  # where that attribute ends, from the message's start
+    cg_tag = _CGROUP_TAG
     off = 0
     while off < end:
         left = end - off
-        if left >= _MSG_LEN:
+        if left >= full_len:
+            (nlen, ntype, _flags, nseq, _pid, fam, st, sport, dport, src, dst, uid,
+             inode, tag, cgid) = unpack_full(data, off)
+        elif left >= _MSG_LEN:
             (nlen, ntype, _flags, nseq, _pid, fam, st, sport, dport, src, dst, uid,
              inode) = unpack_msg(data, off)
-            if (ntype == SOCK_DIAG_BY_FAMILY and nlen >= _MSG_LEN and nlen <= left
-                    and (seq is None or nseq == seq)):
-                # ---- the hot path: one inet_diag_msg ----
-                if fam == af_inet:
-                    sock_family = fam_v4
-                    eps = ep4
-                    ips = ip4
-                elif fam == af_inet6:
-                    sock_family = fam_v6
-                    eps = ep6
-                    ips = ip6
-                else:
-                    raise NetlinkError(
-                        f"unknown address family {fam} in inet_diag_msg", off + _HDR_LEN)
-                if family is not None and fam != family:
-                    raise NetlinkError(
-                        f"address family {fam} in a dump of family {family}", off + _HDR_LEN)
-                state = states[st]
-                if state is None:
-                    raise NetlinkError(
-                        f"unknown {proto_name} state {st} in inet_diag_msg", off + _HDR_LEN + 1)
-                if swap:
-                    sport = ((sport & 0xFF) << 8) | (sport >> 8)
-                    dport = ((dport & 0xFF) << 8) | (dport >> 8)
-                key = (src, sport)
-                local = eps.get(key)
-                if local is None:
-                    ip = ips.get(src)
+            tag = 0
+        else:
+            ntype = 0
+        if (ntype == SOCK_DIAG_BY_FAMILY and nlen >= _MSG_LEN and nlen <= left
+                and (seq is None or nseq == seq)):
+            # ---- the hot path: one inet_diag_msg ----
+            if fam == af_inet and v4_ok:
+                sock_family = fam_v4
+                eps = ep4
+                ips = ip4
+            elif fam == af_inet6 and v6_ok:
+                sock_family = fam_v6
+                eps = ep6
+                ips = ip6
+            elif fam in (af_inet, af_inet6):
+                raise NetlinkError(
+                    f"address family {fam} in a dump of family {family}", off + _HDR_LEN)
+            else:
+                raise NetlinkError(
+                    f"unknown address family {fam} in inet_diag_msg", off + _HDR_LEN)
+            state = states[st]
+            if state is None:
+                raise NetlinkError(
+                    f"unknown {proto_name} state {st} in inet_diag_msg", off + _HDR_LEN + 1)
+            if swap:
+                sport = ((sport & 0xFF) << 8) | (sport >> 8)
+                dport = ((dport & 0xFF) << 8) | (dport >> 8)
+            key = (src, sport)
+            local = eps.get(key)
+            if local is None:
+                ip = ips.get(src)
+                if ip is None:
+                    ip = ips[src] = fast_ip(src, fam)
+                local = eps[key] = new(Endpoint, (ip, sport))
+            if dport == 0 and dst == zero16:
+                remote = None
+            else:
+                key = (dst, dport)
+                remote = eps.get(key)
+                if remote is None:
+                    ip = ips.get(dst)
                     if ip is None:
-                        ip = ips[src] = fast_ip(src, fam)
-                    local = eps[key] = new(Endpoint, (ip, sport))
-                if dport == 0 and dst == zero16:
-                    remote = None
-                else:
-                    key = (dst, dport)
-                    remote = eps.get(key)
-                    if remote is None:
-                        ip = ips.get(dst)
-                        if ip is None:
-                            ip = ips[dst] = fast_ip(dst, fam)
-                        remote = eps[key] = new(Endpoint, (ip, dport))
+                        ip = ips[dst] = fast_ip(dst, fam)
+                    remote = eps[key] = new(Endpoint, (ip, dport))
+            if tag != cg_tag or nlen < cg_end:
                 if nlen > _MSG_LEN:
-                    at = off + _MSG_LEN + cg_at
-                    if at + cg_len <= off + nlen:
-                        alen, atype, cgid = unpack_nla(data, at)
-                        if alen != cg_len or atype != cg_type:
-                            cgid, cg_at = find_cgroup_id(data, off + _MSG_LEN, off + nlen)
-                    else:
-                        cgid, cg_at = find_cgroup_id(data, off + _MSG_LEN, off + nlen)
-                    if cg_at < 0:
-                        cg_at = _CGROUP_GUESS
+                    cgid, found_at = find_cgroup_id(data, off + _MSG_LEN, off + nlen)
+                    if found_at >= 0 and found_at != cg_at:
+                        cg_at = found_at
+                        unpack_full, full_len = _msg_with_cgroup(cg_at)
+                        cg_end = full_len
                 else:
                     cgid = None
-                append(new(Socket, (protocol, sock_family, state, local, remote, inode, uid,
-                                    cgid)))
-                off += (nlen + 3) & ~3
-                continue
+            append(new(Socket, (protocol, sock_family, state, local, remote, inode, uid,
+                                cgid)))
+            off += (nlen + 3) & ~3
+            continue
         # ---- everything else: control messages and malformed data ----
         if left < _HDR_LEN:
             raise NetlinkError(

@@ -41,6 +41,7 @@ PARTIAL_ATTRIBUTION_NOTE = (
     "file descriptors could not be read (run as root or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
 )
 _PARTIAL_PREFIX = "attribution is partial:"
+_ScanKey = tuple[KernelSettings, tuple[Socket, ...], float]
 
 
 @dataclasses.dataclass
@@ -100,10 +101,12 @@ class Collector:
         self.process_factory = process_factory
         self._cgroups = cgroups
         self.counters = AttributionCounters()
-        # The scan the walk belongs to: its settings and sockets objects (held,
-        # so their ids stay unique; snapshot() makes new ones for every scan)
-        # and its timestamp. Copies made by attribute() share all three.
-        self._walk_key: tuple[KernelSettings, tuple[Socket, ...], float] | None = None
+        # The scans the walk belongs to (one, or every namespace of one
+        # snapshot_namespaces pass: socket inodes are unique across
+        # namespaces, so one walk serves them all): their settings and sockets
+        # objects (held, so their ids stay unique; every scan makes new ones)
+        # and timestamps. Copies made by attribute() share all three.
+        self._walk_keys: tuple[_ScanKey, ...] = ()
         self._walk: OwnerWalk | None = None
         # Across scans: where (pid, fd) each attributed socket was found, and
         # the sockets a complete walk found nobody holding.
@@ -122,7 +125,7 @@ class Collector:
         # A new scan: the previous scan's walk state (its socket table and the
         # inodes it saw) is of no use any more; let it go before reading anew.
         self._walk = None
-        self._walk_key = None
+        self._walk_keys = ()
         settings = read_kernel_settings(self.proc_root)
         table = self.source.read()
         return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
@@ -156,7 +159,7 @@ class Collector:
         from portwatch.collect.sources.netlink import NetlinkSource, default_socket_factory
 
         self._walk = None
-        self._walk_key = None
+        self._walk_keys = ()
 
         def inside() -> tuple[KernelSettings, socket.socket]:
             settings = read_kernel_settings(Path("/proc"))  # the thread's namespace's /proc/sys
@@ -174,7 +177,10 @@ class Collector:
         Returns one :class:`NamespaceScan` per namespace: a namespace that
         vanished gives outcome ``vanished``, a ``PermissionError`` ``denied``,
         any other ``OSError``, ``ValueError`` (malformed dump) or
-        :class:`CollectError` ``failed`` with its message.
+        :class:`CollectError` ``failed`` with its message. The snapshots
+        of one call share one walk of ``/proc/PID/fd`` in :meth:`attribute`:
+        a process read for one namespace's sockets is not read again for
+        another's.
         """
         scans: list[NamespaceScan] = []
         for namespace in namespaces:
@@ -188,6 +194,8 @@ class Collector:
                 scans.append(NamespaceScan(namespace, "failed", message=str(exc)))
             else:
                 scans.append(NamespaceScan(namespace, "ok", snapshot=snap))
+        self._walk = None
+        self._walk_keys = tuple(_key(s.snapshot) for s in scans if s.snapshot is not None)
         return scans
 
     def identity_of(self, sock: Socket) -> CgroupIdentity | None:
@@ -276,16 +284,22 @@ class Collector:
             walk.read_pids(index.pids(cgroup_id), wanted)
             self.counters.cgroup_narrowed += before - len(wanted)
 
-    def _same_scan(self, snapshot: Snapshot) -> bool:
-        """True if the kept walk state belongs to ``snapshot``'s scan (identity, not equality)."""
-        key = self._walk_key
-        return (self._walk is not None and key is not None and key[0] is snapshot.settings
-                and key[1] is snapshot.sockets and key[2] == snapshot.taken_at)
+    def _in_pass(self, snapshot: Snapshot) -> bool:
+        """True if ``snapshot`` is one of the scans the walk state is kept for (identity, not equality)."""
+        return any(key[0] is snapshot.settings and key[1] is snapshot.sockets
+                   and key[2] == snapshot.taken_at for key in self._walk_keys)
 
     def _walk_for(self, snapshot: Snapshot) -> OwnerWalk:
-        """The walk state of ``snapshot``'s scan, started afresh for a new scan."""
-        if not self._same_scan(snapshot) or self._walk is None:
-            interesting = frozenset(s.inode for s in snapshot.sockets if s.inode > 0)
-            self._walk = OwnerWalk(self.proc_root, interesting)
-            self._walk_key = (snapshot.settings, snapshot.sockets, snapshot.taken_at)
+        """The walk state of ``snapshot``'s scan (or pass), started afresh for a new one."""
+        if self._walk is not None and self._in_pass(snapshot):
+            return self._walk
+        if not self._in_pass(snapshot):
+            self._walk_keys = (_key(snapshot),)
+        interesting = frozenset(s.inode for key in self._walk_keys for s in key[1] if s.inode > 0)
+        self._walk = OwnerWalk(self.proc_root, interesting)
         return self._walk
+
+
+def _key(snapshot: Snapshot) -> _ScanKey:
+    """What identifies the scan a snapshot (or a copy of it) comes from."""
+    return (snapshot.settings, snapshot.sockets, snapshot.taken_at)

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import run as base
 
-#: Namespaces one holder process fills.
+#: Namespaces one holder process fills at most (fewer when RLIMIT_NOFILE is low).
 NAMESPACES_PER_HOLDER = 20
 #: The smaller count timed to show how the cost grows.
 SMALL = 10
@@ -48,7 +48,7 @@ def ns_holder(pairs: int, names: Sequence[str]) -> int:
     from portwatch.collect import run_in_namespace
     from portwatch.model import NamespaceInfo, NamespaceKind
 
-    base.raise_nofile(len(names) * (2 * pairs + 16) + 64)
+    base.raise_nofile(len(names) * (2 * pairs + 16) + 64)  # what bench() planned for
     keep: list[Any] = []
     for name in names:
         path = f"/run/netns/{name}"
@@ -106,11 +106,17 @@ def ss_loop(names: Sequence[str]) -> dict[str, float]:
     return {"wall": time.perf_counter() - start, "cpu": cpu}
 
 
-def bench(count: int, sockets: int, repeat: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Build ``count`` namespaces of ``sockets`` sockets, measure, tear down; returns the results."""
+def bench(count: int, sockets: int, repeat: int, fd_limit: int,
+          log: Callable[[str], None]) -> dict[str, Any]:
+    """Build ``count`` namespaces of ``sockets`` sockets, measure, tear down; returns the results.
+
+    ``fd_limit`` is the RLIMIT_NOFILE a holder gets; it decides how many
+    namespaces one holder fills.
+    """
     if shutil.which("nsenter") is None:
         raise base.BenchError("the namespace row needs nsenter (util-linux)")
     pairs = max(1, (sockets - len(base.LISTEN_PORTS)) // 2)
+    per_holder = max(1, min(NAMESPACES_PER_HOLDER, (fd_limit - 64) // (2 * pairs + 16)))
     namespaces: list[base.Namespace] = []
     holders: list[subprocess.Popen[str]] = []
     try:
@@ -118,8 +124,8 @@ def bench(count: int, sockets: int, repeat: int, log: Callable[[str], None]) -> 
         t0 = time.monotonic()
         namespaces = [base.Namespace() for _ in range(count)]
         names = [ns.name for ns in namespaces]
-        for i in range(0, count, NAMESPACES_PER_HOLDER):
-            group = names[i:i + NAMESPACES_PER_HOLDER]
+        for i in range(0, count, per_holder):
+            group = names[i:i + per_holder]
             holders.append(subprocess.Popen(
                 [sys.executable, str(base.HERE), "--_ns_holder", str(pairs), ",".join(group)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=base.REPO))

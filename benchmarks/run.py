@@ -713,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             doc["sizes"].append(size)
         if args.namespaces:
             doc["namespaces"] = netns_scale().bench(args.namespaces, args.ns_sockets,
-                                                    args.repeat, log)
+                                                    args.repeat, fd_limit, log)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         print(f"benchmarks/run.py: {exc}", file=sys.stderr)
         return 1

@@ -1,8 +1,11 @@
 """The sock_diag (inet_diag) wire format: requests, and the parser of the kernel's answers.
 
 Job: the kernel constants, :func:`build_request` (one ``SOCK_DIAG_BY_FAMILY``
-dump request, ``struct inet_diag_req_v2`` with ``NLM_F_DUMP``, the way ``ss``
-asks) and :func:`parse_messages`, the pure parser of one receive buffer, which
+dump request, ``struct inet_diag_req_v2`` with ``NLM_F_DUMP``),
+:func:`build_tcp_request` (the older ``TCPDIAG_GETSOCK`` request that ``ss -t``
+sends: TCP of both families in one walk of the kernel's socket hash, which is
+shared by every network namespace, so a dump costs what the host's sockets
+cost, not only the namespace's) and :func:`parse_messages`, the pure parser of one receive buffer, which
 turns each ``struct inet_diag_msg`` into a :class:`portwatch.model.Socket`; it
 is public so that tests can feed it crafted bytes. No I/O here: the socket
 source that sends the requests and receives the answers is
@@ -54,11 +57,13 @@ __all__ = [
     "INET_DIAG_CGROUP_ID",
     "NETLINK_SOCK_DIAG",
     "SOCK_DIAG_BY_FAMILY",
+    "TCPDIAG_GETSOCK",
     "TCP_STATES_MASK",
     "UDP_STATES_MASK",
     "UNAVAILABLE_ERRNOS",
     "NetlinkError",
     "build_request",
+    "build_tcp_request",
     "errno_failure",
     "family_name",
     "find_cgroup_id",
@@ -72,6 +77,9 @@ __all__ = [
 NETLINK_SOCK_DIAG: Final = 4
 #: Message type of a sock_diag request and of its answers.
 SOCK_DIAG_BY_FAMILY: Final = 20
+#: Message type of the compatibility TCP dump request (``struct inet_diag_req``)
+#: and of its answers: TCP sockets of both address families.
+TCPDIAG_GETSOCK: Final = 18
 #: Netlink attribute of an inet_diag_msg holding the socket's cgroup v2 id (u64).
 INET_DIAG_CGROUP_ID: Final = 21
 
@@ -96,6 +104,8 @@ UDP_STATES_MASK: Final = (1 << 1) | (1 << 7)
 _NLMSGHDR: Final = struct.Struct("=IHHII")
 # nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, 48-byte sockid of zeros)
 _REQUEST: Final = struct.Struct("=IHHII" "BBBxI" "48x")
+# nlmsghdr + inet_diag_req (family, src_len, dst_len, ext, 48-byte sockid, states, dbs)
+_TCP_REQUEST: Final = struct.Struct("=IHHII" "BBBB" "48x" "II")
 # nlmsghdr + inet_diag_msg up to inode; ports are read in host order and swapped below.
 _MSG: Final = struct.Struct("=IHHII" "BBxx" "HH16s16s" "24x" "II")
 _HDR_LEN: Final = _NLMSGHDR.size  # 16
@@ -223,6 +233,21 @@ def build_request(seq: int, family: int, protocol: int, states: int) -> bytes:
     )
 
 
+def build_tcp_request(seq: int, states: int) -> bytes:
+    """The bytes of one ``TCPDIAG_GETSOCK`` dump request: every TCP socket, IPv4 and IPv6.
+
+    Takes the netlink sequence number and the state bitmask. Returns a
+    76-byte ``nlmsghdr`` + ``struct inet_diag_req`` (no extensions, no
+    filter); the kernel answers with ``inet_diag_msg`` messages of type
+    :data:`TCPDIAG_GETSOCK`, both families in one walk. Raises
+    ``struct.error`` for out-of-range numbers.
+    """
+    return _TCP_REQUEST.pack(
+        _TCP_REQUEST.size, TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
+        0, 0, 0, 0, states, 0,
+    )
+
+
 def errno_failure(err: int, what: str) -> Exception:
     """The exception for a negative errno the kernel reported about dump ``what``."""
     name = _errno.errorcode.get(err, str(err))
@@ -242,6 +267,7 @@ def parse_messages(
     family: int | None = None,
     out: list[Socket] | None = None,
     length: int | None = None,
+    msg_type: int = SOCK_DIAG_BY_FAMILY,
 ) -> tuple[list[Socket], bool]:
     """Parse one netlink receive buffer of a sock_diag dump.
 
@@ -249,7 +275,9 @@ def parse_messages(
     it), the ``protocol`` the dump was for (TCP or UDP: it decides how state
     numbers read), and optionally the expected sequence number ``seq`` and
     address ``family`` (``AF_INET``/``AF_INET6``; ``None`` accepts either),
-    and a list ``out`` to append to.
+    and a list ``out`` to append to. ``msg_type`` is the type of the answers
+    (that of the request: :data:`SOCK_DIAG_BY_FAMILY`, or
+    :data:`TCPDIAG_GETSOCK` for :func:`build_tcp_request`).
 
     Returns ``(sockets, done)``: the list the sockets were appended to (``out``
     if given; each socket's ``cgroup_id`` is the message's
@@ -307,7 +335,7 @@ def parse_messages(
             tag = 0
         else:
             ntype = 0
-        if (ntype == SOCK_DIAG_BY_FAMILY and nlen >= _MSG_LEN and nlen <= left
+        if (ntype == msg_type and nlen >= _MSG_LEN and nlen <= left
                 and (seq is None or nseq == seq)):
             # ---- the hot path: one inet_diag_msg ----
             if fam == af_inet and v4_ok:
@@ -386,7 +414,7 @@ def parse_messages(
             (status,) = _INT.unpack_from(data, off + _HDR_LEN)
             if status != 0:
                 raise errno_failure(-status, what)
-        elif ntype == SOCK_DIAG_BY_FAMILY:
+        elif ntype == msg_type:
             raise NetlinkError(
                 f"inet_diag_msg payload of {nlen - _HDR_LEN} bytes is shorter than "
                 f"the {_MSG_LEN - _HDR_LEN}-byte struct inet_diag_msg", off)

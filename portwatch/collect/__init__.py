@@ -19,11 +19,17 @@ Reading happens in three steps, from cheap to expensive:
 
 1. :class:`Collector.snapshot` reads the sysctls and the socket table from a
    :class:`~portwatch.model.SocketSource` (every socket, no process walk unless
-   the source does one anyway, as :class:`PsutilSource` does).
+   the source does one anyway, as :class:`PsutilSource` does). For other
+   network namespaces: :func:`discover_namespaces`, then
+   :meth:`Collector.snapshot_namespaces` (one :class:`NamespaceScan` each:
+   ``ok``, ``vanished``, ``denied`` or ``failed``).
 2. The detectors decide which sockets matter.
-3. :meth:`Collector.attribute` finds the owners of only those sockets
-   (:func:`find_socket_owners`, a walk of ``/proc/PID/fd``) and describes the
-   owning processes (:func:`describe_processes`).
+3. :meth:`Collector.attribute` finds the owners of only those sockets: first
+   in the fd tables of the processes of the cgroup each socket was created in
+   (its ``cgroup_id``, :class:`CgroupIndex`), then by a walk of every
+   ``/proc/PID/fd``; it describes the owning processes
+   (:func:`describe_processes`). :meth:`Collector.identity_of` names a
+   socket's unit, container and pod from its cgroup.
 
 Errors: a file that cannot be read or holds garbage raises
 :class:`CollectError`, whose message names the file and the cause, e.g.

@@ -27,7 +27,17 @@ from portwatch.collect import (
 )
 from portwatch.collect.kernel import read_kernel_settings
 from portwatch.collect.sources.netlink import NetlinkSource
-from portwatch.model import NamespaceInfo, NamespaceKind, PortRange
+from portwatch.collect.sources.procnet import ProcNetSource, parse_proc_net
+from portwatch.model import (
+    Endpoint,
+    Family,
+    NamespaceInfo,
+    NamespaceKind,
+    PortRange,
+    Protocol,
+    Socket,
+    SocketState,
+)
 from tests.conftest import require
 from tests.netns import NetNS, netns_available
 from tests.test_collect import run_as_nobody
@@ -265,3 +275,52 @@ def test_one_walk_of_the_fd_tables_serves_every_namespace_of_a_pass(
     assert done_a.owners[sock_a.inode] == (first.pid,) and reads > 0 and walks == 1
     assert done_b.owners[sock_b.inode] == (second.pid,)
     assert (collector.counters.fd_tables_read, collector.counters.full_walks) == (reads, walks)
+
+
+# --- the /proc fallback inside a namespace (no sock_diag there) ---
+
+PROC_TCP = (
+    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1\n"
+    "   1: 0100007F:9C41 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 4243 1\n"
+)
+PROC_TCP6 = (
+    "  sl  local_address                         remote_address                        st ...\n"
+    "   0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A "
+    "00000000:00000000 00:00000000 00000000     0        0 77 1\n"
+    "   1: 0000000000000000FFFF00000100007F:1F91 0000000000000000FFFF00000200007F:A000 06 "
+    "00000000:00000000 00:00000000 00000000     0        0 0 1\n"
+)
+
+
+def test_proc_net_text_parses_into_sockets_like_netlinks() -> None:
+    v4 = parse_proc_net(PROC_TCP, Protocol.TCP, Family.IPV4)
+    v6 = parse_proc_net(PROC_TCP6, Protocol.TCP, Family.IPV6)
+    udp = parse_proc_net(PROC_TCP.replace(" 0A ", " 07 "), Protocol.UDP, Family.IPV4)
+
+    assert v4 == [
+        Socket(Protocol.TCP, Family.IPV4, SocketState.LISTEN, Endpoint("127.0.0.1", 8080), None,
+               4242, 0),
+        Socket(Protocol.TCP, Family.IPV4, SocketState.ESTABLISHED, Endpoint("127.0.0.1", 40001),
+               Endpoint("127.0.0.1", 8080), 4243, 1000)]
+    assert [(s.local, s.remote, s.state) for s in v6] == [
+        (Endpoint("::1", 22), None, SocketState.LISTEN),
+        (Endpoint("127.0.0.1", 8081), Endpoint("127.0.0.2", 40960), SocketState.TIME_WAIT)]
+    assert [s.state for s in udp] == [SocketState.UNCONN, SocketState.ESTABLISHED]
+    with pytest.raises(ValueError, match="line 2"):
+        parse_proc_net(PROC_TCP.replace("0100007F:1F90 0000", "zz:1F90 0000", 1), Protocol.TCP,
+                       Family.IPV4)
+
+
+def test_proc_net_source_in_a_namespace_reads_what_netlink_reads(netns: NetNS) -> None:
+    netns.actor("listen", "--port", "21030", "--family", "6")
+    netns.actor("listen", "--proto", "udp", "--port", "21031")
+    netns.actor("hold-port", "--port", "21032", "--to", "127.0.0.1:21033", "--serve")
+    target = by_inode(discover_namespaces().namespaces, ns_inode(f"/run/netns/{netns.name}"))
+
+    from_proc = run_in_namespace(target, ProcNetSource().read).sockets
+    from_netlink = Collector(NetlinkSource()).snapshot_namespace(target).sockets
+
+    assert {s._replace(cgroup_id=None) for s in from_netlink} == set(from_proc)
+    ports = {s.local.port for s in from_proc}
+    assert {21030, 21031, 21032, 21033} <= ports

@@ -30,6 +30,8 @@ from portwatch.model import (
     Snapshot,
     Socket,
     SocketSource,
+    SocketTable,
+    SourceUnavailable,
 )
 
 __all__ = ["PARTIAL_ATTRIBUTION_NOTE", "AttributionCounters", "Collector", "NamespaceScan"]
@@ -147,7 +149,9 @@ class Collector:
         then runs here. The collector's own namespace (``namespace.own``) is
         read with :meth:`snapshot` and its configured source. Returns a
         :class:`Snapshot` whose ``namespace`` is ``namespace`` and ``source``
-        ``netlink``. Raises :class:`~portwatch.collect.namespaces.NamespaceVanished`
+        ``netlink``, or ``procnet`` where sock_diag is not available in that
+        namespace (:class:`~portwatch.collect.sources.procnet.ProcNetSource`,
+        read in the entering thread; psutil cannot serve there). Raises :class:`~portwatch.collect.namespaces.NamespaceVanished`
         when the namespace is gone (skip it quietly), ``PermissionError``
         without the privilege to enter it, :class:`CollectError` for
         unreadable sysctls and what :class:`NetlinkSource` raises
@@ -156,20 +160,33 @@ class Collector:
         if namespace.own:
             return dataclasses.replace(self.snapshot(), namespace=namespace)
         # Here, not at module level: importing the package loads no netlink module.
+        from portwatch.collect.netlink import UNAVAILABLE_ERRNOS
         from portwatch.collect.sources.netlink import NetlinkSource, default_socket_factory
+        from portwatch.collect.sources.procnet import ProcNetSource
 
         self._walk = None
         self._walk_keys = ()
 
-        def inside() -> tuple[KernelSettings, socket.socket]:
+        def inside() -> tuple[KernelSettings, socket.socket | None, SocketTable | None]:
             settings = read_kernel_settings(Path("/proc"))  # the thread's namespace's /proc/sys
-            return settings, default_socket_factory()
+            try:
+                return settings, default_socket_factory(), None
+            except OSError as exc:
+                if exc.errno not in UNAVAILABLE_ERRNOS:
+                    raise
+            return settings, None, ProcNetSource().read()
 
-        settings, sock = run_in_namespace(namespace, inside, self.proc_root)
-        source = NetlinkSource(socket_factory=lambda: sock)
-        table = source.read()
+        settings, sock, table = run_in_namespace(namespace, inside, self.proc_root)
+        source_name = ProcNetSource.name
+        if sock is not None:
+            try:
+                table = NetlinkSource(socket_factory=lambda: sock).read()
+                source_name = NetlinkSource.name
+            except SourceUnavailable:
+                table = run_in_namespace(namespace, ProcNetSource().read, self.proc_root)
+        assert table is not None
         return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
-                        owners={}, processes={}, source=source.name, namespace=namespace)
+                        owners={}, processes={}, source=source_name, namespace=namespace)
 
     def snapshot_namespaces(self, namespaces: Collection[NamespaceInfo]) -> list[NamespaceScan]:
         """:meth:`snapshot_namespace` of each of ``namespaces``, in order, never raising for one.

@@ -118,7 +118,9 @@ def _identify(found: _Found, proc_root: Path, host: int | None, own: int) -> Nam
     netns_name = next((os.path.basename(p) for p in found.paths
                        if os.path.dirname(p) in NETNS_DIRS), None)
     container = runtime = pod_uid = unit = command = None
-    for pid in found.pids:
+    # The lowest pids say who the namespace belongs to (a pod's pause process,
+    # a container's init); the host's are not worth reading.
+    for pid in found.pids[:MAX_PIDS] if found.inode != host else ():
         path = cgroup_of_pid(proc_root, pid)
         if path is None:
             continue

@@ -142,6 +142,27 @@ def holder(address: str, pairs: int, timewait: int) -> int:
     SIGTERM. Returns the exit status.
     """
     raise_nofile(2 * pairs + 64)
+    try:
+        keep = build_population(address, pairs, timewait)
+    except BenchError as exc:
+        print(f"ERROR {exc}", flush=True)
+        return 1
+    hold(len(keep))
+    return 0
+
+
+def hold(sockets: int) -> None:
+    """Print ``READY {json}`` and wait until stdin closes or SIGTERM."""
+    print("READY " + json.dumps({"pid": os.getpid(), "sockets": sockets}), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sys.stdin.read()  # until the parent closes our stdin
+
+
+def build_population(address: str, pairs: int, timewait: int) -> list[socket.socket]:
+    """The sockets of :func:`holder` (listeners included), in the caller's network namespace.
+
+    Raises BenchError when the listeners do not accept every connection.
+    """
     linger0 = struct.pack("ii", 1, 0)
     listeners: list[socket.socket] = []
     for port in LISTEN_PORTS:
@@ -181,8 +202,7 @@ def holder(address: str, pairs: int, timewait: int) -> int:
         if accepted < pairs:
             time.sleep(0.01)
     if accepted < pairs:
-        print(f"ERROR accepted only {accepted} of {pairs} connections", flush=True)
-        return 1
+        raise BenchError(f"accepted only {accepted} of {pairs} connections")
     # TIME_WAIT: the client (active closer) closes first, then the server.
     lst = listeners[0]
     lst.settimeout(10)
@@ -191,11 +211,7 @@ def holder(address: str, pairs: int, timewait: int) -> int:
         conn, _ = lst.accept()
         client.close()
         conn.close()
-    print("READY " + json.dumps({"pid": os.getpid(), "sockets": len(keep) + len(listeners)}),
-          flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    sys.stdin.read()  # until the parent closes our stdin
-    return 0
+    return keep + listeners
 
 
 # ---------------------------------------------------------------- probes (inside the namespace)
@@ -571,7 +587,20 @@ def render(doc: dict[str, Any]) -> str:
             lines.append("  profile of one scan:")
             lines.extend("    " + line for line in size["scan_profile"].strip().splitlines())
         lines.append("")
+    if doc.get("namespaces"):
+        lines.extend(netns_scale().render(doc["namespaces"]))
+        lines.append("")
     return "\n".join(lines)
+
+
+def netns_scale() -> Any:
+    """The namespace row's module (``benchmarks/netns_scale.py``), which imports this one as ``run``."""
+    # As a script this module is __main__; let ``import run`` there find it, not a second copy
+    # (whose BenchError the handlers here would not catch).
+    sys.modules.setdefault("run", sys.modules[__name__])
+    sys.path.insert(0, str(HERE.parent))
+    import netns_scale as module
+    return module
 
 
 def environment() -> dict[str, Any]:
@@ -587,7 +616,9 @@ def environment() -> dict[str, Any]:
 
 
 def parse_sizes(text: str) -> list[int]:
-    """``1000,10k,100000`` -> [1000, 10000, 100000]; raises ValueError with a clear message."""
+    """``1000,10k,100000`` -> [1000, 10000, 100000]; ``none`` -> []; raises ValueError with a clear message."""
+    if text.strip().lower() == "none":
+        return []
     sizes = []
     for part in text.split(","):
         part = part.strip().lower()
@@ -609,6 +640,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return probe(args_list[1])
     if args_list[:1] == ["--_measure"] and len(args_list) == 3:
         return measure(int(args_list[1]), args_list[2] == "profile")
+    if args_list[:1] == ["--_ns_holder"] and len(args_list) == 3:
+        return netns_scale().ns_holder(int(args_list[1]), args_list[2].split(","))
+    if args_list[:1] == ["--_ns_probe"] and len(args_list) == 2:
+        return netns_scale().probe(args_list[1].split(","))
 
     parser = argparse.ArgumentParser(
         prog="benchmarks/run.py",
@@ -627,6 +662,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="print the table of an earlier --json output and exit")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one scan per size (cProfile, top 20 by own time)")
+    parser.add_argument("--namespaces", type=int, default=0, metavar="N",
+                        help="also measure N namespaces against a loop of nsenter + ss -tan "
+                             "(opt-in; see benchmarks/netns_scale.py; '--sizes none' skips "
+                             "the other rows)")
+    parser.add_argument("--ns-sockets", type=int, default=1000, metavar="M",
+                        help="sockets per namespace for --namespaces (default: %(default)s)")
     args = parser.parse_args(args_list)
     if args.render is not None:
         try:
@@ -645,10 +686,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--idle must be between 0 and 5000")
     if not args.interval > 0:
         parser.error("--interval must be positive")
+    if not 0 <= args.namespaces <= 1000 or not 16 <= args.ns_sockets <= 20000:
+        parser.error("--namespaces must be 0..1000 and --ns-sockets 16..20000")
     if os.geteuid() != 0:
         print("benchmarks/run.py: needs root (it creates network namespaces)", file=sys.stderr)
         return 2
-    for tool in ("ip", "ss"):
+    for tool in ("ip", "ss") + (("nsenter",) if args.namespaces else ()):
         if shutil.which(tool) is None:
             print(f"benchmarks/run.py: needs {tool} (iproute2)", file=sys.stderr)
             return 2
@@ -668,6 +711,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             size = bench_size(n, args.repeat, fd_limit, log, args.profile)
             add_ratios(size, args.interval)
             doc["sizes"].append(size)
+        if args.namespaces:
+            doc["namespaces"] = netns_scale().bench(args.namespaces, args.ns_sockets,
+                                                    args.repeat, fd_limit, log)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         print(f"benchmarks/run.py: {exc}", file=sys.stderr)
         return 1

@@ -510,3 +510,125 @@ def test_many_sockets_arrive_exactly_once_across_datagrams(netns: NetNS) -> None
     assert len(doc["held"]) == 2300
     assert doc["small"] == doc["held"] and doc["large"] == doc["held"]
     assert doc["same"]
+
+
+# --- INET_DIAG_CGROUP_ID (attribute 21) ---
+
+def nlattr(attr_type: int, value: bytes) -> bytes:
+    """One netlink attribute: length, type, value, padded to 4 bytes."""
+    raw = struct.pack("=HH", 4 + len(value), attr_type) + value
+    return raw + bytes(-len(raw) % 4)
+
+
+def cgroup_attr(cgroup_id: int) -> bytes:
+    """INET_DIAG_CGROUP_ID carrying ``cgroup_id``."""
+    return nlattr(21, struct.pack("=Q", cgroup_id))
+
+
+SHUTDOWN, CLASS_ID, SOCKOPT = nlattr(8, b"\0"), nlattr(15, bytes(4)), nlattr(22, b"\x52\0")
+
+
+def test_cgroup_id_is_read_wherever_the_attribute_sits_and_none_without_it() -> None:
+    data = (diag(inode=1, attrs=SHUTDOWN + CLASS_ID + cgroup_attr(4242) + SOCKOPT)  # Linux 6.x
+            + diag(inode=2, attrs=SHUTDOWN + cgroup_attr(7))  # an older kernel: no class id
+            + diag(inode=3, attrs=SHUTDOWN + cgroup_attr(8))  # same place as the one before
+            + diag(inode=4, attrs=SHUTDOWN + CLASS_ID + cgroup_attr(1 << 40))
+            + diag(inode=5, state=6)  # TIME_WAIT mini socket: no attributes at all
+            + diag(inode=6, attrs=SHUTDOWN + CLASS_ID + SOCKOPT)  # no cgroup id (kernel < 5.8)
+            + diag(inode=7, attrs=nlattr(21 | 0x8000, struct.pack("=Q", 99)))  # flag bit set
+            + done())
+
+    sockets, finished = parse_messages(data, protocol=TCP)
+
+    assert finished
+    assert [(s.inode, s.cgroup_id) for s in sockets] == [
+        (1, 4242), (2, 7), (3, 8), (4, 1 << 40), (5, None), (6, None), (7, 99)]
+
+
+def test_a_broken_attribute_list_leaves_the_cgroup_id_unknown_not_the_socket() -> None:
+    short = struct.pack("=HH", 2, 21) + bytes(8)  # length below the 4-byte header
+    overrun = struct.pack("=HH", 200, 21) + struct.pack("=Q", 5)  # runs past the message
+    tiny = struct.pack("=HH", 8, 21) + bytes(4)  # type 21 but no room for a u64
+    data = diag(inode=1, attrs=short) + diag(inode=2, attrs=overrun) + diag(inode=3, attrs=tiny)
+
+    sockets, _ = parse_messages(data, protocol=TCP)
+
+    assert [(s.inode, s.cgroup_id) for s in sockets] == [(1, None), (2, None), (3, None)]
+    assert netlink.find_cgroup_id(cgroup_attr(9), 0, 12) == (9, 0)
+    assert netlink.find_cgroup_id(SHUTDOWN + cgroup_attr(9), 0, 20) == (9, 8)
+    assert netlink.find_cgroup_id(SHUTDOWN, 0, 8) == (None, -1)
+
+
+# --- TCP of both families in one request (TCPDIAG_GETSOCK), as ss -t asks ---
+
+def test_build_tcp_request_lays_out_inet_diag_req() -> None:
+    req = netlink.build_tcp_request(9, 0xFFE)
+    assert len(req) == 76
+    assert struct.unpack_from("=IHHII", req) == (76, netlink.TCPDIAG_GETSOCK, 0x301, 9, 0)
+    assert req[16:68] == bytes(52) and struct.unpack_from("=II", req, 68) == (0xFFE, 0)
+
+
+def test_tcp_answers_of_both_families_parse_under_their_own_message_type() -> None:
+    def typed(raw: bytes) -> bytes:  # the same message with nlmsg_type TCPDIAG_GETSOCK
+        return raw[:4] + struct.pack("=H", netlink.TCPDIAG_GETSOCK) + raw[6:]
+
+    data = typed(diag(AF4, inode=1)) + typed(diag(AF6, inode=2)) + done()
+
+    sockets, finished = parse_messages(data, protocol=TCP, msg_type=netlink.TCPDIAG_GETSOCK)
+
+    assert finished and [(s.family, s.inode) for s in sockets] == [
+        (Family.IPV4, 1), (Family.IPV6, 2)]
+    with pytest.raises(NetlinkError, match="unexpected netlink message type 18"):
+        parse_messages(data, protocol=TCP)
+
+
+class RefusesTcpCompat:
+    """A real NETLINK_SOCK_DIAG socket whose kernel, it pretends, refuses TCPDIAG_GETSOCK (EINVAL)."""
+
+    def __init__(self) -> None:
+        self.real = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4)
+        self.refusal = b""
+        self.types: list[int] = []
+
+    def sendto(self, data: bytes, address: tuple[int, int]) -> int:
+        msg_type, _flags, seq = struct.unpack_from("=HHI", data, 4)
+        self.types.append(msg_type)
+        if msg_type == netlink.TCPDIAG_GETSOCK:
+            self.refusal = error(errno.EINVAL, seq=seq)
+            return len(data)
+        return self.real.sendto(data, address)
+
+    def recvfrom_into(self, view: memoryview, size: int, flags: int) -> tuple[int, Any]:
+        if self.refusal:
+            answer, self.refusal = self.refusal, b""
+            view[:len(answer)] = answer
+            return len(answer), (0, 0)
+        return self.real.recvfrom_into(view, size, flags)
+
+    def settimeout(self, value: float) -> None:
+        self.real.settimeout(value)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_a_kernel_refusing_the_two_family_tcp_request_is_asked_per_family(netns: NetNS) -> None:
+    code = textwrap.dedent("""
+        import json, socket
+        from portwatch.collect.sources.netlink import NetlinkSource
+        from tests.test_netlink import RefusesTcpCompat
+        v4, v6 = socket.socket(socket.AF_INET), socket.socket(socket.AF_INET6)
+        v4.bind(("127.0.0.1", 21020)); v6.bind(("::1", 21021))
+        v4.listen(); v6.listen()
+        fakes = []
+        def factory():
+            fakes.append(RefusesTcpCompat())
+            return fakes[-1]
+        source = NetlinkSource(socket_factory=factory)
+        tables = [source.read(), source.read()]
+        print(json.dumps({"ports": [sorted(s.local.port for s in t.sockets) for t in tables],
+                          "types": [f.types for f in fakes]}))
+    """)
+    out = json.loads(netns.run([sys.executable, "-c", code], check=True).stdout)
+    assert out["ports"] == [[21020, 21021], [21020, 21021]]
+    assert out["types"] == [[18, 20, 20, 20, 20], [20, 20, 20, 20]]  # asked once, then per family

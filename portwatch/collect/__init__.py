@@ -6,7 +6,9 @@ else of portwatch. Its modules: ``kernel`` (sysctls), ``sources`` (the
 registry of socket sources, and one module per source: ``sources.netlink``,
 ``sources.psutil``), ``netlink`` (the sock_diag wire format), ``owners`` (the
 ``/proc/PID/fd`` walk and its caches), ``processes`` (process descriptions),
-``collector`` (:class:`Collector`), ``errors``. This package exports their
+``collector`` (:class:`Collector`), ``errors``, ``namespaces`` (finding,
+naming and entering network namespaces), ``cgroups`` (cgroup id -> path ->
+unit, container, pod), ``mounts`` (the mount table). This package exports their
 public names; importing it imports neither psutil (loaded at the first psutil
 read or process description) nor the netlink modules. Every function
 takes the root it reads (``proc_root``) and the functions it calls
@@ -17,11 +19,17 @@ Reading happens in three steps, from cheap to expensive:
 
 1. :class:`Collector.snapshot` reads the sysctls and the socket table from a
    :class:`~portwatch.model.SocketSource` (every socket, no process walk unless
-   the source does one anyway, as :class:`PsutilSource` does).
+   the source does one anyway, as :class:`PsutilSource` does). For other
+   network namespaces: :func:`discover_namespaces`, then
+   :meth:`Collector.snapshot_namespaces` (one :class:`NamespaceScan` each:
+   ``ok``, ``vanished``, ``denied`` or ``failed``).
 2. The detectors decide which sockets matter.
-3. :meth:`Collector.attribute` finds the owners of only those sockets
-   (:func:`find_socket_owners`, a walk of ``/proc/PID/fd``) and describes the
-   owning processes (:func:`describe_processes`).
+3. :meth:`Collector.attribute` finds the owners of only those sockets: first
+   in the fd tables of the processes of the cgroup each socket was created in
+   (its ``cgroup_id``, :class:`CgroupIndex`), then by a walk of every
+   ``/proc/PID/fd``; it describes the owning processes
+   (:func:`describe_processes`). :meth:`Collector.identity_of` names a
+   socket's unit, container and pod from its cgroup.
 
 Errors: a file that cannot be read or holds garbage raises
 :class:`CollectError`, whose message names the file and the cause, e.g.
@@ -30,13 +38,33 @@ Errors: a file that cannot be read or holds garbage raises
 
 from __future__ import annotations
 
-from portwatch.collect.collector import PARTIAL_ATTRIBUTION_NOTE, Collector
+from portwatch.collect.cgroups import (
+    CgroupIndex,
+    cgroup2_mount,
+    cgroup_of_pid,
+    identity_from_path,
+)
+from portwatch.collect.collector import (
+    PARTIAL_ATTRIBUTION_NOTE,
+    AttributionCounters,
+    Collector,
+    NamespaceScan,
+)
 from portwatch.collect.errors import CollectError, SourceReadError
 from portwatch.collect.kernel import (
     DEFAULT_UNPRIVILEGED_PORT_START,
     parse_port_range,
     parse_reserved_ports,
     read_kernel_settings,
+)
+from portwatch.collect.mounts import Mount, parse_mountinfo, read_mountinfo
+from portwatch.collect.namespaces import (
+    OWN_NAMESPACE_NOTE,
+    Discovery,
+    NamespaceVanished,
+    can_enter_namespaces,
+    discover_namespaces,
+    run_in_namespace,
 )
 from portwatch.collect.owners import FD_CACHE_SIZE, OwnerScan, find_socket_owners
 from portwatch.collect.processes import describe_processes, systemd_unit_from_cgroup
@@ -55,10 +83,25 @@ __all__ = [
     "systemd_unit_from_cgroup",
     "describe_processes",
     "Collector",
+    "NamespaceScan",
     "PARTIAL_ATTRIBUTION_NOTE",
     "DEFAULT_UNPRIVILEGED_PORT_START",
     "FD_CACHE_SIZE",
     "SOURCE_NAMES",
     "FallbackSource",
     "make_source",
+    "AttributionCounters",
+    "CgroupIndex",
+    "cgroup2_mount",
+    "cgroup_of_pid",
+    "identity_from_path",
+    "Mount",
+    "parse_mountinfo",
+    "read_mountinfo",
+    "OWN_NAMESPACE_NOTE",
+    "Discovery",
+    "NamespaceVanished",
+    "can_enter_namespaces",
+    "discover_namespaces",
+    "run_in_namespace",
 ]

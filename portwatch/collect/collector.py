@@ -11,16 +11,30 @@ asked for (:mod:`~portwatch.collect.owners`) and describes their processes
 from __future__ import annotations
 
 import dataclasses
+import socket
 import time
 from pathlib import Path
 from typing import Callable, Collection
 
+from portwatch.collect.cgroups import CgroupIndex, cgroup2_mount
 from portwatch.collect.kernel import read_kernel_settings
+from portwatch.collect.mounts import read_mountinfo
+from portwatch.collect.errors import CollectError
+from portwatch.collect.namespaces import NamespaceVanished, run_in_namespace
 from portwatch.collect.owners import OwnerMemory, OwnerWalk
 from portwatch.collect.processes import ProcessFactory, describe_processes
-from portwatch.model import KernelSettings, Snapshot, Socket, SocketSource
+from portwatch.model import (
+    CgroupIdentity,
+    KernelSettings,
+    NamespaceInfo,
+    Snapshot,
+    Socket,
+    SocketSource,
+    SocketTable,
+    SourceUnavailable,
+)
 
-__all__ = ["PARTIAL_ATTRIBUTION_NOTE", "Collector"]
+__all__ = ["PARTIAL_ATTRIBUTION_NOTE", "AttributionCounters", "Collector", "NamespaceScan"]
 
 #: The note :meth:`Collector.attribute` adds when it could not read some
 #: processes' file descriptors; ``{denied}`` is the number of such processes.
@@ -29,6 +43,40 @@ PARTIAL_ATTRIBUTION_NOTE = (
     "file descriptors could not be read (run as root or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
 )
 _PARTIAL_PREFIX = "attribution is partial:"
+_ScanKey = tuple[KernelSettings, tuple[Socket, ...], float]
+
+
+@dataclasses.dataclass
+class AttributionCounters:
+    """What attribution cost so far, summed over a collector's life (tests assert them).
+
+    ``fd_tables_read``: ``/proc/PID/fd`` tables read (whole or in part);
+    ``full_walks``: walks of every process started; ``cgroup_narrowed``:
+    wanted sockets whose owner was found among their cgroup's
+    ``cgroup.procs``; ``cgroup_lookups``: cgroups whose ``cgroup.procs`` was
+    read for that.
+    """
+
+    fd_tables_read: int = 0
+    full_walks: int = 0
+    cgroup_narrowed: int = 0
+    cgroup_lookups: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class NamespaceScan:
+    """The outcome of reading one namespace in :meth:`Collector.snapshot_namespaces`.
+
+    ``outcome`` is ``ok`` (``snapshot`` is set), ``vanished`` (the namespace
+    ended before or while it was read: skip it quietly), ``denied`` (no
+    privilege to enter it) or ``failed`` (``message`` says why: unreadable
+    sysctls, a failed dump).
+    """
+
+    namespace: NamespaceInfo
+    outcome: str
+    snapshot: Snapshot | None = None
+    message: str = ""
 
 
 class Collector:
@@ -41,18 +89,26 @@ class Collector:
 
     def __init__(self, source: SocketSource, proc_root: Path = Path("/proc"),
                  clock: Callable[[], float] = time.time,
-                 process_factory: ProcessFactory | None = None) -> None:
+                 process_factory: ProcessFactory | None = None,
+                 cgroups: CgroupIndex | None = None) -> None:
         """Take the socket source, the proc mount (sysctls, fd tables, cgroups),
-        the clock giving ``Snapshot.taken_at`` and the process factory for
-        :func:`describe_processes` (``None``: ``psutil.Process``)."""
+        the clock giving ``Snapshot.taken_at``, the process factory for
+        :func:`describe_processes` (``None``: ``psutil.Process``) and the
+        cgroup index that narrows owner searches (``None``: one on the cgroup2
+        mount named in ``proc_root/self/mountinfo``, made when first needed;
+        no such mount, no narrowing)."""
         self.source = source
         self.proc_root = Path(proc_root)
         self.clock = clock
         self.process_factory = process_factory
-        # The scan the walk belongs to: its settings and sockets objects (held,
-        # so their ids stay unique; snapshot() makes new ones for every scan)
-        # and its timestamp. Copies made by attribute() share all three.
-        self._walk_key: tuple[KernelSettings, tuple[Socket, ...], float] | None = None
+        self._cgroups = cgroups
+        self.counters = AttributionCounters()
+        # The scans the walk belongs to (one, or every namespace of one
+        # snapshot_namespaces pass: socket inodes are unique across
+        # namespaces, so one walk serves them all): their settings and sockets
+        # objects (held, so their ids stay unique; every scan makes new ones)
+        # and timestamps. Copies made by attribute() share all three.
+        self._walk_keys: tuple[_ScanKey, ...] = ()
         self._walk: OwnerWalk | None = None
         # Across scans: where (pid, fd) each attributed socket was found, and
         # the sockets a complete walk found nobody holding.
@@ -71,11 +127,99 @@ class Collector:
         # A new scan: the previous scan's walk state (its socket table and the
         # inodes it saw) is of no use any more; let it go before reading anew.
         self._walk = None
-        self._walk_key = None
+        self._walk_keys = ()
         settings = read_kernel_settings(self.proc_root)
         table = self.source.read()
         return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
                         owners=dict(table.owners), processes={}, source=self.source.name)
+
+    @property
+    def cgroups(self) -> CgroupIndex:
+        """The cgroup index (made from ``proc_root/self/mountinfo`` on first use)."""
+        if self._cgroups is None:
+            mounts = read_mountinfo(self.proc_root / "self" / "mountinfo")
+            self._cgroups = CgroupIndex(cgroup2_mount(mounts))
+        return self._cgroups
+
+    def snapshot_namespace(self, namespace: NamespaceInfo) -> Snapshot:
+        """Read the kernel settings and socket table of another network namespace.
+
+        The sysctls are read, and the NETLINK_SOCK_DIAG socket is created,
+        in a thread inside ``namespace`` (:func:`run_in_namespace`); the dump
+        then runs here. The collector's own namespace (``namespace.own``) is
+        read with :meth:`snapshot` and its configured source. Returns a
+        :class:`Snapshot` whose ``namespace`` is ``namespace`` and ``source``
+        ``netlink``, or ``procnet`` where sock_diag is not available in that
+        namespace (:class:`~portwatch.collect.sources.procnet.ProcNetSource`,
+        read in the entering thread; psutil cannot serve there). Raises :class:`~portwatch.collect.namespaces.NamespaceVanished`
+        when the namespace is gone (skip it quietly), ``PermissionError``
+        without the privilege to enter it, :class:`CollectError` for
+        unreadable sysctls and what :class:`NetlinkSource` raises
+        (:class:`~portwatch.model.SourceUnavailable` without sock_diag there).
+        """
+        if namespace.own:
+            return dataclasses.replace(self.snapshot(), namespace=namespace)
+        # Here, not at module level: importing the package loads no netlink module.
+        from portwatch.collect.netlink import UNAVAILABLE_ERRNOS
+        from portwatch.collect.sources.netlink import NetlinkSource, default_socket_factory
+        from portwatch.collect.sources.procnet import ProcNetSource
+
+        self._walk = None
+        self._walk_keys = ()
+
+        def inside() -> tuple[KernelSettings, socket.socket | None, SocketTable | None]:
+            settings = read_kernel_settings(Path("/proc"))  # the thread's namespace's /proc/sys
+            try:
+                return settings, default_socket_factory(), None
+            except OSError as exc:
+                if exc.errno not in UNAVAILABLE_ERRNOS:
+                    raise
+            return settings, None, ProcNetSource().read()
+
+        settings, sock, table = run_in_namespace(namespace, inside, self.proc_root)
+        source_name = ProcNetSource.name
+        if sock is not None:
+            try:
+                table = NetlinkSource(socket_factory=lambda: sock).read()
+                source_name = NetlinkSource.name
+            except SourceUnavailable:
+                table = run_in_namespace(namespace, ProcNetSource().read, self.proc_root)
+        assert table is not None
+        return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
+                        owners={}, processes={}, source=source_name, namespace=namespace)
+
+    def snapshot_namespaces(self, namespaces: Collection[NamespaceInfo]) -> list[NamespaceScan]:
+        """:meth:`snapshot_namespace` of each of ``namespaces``, in order, never raising for one.
+
+        Returns one :class:`NamespaceScan` per namespace: a namespace that
+        vanished gives outcome ``vanished``, a ``PermissionError`` ``denied``,
+        any other ``OSError``, ``ValueError`` (malformed dump) or
+        :class:`CollectError` ``failed`` with its message. The snapshots
+        of one call share one walk of ``/proc/PID/fd`` in :meth:`attribute`:
+        a process read for one namespace's sockets is not read again for
+        another's.
+        """
+        scans: list[NamespaceScan] = []
+        for namespace in namespaces:
+            try:
+                snap = self.snapshot_namespace(namespace)
+            except NamespaceVanished as exc:
+                scans.append(NamespaceScan(namespace, "vanished", message=str(exc)))
+            except PermissionError as exc:
+                scans.append(NamespaceScan(namespace, "denied", message=str(exc)))
+            except (CollectError, OSError, ValueError) as exc:
+                scans.append(NamespaceScan(namespace, "failed", message=str(exc)))
+            else:
+                scans.append(NamespaceScan(namespace, "ok", snapshot=snap))
+        self._walk = None
+        self._walk_keys = tuple(_key(s.snapshot) for s in scans if s.snapshot is not None)
+        return scans
+
+    def identity_of(self, sock: Socket) -> CgroupIdentity | None:
+        """Who created ``sock``: the unit, container and pod of its cgroup; None without a cgroup id or when unknown."""
+        if sock.cgroup_id is None:
+            return None
+        return self.cgroups.identity(sock.cgroup_id)
 
     def attribute(self, snapshot: Snapshot, inodes: Collection[int]) -> Snapshot:
         """Return a copy of ``snapshot`` whose owners and processes cover ``inodes``.
@@ -89,7 +233,10 @@ class Collector:
         kept for this scan (the snapshot and the copies this method made from
         it), so later calls only read processes not read yet, and never
         re-read one; an inode the walk already looked for and did not find
-        stays unowned. The walk stops early as :func:`find_socket_owners`
+        stays unowned. Before that walk, sockets with a ``cgroup_id`` (other
+        than the root cgroup's) are looked for in the fd tables of their
+        cgroup's ``cgroup.procs`` pids; only those still missing cost the
+        walk of every process. The walk stops early as :func:`find_socket_owners`
         describes (shared sockets may list only their first holders). Every
         pid owning a requested inode that is not yet in ``snapshot.processes``
         is described (:func:`describe_processes`). When a requested socket
@@ -113,6 +260,8 @@ class Collector:
         if missing:
             walk = self._walk_for(snapshot)
             missing &= walk.interesting
+            reads, walks = walk.reads, walk.full_walks
+            self._narrow(snapshot, walk, missing)
             uids = {s.uid for s in snapshot.sockets if s.uid is not None and s.inode in missing}
             walk.run(missing, stop_early=True, uids=uids)
             owners.update(walk.owners_of(missing))
@@ -122,6 +271,8 @@ class Collector:
                 self._memory.remember_unowned(still, walk.denied)
             unowned += len(still)
             denied = max(denied, walk.denied)
+            self.counters.fd_tables_read += walk.reads - reads
+            self.counters.full_walks += walk.full_walks - walks
         if denied and unowned:
             # Only worth saying when a socket we needed stays unexplained:
             # an unreadable fd table that held none of them changes nothing.
@@ -133,16 +284,39 @@ class Collector:
         processes.update(describe_processes(new_pids, self.proc_root, self.process_factory))
         return dataclasses.replace(snapshot, owners=owners, processes=processes, notes=notes)
 
-    def _same_scan(self, snapshot: Snapshot) -> bool:
-        """True if the kept walk state belongs to ``snapshot``'s scan (identity, not equality)."""
-        key = self._walk_key
-        return (self._walk is not None and key is not None and key[0] is snapshot.settings
-                and key[1] is snapshot.sockets and key[2] == snapshot.taken_at)
+    def _narrow(self, snapshot: Snapshot, walk: OwnerWalk, missing: set[int]) -> None:
+        """Look for ``missing`` inodes in the fd tables of their cgroups' processes first."""
+        by_cgroup: dict[int, set[int]] = {}
+        for sock in snapshot.sockets:
+            if sock.cgroup_id is not None and sock.inode in missing:
+                by_cgroup.setdefault(sock.cgroup_id, set()).add(sock.inode)
+        if not by_cgroup:
+            return
+        index = self.cgroups
+        for cgroup_id, wanted in by_cgroup.items():
+            if index.path_of(cgroup_id) in (None, "/"):
+                continue  # unknown, or the root cgroup: that is no narrowing
+            self.counters.cgroup_lookups += 1
+            before = len(wanted)
+            walk.read_pids(index.pids(cgroup_id), wanted)
+            self.counters.cgroup_narrowed += before - len(wanted)
+
+    def _in_pass(self, snapshot: Snapshot) -> bool:
+        """True if ``snapshot`` is one of the scans the walk state is kept for (identity, not equality)."""
+        return any(key[0] is snapshot.settings and key[1] is snapshot.sockets
+                   and key[2] == snapshot.taken_at for key in self._walk_keys)
 
     def _walk_for(self, snapshot: Snapshot) -> OwnerWalk:
-        """The walk state of ``snapshot``'s scan, started afresh for a new scan."""
-        if not self._same_scan(snapshot) or self._walk is None:
-            interesting = frozenset(s.inode for s in snapshot.sockets if s.inode > 0)
-            self._walk = OwnerWalk(self.proc_root, interesting)
-            self._walk_key = (snapshot.settings, snapshot.sockets, snapshot.taken_at)
+        """The walk state of ``snapshot``'s scan (or pass), started afresh for a new one."""
+        if self._walk is not None and self._in_pass(snapshot):
+            return self._walk
+        if not self._in_pass(snapshot):
+            self._walk_keys = (_key(snapshot),)
+        interesting = frozenset(s.inode for key in self._walk_keys for s in key[1] if s.inode > 0)
+        self._walk = OwnerWalk(self.proc_root, interesting)
         return self._walk
+
+
+def _key(snapshot: Snapshot) -> _ScanKey:
+    """What identifies the scan a snapshot (or a copy of it) comes from."""
+    return (snapshot.settings, snapshot.sockets, snapshot.taken_at)

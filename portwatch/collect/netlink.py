@@ -1,8 +1,11 @@
 """The sock_diag (inet_diag) wire format: requests, and the parser of the kernel's answers.
 
 Job: the kernel constants, :func:`build_request` (one ``SOCK_DIAG_BY_FAMILY``
-dump request, ``struct inet_diag_req_v2`` with ``NLM_F_DUMP``, the way ``ss``
-asks) and :func:`parse_messages`, the pure parser of one receive buffer, which
+dump request, ``struct inet_diag_req_v2`` with ``NLM_F_DUMP``),
+:func:`build_tcp_request` (the older ``TCPDIAG_GETSOCK`` request that ``ss -t``
+sends: TCP of both families in one walk of the kernel's socket hash, which is
+shared by every network namespace, so a dump costs what the host's sockets
+cost, not only the namespace's) and :func:`parse_messages`, the pure parser of one receive buffer, which
 turns each ``struct inet_diag_msg`` into a :class:`portwatch.model.Socket`; it
 is public so that tests can feed it crafted bytes. No I/O here: the socket
 source that sends the requests and receives the answers is
@@ -17,10 +20,17 @@ Wire layout (all integers in host byte order except ports and addresses)::
                            be16 sport, dport; be32 src[4], dst[4];
                            u32 if; u32 cookie[2];
                            u32 expires, rqueue, wqueue, uid, inode; }           72 bytes
-    (then netlink attributes, skipped)
+    then netlink attributes  { u16 len; u16 type; value; } at 4-byte alignment
+
+Of the attributes only ``INET_DIAG_CGROUP_ID`` (21, a u64, Linux 5.8+) is
+read: the kernel puts it in every full socket's message without being asked.
+It is looked for first where the previous message had it (on this kernel,
+after ``INET_DIAG_SHUTDOWN`` and ``INET_DIAG_CLASS_ID``), so the walk of the
+attribute list happens about once per buffer, not once per socket.
 
 TIME_WAIT and NEW_SYN_RECV entries are the kernel's "mini sockets": they have
-inode 0 and uid 0. They are kept (TIME_WAIT counts for port exhaustion).
+inode 0 and uid 0, and no attributes (``cgroup_id`` is ``None``). They are
+kept (TIME_WAIT counts for port exhaustion).
 """
 
 from __future__ import annotations
@@ -44,15 +54,19 @@ from portwatch.model import (
 )
 
 __all__ = [
+    "INET_DIAG_CGROUP_ID",
     "NETLINK_SOCK_DIAG",
     "SOCK_DIAG_BY_FAMILY",
+    "TCPDIAG_GETSOCK",
     "TCP_STATES_MASK",
     "UDP_STATES_MASK",
     "UNAVAILABLE_ERRNOS",
     "NetlinkError",
     "build_request",
+    "build_tcp_request",
     "errno_failure",
     "family_name",
+    "find_cgroup_id",
     "fast_ip",
     "parse_messages",
 ]
@@ -63,6 +77,11 @@ __all__ = [
 NETLINK_SOCK_DIAG: Final = 4
 #: Message type of a sock_diag request and of its answers.
 SOCK_DIAG_BY_FAMILY: Final = 20
+#: Message type of the compatibility TCP dump request (``struct inet_diag_req``)
+#: and of its answers: TCP sockets of both address families.
+TCPDIAG_GETSOCK: Final = 18
+#: Netlink attribute of an inet_diag_msg holding the socket's cgroup v2 id (u64).
+INET_DIAG_CGROUP_ID: Final = 21
 
 NLMSG_NOOP: Final = 1
 NLMSG_ERROR: Final = 2
@@ -85,11 +104,22 @@ UDP_STATES_MASK: Final = (1 << 1) | (1 << 7)
 _NLMSGHDR: Final = struct.Struct("=IHHII")
 # nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, 48-byte sockid of zeros)
 _REQUEST: Final = struct.Struct("=IHHII" "BBBxI" "48x")
+# nlmsghdr + inet_diag_req (family, src_len, dst_len, ext, 48-byte sockid, states, dbs)
+_TCP_REQUEST: Final = struct.Struct("=IHHII" "BBBB" "48x" "II")
 # nlmsghdr + inet_diag_msg up to inode; ports are read in host order and swapped below.
 _MSG: Final = struct.Struct("=IHHII" "BBxx" "HH16s16s" "24x" "II")
 _HDR_LEN: Final = _NLMSGHDR.size  # 16
 _MSG_LEN: Final = _MSG.size  # 16 + 72 = 88
 _INT: Final = struct.Struct("=i")
+_NLA_U64: Final = struct.Struct("=HHQ")  # nlattr header + u64 value
+_NLA_HDR: Final = struct.Struct("=HH")
+_NLA_CGROUP_LEN: Final = _NLA_U64.size  # 12
+_NLA_TYPE_MASK: Final = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+#: The nlattr header of INET_DIAG_CGROUP_ID (length 12, type 21) read as one u32.
+_CGROUP_TAG: Final = struct.unpack("=I", struct.pack("=HH", _NLA_CGROUP_LEN, INET_DIAG_CGROUP_ID))[0]
+#: Where (after inet_diag_msg) INET_DIAG_CGROUP_ID is first looked for: after
+#: INET_DIAG_SHUTDOWN (8 bytes) and INET_DIAG_CLASS_ID (8 bytes), as on Linux 6.x.
+_CGROUP_GUESS: Final = 16
 
 _ZERO16: Final = bytes(16)
 _V4MAPPED: Final = bytes(10) + b"\xff\xff"
@@ -157,6 +187,38 @@ def fast_ip(raw: bytes, family: int) -> str:
     raise ValueError(f"unknown address family {family}")
 
 
+def _msg_with_cgroup(at: int) -> tuple[Any, int]:
+    """``unpack_from`` of a message plus an INET_DIAG_CGROUP_ID attribute ``at`` bytes after
+    ``inet_diag_msg``, and the size it reads."""
+    full = _MSG_CGROUP.get(at)
+    if full is None:
+        full = _MSG_CGROUP[at] = struct.Struct(_MSG.format + f"{at}x" + "IQ")
+    return full.unpack_from, full.size
+
+
+_MSG_CGROUP: dict[int, struct.Struct] = {}
+
+
+def find_cgroup_id(data: bytes | bytearray | memoryview, start: int, end: int) -> tuple[int | None, int]:
+    """The ``INET_DIAG_CGROUP_ID`` value among the netlink attributes in ``data[start:end]``.
+
+    Takes the buffer and the bounds of one message's attribute list. Returns
+    ``(cgroup id, offset of its attribute relative to start)``, or
+    ``(None, -1)`` when the list has no such attribute. An attribute whose
+    length is below its 4-byte header or runs past ``end`` ends the search
+    (the rest cannot be read). Never raises.
+    """
+    off = start
+    while off + 4 <= end:
+        alen, atype = _NLA_HDR.unpack_from(data, off)
+        if alen < 4 or off + alen > end:
+            return None, -1
+        if atype & _NLA_TYPE_MASK == INET_DIAG_CGROUP_ID and alen >= _NLA_CGROUP_LEN:
+            return _NLA_U64.unpack_from(data, off)[2], off - start
+        off += (alen + 3) & ~3
+    return None, -1
+
+
 def build_request(seq: int, family: int, protocol: int, states: int) -> bytes:
     """The bytes of one ``SOCK_DIAG_BY_FAMILY`` dump request.
 
@@ -168,6 +230,21 @@ def build_request(seq: int, family: int, protocol: int, states: int) -> bytes:
     return _REQUEST.pack(
         _REQUEST.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
         family, protocol, 0, states,
+    )
+
+
+def build_tcp_request(seq: int, states: int) -> bytes:
+    """The bytes of one ``TCPDIAG_GETSOCK`` dump request: every TCP socket, IPv4 and IPv6.
+
+    Takes the netlink sequence number and the state bitmask. Returns a
+    76-byte ``nlmsghdr`` + ``struct inet_diag_req`` (no extensions, no
+    filter); the kernel answers with ``inet_diag_msg`` messages of type
+    :data:`TCPDIAG_GETSOCK`, both families in one walk. Raises
+    ``struct.error`` for out-of-range numbers.
+    """
+    return _TCP_REQUEST.pack(
+        _TCP_REQUEST.size, TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
+        0, 0, 0, 0, states, 0,
     )
 
 
@@ -190,6 +267,7 @@ def parse_messages(
     family: int | None = None,
     out: list[Socket] | None = None,
     length: int | None = None,
+    msg_type: int = SOCK_DIAG_BY_FAMILY,
 ) -> tuple[list[Socket], bool]:
     """Parse one netlink receive buffer of a sock_diag dump.
 
@@ -197,10 +275,13 @@ def parse_messages(
     it), the ``protocol`` the dump was for (TCP or UDP: it decides how state
     numbers read), and optionally the expected sequence number ``seq`` and
     address ``family`` (``AF_INET``/``AF_INET6``; ``None`` accepts either),
-    and a list ``out`` to append to.
+    and a list ``out`` to append to. ``msg_type`` is the type of the answers
+    (that of the request: :data:`SOCK_DIAG_BY_FAMILY`, or
+    :data:`TCPDIAG_GETSOCK` for :func:`build_tcp_request`).
 
     Returns ``(sockets, done)``: the list the sockets were appended to (``out``
-    if given) and whether ``NLMSG_DONE`` ended the dump in this buffer (the
+    if given; each socket's ``cgroup_id`` is the message's
+    ``INET_DIAG_CGROUP_ID``, ``None`` without one) and whether ``NLMSG_DONE`` ended the dump in this buffer (the
     rest of the buffer after it is ignored). ``NLMSG_NOOP`` and an
     ``NLMSG_ERROR`` with error 0 (an acknowledgement) are skipped; messages
     are read at 4-byte alignment.
@@ -224,6 +305,7 @@ def parse_messages(
     unpack_msg = _MSG.unpack_from
     new = tuple.__new__  # Socket._make / Endpoint._make without their Python-level wrapper
     af_inet, af_inet6 = int(socket.AF_INET), int(socket.AF_INET6)
+    v4_ok, v6_ok = family in (None, af_inet), family in (None, af_inet6)
     fam_v4, fam_v6 = Family.IPV4, Family.IPV6
     zero16 = _ZERO16
     swap = not _BIG_ENDIAN
@@ -235,56 +317,78 @@ def parse_messages(
     ep6: dict[tuple[bytes, int], Endpoint] = {}
     ip4: dict[bytes, str] = {}
     ip6: dict[bytes, str] = {}
+    # The message and the INET_DIAG_CGROUP_ID attribute where the previous
+    # message had it, in one unpack; ``cg_end`` is where that attribute ends.
+    cg_at = _CGROUP_GUESS
+    unpack_full, full_len = _msg_with_cgroup(cg_at)
+    cg_end = full_len  # where that attribute ends, from the message's start
+    cg_tag = _CGROUP_TAG
     off = 0
     while off < end:
         left = end - off
-        if left >= _MSG_LEN:
+        if left >= full_len:
+            (nlen, ntype, _flags, nseq, _pid, fam, st, sport, dport, src, dst, uid,
+             inode, tag, cgid) = unpack_full(data, off)
+        elif left >= _MSG_LEN:
             (nlen, ntype, _flags, nseq, _pid, fam, st, sport, dport, src, dst, uid,
              inode) = unpack_msg(data, off)
-            if (ntype == SOCK_DIAG_BY_FAMILY and nlen >= _MSG_LEN and nlen <= left
-                    and (seq is None or nseq == seq)):
-                # ---- the hot path: one inet_diag_msg ----
-                if fam == af_inet:
-                    sock_family = fam_v4
-                    eps = ep4
-                    ips = ip4
-                elif fam == af_inet6:
-                    sock_family = fam_v6
-                    eps = ep6
-                    ips = ip6
-                else:
-                    raise NetlinkError(
-                        f"unknown address family {fam} in inet_diag_msg", off + _HDR_LEN)
-                if family is not None and fam != family:
-                    raise NetlinkError(
-                        f"address family {fam} in a dump of family {family}", off + _HDR_LEN)
-                state = states[st]
-                if state is None:
-                    raise NetlinkError(
-                        f"unknown {proto_name} state {st} in inet_diag_msg", off + _HDR_LEN + 1)
-                if swap:
-                    sport = ((sport & 0xFF) << 8) | (sport >> 8)
-                    dport = ((dport & 0xFF) << 8) | (dport >> 8)
-                key = (src, sport)
-                local = eps.get(key)
-                if local is None:
-                    ip = ips.get(src)
+            tag = 0
+        else:
+            ntype = 0
+        if (ntype == msg_type and nlen >= _MSG_LEN and nlen <= left
+                and (seq is None or nseq == seq)):
+            # ---- the hot path: one inet_diag_msg ----
+            if fam == af_inet and v4_ok:
+                sock_family = fam_v4
+                eps = ep4
+                ips = ip4
+            elif fam == af_inet6 and v6_ok:
+                sock_family = fam_v6
+                eps = ep6
+                ips = ip6
+            elif fam in (af_inet, af_inet6):
+                raise NetlinkError(
+                    f"address family {fam} in a dump of family {family}", off + _HDR_LEN)
+            else:
+                raise NetlinkError(
+                    f"unknown address family {fam} in inet_diag_msg", off + _HDR_LEN)
+            state = states[st]
+            if state is None:
+                raise NetlinkError(
+                    f"unknown {proto_name} state {st} in inet_diag_msg", off + _HDR_LEN + 1)
+            if swap:
+                sport = ((sport & 0xFF) << 8) | (sport >> 8)
+                dport = ((dport & 0xFF) << 8) | (dport >> 8)
+            key = (src, sport)
+            local = eps.get(key)
+            if local is None:
+                ip = ips.get(src)
+                if ip is None:
+                    ip = ips[src] = fast_ip(src, fam)
+                local = eps[key] = new(Endpoint, (ip, sport))
+            if dport == 0 and dst == zero16:
+                remote = None
+            else:
+                key = (dst, dport)
+                remote = eps.get(key)
+                if remote is None:
+                    ip = ips.get(dst)
                     if ip is None:
-                        ip = ips[src] = fast_ip(src, fam)
-                    local = eps[key] = new(Endpoint, (ip, sport))
-                if dport == 0 and dst == zero16:
-                    remote = None
+                        ip = ips[dst] = fast_ip(dst, fam)
+                    remote = eps[key] = new(Endpoint, (ip, dport))
+            if tag != cg_tag or nlen < cg_end:
+                if nlen > _MSG_LEN:
+                    cgid, found_at = find_cgroup_id(data, off + _MSG_LEN, off + nlen)
+                    if found_at >= 0 and found_at != cg_at:
+                        cg_at = found_at
+                        unpack_full, full_len = _msg_with_cgroup(cg_at)
+                        cg_end = full_len
                 else:
-                    key = (dst, dport)
-                    remote = eps.get(key)
-                    if remote is None:
-                        ip = ips.get(dst)
-                        if ip is None:
-                            ip = ips[dst] = fast_ip(dst, fam)
-                        remote = eps[key] = new(Endpoint, (ip, dport))
-                append(new(Socket, (protocol, sock_family, state, local, remote, inode, uid)))
-                off += (nlen + 3) & ~3
-                continue
+                    cgid = None
+            append(new(Socket, (protocol, sock_family, state, local, remote, inode, uid,
+                                cgid)))
+            off += (nlen + 3) & ~3
+            continue
         # ---- everything else: control messages and malformed data ----
         if left < _HDR_LEN:
             raise NetlinkError(
@@ -310,7 +414,7 @@ def parse_messages(
             (status,) = _INT.unpack_from(data, off + _HDR_LEN)
             if status != 0:
                 raise errno_failure(-status, what)
-        elif ntype == SOCK_DIAG_BY_FAMILY:
+        elif ntype == msg_type:
             raise NetlinkError(
                 f"inet_diag_msg payload of {nlen - _HDR_LEN} bytes is shorter than "
                 f"the {_MSG_LEN - _HDR_LEN}-byte struct inet_diag_msg", off)

@@ -45,6 +45,9 @@ class OwnerWalk:
 
     Records the pids holding each inode of ``interesting``; remembers which
     pids were already read so a resumed walk reads each fd table at most once.
+    ``reads`` counts the fd tables read (whole or in part), ``full_walks`` the
+    walks of every process :meth:`run` started (not those :meth:`read_pids`
+    did), so callers and tests can tell what attribution cost.
     """
 
     def __init__(self, proc_root: Path, interesting: AbstractSet[int]) -> None:
@@ -55,6 +58,24 @@ class OwnerWalk:
         self.scanned: set[int] = set()
         self.denied = 0
         self.complete = False
+        self.reads = 0
+        self.full_walks = 0
+
+    def read_pids(self, pids: Iterable[int], wanted: set[int]) -> None:
+        """Read the fd tables of ``pids`` only (not read yet), until every inode of ``wanted`` is found.
+
+        The targeted read before a walk of every process: e.g. the pids of
+        the cgroups the wanted sockets were created in. Found inodes are
+        discarded from ``wanted``. Never raises (a vanished pid is skipped).
+        """
+        wanted.difference_update(self.seen)
+        for pid in pids:
+            if not wanted:
+                return
+            if pid in self.scanned:
+                continue
+            if self._read_fds(pid, wanted):
+                self.scanned.add(pid)
 
     def run(self, wanted: set[int], stop_early: bool, uids: AbstractSet[int] = frozenset()) -> None:
         """Read fd tables of pids not read yet.
@@ -76,6 +97,7 @@ class OwnerWalk:
             names = os.listdir(self.proc_root)
         except OSError as exc:
             raise CollectError(f"{self.proc_root}: {cause(exc)}") from None
+        self.full_walks += 1
         pids = sorted(int(n) for n in names if n.isascii() and n.isdigit())
         if uids:
             pids.sort(key=lambda pid: self._uid_of(pid) not in uids)  # stable: pid order within groups
@@ -106,6 +128,7 @@ class OwnerWalk:
         """
         fd_dir = os.path.join(self.proc_root, str(pid), "fd")
         interesting = self.interesting
+        self.reads += 1
         try:
             with os.scandir(fd_dir) as entries:
                 for entry in entries:

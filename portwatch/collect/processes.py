@@ -14,7 +14,10 @@ from typing import Any, Callable, Iterable, Protocol
 
 from portwatch.model import ProcessInfo
 
-__all__ = ["ProcessFactory", "ProcessHandle", "describe_processes", "systemd_unit_from_cgroup"]
+__all__ = [
+    "ProcessFactory", "ProcessHandle", "describe_processes", "systemd_unit_from_cgroup",
+    "unit_from_cgroup_path",
+]
 
 
 class ProcessHandle(Protocol):
@@ -45,8 +48,8 @@ ProcessFactory = Callable[[int], ProcessHandle]
 _UNIT_SUFFIXES = (".service", ".scope")
 
 
-def _unit_from_path(path: str) -> str | None:
-    """The innermost systemd unit (``.service`` or ``.scope``) in a cgroup path."""
+def unit_from_cgroup_path(path: str) -> str | None:
+    """The innermost systemd unit (``.service`` or ``.scope``) in a cgroup path; None if none."""
     units = [c for c in path.split("/")
              if any(c.endswith(sfx) and len(c) > len(sfx) for sfx in _UNIT_SUFFIXES)]
     if not units:
@@ -83,7 +86,7 @@ def systemd_unit_from_cgroup(text: str) -> str | None:
             named = path
     for candidate in (v2, named):
         if candidate:
-            unit = _unit_from_path(candidate)
+            unit = unit_from_cgroup_path(candidate)
             if unit is not None:
                 return unit
     return None

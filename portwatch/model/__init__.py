@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from portwatch.model.findings import Finding, Kind, ProcessInfo, Severity
 from portwatch.model.kernel import KernelSettings, PortRange, format_port_set
+from portwatch.model.namespaces import CgroupIdentity, NamespaceInfo, NamespaceKind
 from portwatch.model.results import ScanResult
 from portwatch.model.snapshot import Destination, Listening, RememberedPort, Snapshot
 from portwatch.model.text import host_port, iso_time, os_error_text
@@ -32,8 +33,9 @@ from portwatch.model.sockets import (
 )
 
 __all__ = [
-    "Destination", "Endpoint", "Family", "Finding", "KERNEL_TCP_STATES", "KernelSettings", "Kind",
-    "Listening", "PortRange", "ProcessInfo", "Protocol", "RememberedPort", "ScanResult", "Severity",
+    "CgroupIdentity", "Destination", "Endpoint", "Family", "Finding", "KERNEL_TCP_STATES",
+    "KernelSettings", "Kind", "Listening", "NamespaceInfo", "NamespaceKind", "PortRange",
+    "ProcessInfo", "Protocol", "RememberedPort", "ScanResult", "Severity",
     "Snapshot", "Socket", "SocketSource", "SocketState", "SocketTable", "SourceUnavailable",
     "WILDCARDS", "format_port_set", "host_port", "is_wildcard", "iso_time", "normalize_ip",
     "os_error_text", "socket_to_dict",

@@ -7,6 +7,7 @@ from typing import Mapping, NamedTuple
 
 from portwatch.model.findings import ProcessInfo
 from portwatch.model.kernel import KernelSettings
+from portwatch.model.namespaces import NamespaceInfo
 from portwatch.model.sockets import Endpoint, Protocol, Socket
 
 
@@ -20,6 +21,8 @@ class Snapshot:
     for with lazy attribution). ``processes`` describes those pids.
     ``taken_at`` is a Unix timestamp. ``notes`` are things a reader must know
     to trust the result (e.g. "attribution is partial: not running as root").
+    ``namespace`` is the network namespace it was taken in, when the
+    collector was asked for one (``None``: its own, not looked up).
     """
 
     settings: KernelSettings
@@ -29,6 +32,7 @@ class Snapshot:
     processes: Mapping[int, ProcessInfo] = field(default_factory=dict)
     source: str = "unknown"
     notes: tuple[str, ...] = ()
+    namespace: NamespaceInfo | None = None
 
     def processes_of(self, sock: Socket) -> tuple[ProcessInfo, ...]:
         """The known owners of ``sock`` (empty when unknown)."""

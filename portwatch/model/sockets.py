@@ -88,7 +88,10 @@ class Socket(NamedTuple):
     ``inode`` identifies the socket for attribution: the kernel's socket inode
     where the source can see it, else a negative number unique within one
     snapshot (the psutil source). ``uid`` is the owning user id where the
-    source reports it, else ``None``.
+    source reports it, else ``None``. ``cgroup_id`` is the cgroup v2 id
+    (``INET_DIAG_CGROUP_ID``: the inode of the cgroup directory the creating
+    process was in at ``socket()`` time) where the source reports it (netlink
+    on Linux 5.8+, full sockets only), else ``None``.
     """
 
     protocol: Protocol
@@ -98,6 +101,7 @@ class Socket(NamedTuple):
     remote: Endpoint | None
     inode: int
     uid: int | None = None
+    cgroup_id: int | None = None
 
     @property
     def is_listener(self) -> bool:

@@ -1,0 +1,180 @@
+"""The many-namespaces row of the benchmark: portwatch's namespace layer against ``nsenter ... ss -tan``.
+
+Run through ``benchmarks/run.py --namespaces 100`` (opt-in). It creates N
+network namespaces (``ip netns add``, loopback up), and fills each with
+``--ns-sockets`` sockets (ESTABLISHED loopback pairs and 8 listeners, as the
+main benchmark's holders build them): a few holder processes in the root
+namespace each enter 20 of the namespaces in turn, in a thread, through
+:func:`portwatch.collect.run_in_namespace`, and create the sockets there (a
+socket stays in the namespace it was made in). Then, over ``--repeat``
+rounds, interleaved, it times for the first 10 namespaces and for all N:
+
+- ``portwatch``: in a fresh process, :func:`portwatch.collect.discover_namespaces`
+  (every ``/proc/*/ns/net`` and nsfs mount of the host), then
+  :meth:`Collector.snapshot_namespaces` of the benchmark's namespaces (each:
+  sysctls and the netlink socket made in a thread inside it, the dump);
+- ``nsenter + ss``: a loop of ``nsenter --net=/run/netns/NAME ss -tan``
+  (output to /dev/null) over the same namespaces, wall time of the whole loop
+  and the CPU time of its children (``wait4``). The namespaces hold no
+  process, so the loop enters them by their mount rather than by
+  ``/proc/PID/ns/net``: the same ``setns`` either way.
+
+It reports the medians, the ratio portwatch / loop (goal: at most 0.5) and
+the cost per namespace at 10 and at N (linear if they are close). This
+module is imported by ``run.py`` (as the ``run`` module) and uses its helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import run as base
+
+#: Namespaces one holder process fills at most (fewer when RLIMIT_NOFILE is low).
+NAMESPACES_PER_HOLDER = 20
+#: The smaller count timed to show how the cost grows.
+SMALL = 10
+
+
+def ns_holder(pairs: int, names: Sequence[str]) -> int:
+    """Fill each of the named namespaces with :func:`run.build_population` (``pairs`` pairs), then hold."""
+    sys.path.insert(0, str(base.REPO))
+    from portwatch.collect import run_in_namespace
+    from portwatch.model import NamespaceInfo, NamespaceKind
+
+    base.raise_nofile(len(names) * (2 * pairs + 16) + 64)  # what bench() planned for
+    keep: list[Any] = []
+    for name in names:
+        path = f"/run/netns/{name}"
+        st = os.stat(path)
+        info = NamespaceInfo(inode=st.st_ino, dev=st.st_dev, kind=NamespaceKind.NAMED, name=name,
+                             paths=(path,))
+        try:
+            keep += run_in_namespace(info, lambda: base.build_population("127.0.0.1", pairs, 0))
+        except base.BenchError as exc:
+            print(f"ERROR {name}: {exc}", flush=True)
+            return 1
+    base.hold(len(keep))
+    return 0
+
+
+def probe(names: Sequence[str]) -> int:
+    """Time discovery plus a snapshot of each named namespace, in this fresh process; print JSON."""
+    sys.path.insert(0, str(base.REPO))
+    from portwatch.collect import Collector, discover_namespaces
+    from portwatch.collect.sources.netlink import NetlinkSource
+
+    wanted = set(names)
+    collector = Collector(NetlinkSource())
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    found = discover_namespaces()
+    chosen = [ns for ns in found.namespaces if ns.name in wanted]
+    scans = collector.snapshot_namespaces(chosen)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    sockets = sum(len(s.snapshot.sockets) for s in scans if s.snapshot is not None)
+    print(json.dumps({"wall": wall, "cpu": cpu, "namespaces": len(chosen), "sockets": sockets,
+                      "outcomes": sorted({s.outcome for s in scans}),
+                      "discovered": len(found.namespaces)}))
+    return 0
+
+
+def run_probe(names: Sequence[str]) -> dict[str, Any]:
+    """:func:`probe` in a child process; raises BenchError when it fails."""
+    proc = subprocess.run([sys.executable, str(base.HERE), "--_ns_probe", ",".join(names)],
+                          capture_output=True, text=True, timeout=600, cwd=base.REPO)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise base.BenchError(f"namespace probe failed: {tail}")
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+def ss_loop(names: Sequence[str]) -> dict[str, float]:
+    """Wall time of a loop of ``nsenter --net=... ss -tan`` over ``names``, and its children's CPU."""
+    ss = shutil.which("ss") or "/usr/bin/ss"
+    nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
+    start = time.perf_counter()
+    cpu = 0.0
+    for name in names:
+        cpu += base.run_command([nsenter, f"--net=/run/netns/{name}", ss, "-tan"]).cpu
+    return {"wall": time.perf_counter() - start, "cpu": cpu}
+
+
+def bench(count: int, sockets: int, repeat: int, fd_limit: int,
+          log: Callable[[str], None]) -> dict[str, Any]:
+    """Build ``count`` namespaces of ``sockets`` sockets, measure, tear down; returns the results.
+
+    ``fd_limit`` is the RLIMIT_NOFILE a holder gets; it decides how many
+    namespaces one holder fills.
+    """
+    if shutil.which("nsenter") is None:
+        raise base.BenchError("the namespace row needs nsenter (util-linux)")
+    pairs = max(1, (sockets - len(base.LISTEN_PORTS)) // 2)
+    per_holder = max(1, min(NAMESPACES_PER_HOLDER, (fd_limit - 64) // (2 * pairs + 16)))
+    namespaces: list[base.Namespace] = []
+    holders: list[subprocess.Popen[str]] = []
+    try:
+        log(f"namespaces: creating {count} with {2 * pairs + len(base.LISTEN_PORTS)} sockets each")
+        t0 = time.monotonic()
+        namespaces = [base.Namespace() for _ in range(count)]
+        names = [ns.name for ns in namespaces]
+        for i in range(0, count, per_holder):
+            group = names[i:i + per_holder]
+            holders.append(subprocess.Popen(
+                [sys.executable, str(base.HERE), "--_ns_holder", str(pairs), ",".join(group)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=base.REPO))
+        held = base.wait_ready(holders, timeout=600)
+        log(f"namespaces: built {held:,} sockets in {time.monotonic() - t0:.1f}s; "
+            f"measuring ({repeat} rounds)")
+        counts = sorted({min(SMALL, count), count})
+        runs: dict[int, dict[str, list[float]]] = {
+            k: {"portwatch": [], "portwatch_cpu": [], "ss": [], "ss_cpu": []} for k in counts}
+        seen: dict[int, dict[str, Any]] = {}
+        for _ in range(repeat):
+            for k in counts:
+                doc = run_probe(names[:k])
+                if doc["namespaces"] != k or doc["outcomes"] != ["ok"]:
+                    raise base.BenchError(f"portwatch scanned {doc['namespaces']} of {k} "
+                                          f"namespaces ({', '.join(doc['outcomes'])})")
+                loop = ss_loop(names[:k])
+                runs[k]["portwatch"].append(doc["wall"])
+                runs[k]["portwatch_cpu"].append(doc["cpu"])
+                runs[k]["ss"].append(loop["wall"])
+                runs[k]["ss_cpu"].append(loop["cpu"])
+                seen[k] = doc
+        result: dict[str, Any] = {"namespaces": count, "sockets_per_namespace": sockets,
+                                  "held": held, "rows": []}
+        for k in counts:
+            med = {key: base.median(values) for key, values in runs[k].items()}
+            result["rows"].append({
+                "count": k, **med, "sockets_seen": seen[k]["sockets"],
+                "discovered": seen[k]["discovered"],
+                "ratio_wall": med["portwatch"] / med["ss"],
+                "ms_per_namespace": 1000 * med["portwatch"] / k,
+                "ss_ms_per_namespace": 1000 * med["ss"] / k})
+        return result
+    finally:
+        for proc in holders:
+            base.stop(proc, grace=5)
+        for ns in namespaces:
+            ns.close()
+
+
+def render(doc: dict[str, Any]) -> list[str]:
+    """The lines of the namespace row in the benchmark's table."""
+    lines = [f"{doc['namespaces']} namespaces x {doc['sockets_per_namespace']:,} sockets "
+             f"({doc['held']:,} held): discovery + every namespace's sysctls and socket table",
+             f"  {'namespaces':>10} {'portwatch s':>12} {'CPU s':>7} {'nsenter+ss s':>13} "
+             f"{'CPU s':>7} {'ratio':>6} {'ms/ns':>7} {'ss ms/ns':>9}"]
+    for row in doc["rows"]:
+        lines.append(
+            f"  {row['count']:>10} {row['portwatch']:12.3f} {row['portwatch_cpu']:7.3f} "
+            f"{row['ss']:13.3f} {row['ss_cpu']:7.3f} {row['ratio_wall']:5.2f}x "
+            f"{row['ms_per_namespace']:7.2f} {row['ss_ms_per_namespace']:9.2f}")
+    return lines

@@ -1,0 +1,317 @@
+"""Network namespaces: find every one on the host, name it, and run code inside one.
+
+Job: :func:`discover_namespaces` (``/proc/*/ns/net`` deduplicated by device
+and inode, plus the nsfs bind mounts of the mount table, each named: the
+``ip netns`` name, the pod uid, the container id, the systemd unit, else the
+lowest pid's command), :func:`run_in_namespace` (a callable run in a
+short-lived thread that ``setns()``-es into the namespace; the calling
+thread never changes namespace) and :func:`can_enter_namespaces`. A
+namespace that is gone by the time it is entered raises
+:class:`NamespaceVanished`. May import the standard library,
+:mod:`portwatch.model` and the modules of :mod:`portwatch.collect`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+from portwatch.collect.cgroups import cgroup_of_pid, identity_from_path
+from portwatch.collect.mounts import Mount, read_mountinfo
+from portwatch.model import NamespaceInfo, NamespaceKind
+
+__all__ = [
+    "CLONE_NEWNET",
+    "NETNS_DIRS",
+    "OWN_NAMESPACE_NOTE",
+    "Discovery",
+    "NamespaceVanished",
+    "can_enter_namespaces",
+    "discover_namespaces",
+    "open_namespace",
+    "run_in_namespace",
+]
+
+CLONE_NEWNET = 0x40000000
+#: Where ``ip netns`` keeps its bind mounts; a mount in one of these is named by its file name.
+NETNS_DIRS: tuple[str, ...] = ("/run/netns", "/var/run/netns")
+#: Mounts docker makes for its sandboxes (named by the container found inside, if any).
+_DOCKER_NETNS_DIRS: tuple[str, ...] = ("/run/docker/netns", "/var/run/docker/netns")
+#: Pids kept per namespace.
+MAX_PIDS = 4
+_CAP_SYS_ADMIN = 21
+
+#: The one note when portwatch cannot enter other namespaces.
+OWN_NAMESPACE_NOTE = (
+    "only portwatch's own network namespace was scanned: entering the others needs "
+    "CAP_SYS_ADMIN (and CAP_SYS_PTRACE to open /proc/PID/ns/net)"
+)
+
+T = TypeVar("T")
+
+
+class NamespaceVanished(Exception):
+    """The namespace no longer exists (its last process exited, its mount was removed).
+
+    Not an error: a scan skips it quietly. The message names the namespace.
+    """
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What :func:`discover_namespaces` found.
+
+    ``namespaces``: the host namespace first, then by inode. ``own``: the
+    inode of the namespace portwatch runs in. ``notes``: things to tell the
+    reader once (e.g. :data:`OWN_NAMESPACE_NOTE`).
+    """
+
+    namespaces: tuple[NamespaceInfo, ...]
+    own: int
+    notes: tuple[str, ...] = ()
+
+
+def can_enter_namespaces(proc_root: Path = Path("/proc")) -> bool:
+    """True if this process has CAP_SYS_ADMIN in its effective set (what ``setns`` needs)."""
+    try:
+        text = (Path(proc_root) / "self" / "status").read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> _CAP_SYS_ADMIN & 1)
+    return False
+
+
+def _stat_ns(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of a namespace file; None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _command(proc_root: Path, pid: int) -> str | None:
+    """The command name of ``pid`` (``comm``); None if gone."""
+    try:
+        return (proc_root / str(pid) / "comm").read_text(errors="replace").strip() or None
+    except OSError:
+        return None
+
+
+class _Found:
+    """What discovery gathered about one namespace before naming it."""
+
+    def __init__(self, dev: int, inode: int) -> None:
+        self.dev, self.inode = dev, inode
+        self.pids: list[int] = []
+        self.paths: list[str] = []
+
+
+def _identify(found: _Found, proc_root: Path, host: int | None, own: int) -> NamespaceInfo:
+    """Name one namespace from its mounts and its processes' cgroups (see :func:`discover_namespaces`)."""
+    netns_name = next((os.path.basename(p) for p in found.paths
+                       if os.path.dirname(p) in NETNS_DIRS), None)
+    container = runtime = pod_uid = unit = command = None
+    # The lowest pids say who the namespace belongs to (a pod's pause process,
+    # a container's init); the host's are not worth reading.
+    for pid in found.pids[:MAX_PIDS] if found.inode != host else ():
+        path = cgroup_of_pid(proc_root, pid)
+        if path is None:
+            continue
+        identity = identity_from_path(path)
+        if identity.pod_uid and not pod_uid:
+            pod_uid = identity.pod_uid
+        if identity.container and not container:
+            container, runtime = identity.container, identity.runtime
+        unit = unit or identity.unit
+    if found.pids:
+        command = _command(proc_root, found.pids[0])
+    if found.inode == host:
+        kind, name, stable = NamespaceKind.HOST, "host", True
+    elif netns_name is not None:
+        kind, name, stable = NamespaceKind.NAMED, netns_name, True
+    elif pod_uid is not None:
+        kind, name, stable = NamespaceKind.POD, pod_uid, True
+    elif container is not None:
+        kind, name, stable = NamespaceKind.CONTAINER, container, True
+    elif unit is not None and unit != "init.scope":
+        kind, name, stable = NamespaceKind.PROCESS, unit, True
+    else:
+        fallback = os.path.basename(found.paths[0]) if found.paths else f"netns:{found.inode}"
+        kind, name, stable = NamespaceKind.PROCESS, command or fallback, False
+    return NamespaceInfo(
+        inode=found.inode, dev=found.dev, kind=kind, name=name,
+        pids=tuple(found.pids[:MAX_PIDS]), paths=tuple(found.paths), own=found.inode == own,
+        stable=stable, netns_name=netns_name, container=container, runtime=runtime,
+        pod_uid=pod_uid, unit=unit if unit != "init.scope" else None, command=command)
+
+
+def discover_namespaces(proc_root: Path = Path("/proc"),
+                        mountinfo: Path | Iterable[Mount] = Path("/proc/self/mountinfo"),
+                        capable: bool | None = None) -> Discovery:
+    """Find every network namespace on the host and name it.
+
+    Takes the proc mount, the mount table (a mountinfo path, or parsed
+    :class:`~portwatch.collect.mounts.Mount`\\ s) and whether namespaces may be
+    entered (``None``: :func:`can_enter_namespaces`). Reads
+    ``proc_root/*/ns/net`` (deduplicated by ``st_dev`` and ``st_ino``; a
+    process that exits meanwhile or cannot be read is skipped) and adds the
+    nsfs mounts of network namespaces (``/run/netns/NAME``, docker's
+    ``/var/run/docker/netns/*``), with or without a process inside.
+
+    Naming, most specific first: pid 1's namespace is ``host`` (kind host);
+    an ``ip netns`` mount gives kind ``named``; processes in a Kubernetes pod
+    slice give kind ``pod`` named by the pod uid; in a container runtime's
+    cgroup kind ``container`` named by the container id; else kind
+    ``process`` named by the systemd unit, or (not ``stable``) by the lowest
+    pid's command. Without the capability only the own namespace is returned,
+    with :data:`OWN_NAMESPACE_NOTE`. Returns a :class:`Discovery`. Never
+    raises for what it reads.
+    """
+    proc_root = Path(proc_root)
+    own_id = _stat_ns(str(proc_root / "thread-self" / "ns" / "net")) or _stat_ns(
+        str(proc_root / "self" / "ns" / "net"))
+    own_inode = own_id[1] if own_id else 0
+    if capable is None:
+        capable = can_enter_namespaces(proc_root)
+    host_id = _stat_ns(str(proc_root / "1" / "ns" / "net"))
+    host = host_id[1] if host_id else own_inode
+    found: dict[tuple[int, int], _Found] = {}
+    try:
+        names = os.listdir(proc_root)
+    except OSError:
+        names = []
+    for pid in sorted(int(n) for n in names if n.isascii() and n.isdigit()):
+        ident = _stat_ns(f"{proc_root}/{pid}/ns/net")
+        if ident is None or (not capable and ident[1] != own_inode):
+            continue
+        entry = found.get(ident)
+        if entry is None:
+            entry = found[ident] = _Found(*ident)
+        entry.pids.append(pid)
+    if capable:
+        mounts = read_mountinfo(mountinfo) if isinstance(mountinfo, (str, Path)) else mountinfo
+        for mount in mounts:
+            if mount.fstype != "nsfs" or not mount.root.startswith("net:"):
+                continue
+            ident = _stat_ns(mount.mount_point)
+            if ident is None:
+                continue
+            entry = found.get(ident)
+            if entry is None:
+                entry = found[ident] = _Found(*ident)
+            if mount.mount_point not in entry.paths:
+                entry.paths.append(mount.mount_point)
+    if own_id is not None and own_id not in found:
+        found[own_id] = _Found(*own_id)
+        found[own_id].paths.append(str(proc_root / "thread-self" / "ns" / "net"))
+    infos = [_identify(f, proc_root, host, own_inode) for f in found.values()]
+    infos.sort(key=lambda ns: (ns.kind is not NamespaceKind.HOST, ns.inode))
+    notes = () if capable else (OWN_NAMESPACE_NOTE,)
+    return Discovery(namespaces=tuple(infos), own=own_inode, notes=notes)
+
+
+def _libc_setns() -> Callable[[int, int], int]:
+    """``setns(fd, nstype)``: ``os.setns`` (Python 3.12+) or libc's through ctypes; raises OSError."""
+    native = getattr(os, "setns", None)
+    if native is not None:
+        def call(fd: int, nstype: int) -> int:
+            native(fd, nstype)
+            return 0
+        return call
+    import ctypes  # only where entering a namespace is asked for
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = libc.setns
+    fn.argtypes = [ctypes.c_int, ctypes.c_int]
+
+    def call_libc(fd: int, nstype: int) -> int:
+        if fn(fd, nstype) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return 0
+    return call_libc
+
+
+_SETNS: Callable[[int, int], int] | None = None
+_VANISHED_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
+
+
+def open_namespace(ns: NamespaceInfo, proc_root: Path = Path("/proc")) -> int:
+    """Open a handle (fd, close-on-exec) on ``ns``: one of its mounts, else one of its pids.
+
+    The handle keeps the namespace alive while open; it is checked to be the
+    same namespace (device and inode), so a reused pid is not mistaken for
+    it. Raises :class:`NamespaceVanished` when no mount or pid leads to it
+    any more, ``PermissionError`` when they exist but cannot be opened.
+    """
+    candidates = [*ns.paths, *(f"{proc_root}/{pid}/ns/net" for pid in ns.pids)]
+    denied: OSError | None = None
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except PermissionError as exc:
+            denied = exc
+            continue
+        except OSError:
+            continue
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (ns.dev, ns.inode):
+            return fd
+        os.close(fd)
+    if denied is not None:
+        raise denied
+    raise NamespaceVanished(f"network namespace {ns.name} (inode {ns.inode}) no longer exists")
+
+
+def run_in_namespace(ns: NamespaceInfo, fn: Callable[[], T], proc_root: Path = Path("/proc"),
+                     timeout: float = 30.0) -> T:
+    """Run ``fn()`` inside the network namespace ``ns`` and return what it returns.
+
+    ``fn`` runs in a new thread that ``setns()``-es into the namespace first
+    and ends after ``fn``: the calling thread (and every other) stays where
+    it is. Inside, ``/proc/sys/net/...`` and ``/proc/thread-self/net/...``
+    show the namespace's own values (``/proc/self/net`` does not), and a
+    socket created there (e.g. NETLINK_SOCK_DIAG) keeps working in that
+    namespace after the thread ends. The own namespace runs ``fn`` in a
+    thread too, without ``setns``. Raises :class:`NamespaceVanished` when the
+    namespace is gone, ``PermissionError`` without CAP_SYS_ADMIN or access to
+    its ``/proc/PID/ns/net``, ``TimeoutError`` when ``fn`` takes longer than
+    ``timeout`` seconds (the thread is left to finish), and whatever ``fn``
+    raises.
+    """
+    global _SETNS
+    fd = open_namespace(ns, proc_root)
+    if _SETNS is None:
+        _SETNS = _libc_setns()
+    setns = _SETNS
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            setns(fd, CLONE_NEWNET)
+            result.append(fn())
+        except BaseException as exc:  # handed to the caller
+            failure.append(exc)
+
+    try:
+        thread = threading.Thread(target=body, name=f"netns-{ns.inode}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            raise TimeoutError(f"network namespace {ns.name}: no answer after {timeout}s")
+    finally:
+        os.close(fd)
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, OSError) and exc.errno in _VANISHED_ERRNOS:
+            raise NamespaceVanished(f"network namespace {ns.name} vanished: {exc}") from exc
+        raise exc
+    return result[0]

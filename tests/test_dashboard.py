@@ -1,4 +1,4 @@
-"""The Grafana dashboard config/grafana/portwatch.json stays valid against the real metrics.
+"""The Grafana dashboard stays valid against the real metrics; the alert rules link to runbooks.
 
 - every panel expression, with the dashboard's variables substituted, passes
   ``promtool check rules`` as a recording rule;
@@ -119,3 +119,15 @@ def test_every_metric_appears_in_a_real_scrape(netns: NetNS, tmp_path: Path) -> 
     scraped = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
                if line and not line.startswith("#")}
     assert sorted(wanted - scraped) == []
+
+
+def test_every_alert_links_to_its_runbook_section() -> None:
+    rules = yaml.safe_load((REPO / "config" / "prometheus" / "portwatch.rules.yml").read_text())
+    runbooks = (REPO / "config" / "prometheus" / "runbooks.md").read_text()
+    sections = {line[3:].strip().lower() for line in runbooks.splitlines() if line.startswith("## ")}
+    alerts = [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+    assert alerts
+    for rule in alerts:
+        url = rule["annotations"]["runbook_url"]
+        assert url.endswith("/config/prometheus/runbooks.md#" + rule["alert"].lower()), rule["alert"]
+        assert rule["alert"].lower() in sections, rule["alert"]

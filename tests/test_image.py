@@ -8,7 +8,8 @@ process that holds it (a process outside the container: that needs hostPID and t
 two capabilities).
 
 Podman runs on a temporary storage directory (removed afterwards, with the image
-archive), so the test leaves no image, container or layer behind. About a minute:
+archive, and podman's blob cache in /var/lib/containers when it made it), so the
+test leaves no image, container or layer behind. About a minute:
 the package build and mmdebstrap.
 """
 
@@ -62,6 +63,9 @@ def test_image_reports_a_self_connect_in_a_host_namespace(netns: NetNS) -> None:
         require(shutil.which(tool, path=CLEAN_ENV["PATH"]) is not None, f"{tool} is not installed")
     caps = _manifest_capabilities()
     _proc, info = netns.actor("self-connect")
+    # Podman keeps a blob cache in /var/lib/containers whatever --root says.
+    podman_cache = Path("/var/lib/containers")
+    cache_existed = podman_cache.exists()
     work = Path(tempfile.mkdtemp(prefix="portwatch-image-test.", dir="/var/tmp"))
     podman = ["podman", "--root", str(work / "storage"), "--runroot", str(work / "run"),
               "--storage-driver", "vfs", "--cgroup-manager=cgroupfs"]
@@ -80,6 +84,8 @@ def test_image_reports_a_self_connect_in_a_host_namespace(netns: NetNS) -> None:
     finally:
         subprocess.run([*podman, "rmi", "-a", "-f"], capture_output=True, env=CLEAN_ENV, timeout=120)
         shutil.rmtree(work, ignore_errors=True)
+        if not cache_existed:
+            shutil.rmtree(podman_cache, ignore_errors=True)
     assert r.returncode == 1, r.stdout + r.stderr  # a critical finding
     report: dict[str, Any] = json.loads(r.stdout)
     (finding,) = [f for f in report["findings"] if f["kind"] == "self_connect"]

@@ -56,6 +56,22 @@ _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 #: States of ``systemctl is-system-running`` after which boot is over.
 BOOTED_STATES = ("running", "degraded")
 
+#: The unit a container boots into. With ``--volatile=yes`` the container's ``/etc`` starts
+#: empty, so systemd applies the distribution's presets and every unit installed on this
+#: machine would be enabled inside (a podman-restart.service waiting for
+#: network-online.target once stalled every boot). Booting this target instead of
+#: ``default.target`` starts the early system (journald, tmpfiles, udev-less sysinit) and
+#: socket units only: nothing that this machine's packages hook into multi-user.target or
+#: timers.target runs, and the tests start the units they need themselves.
+BOOT_TARGET = "pwtest-boot.target"
+BOOT_TARGET_UNIT = """\
+[Unit]
+Description=portwatch tests: boot only the early system; tests start their own units
+Requires=sysinit.target sockets.target
+After=sysinit.target sockets.target
+AllowIsolate=yes
+"""
+
 
 def nspawn_available() -> tuple[bool, str]:
     """Whether this process can boot containers with systemd-nspawn, and if not, why."""
@@ -108,7 +124,18 @@ class Container:
             args.append(f"--bind-ro={_bind_spec(src, dst)}")
         for src, dst in self.binds_rw:
             args.append(f"--bind={_bind_spec(src, dst)}")
-        return [*args, *self.extra_args, "-b", "--", "systemd.firstboot=off"]
+        args.append(f"--bind-ro={_bind_spec(self._boot_target_file(), '/etc/systemd/system/' + BOOT_TARGET)}")
+        return [*args, *self.extra_args, "-b", "--", "systemd.firstboot=off", f"systemd.unit={BOOT_TARGET}"]
+
+    def _boot_target_file(self) -> str:
+        """The :data:`BOOT_TARGET` unit file, written into this container's private temporary folder."""
+        if self._console_dir is None:
+            self._console_dir = tempfile.mkdtemp(prefix=f"{self.name}-")
+        path = os.path.join(self._console_dir, BOOT_TARGET)
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(BOOT_TARGET_UNIT)
+        return path
 
     def start(self) -> None:
         """Boot the container; return once its systemd is up (running or degraded).
@@ -119,7 +146,8 @@ class Container:
         """
         if self._proc is not None:
             raise ContainerError(f"container {self.name} already started")
-        self._console_dir = tempfile.mkdtemp(prefix=f"{self.name}-")
+        if self._console_dir is None:
+            self._console_dir = tempfile.mkdtemp(prefix=f"{self.name}-")
         console = open(self.console_path, "wb")
         try:
             self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,

@@ -59,14 +59,7 @@ def _manifest_capabilities() -> list[str]:
 
 
 def test_image_reports_a_self_connect_in_a_host_namespace(netns: NetNS) -> None:
-    # Not required in CI yet: installing podman on the CI machine adds units
-    # (podman-restart.service) that make the containers of tests/nspawn.py wait for
-    # network-online.target until their boot times out. Once the harness masks
-    # systemd-networkd-wait-online.service and scripts/test installs podman, make
-    # this a require() like the others.
-    if shutil.which("podman", path=CLEAN_ENV["PATH"]) is None:
-        pytest.skip("podman is not installed (Debian: podman runc)")
-    for tool in ("mmdebstrap", "dpkg-buildpackage", "lintian"):
+    for tool in ("podman", "mmdebstrap", "dpkg-buildpackage", "lintian"):
         require(shutil.which(tool, path=CLEAN_ENV["PATH"]) is not None, f"{tool} is not installed")
     caps = _manifest_capabilities()
     _proc, info = netns.actor("self-connect")

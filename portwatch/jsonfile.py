@@ -10,8 +10,10 @@ import the standard library only.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -19,21 +21,56 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 T = TypeVar("T")
 
 
+#: Deepest nesting a state document may have. portwatch writes at most 6 levels; a
+#: deeper file is corrupt (and a very deep one would exhaust the parser's recursion).
+MAX_DEPTH = 64
+
+
 def read_document(path: Path, max_size: int) -> object:
     """The JSON document in ``path``.
 
-    Raises ``FileNotFoundError`` when there is no file, ``OSError`` when it
-    cannot be read, and ``ValueError`` (saying why) when it is larger than
-    ``max_size`` bytes, not UTF-8 or not JSON.
+    The file is opened without blocking and must be a regular file (a FIFO or
+    a device is refused, never waited on). Raises ``FileNotFoundError`` when
+    there is no file, ``OSError`` when it cannot be read or is not a regular
+    file, and ``ValueError`` (saying why) when it is larger than ``max_size``
+    bytes, not UTF-8, not JSON, or nested deeper than :data:`MAX_DEPTH`.
     """
-    with open(path, "rb") as fh:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         raw = fh.read(max_size + 1)
     if len(raw) > max_size:
         raise ValueError(f"larger than {max_size} bytes")
     try:
-        return json.loads(raw.decode("utf-8"))
+        doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    if _depth_exceeds(doc, MAX_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    return doc
+
+
+def _depth_exceeds(doc: object, limit: int) -> bool:
+    """Whether lists and objects in ``doc`` nest deeper than ``limit`` (iterative: no recursion)."""
+    stack: list[tuple[object, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def parse_entries(

@@ -347,6 +347,32 @@ def test_garbage_state_file_is_logged_and_replaced(tmp_path: Path, caplog: pytes
     assert json.loads((state_dir / "state.json").read_text())["version"] == 1
 
 
+NESTED = b"[" * 1100 + b"]" * 1100  # 2.2 KB that once crashed the start with RecursionError
+
+
+@pytest.mark.parametrize("name", ["state.json", "alerts.json"])
+def test_deeply_nested_state_file_is_logged_and_replaced_not_a_crash_loop(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / name).write_bytes(NESTED)
+    d = make_daemon(tmp_path, Script([WITH_LISTENER]))
+    with caplog.at_level(logging.WARNING):
+        assert d.run() == EXIT_OK
+    assert any("corrupt" in r.getMessage() and "nested deeper than" in r.getMessage() for r in caplog.records)
+    assert json.loads((state_dir / name).read_text())["version"] == 1
+
+
+def test_state_file_that_is_a_fifo_is_not_waited_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    os.mkfifo(state_dir / "state.json")
+    d = make_daemon(tmp_path, Script([WITH_LISTENER]))
+    with caplog.at_level(logging.WARNING, logger="portwatch.state"):
+        assert d.run() == EXIT_OK  # a blocking open would hang here (pytest-timeout ends it)
+    assert "not a regular file" in caplog.text
+
+
 def test_unwritable_state_directory_does_not_stop_the_loop(tmp_path: Path,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     blocker = tmp_path / "file"

@@ -220,6 +220,17 @@ def test_done_with_a_negative_status_is_an_error() -> None:
     assert info.value.errno == errno.ENOBUFS
 
 
+@pytest.mark.parametrize("status", [-2**31, -4096, 5, 2**31 - 1])
+def test_error_status_that_is_no_errno_is_a_netlink_error_not_an_overflow(status: int) -> None:
+    # -2**31 once raised OverflowError from os.strerror(2**31).
+    with pytest.raises(NetlinkError, match=f"netlink error status {status} is not a negative errno"):
+        parse_messages(nlmsg(NLMSG_ERROR, struct.pack("=i", status) + build_request(1, AF4, 6, 2)[:16]),
+                       protocol=TCP)
+    if status < 0:
+        with pytest.raises(NetlinkError, match="is not a negative errno"):
+            parse_messages(diag() + done(status=status), protocol=TCP)
+
+
 def test_nlmsg_error_without_a_code_is_a_netlink_error() -> None:
     with pytest.raises(NetlinkError, match="NLMSG_ERROR of 18 bytes has no error code"):
         parse_messages(nlmsg(NLMSG_ERROR, b"\0\0", pad=True), protocol=TCP)

@@ -259,6 +259,21 @@ def errno_failure(err: int, what: str) -> Exception:
     return OSError(err, f"sock_diag dump of {what} failed: {os.strerror(err)} ({name})")
 
 
+#: errno values are small positive numbers (the kernel's MAX_ERRNO is 4095).
+_MAX_ERRNO: Final = 4095
+
+
+def _status_failure(status: int, what: str, off: int) -> Exception:
+    """The exception for a non-zero status in NLMSG_ERROR/NLMSG_DONE at ``off``.
+
+    A status that is not a negated errno (positive, or beyond -4095) is malformed
+    data: :class:`NetlinkError`, never an ``OverflowError`` from ``os.strerror``.
+    """
+    if not -_MAX_ERRNO <= status < 0:
+        return NetlinkError(f"netlink error status {status} is not a negative errno", off)
+    return errno_failure(-status, what)
+
+
 def parse_messages(
     data: bytes | bytearray | memoryview,
     *,
@@ -406,14 +421,14 @@ def parse_messages(
             if nlen >= _HDR_LEN + 4:
                 (status,) = _INT.unpack_from(data, off + _HDR_LEN)
                 if status < 0:
-                    raise errno_failure(-status, what)
+                    raise _status_failure(status, what, off)
             return sockets, True
         if ntype == NLMSG_ERROR:
             if nlen < _HDR_LEN + 4:
                 raise NetlinkError(f"NLMSG_ERROR of {nlen} bytes has no error code", off)
             (status,) = _INT.unpack_from(data, off + _HDR_LEN)
             if status != 0:
-                raise errno_failure(-status, what)
+                raise _status_failure(status, what, off)
         elif ntype == msg_type:
             raise NetlinkError(
                 f"inet_diag_msg payload of {nlen - _HDR_LEN} bytes is shorter than "

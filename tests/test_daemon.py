@@ -746,3 +746,32 @@ def test_real_daemon_sigint_exits_0(netns: NetNS, tmp_path: Path) -> None:
     assert d.proc.wait(timeout=WAIT) == 0
     assert "Traceback" not in d.stderr.read_text()
 
+
+
+HOSTILE_NAME = "x\nFAKE <b>\x1b[31m"  # 15 bytes: the most PR_SET_NAME keeps
+HOSTILE_LISTENER = r"""
+import ctypes, socket, sys
+ctypes.CDLL(None, use_errno=True).prctl(15, sys.argv[1].encode(), 0, 0, 0)  # PR_SET_NAME
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 45001))
+s.listen()
+print("READY", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_process_name_with_newline_and_escape_cannot_forge_a_log_line(netns: NetNS, tmp_path: Path) -> None:
+    proc = netns.popen([sys.executable, "-c", HOSTILE_LISTENER, HOSTILE_NAME])
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
+    with open(f"/proc/{proc.pid}/comm") as f:
+        assert f.read() == HOSTILE_NAME + "\n"  # the kernel kept the name as given
+    d = RealDaemon(netns, tmp_path, f"interval: 1s\nstate_directory: {tmp_path / 'state'}\n")
+    d.wait_metrics("the hostile listener's finding", lambda m: bool(listener_series(m)) and scans(m) >= 2)
+    assert d.stop() == 0
+    err = d.stderr.read_text()
+    found = [line for line in err.splitlines() if "listener_in_ephemeral_range:tcp:45001" in line]
+    assert found, err
+    assert "x\\x0aFAKE <b>\\x1b[31m" in found[0]  # the name, escaped, on the finding's own line
+    assert "\x1b" not in err
+    assert all(line.startswith("portwatch: ") for line in err.splitlines()), err

@@ -14,9 +14,9 @@ import importlib
 import logging
 from typing import Mapping
 
-from portwatch.model import Kind, Severity
+from portwatch.model import Kind, Severity, printable
 
-__all__ = ["SEVERITY_LEVEL", "finding_fields", "setup_logging", "under_systemd"]
+__all__ = ["SEVERITY_LEVEL", "SafeFormatter", "finding_fields", "setup_logging", "under_systemd"]
 
 #: The log level of a finding event of each severity.
 SEVERITY_LEVEL: Mapping[Severity, int] = {
@@ -24,6 +24,30 @@ SEVERITY_LEVEL: Mapping[Severity, int] = {
     Severity.WARNING: logging.WARNING,
     Severity.CRITICAL: logging.ERROR,
 }
+
+
+class SafeFormatter(logging.Formatter):
+    """Wraps a formatter so that every message is one line with no terminal escape in it.
+
+    Messages carry text other users choose (process names via PR_SET_NAME,
+    command lines, unit names): their control characters (newline, ESC, ...)
+    are written as ``\\xNN``, so a log line cannot forge another line or a
+    colour. Only the message is escaped: a traceback (``exc_info``) is
+    appended by ``inner`` as usual. Takes the formatter to wrap (default: the
+    standard one).
+    """
+
+    def __init__(self, inner: logging.Formatter | None = None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.msg, record.args
+        record.msg, record.args = printable(record.getMessage()), None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.msg, record.args = saved
 
 
 def under_systemd(env: Mapping[str, str]) -> bool:
@@ -54,6 +78,9 @@ def setup_logging(env: Mapping[str, str]) -> str:
             where = "journal"
     if not root.handlers:
         logging.basicConfig(format="portwatch: %(levelname)s: %(message)s")
+    for handler in root.handlers:
+        if not isinstance(handler.formatter, SafeFormatter):
+            handler.setFormatter(SafeFormatter(handler.formatter))
     if root.level <= logging.WARNING:
         for name in ("portwatch.daemon", "portwatch.findings", "portwatch.state", "portwatch.alerts"):
             logger = logging.getLogger(name)

@@ -15,7 +15,7 @@ from portwatch.model.kernel import KernelSettings, PortRange, format_port_set
 from portwatch.model.namespaces import CgroupIdentity, NamespaceInfo, NamespaceKind
 from portwatch.model.results import ScanResult
 from portwatch.model.snapshot import Destination, Listening, RememberedPort, Snapshot
-from portwatch.model.text import host_port, iso_time, os_error_text
+from portwatch.model.text import host_port, iso_time, os_error_text, printable
 from portwatch.model.sockets import (
     KERNEL_TCP_STATES,
     WILDCARDS,
@@ -38,5 +38,5 @@ __all__ = [
     "ProcessInfo", "Protocol", "RememberedPort", "ScanResult", "Severity",
     "Snapshot", "Socket", "SocketSource", "SocketState", "SocketTable", "SourceUnavailable",
     "WILDCARDS", "format_port_set", "host_port", "is_wildcard", "iso_time", "normalize_ip",
-    "os_error_text", "socket_to_dict",
+    "os_error_text", "printable", "socket_to_dict",
 ]

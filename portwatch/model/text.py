@@ -39,3 +39,16 @@ def os_error_text(exc: BaseException, with_filename: bool = False) -> str:
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     filename = getattr(exc, "filename", None) if with_filename else None
     return f"{filename}: {reason}" if filename else str(reason)
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character as ``\\xNN`` (or ``\\uNNNN``); a newline too.
+
+    Process names and command lines are chosen by whoever started the process:
+    an escape sequence or a newline in one must neither reach the terminal of
+    the person reading a report nor forge a second line in a log. Never raises.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   for c in text)

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 import portwatch
+from portwatch.model import printable
 from portwatch.web.auth import REALM_HEADER, Auth
 from portwatch.web.server import client_text
 
@@ -35,7 +36,6 @@ log = logging.getLogger("portwatch.web")
 
 _PLAIN_TEXT = "text/plain; charset=utf-8"
 # Control characters (and DEL) are escaped before request lines reach the log.
-_CONTROL_CHARS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
 
 class Site(Protocol):
@@ -85,7 +85,7 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
         """Logs at DEBUG on ``portwatch.web`` (never to stderr), control characters escaped."""
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s", client_text(self.client_address), (format % args).translate(_CONTROL_CHARS))
+            log.debug("%s %s", client_text(self.client_address), printable(format % args))
 
     # -- dispatch
 

@@ -567,6 +567,10 @@ class RealDaemon:
 
     def stop(self) -> int:
         self.signal(signal.SIGTERM)
+        return self.stop_wait()
+
+    def stop_wait(self) -> int:
+        """Wait (bounded) for the exit a SIGTERM already sent asks for; its exit status."""
         try:
             return self.proc.wait(timeout=WAIT)
         finally:
@@ -775,3 +779,22 @@ def test_process_name_with_newline_and_escape_cannot_forge_a_log_line(netns: Net
     assert "x\\x0aFAKE <b>\\x1b[31m" in found[0]  # the name, escaped, on the finding's own line
     assert "\x1b" not in err
     assert all(line.startswith("portwatch: ") for line in err.splitlines()), err
+
+
+def test_sighup_storm_means_few_reloads_scans_go_on_and_sigterm_is_prompt(
+        ns_listener: tuple[NetNS, int], tmp_path: Path) -> None:
+    ns, _port = ns_listener
+    d = RealDaemon(ns, tmp_path, f"interval: 1s\nstate_directory: {tmp_path / 'state'}\n")
+    m = d.wait_metrics("two scans", lambda m: scans(m) >= 2)
+    before = scans(m)
+    for _ in range(500):  # once: 434 reloads, 1 scan in 50 s, SIGTERM answered after 36 s
+        d.signal(signal.SIGHUP)
+    d.wait_metrics("scans after the storm", lambda m: scans(m) >= before + 2)
+    for _ in range(200):
+        d.signal(signal.SIGHUP)
+    d.signal(signal.SIGTERM)
+    assert d.stop_wait() == 0
+    err = d.stderr.read_text()
+    reloads = err.count("reloaded configuration from")
+    assert 1 <= reloads <= 50, err[-2000:]
+    assert "Traceback" not in err

@@ -33,9 +33,13 @@ Signals:
     from the next scan (interval, source, thresholds, services, ignores,
     top-K, state directory) and at once to the HTTP server (users, TLS,
     listen address); the reload metric goes to 1 with its timestamp. Then
-    ``READY=1``.
+    ``READY=1``. Signals that arrive together are handled as one: however
+    many SIGHUPs came since the loop last looked, it reloads once, and a due
+    scan runs before the next look, so a storm of SIGHUPs neither multiplies
+    reloads nor starves scans.
 ``SIGTERM``, ``SIGINT``
-    ``STOPPING=1``, stop the HTTP server, save the state, exit 0.
+    ``STOPPING=1``, stop the HTTP server, save the state, exit 0. A SIGTERM
+    queued behind SIGHUPs is acted on first: a stop never waits for reloads.
 
 systemd: ``sd_notify`` goes through ``systemd.daemon.notify`` when
 systemd-python is installed, else through a small ``NOTIFY_SOCKET`` datagram
@@ -113,6 +117,9 @@ EXIT_CONFIG = 2
 
 #: The signals the daemon handles (everything else keeps its default action).
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+
+#: At most this many queued events are taken in one look (a bound on the drain).
+MAX_EVENTS_AT_ONCE = 4096
 
 #: Errors the scan is expected to raise (shown without a traceback).
 _EXPECTED_SCAN_ERRORS = (CollectError, SourceUnavailable, OSError, ValueError)
@@ -279,31 +286,42 @@ class Daemon:
         self._notify(f"READY=1\nSTATUS={self._status}")
         self._ping()
         while True:
-            event = self._wait()
-            if event is not None:
-                if event in (signal.SIGTERM, signal.SIGINT):
-                    return self.shutdown(event)
-                if event == signal.SIGHUP:
-                    self.reload()
-                else:
+            events = self._wait()
+            stop = next((e for e in events if e in (signal.SIGTERM, signal.SIGINT)), None)
+            if stop is not None:
+                return self.shutdown(stop)  # never behind queued reloads
+            if signal.SIGHUP in events:
+                self.reload()  # however many arrived since the last look: one reload
+            for event in events:
+                if event not in HANDLED_SIGNALS:
                     log.debug("ignoring event %r", event)
-                continue
             now = self._monotonic()
             if now >= self._next_scan:
-                self.scan_once()
+                self.scan_once()  # a storm of signals never starves the scans
             elif self._watchdog is not None and now >= self._next_ping:
                 self._ping()
 
-    def _wait(self) -> int | None:
-        """The next event, or None when the next scan or watchdog ping is due first."""
+    def _wait(self) -> list[int]:
+        """Every event queued until the next scan or watchdog ping is due (empty when none came).
+
+        Waits for the first event at most until then, and takes the ones queued
+        behind it without waiting (at most :data:`MAX_EVENTS_AT_ONCE`), so a
+        burst of signals is handled as one.
+        """
         now = self._monotonic()
         deadline = self._next_scan
         if self._watchdog is not None:
             deadline = min(deadline, self._next_ping)
         try:
-            return self.events.get(timeout=max(deadline - now, 0.0))
+            events = [self.events.get(timeout=max(deadline - now, 0.0))]
         except queue.Empty:
-            return None
+            return []
+        while len(events) < MAX_EVENTS_AT_ONCE:
+            try:
+                events.append(self.events.get_nowait())
+            except queue.Empty:
+                break
+        return events
 
     def _ping(self) -> None:
         """Send ``WATCHDOG=1`` when a watchdog is configured; schedule the next."""

@@ -798,3 +798,52 @@ def test_sighup_storm_means_few_reloads_scans_go_on_and_sigterm_is_prompt(
     reloads = err.count("reloaded configuration from")
     assert 1 <= reloads <= 50, err[-2000:]
     assert "Traceback" not in err
+
+
+def test_second_daemon_on_the_same_state_directory_exits_1_naming_the_running_one(
+        ns_listener: tuple[NetNS, int], tmp_path: Path) -> None:
+    ns, _port = ns_listener
+    d = RealDaemon(ns, tmp_path, f"interval: 1s\nstate_directory: {tmp_path / 'state'}\n")
+    d.wait_metrics("two scans", lambda m: scans(m) >= 2)
+    second = ns.run([str(PORTWATCH), "run", "--config", str(d.config),
+                     "--listen-address", f"127.0.0.1:{METRICS_PORT}"], timeout=60,
+                    env={k: v for k, v in ns.env().items() if k not in SYSTEMD_ENV})
+    assert second.returncode == 1, second.stderr
+    assert f"in use by another portwatch (pid {d.proc.pid})" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert d.proc.poll() is None  # the first one runs on
+    assert d.stop() == 0
+
+
+LOCK_HOLDER = r"""
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("READY", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_second_daemon_touches_nothing_in_a_locked_state_directory(
+        ns_listener: tuple[NetNS, int], tmp_path: Path) -> None:
+    ns, _port = ns_listener
+    state_dir = tmp_path / "state"
+    first = RealDaemon(ns, tmp_path, f"interval: 1s\nstate_directory: {state_dir}\n")
+    first.wait_metrics("a firing finding", lambda m: bool(listener_series(m)) and scans(m) >= 2)
+    assert first.stop() == 0  # leaves state.json, alerts.json and the lock file (with its pid)
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(state_dir / ".lock")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "READY"
+        before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in state_dir.iterdir()}
+        assert {"state.json", "alerts.json", ".lock"} <= set(before)
+        second = ns.run([str(PORTWATCH), "run", "--config", str(first.config),
+                         "--listen-address", f"127.0.0.1:{METRICS_PORT}"], timeout=60,
+                        env={k: v for k, v in ns.env().items() if k not in SYSTEMD_ENV})
+        assert second.returncode == 1, second.stderr
+        assert "is in use by another portwatch (pid " in second.stderr
+        after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in state_dir.iterdir()}
+        assert after == before  # no state rewritten, no notification re-queued, no file added
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

@@ -79,6 +79,7 @@ from portwatch import __version__
 from portwatch.alerts import Alerting
 from portwatch.collect import CollectError, Collector
 from portwatch.config import Config, ConfigError, WebConfig, load_config
+from portwatch.daemon.lock import DirectoryLock, LockHeld
 from portwatch.daemon.logs import SEVERITY_LEVEL, finding_fields
 from portwatch.daemon.notify import Notify, no_notify
 from portwatch.daemon.state import (
@@ -239,6 +240,7 @@ class Daemon:
         # Alerting keeps its own state file in the same directory as ours.
         self.alerting = (alerting_factory or default_alerting)(config, self.store.directory, registry)
         self.started = False
+        self._lock: DirectoryLock | None = None
         self.scans = 0
         # what the HTTP threads read: replaced, never mutated
         self._status = "starting: first scan"
@@ -269,7 +271,30 @@ class Daemon:
     # -- the loop
 
     def run(self) -> int:
-        """Start (first scan, bind, READY) and loop until SIGTERM/SIGINT. Returns the exit code."""
+        """Lock the state directory, start (first scan, bind, READY), loop until SIGTERM/SIGINT.
+
+        Returns the exit code: :data:`EXIT_FAILED` at once, with nothing read or
+        written, when another daemon holds the state directory. A state
+        directory that cannot be locked at all (unwritable) is logged and the
+        daemon goes on, as it does when it cannot save its state.
+        """
+        try:
+            self._lock = DirectoryLock.acquire(self.config.state_directory)
+        except LockHeld as exc:
+            log.error("cannot start: %s", exc)
+            self._notify(f"STATUS=cannot start: {one_line(str(exc))}")
+            return EXIT_FAILED
+        except OSError as exc:
+            log.warning("cannot lock the state directory %s (%s); a second daemon sharing it would not be "
+                        "refused", self.config.state_directory, os_error_text(exc))
+        try:
+            return self._run()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def _run(self) -> int:
         self.state = self.store.load()
         self.alerting.start()
         self.scan_once()
@@ -435,6 +460,7 @@ class Daemon:
             new = self._load(self.config_path)
             collector = self.collector if new.source == self.config.source else self._collector_factory(new)
             moved = new.state_directory if new.state_directory != self.config.state_directory else None
+            new_lock = self._lock_moved(moved)
             # Alerting first: it changes nothing when a sink cannot be built. Should the
             # web settings then fail, alerting goes back to the old configuration.
             self.alerting.reload(new.alerts, moved)
@@ -443,6 +469,8 @@ class Daemon:
             except Exception:
                 self.alerting.reload(self.config.alerts,
                                      self.store.directory if moved is not None else None)
+                if new_lock is not None:
+                    new_lock.release()
                 raise
         except ConfigError as exc:
             log.error("reload: %s is invalid; keeping the previous configuration:", where)
@@ -459,6 +487,10 @@ class Daemon:
             self.collector = collector
             self.metrics.set_top_destinations(new.metrics.top_destinations)
             if new.state_directory != old.state_directory:
+                if new_lock is not None:
+                    if self._lock is not None:
+                        self._lock.release()
+                    self._lock = new_lock
                 self.store = StateStore(new.state_directory, remember_after=self.remember_after)
                 log.info("state directory is now %s", new.state_directory)
             if new.interval != old.interval:
@@ -469,6 +501,21 @@ class Daemon:
         self.metrics.record_reload(ok, self._wall())
         self._notify(f"READY=1\nSTATUS={self._status}")
         return ok
+
+    def _lock_moved(self, moved: Path | None) -> DirectoryLock | None:
+        """The lock of a new state directory ``moved`` (None when it did not move or cannot be locked).
+
+        Raises ``ValueError`` (the reload is refused) when another daemon holds it.
+        """
+        if moved is None:
+            return None
+        try:
+            return DirectoryLock.acquire(moved)
+        except LockHeld as exc:
+            raise ValueError(str(exc)) from None
+        except OSError as exc:
+            log.warning("cannot lock the state directory %s (%s)", moved, os_error_text(exc))
+            return None
 
     def shutdown(self, signum: int) -> int:
         """Stop (SIGTERM/SIGINT): ``STOPPING=1``, stop the server, save the state. Returns EXIT_OK."""

@@ -79,7 +79,8 @@ def fails(ns: NetNS, *args: str) -> str:
 
 
 @pytest.mark.parametrize("family,host", [("4", "127.0.0.1"), ("6", "::1")])
-def test_self_connect_explicit_even_port(netns: NetNS, family: str, host: str) -> None:
+def test_self_connect_on_an_explicit_even_port_is_connected_to_itself(
+        netns: NetNS, family: str, host: str) -> None:
     tiny_range(netns)
     proc, info = start(netns, "self-connect", "--family", family, "--port", "40004")
     assert info["local"] == info["remote"] == [host, 40004]
@@ -137,7 +138,7 @@ def test_loop_pair_is_mirrored_with_no_listener(netns: NetNS, family: str, host:
     ]  # no LISTEN row at all
 
 
-def test_loop_pair_with_kernel_chosen_ports(netns: NetNS) -> None:
+def test_loop_pair_on_kernel_chosen_ports_is_two_distinct_mirrored_ends(netns: NetNS) -> None:
     proc, info = start(netns, "loop-pair")
     pa, pb = info["ports"]
     assert pa != pb
@@ -148,7 +149,7 @@ def test_loop_pair_with_kernel_chosen_ports(netns: NetNS) -> None:
 # --------------------------------------------------------------------------- listen
 
 
-def test_listen_tcp_and_udp(netns: NetNS) -> None:
+def test_listen_holds_tcp_listeners_and_an_unconnected_udp_socket(netns: NetNS) -> None:
     tiny_range(netns)
     tcp_proc, tcp = start(netns, "listen", "--proto", "tcp", "--port", "40005", "--port", "40007")
     udp_proc, udp = start(netns, "listen", "--proto", "udp", "--port", "40006", "--host", "::1")
@@ -162,7 +163,7 @@ def test_listen_tcp_and_udp(netns: NetNS) -> None:
         ("UNCONN", ("::1", 40006), (udp_proc.pid,))]
 
 
-def test_listen_ipv6_wildcard(netns: NetNS) -> None:
+def test_listen_on_ipv6_binds_the_wildcard_address(netns: NetNS) -> None:
     proc, info = start(netns, "listen", "--family", "6", "--port", "40005")
     assert info["host"] == "::"
     [row] = ss(netns)
@@ -172,7 +173,7 @@ def test_listen_ipv6_wildcard(netns: NetNS) -> None:
 # --------------------------------------------------------------------------- hold-port
 
 
-def test_hold_port_with_own_server(netns: NetNS) -> None:
+def test_hold_port_with_its_own_server_keeps_the_service_from_binding(netns: NetNS) -> None:
     tiny_range(netns)
     proc, info = start(netns, "hold-port", "--port", "40005", "--to", "127.0.0.1:8080", "--serve")
     assert info["local"] == ["127.0.0.1", 40005] and info["remote"] == ["127.0.0.1", 8080]
@@ -190,7 +191,7 @@ def test_hold_port_with_own_server(netns: NetNS) -> None:
     assert probe.stdout.strip() == "EADDRINUSE", probe
 
 
-def test_hold_port_to_an_existing_listener(netns: NetNS) -> None:
+def test_hold_port_to_an_existing_listener_leaves_it_unaccepted(netns: NetNS) -> None:
     server, _ = start(netns, "listen", "--host", "127.0.0.1", "--port", "8080")
     proc, info = start(netns, "hold-port", "--port", "40005", "--to", "127.0.0.1:8080")
     assert info["served"] is False and info["server"] is None
@@ -207,7 +208,7 @@ def test_hold_port_without_a_server_fails(netns: NetNS) -> None:
 # --------------------------------------------------------------------------- exhaust
 
 
-def test_exhaust_nine_of_ten_ports_and_a_second_destination(netns: NetNS) -> None:
+def test_exhaust_holds_nine_of_ten_ports_and_a_second_destination(netns: NetNS) -> None:
     tiny_range(netns)
     proc, info = start(netns, "exhaust", "--to", "127.0.0.1:8080", "--count", "9",
                        "--also", "127.0.0.1:8081", "--count-also", "2")
@@ -238,7 +239,7 @@ def test_exhaust_allowed_holds_the_whole_range(netns: NetNS) -> None:
     assert ports == info["local_ports"] == list(range(LOW, HIGH + 1))
 
 
-def test_exhaust_against_an_existing_listener(netns: NetNS) -> None:
+def test_exhaust_against_an_existing_listener_owns_only_the_clients(netns: NetNS) -> None:
     tiny_range(netns)
     start(netns, "listen", "--host", "127.0.0.1", "--port", "8080")
     proc, info = start(netns, "exhaust", "--to", "127.0.0.1:8080", "--count", "8", "--no-serve")
@@ -264,7 +265,7 @@ def test_close_wait_sockets_belong_to_the_actor(netns: NetNS) -> None:
     assert all(not r.pids for r in rows if r.peer == ("127.0.0.1", 8081))
 
 
-def test_close_wait_with_listener_closed(netns: NetNS) -> None:
+def test_close_wait_survives_its_listener_being_closed(netns: NetNS) -> None:
     proc, info = start(netns, "close-wait", "--count", "3", "--close-listener")
     assert info["listener_open"] is False
     rows = [r for r in ss(netns) if proc.pid in r.pids]
@@ -274,7 +275,7 @@ def test_close_wait_with_listener_closed(netns: NetNS) -> None:
 # --------------------------------------------------------------------------- traffic
 
 
-def test_traffic_is_healthy(netns: NetNS) -> None:
+def test_traffic_leaves_only_listen_established_and_client_time_wait(netns: NetNS) -> None:
     tiny_range(netns)
     proc, info = start(netns, "traffic", "--closed", "3", "--open", "2")
     server = ("127.0.0.1", 8080)
@@ -316,5 +317,5 @@ def test_actor_stops_cleanly_and_leaves_nothing(netns: NetNS, how: str) -> None:
     assert ss(netns) == []  # closed with RST: no TIME_WAIT, no self-connected remnant
 
 
-def test_usage_error_is_a_failed_line(netns: NetNS) -> None:
+def test_actor_usage_error_is_reported_as_a_failed_line(netns: NetNS) -> None:
     assert "invalid int value" in fails(netns, "exhaust", "--to", "127.0.0.1:8080", "--count", "x")

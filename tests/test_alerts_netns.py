@@ -18,8 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 
@@ -94,6 +95,23 @@ def wait_resolved(am: Alertmanager) -> None:
              explain=lambda: f"alerts: {am.alerts()}")
 
 
+@contextmanager
+def stops_cleanly(proc: subprocess.Popen[str], output: Path, state: Path) -> Iterator[None]:
+    """Run the body, then SIGTERM ``proc`` (also when the body fails) and check a clean stop.
+
+    A clean stop: exit 0 (else ``output`` is shown) and no alert left firing or pending in
+    ``state``'s alerts.json.
+    """
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(WAIT)
+    assert code == 0, output.read_text()
+    saved = json.loads((state / "alerts.json").read_text())
+    assert saved["alerts"] == [] and saved["pending"] == []
+
+
 def test_real_self_connect_reaches_alertmanager_and_resolves(netns: NetNS, tmp_path: Path) -> None:
     netns.sysctl("net/ipv4/ip_local_port_range", TINY)
     am = start_alertmanager(netns, tmp_path)
@@ -104,16 +122,10 @@ def test_real_self_connect_reaches_alertmanager_and_resolves(netns: NetNS, tmp_p
     with open(log, "w") as out:
         driver = netns.popen([sys.executable, "-m", "tests.test_alerts_netns", str(config), "e2e-host"],
                              stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with stops_cleanly(driver, log, tmp_path / "state"):
         check_firing(am, info["port"], info["pid"], "e2e-host")
         netns.stop(actor)
         wait_resolved(am)
-    finally:
-        driver.send_signal(signal.SIGTERM)
-        code = driver.wait(WAIT)
-    assert code == 0, log.read_text()
-    saved = json.loads((tmp_path / "state" / "alerts.json").read_text())
-    assert saved["alerts"] == [] and saved["pending"] == []
     am.stop()
 
 
@@ -149,7 +161,7 @@ def test_daemon_sends_a_real_self_connect_to_alertmanager(netns: NetNS, tmp_path
         daemon = netns.popen([str(PORTWATCH), "run", "--config", str(config), "--listen-address",
                               f"127.0.0.1:{METRICS_PORT}"], env=env, stdout=subprocess.DEVNULL, stderr=err)
     fetch = ns_fetch(netns)
-    try:
+    with stops_cleanly(daemon, stderr, state):
         check_firing(am, info["port"], info["pid"], socket.gethostname())
 
         def sent() -> bool:
@@ -160,12 +172,6 @@ def test_daemon_sends_a_real_self_connect_to_alertmanager(netns: NetNS, tmp_path
                  explain=lambda: stderr.read_text())
         netns.stop(actor)
         wait_resolved(am)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(WAIT)
-    assert code == 0, stderr.read_text()
-    saved = json.loads((state / "alerts.json").read_text())
-    assert saved["alerts"] == [] and saved["pending"] == []
     am.stop()
 
 

@@ -48,17 +48,17 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 # ---------------------------------------------------------------------- static checks
 
-def test_promtool_check_rules() -> None:
+def test_shipped_rules_pass_promtool_check() -> None:
     done = _promtool("check", "rules", SHIPPED_RULES.name)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_promtool_test_rules() -> None:
+def test_shipped_rules_pass_their_promtool_unit_tests() -> None:
     done = _promtool("test", "rules", RULES_TEST.name)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_rules_follow_conventions() -> None:
+def test_every_alert_has_severity_annotations_and_a_for() -> None:
     """Every alert has a severity, summary/description/remediation, and a ``for``."""
     names = {rule["alert"] for rule in _alert_rules()}
     assert names >= {"PortwatchSelfConnect", "PortwatchPortTaken", "PortwatchListenerInEphemeralRange",

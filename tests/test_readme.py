@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
 
 
-def test_yaml_examples_validate() -> None:
+def test_readme_yaml_examples_are_valid_config() -> None:
     blocks = re.findall(r"```yaml\n(.*?)```", README, re.S)
     assert blocks
     for block in blocks:
@@ -28,7 +28,7 @@ def test_setup_commands_exist_and_ci_runs_the_test_command() -> None:
     assert "bash scripts/test" in (REPO / ".ci" / "run").read_text()
 
 
-def test_finding_kinds_all_documented() -> None:
+def test_readme_documents_every_finding_kind() -> None:
     from portwatch.model import Kind
 
     for kind in Kind:

@@ -37,7 +37,6 @@ from portwatch.collect.netlink import (
     fast_ip,
     parse_messages,
 )
-from portwatch.collect.sources import netlink as netlink_source
 from portwatch.collect.sources.netlink import NetlinkSource
 from tests.netns import NetNS
 
@@ -334,13 +333,6 @@ def test_netlink_source_rejects_a_small_buffer_and_no_timeout() -> None:
         NetlinkSource(bufsize=4096)
     with pytest.raises(ValueError, match="timeout must be positive"):
         NetlinkSource(timeout=0)
-
-
-def test_netlink_source_is_still_importable_from_the_parser_module() -> None:
-    assert getattr(netlink, "NetlinkSource") is netlink_source.NetlinkSource
-    assert getattr(netlink, "default_socket_factory") is netlink_source.default_socket_factory
-    with pytest.raises(AttributeError, match="has no attribute 'Nothing'"):
-        getattr(netlink, "Nothing")
 
 
 # --- real sockets in a network namespace ---

@@ -48,7 +48,6 @@ from portwatch.model import (
     Protocol,
     Socket,
     SocketState,
-    SocketTable,
     SourceUnavailable,
     normalize_ip,
 )
@@ -445,17 +444,3 @@ def family_name(family: int) -> str:
     """'ipv4' / 'ipv6' / 'family N'."""
     known = _FAMILIES.get(family)
     return known.value if known is not None else f"family {family}"
-
-
-def __getattr__(name: str) -> Any:
-    """``NetlinkSource`` and ``default_socket_factory``, still importable from here.
-
-    They live in :mod:`portwatch.collect.sources.netlink`, which imports this
-    module; importing them here lazily keeps the module graph without a cycle.
-    Raises ``AttributeError`` for any other name.
-    """
-    if name in ("NetlinkSource", "default_socket_factory"):
-        from portwatch.collect.sources import netlink as _source
-
-        return getattr(_source, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,8 @@ Job: before the daemon has any side effect (loading and rewriting its state,
 re-queuing saved notifications, binding its port), take the lock; a second
 ``portwatch run`` sharing the directory is refused, naming the pid that holds
 it, and touches nothing. The lock lives as long as the open file, so a crashed
-daemon never leaves a stale lock behind. May import the standard library only.
+daemon never leaves a stale lock behind. May import the standard library and
+:mod:`portwatch.model`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import errno
 import fcntl
 import os
 from pathlib import Path
+from typing import Callable
 
-__all__ = ["LOCK_FILE", "DirectoryLock", "LockHeld"]
+from portwatch.model.text import os_error_text
+
+__all__ = ["LOCK_FILE", "DirectoryLock", "LockHeld", "lock_moved_directory"]
 
 LOCK_FILE = ".lock"
 
@@ -68,6 +72,23 @@ class DirectoryLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def lock_moved_directory(directory: Path | None, warn: Callable[[str], None]) -> DirectoryLock | None:
+    """The lock of the state directory a reload moves to (None: it did not move, or cannot be locked).
+
+    A directory that cannot be locked at all is reported through ``warn``.
+    Raises ``ValueError`` (the reload is refused) when another daemon holds it.
+    """
+    if directory is None:
+        return None
+    try:
+        return DirectoryLock.acquire(directory)
+    except LockHeld as exc:
+        raise ValueError(str(exc)) from None
+    except OSError as exc:
+        warn(f"cannot lock the state directory {directory} ({os_error_text(exc)})")
+        return None
 
 
 def _read_pid(fd: int) -> int | None:

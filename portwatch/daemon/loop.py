@@ -67,19 +67,28 @@ from __future__ import annotations
 import logging
 import queue
 import signal
-import socket
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Collection, Mapping, Protocol as TypingProtocol
+from typing import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from portwatch import __version__
-from portwatch.alerts import Alerting
 from portwatch.collect import CollectError, Collector
 from portwatch.config import Config, ConfigError, WebConfig, load_config
-from portwatch.daemon.lock import DirectoryLock, LockHeld
+from portwatch.daemon.lock import DirectoryLock, LockHeld, lock_moved_directory
+from portwatch.daemon.wiring import (
+    ALERTS_STOP_TIMEOUT,
+    AlertingFactory,
+    ScanFunction,
+    Server,
+    ServerFactory,
+    default_alerting,
+    default_collector,
+    default_scan,
+    default_server,
+)
 from portwatch.daemon.logs import SEVERITY_LEVEL, finding_fields
 from portwatch.daemon.notify import Notify, no_notify
 from portwatch.daemon.state import (
@@ -92,12 +101,11 @@ from portwatch.daemon.state import (
     update_listeners,
 )
 from portwatch.detect import listening_ports
-from portwatch.model import Finding, RememberedPort, ScanResult, SourceUnavailable
+from portwatch.model import Finding, ScanResult, SourceUnavailable
 from portwatch.model.text import host_port, os_error_text
 from portwatch.output.metrics import PortwatchMetrics
 from portwatch.output.status import findings_html, one_line, status_line
-from portwatch.scan import make_source, run_scan
-from portwatch.web import MetricsServer, WebError
+from portwatch.web import WebError
 
 __all__ = [
     "EXIT_CONFIG",
@@ -124,53 +132,6 @@ MAX_EVENTS_AT_ONCE = 4096
 
 #: Errors the scan is expected to raise (shown without a traceback).
 _EXPECTED_SCAN_ERRORS = (CollectError, SourceUnavailable, OSError, ValueError)
-
-
-class Server(TypingProtocol):
-    """What the daemon needs of the HTTP server (:class:`portwatch.web.MetricsServer`)."""
-
-    def start(self) -> None: ...
-
-    def stop(self, timeout: float = 5.0) -> None: ...
-
-    def update_config(self, config: WebConfig) -> None: ...
-
-    @property
-    def address(self) -> tuple[str, int]: ...
-
-
-ServerFactory = Callable[
-    [WebConfig, CollectorRegistry, Callable[[], bool], Callable[[], bool], Callable[[], str]], Server]
-ScanFunction = Callable[[Config, Collector, Collection[RememberedPort]], ScanResult]
-
-
-def default_collector(config: Config) -> Collector:
-    """A collector reading the socket source ``config.source`` names. Raises ValueError for an unknown one."""
-    return Collector(make_source(config.source))
-
-
-#: Seconds the alert sinks get at SIGTERM to deliver what is queued (the rest is saved).
-ALERTS_STOP_TIMEOUT = 5.0
-
-AlertingFactory = Callable[[Config, Path, CollectorRegistry], Alerting]
-
-
-def default_alerting(config: Config, state_dir: Path, registry: CollectorRegistry) -> Alerting:
-    """The alerting engine of ``config.alerts``, keeping its state in ``state_dir``.
-
-    Raises ``ValueError`` (:class:`~portwatch.alerts.SinkBuildError`) when a sink cannot be built.
-    """
-    return Alerting(config.alerts, state_dir, socket.gethostname(), registry)
-
-
-def default_server(web: WebConfig, registry: CollectorRegistry, ready: Callable[[], bool],
-                   health: Callable[[], bool], index_extra: Callable[[], str]) -> Server:
-    """The real HTTP server (not bound yet). Raises :class:`WebError`."""
-    return MetricsServer(web, registry, ready, health=health, index_extra=index_extra)
-
-
-def _default_scan(config: Config, collector: Collector, remembered: Collection[RememberedPort]) -> ScanResult:
-    return run_scan(config, collector, remembered)
 
 
 class Daemon:
@@ -207,7 +168,7 @@ class Daemon:
         watchdog: float | None = None,
         load: Callable[[Path | None], Config] = load_config,
         collector_factory: Callable[[Config], Collector] = default_collector,
-        scan: ScanFunction = _default_scan,
+        scan: ScanFunction = default_scan,
         server_factory: ServerFactory = default_server,
         store: StateStore | None = None,
         registry: CollectorRegistry | None = None,
@@ -460,7 +421,7 @@ class Daemon:
             new = self._load(self.config_path)
             collector = self.collector if new.source == self.config.source else self._collector_factory(new)
             moved = new.state_directory if new.state_directory != self.config.state_directory else None
-            new_lock = self._lock_moved(moved)
+            new_lock = lock_moved_directory(moved, log.warning)
             # Alerting first: it changes nothing when a sink cannot be built. Should the
             # web settings then fail, alerting goes back to the old configuration.
             self.alerting.reload(new.alerts, moved)
@@ -501,21 +462,6 @@ class Daemon:
         self.metrics.record_reload(ok, self._wall())
         self._notify(f"READY=1\nSTATUS={self._status}")
         return ok
-
-    def _lock_moved(self, moved: Path | None) -> DirectoryLock | None:
-        """The lock of a new state directory ``moved`` (None when it did not move or cannot be locked).
-
-        Raises ``ValueError`` (the reload is refused) when another daemon holds it.
-        """
-        if moved is None:
-            return None
-        try:
-            return DirectoryLock.acquire(moved)
-        except LockHeld as exc:
-            raise ValueError(str(exc)) from None
-        except OSError as exc:
-            log.warning("cannot lock the state directory %s (%s)", moved, os_error_text(exc))
-            return None
 
     def shutdown(self, signum: int) -> int:
         """Stop (SIGTERM/SIGINT): ``STOPPING=1``, stop the server, save the state. Returns EXIT_OK."""

@@ -641,9 +641,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["--_measure"] and len(args_list) == 3:
         return measure(int(args_list[1]), args_list[2] == "profile")
     if args_list[:1] == ["--_ns_holder"] and len(args_list) == 3:
-        return netns_scale().ns_holder(int(args_list[1]), args_list[2].split(","))
+        return int(netns_scale().ns_holder(int(args_list[1]), args_list[2].split(",")))
     if args_list[:1] == ["--_ns_probe"] and len(args_list) == 2:
-        return netns_scale().probe(args_list[1].split(","))
+        return int(netns_scale().probe(args_list[1].split(",")))
 
     parser = argparse.ArgumentParser(
         prog="benchmarks/run.py",

@@ -12,13 +12,13 @@ docs/alerting.md; additions are possible, removals or renames bump
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from portwatch import __version__
 from portwatch.model import Severity
 from portwatch.model.text import iso_time as _iso_time
+from portwatch.model.values import finite_number
 
 __all__ = ["DOCUMENT_VERSION", "Notification", "Reason", "Status", "document", "iso_time"]
 
@@ -145,9 +145,10 @@ class Notification:
             value = data.get(name)
             if value is None and optional:
                 return None
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            number = finite_number(value)
+            if number is None:
                 raise ValueError(f"{name} is not a finite number")
-            return float(value)
+            return number
 
         finding = data.get("finding")
         if not isinstance(finding, dict):

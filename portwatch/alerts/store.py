@@ -35,6 +35,7 @@ from portwatch.alerts.rules import AlertState
 from portwatch.jsonfile import parse_entries, problems_text, read_document, write_atomic
 from portwatch.model import Severity
 from portwatch.model.text import os_error_text
+from portwatch.model.values import brief, finite_number
 
 __all__ = ["ALERTS_FILE", "STORE_VERSION", "Saved", "StateWriter", "from_document", "load", "to_document",
            "write_atomic"]
@@ -62,9 +63,10 @@ def _alert_to_dict(a: AlertState) -> dict[str, Any]:
 
 
 def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    number = finite_number(value)
+    if number is None:
         raise ValueError(f"{name} is not a finite number")
-    return float(value)
+    return number
 
 
 def _refuse_non_finite(entry: object) -> None:
@@ -140,7 +142,7 @@ def from_document(doc: object) -> tuple[Saved, list[str]]:
     if not isinstance(doc, dict):
         raise ValueError("the top level is not a JSON object")
     if doc.get("version") != STORE_VERSION:
-        raise ValueError(f"unsupported version {doc.get('version')!r} (this portwatch reads {STORE_VERSION})")
+        raise ValueError(f"unsupported version {brief(doc.get('version'))} (this portwatch reads {STORE_VERSION})")
     raw_alerts, raw_pending = doc.get("alerts"), doc.get("pending")
     if not isinstance(raw_alerts, list) or not isinstance(raw_pending, list):
         raise ValueError("'alerts' and 'pending' must be lists")

@@ -15,12 +15,12 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import ipaddress
-import math
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
 from urllib.parse import urlsplit
 
+from portwatch.model.values import finite_number
 from portwatch.model import PortRange, normalize_ip
 
 #: The metrics endpoint's default port: below 32768 (outside the default
@@ -84,17 +84,6 @@ def suggest(word: object, choices: Iterable[str]) -> str:
         return ""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def finite_number(value: object) -> float | None:
-    """``value`` as a finite float when it is an int or float (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond a float's range
-        return None
-    return number if math.isfinite(number) else None
 
 
 _DURATION_UNITS: tuple[tuple[str, float], ...] = (

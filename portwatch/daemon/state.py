@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -55,6 +54,7 @@ from portwatch.model import RememberedPort
 from portwatch.jsonfile import parse_entries, problems_text, read_document, write_atomic
 from portwatch.model import Finding, Kind, Protocol, Severity
 from portwatch.model.text import os_error_text
+from portwatch.model.values import brief, finite_number
 
 __all__ = [
     "FindingRecord",
@@ -318,21 +318,22 @@ def _time(entry: Mapping[str, Any], name: str, optional: bool = False) -> float 
     value = entry.get(name)
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise StateError(f"{name} is not a finite number: {value!r}")
-    return float(value)
+    number = finite_number(value)
+    if number is None:
+        raise StateError(f"{name} is not a finite number: {brief(value)}")
+    return number
 
 
 def _listener(entry: object) -> ListenerRecord:
     if not isinstance(entry, dict):
-        raise StateError(f"not an object: {entry!r}")
+        raise StateError(f"not an object: {brief(entry)}")
     port = entry.get("port")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise StateError(f"port is not 1-65535: {port!r}")
+        raise StateError(f"port is not 1-65535: {brief(port)}")
     try:
         protocol = Protocol(entry.get("protocol"))
     except ValueError:
-        raise StateError(f"unknown protocol {entry.get('protocol')!r}") from None
+        raise StateError(f"unknown protocol {brief(entry.get('protocol'))}") from None
     first, last = _time(entry, "first_seen"), _time(entry, "last_seen")
     assert first is not None and last is not None
     return ListenerRecord(protocol, port, first, last)
@@ -340,10 +341,10 @@ def _listener(entry: object) -> ListenerRecord:
 
 def _finding(entry: object) -> FindingRecord:
     if not isinstance(entry, dict):
-        raise StateError(f"not an object: {entry!r}")
+        raise StateError(f"not an object: {brief(entry)}")
     key, summary = entry.get("key"), entry.get("summary")
     if not isinstance(key, str) or not key:
-        raise StateError(f"key is not a non-empty string: {key!r}")
+        raise StateError(f"key is not a non-empty string: {brief(key)}")
     if not isinstance(summary, str):
         raise StateError(f"summary of {key} is not a string")
     try:
@@ -367,7 +368,7 @@ def from_document(doc: object) -> tuple[State, list[str]]:
         raise StateError("the top level is not a JSON object")
     version = doc.get("version")
     if version != STATE_VERSION:
-        raise StateError(f"unsupported version {version!r} (this portwatch reads version {STATE_VERSION})")
+        raise StateError(f"unsupported version {brief(version)} (this portwatch reads version {STATE_VERSION})")
     problems: list[str] = []
     raw_listeners, raw_findings = doc.get("listeners"), doc.get("findings")
     if not isinstance(raw_listeners, list) or not isinstance(raw_findings, list):

@@ -62,7 +62,7 @@ def find_ports_taken(snapshot: Snapshot, config: Config, remembered: Collection[
                                    key=lambda s: (s.local.ip, s.remote or s.local, s.inode)))
         if not conflicting:
             continue
-        hint = (f"stop the holder or wait for its connection to close, then start the service; "
+        hint = ("stop the holder or wait for its connection to close, then start the service; "
                 "to keep it from happening again, ")
         hint += (reserve_hint(settings, [port]) if port not in settings.reserved
                  else f"find why a process binds reserved port {port} explicitly")

@@ -16,6 +16,7 @@ from portwatch.model.namespaces import CgroupIdentity, NamespaceInfo, NamespaceK
 from portwatch.model.results import ScanResult
 from portwatch.model.snapshot import Destination, Listening, RememberedPort, Snapshot
 from portwatch.model.text import host_port, iso_time, os_error_text, printable
+from portwatch.model.values import brief, finite_number
 from portwatch.model.sockets import (
     KERNEL_TCP_STATES,
     WILDCARDS,
@@ -37,6 +38,6 @@ __all__ = [
     "KernelSettings", "Kind", "Listening", "NamespaceInfo", "NamespaceKind", "PortRange",
     "ProcessInfo", "Protocol", "RememberedPort", "ScanResult", "Severity",
     "Snapshot", "Socket", "SocketSource", "SocketState", "SocketTable", "SourceUnavailable",
-    "WILDCARDS", "format_port_set", "host_port", "is_wildcard", "iso_time", "normalize_ip",
+    "WILDCARDS", "brief", "finite_number", "format_port_set", "host_port", "is_wildcard", "iso_time", "normalize_ip",
     "os_error_text", "printable", "socket_to_dict",
 ]

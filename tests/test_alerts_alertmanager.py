@@ -98,7 +98,10 @@ def test_labels_annotations_times_and_resolution(am: Alertmanager, tmp_path: Pat
         alerting.process([], time.time())
         wait_for("the alert to be resolved in Alertmanager", lambda: am.find(alertname="PortwatchSelfConnect") == [],
                  explain=lambda: f"alerts: {am.alerts()}")
-        assert registry.get_sample_value("portwatch_alerts_sent_total", {"sink": "am"}) == 2
+        # Alertmanager has the resolution before the worker counts its post: wait for the count
+        wait_for("both posts counted", lambda: registry.get_sample_value(
+            "portwatch_alerts_sent_total", {"sink": "am"}) == 2,
+            explain=lambda: str(registry.get_sample_value("portwatch_alerts_sent_total", {"sink": "am"})))
     finally:
         alerting.stop(5)
 

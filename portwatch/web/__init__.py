@@ -1,13 +1,15 @@
 """The daemon's HTTP(S) endpoint: ``/metrics``, an index page, health and readiness.
 
-Built on the standard library (:class:`http.server.ThreadingHTTPServer`,
-:mod:`ssl`) and prometheus_client's exposition functions, behaving the way
+Built on the standard library (:mod:`selectors`, :mod:`ssl`,
+:class:`http.server.BaseHTTPRequestHandler`) and prometheus_client's exposition functions, behaving the way
 users of Prometheus exporters (node_exporter and its exporter-toolkit) expect.
 The modules, each with its own job:
 
 - :mod:`.address`: ``web.listen_address`` (parse, resolve, bind errors) and :class:`WebError`;
-- :mod:`.server`: the server core (accept loop, TLS handshake in the
-  connection's thread, connection cap, graceful stop, EMFILE back-off);
+- :mod:`.head`: classifying the bytes of a request head; the core's own answers;
+- :mod:`.server`: the server core (one selector loop for accepts, non-blocking
+  TLS handshakes and request heads under a deadline; a bounded pool of workers
+  for complete requests; keep-alive, connection cap, graceful stop, EMFILE back-off);
 - :mod:`.tls`: the TLS context of a configuration and certificate rotation;
 - :mod:`.auth`: basic auth against bcrypt hashes, with a cache of successful checks;
 - :mod:`.routes`: ``/metrics``, ``/``, ``/-/healthy``, ``/-/ready``;
@@ -24,10 +26,11 @@ from __future__ import annotations
 from portwatch.web.address import WebError, parse_listen_address
 from portwatch.web.auth import AUTH_CACHE_SECONDS
 from portwatch.web.endpoint import MetricsServer
-from portwatch.web.server import CONNECTION_TIMEOUT, MAX_CONNECTIONS
+from portwatch.web.server import BACKLOG, CONNECTION_TIMEOUT, MAX_CONNECTIONS
 
 __all__ = [
     "AUTH_CACHE_SECONDS",
+    "BACKLOG",
     "CONNECTION_TIMEOUT",
     "MAX_CONNECTIONS",
     "MetricsServer",

@@ -28,7 +28,8 @@ from portwatch.output.status import index_page
 from portwatch.web.address import WebError, bind_error, resolve
 from portwatch.web.auth import Auth
 from portwatch.web.routes import handler_for
-from portwatch.web.server import CONNECTION_TIMEOUT, MAX_CONNECTIONS, ConnectionServer
+from portwatch.web.server import (BACKLOG, CONNECTION_TIMEOUT, MAX_CONNECTIONS, WORKERS, ConnectionServer,
+                                  bind_listener, raise_descriptor_limit)
 from portwatch.web.tls import TLS
 
 __all__ = ["MetricsServer"]
@@ -63,6 +64,8 @@ class MetricsServer:
         *,
         connection_timeout: float = CONNECTION_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        backlog: int = BACKLOG,
+        workers: int = WORKERS,
     ) -> None:
         """Prepares (does not bind) a server.
 
@@ -78,6 +81,8 @@ class MetricsServer:
         self._site = _Site(self, registry, ready, health, index_extra)
         self._connection_timeout = connection_timeout
         self._max_connections = max_connections
+        self._backlog = backlog
+        self._workers = workers
         self._httpd: ConnectionServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # start/stop/update_config
@@ -92,6 +97,7 @@ class MetricsServer:
         with self._lock:
             if self._httpd is not None:
                 raise RuntimeError("MetricsServer already started")
+            raise_descriptor_limit()
             httpd = self._bind(self._state.config.listen_address, self._family, self._host, self._port)
             self._serve(httpd)
 
@@ -152,10 +158,11 @@ class MetricsServer:
     def _bind(self, value: str, family: socket.AddressFamily, host: str, port: int) -> ConnectionServer:
         """A bound, listening server for ``value``. Raises :class:`WebError`."""
         try:
-            return ConnectionServer(family, (host, port), handler_for(self._site), self._tls_context,
-                                    self._connection_timeout, self._max_connections)
+            listener = bind_listener(family, (host, port), self._backlog)
         except OSError as e:
             raise bind_error(value, e) from None
+        return ConnectionServer([listener], handler_for(self._site), self._tls_context,
+                                self._connection_timeout, self._max_connections, self._workers)
 
     def _serve(self, httpd: ConnectionServer) -> None:
         """Starts the serve loop of ``httpd`` in a daemon thread."""

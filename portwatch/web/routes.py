@@ -7,7 +7,8 @@ prometheus_client's own handler does); a scrape never triggers or waits for a
 scan. ``/`` is the index page; ``/-/healthy`` and ``/-/ready`` answer 200 ``OK``
 while the checks return true, 503 otherwise. Other paths get 404, methods
 other than GET and HEAD 405; with basic-auth users every request needs valid
-credentials (401 otherwise). Every response closes its connection. Requests
+credentials (401 otherwise). HTTP/1.1 connections stay open (keep-alive)
+unless the client says ``Connection: close``; HTTP/1.0 ones close unless they ask for keep-alive. Requests
 are logged at DEBUG on ``portwatch.web`` only. What the routes serve comes from
 a :class:`Site`. May import the standard library, prometheus_client,
 :mod:`portwatch.web.auth` and :mod:`portwatch.web.server`.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import gzip
 import logging
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import parse_qs
 
@@ -27,7 +27,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 import portwatch
 from portwatch.web.auth import REALM_HEADER, Auth
-from portwatch.web.server import client_text
+from portwatch.web.server import RequestHandler, client_text
 
 __all__ = ["Handler", "Site", "handler_for"]
 
@@ -69,12 +69,12 @@ def handler_for(site: Site) -> type[Handler]:
     return type("SiteHandler", (Handler,), {"site": site})
 
 
-class Handler(BaseHTTPRequestHandler):
-    """Serves one request (the connection closes after it); the endpoints are :attr:`site`'s."""
+class Handler(RequestHandler):
+    """Serves one request (HTTP/1.1 keeps the connection open); the endpoints are :attr:`site`'s."""
 
     site: Site
     server_version = f"portwatch/{portwatch.__version__}"
-    protocol_version = "HTTP/1.0"
+    protocol_version = "HTTP/1.1"
 
     def version_string(self) -> str:
         """The ``Server`` header: ``portwatch/<version>`` (not the Python version)."""
@@ -106,7 +106,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         """Routes GET (and HEAD) requests."""
-        path, _, query = self.path.partition("?")
+        # The target as sent: BaseHTTPRequestHandler turns a leading "//" into "/".
+        words = self.requestline.split()
+        target = words[1] if len(words) == 3 else self.path
+        path, _, query = target.partition("?")
         site = self.site
         if path == "/metrics":
             self._metrics(parse_qs(query))
@@ -172,16 +175,18 @@ class Handler(BaseHTTPRequestHandler):
         content_type: str = _PLAIN_TEXT,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        """Sends a complete response (no body for HEAD) and marks the connection for closing."""
+        """Sends a complete response (no body for HEAD); the connection stays open when the client keeps it alive."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.send_header("Connection", "close")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        elif self.request_version == "HTTP/1.0":
+            self.send_header("Connection", "keep-alive")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self.close_connection = True
 
 

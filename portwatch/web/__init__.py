@@ -11,7 +11,8 @@ The modules, each with its own job:
   TLS handshakes and request heads under a deadline; a bounded pool of workers
   for complete requests; keep-alive, connection cap, graceful stop, EMFILE back-off);
 - :mod:`.tls`: the TLS context of a configuration and certificate rotation;
-- :mod:`.auth`: basic auth against bcrypt hashes, with a cache of successful checks;
+- :mod:`.auth`: basic auth against bcrypt hashes: a dummy hash at the configured cost,
+  one bcrypt check at a time, a cache of successful checks, a per-address failure limit;
 - :mod:`.routes`: ``/metrics``, ``/``, ``/-/healthy``, ``/-/ready``;
 - :mod:`.endpoint`: :class:`MetricsServer`, which the daemon starts, reloads and stops.
 
@@ -24,7 +25,7 @@ standard library, prometheus_client, bcrypt, :mod:`portwatch.config` types,
 from __future__ import annotations
 
 from portwatch.web.address import WebError, parse_listen_address
-from portwatch.web.auth import AUTH_CACHE_SECONDS
+from portwatch.web.auth import AUTH_CACHE_SECONDS, FAILURE_LIMIT, FAILURE_WINDOW
 from portwatch.web.endpoint import MetricsServer
 from portwatch.web.server import BACKLOG, CONNECTION_TIMEOUT, MAX_CONNECTIONS
 
@@ -32,6 +33,8 @@ __all__ = [
     "AUTH_CACHE_SECONDS",
     "BACKLOG",
     "CONNECTION_TIMEOUT",
+    "FAILURE_LIMIT",
+    "FAILURE_WINDOW",
     "MAX_CONNECTIONS",
     "MetricsServer",
     "WebError",

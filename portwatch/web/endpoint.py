@@ -26,7 +26,7 @@ from portwatch.config import WebConfig
 from portwatch.model.text import host_port
 from portwatch.output.status import index_page
 from portwatch.web.address import WebError, bind_error, resolve
-from portwatch.web.auth import Auth
+from portwatch.web.auth import Auth, FailureLimit
 from portwatch.web.routes import handler_for
 from portwatch.web.server import (BACKLOG, CONNECTION_TIMEOUT, MAX_CONNECTIONS, WORKERS, ConnectionServer,
                                   bind_listener, raise_descriptor_limit)
@@ -46,9 +46,9 @@ class _State:
     tls: TLS | None
 
 
-def _build_state(config: WebConfig) -> _State:
-    """The users and TLS context of ``config``. Raises :class:`WebError` when a TLS file cannot be loaded."""
-    return _State(config=config, auth=Auth(config.basic_auth_users), tls=TLS.build(config))
+def _build_state(config: WebConfig, limit: FailureLimit) -> _State:
+    """The users (counting failures in ``limit``) and TLS context of ``config``. Raises :class:`WebError` when a TLS file cannot be loaded."""
+    return _State(config=config, auth=Auth(config.basic_auth_users, limit), tls=TLS.build(config))
 
 
 class MetricsServer:
@@ -77,7 +77,8 @@ class MetricsServer:
         TLS files cannot be loaded.
         """
         self._family, self._host, self._port = resolve(config.listen_address)
-        self._state = _build_state(config)
+        self._failures = FailureLimit()
+        self._state = _build_state(config, self._failures)
         self._site = _Site(self, registry, ready, health, index_extra)
         self._connection_timeout = connection_timeout
         self._max_connections = max_connections
@@ -135,7 +136,7 @@ class MetricsServer:
         On any :class:`WebError` (bad TLS file, bad or unbindable address)
         nothing changes: the old configuration keeps serving.
         """
-        state = _build_state(config)
+        state = _build_state(config, self._failures)
         family, host, port = resolve(config.listen_address)
         with self._lock:
             old = self._state.config.listen_address

@@ -7,7 +7,8 @@ prometheus_client's own handler does); a scrape never triggers or waits for a
 scan. ``/`` is the index page; ``/-/healthy`` and ``/-/ready`` answer 200 ``OK``
 while the checks return true, 503 otherwise. Other paths get 404, methods
 other than GET and HEAD 405; with basic-auth users every request needs valid
-credentials (401 otherwise). HTTP/1.1 connections stay open (keep-alive)
+credentials (401 otherwise; 429 with ``Retry-After`` when the client address
+failed too often, see :mod:`.auth`). HTTP/1.1 connections stay open (keep-alive)
 unless the client says ``Connection: close``; HTTP/1.0 ones close unless they ask for keep-alive. Requests
 are logged at DEBUG on ``portwatch.web`` only. What the routes serve comes from
 a :class:`Site`. May import the standard library, prometheus_client,
@@ -131,9 +132,14 @@ class Handler(RequestHandler):
         auth = self.site.auth
         if not auth.enabled:
             return True
-        user = auth.check(self.headers.get("Authorization"))
-        if user is not None:
+        result = auth.authenticate(self.headers.get("Authorization"), str(self.client_address[0]))
+        if result.user is not None:
             return True
+        if result.retry_after > 0:
+            self.close_connection = True
+            self._respond(HTTPStatus.TOO_MANY_REQUESTS, b"Too Many Requests\n",
+                          headers={"Retry-After": result.retry_after_header})
+            return False
         self._respond(HTTPStatus.UNAUTHORIZED, b"Unauthorized\n", headers={"WWW-Authenticate": REALM_HEADER})
         return False
 

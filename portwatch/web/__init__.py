@@ -14,12 +14,15 @@ The modules, each with its own job:
 - :mod:`.auth`: basic auth against bcrypt hashes: a dummy hash at the configured cost,
   one bcrypt check at a time, a cache of successful checks, a per-address failure limit;
 - :mod:`.routes`: ``/metrics``, ``/``, ``/-/healthy``, ``/-/ready``;
+- :mod:`.settings`: :class:`WebSettings` (from ``web:`` or a web config file), :class:`WebOptions`;
+- :mod:`.webconfig`: exporter-toolkit's web configuration file (``--web.config.file``);
+- :mod:`.activation`: the sockets systemd passes (``--web.systemd-socket``);
 - :mod:`.endpoint`: :class:`MetricsServer`, which the daemon starts, reloads and stops.
 
 The configuration given is a validated :class:`~portwatch.config.WebConfig`;
 web does not repeat the configuration's checks. The package may import the
 standard library, prometheus_client, bcrypt, :mod:`portwatch.config` types,
-:mod:`portwatch.model` and :mod:`portwatch.output`; never collect, scan or daemon.
+:mod:`portwatch.model`, :mod:`portwatch.output` and PyYAML; never collect, scan or daemon.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from __future__ import annotations
 from portwatch.web.address import WebError, parse_listen_address
 from portwatch.web.auth import AUTH_CACHE_SECONDS, FAILURE_LIMIT, FAILURE_WINDOW
 from portwatch.web.endpoint import MetricsServer
+from portwatch.web.settings import TLSSettings, WebOptions, WebSettings
+from portwatch.web.webconfig import load_web_config_file
 from portwatch.web.server import BACKLOG, CONNECTION_TIMEOUT, MAX_CONNECTIONS
 
 __all__ = [
@@ -37,6 +42,10 @@ __all__ = [
     "FAILURE_WINDOW",
     "MAX_CONNECTIONS",
     "MetricsServer",
+    "TLSSettings",
+    "WebOptions",
+    "WebSettings",
+    "load_web_config_file",
     "WebError",
     "parse_listen_address",
 ]

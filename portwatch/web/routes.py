@@ -52,6 +52,11 @@ class Site(Protocol):
         """The registry ``/metrics`` renders."""
         ...
 
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers added to every response (``http_server_config.headers``)."""
+        ...
+
     def ready(self) -> bool:
         """``/-/ready``: quick; raising counts as false."""
         ...
@@ -186,6 +191,8 @@ class Handler(RequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        for name, value in self.site.headers:
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")

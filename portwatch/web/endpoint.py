@@ -142,6 +142,12 @@ class MetricsServer:
         return str(host), int(port)
 
     @property
+    def open_connections(self) -> int:
+        """Client connections open now (0 when not started)."""
+        httpd = self._httpd
+        return httpd.open_connections if httpd is not None else 0
+
+    @property
     def config(self) -> WebConfig:
         """The configuration in effect."""
         return self._state.config

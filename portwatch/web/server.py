@@ -199,6 +199,12 @@ class ConnectionServer:
             thread.start()
 
     @property
+    def open_connections(self) -> int:
+        """Connections open now (being read, answered or kept alive)."""
+        with self._lock:
+            return len(self._open)
+
+    @property
     def server_address(self) -> tuple[str, int]:
         """``(host, port)`` of the first listening socket."""
         host, port = self.listeners[0].getsockname()[:2]

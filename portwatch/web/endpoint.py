@@ -123,13 +123,15 @@ class MetricsServer:
             if self._options.systemd_socket:
                 httpd = self._server(listen_fds())
             else:
-                httpd = self._bind(self._primary, self._family, self._host, self._port)
+                listeners = [self._listener(self._primary, self._family, self._host, self._port)]
                 try:
                     for value, family, host, port in self._extra:
-                        httpd.listeners.append(self._listener(value, family, host, port))
+                        listeners.append(self._listener(value, family, host, port))
                 except WebError:
-                    httpd.server_close()
+                    for sock in listeners:
+                        sock.close()
                     raise
+                httpd = self._server(listeners)
             self._serve(httpd)
 
     @property

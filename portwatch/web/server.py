@@ -216,6 +216,7 @@ class ConnectionServer:
         """Runs the loop until :meth:`stop_serving` (the serve thread's body); closes the loop's connections on exit."""
         sel = self._selector
         for sock in self.listeners:
+            sock.setblocking(False)
             sel.register(sock, selectors.EVENT_READ, None)
         sel.register(self._wake_r, selectors.EVENT_READ, None)
         next_sweep = time.monotonic() + _SWEEP_SECONDS

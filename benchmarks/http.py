@@ -194,12 +194,17 @@ def _load(address: tuple[str, int], clients: int, seconds: float, out: "multipro
             mine.append(scrape(address))
         with lock:
             results.extend(mine)
-    threads = [threading.Thread(target=one) for _ in range(clients)]
+    _in_threads(one, clients)
+    out.put(results)
+
+
+def _in_threads(target: Callable[[], None], count: int) -> None:
+    """Runs ``target`` in ``count`` threads at once and waits for them."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    out.put(results)
 
 
 def under(attack: Callable[..., None], address: tuple[str, int], count: int, probes: int,
@@ -230,11 +235,7 @@ def simultaneous(address: tuple[str, int], count: int) -> list[tuple[int, float]
         r = scrape(address)
         with lock:
             results.append(r)
-    threads = [threading.Thread(target=one) for _ in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(one, count)
     return results
 
 

@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from portwatch.config import WebConfig
 from portwatch.web import FAILURE_LIMIT, MetricsServer
-from tests.test_web import (CLIENT_TIMEOUT, LOOPBACK, Certs, basic, certs, client_context, hashes,  # noqa: F401
-                            raw_exchange, registry, request, running, tls_config)
+from tests.test_web import (CLIENT_TIMEOUT, LOOPBACK, Certs, basic, bcrypt_calls, certs,  # noqa: F401
+                            client_context, hashes, raw_exchange, registry, request, running, tls_config)
 
 OLD_CAP = 64  # the connection cap of the thread-per-connection server
 
@@ -229,21 +229,13 @@ def test_password_guessing_gets_429_and_the_right_password_works_from_another_ad
 
 
 def test_unknown_user_is_checked_against_a_hash_of_the_configured_cost(
-    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+    registry: CollectorRegistry, bcrypt_calls: list[tuple[bytes, bytes]]
 ) -> None:
-    checked: list[bytes] = []
-    real_checkpw = bcrypt.checkpw
-
-    def recording_checkpw(password: bytes, hashed: bytes) -> bool:
-        checked.append(hashed)
-        return real_checkpw(password, hashed)
-
-    monkeypatch.setattr(bcrypt, "checkpw", recording_checkpw)
     hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=5)).decode()
     config = WebConfig(listen_address=LOOPBACK, basic_auth_users={"alice": hashed})
     with running(config, registry) as server:
         assert scrape(server.address, basic("mallory", "pw")).status == 401
         assert scrape(server.address, basic("alice", "wrong")).status == 401
-    unknown, known = checked
+    (_, unknown), (_, known) = bcrypt_calls
     assert unknown != hashed.encode() and known == hashed.encode()
     assert unknown[:7] == known[:7] == b"$2b$05$"  # same algorithm, same cost

@@ -5,7 +5,8 @@ Built on the standard library (:mod:`selectors`, :mod:`ssl`,
 users of Prometheus exporters (node_exporter and its exporter-toolkit) expect.
 The modules, each with its own job:
 
-- :mod:`.address`: ``web.listen_address`` (parse, resolve, bind errors) and :class:`WebError`;
+- :mod:`.address`: ``web.listen_address`` (parse, resolve, bind, bind errors) and :class:`WebError`;
+- :mod:`.handler`: the base class of request handlers (head already read by the core);
 - :mod:`.head`: classifying the bytes of a request head; the core's own answers;
 - :mod:`.server`: the server core (one selector loop for accepts, non-blocking
   TLS handshakes and request heads under a deadline; a bounded pool of workers
@@ -27,12 +28,12 @@ standard library, prometheus_client, bcrypt, :mod:`portwatch.config` types,
 
 from __future__ import annotations
 
-from portwatch.web.address import WebError, parse_listen_address
+from portwatch.web.address import BACKLOG, WebError, parse_listen_address
 from portwatch.web.auth import AUTH_CACHE_SECONDS, FAILURE_LIMIT, FAILURE_WINDOW
 from portwatch.web.endpoint import MetricsServer
 from portwatch.web.settings import TLSSettings, WebOptions, WebSettings
 from portwatch.web.webconfig import load_web_config_file
-from portwatch.web.server import BACKLOG, CONNECTION_TIMEOUT, MAX_CONNECTIONS
+from portwatch.web.server import CONNECTION_TIMEOUT, MAX_CONNECTIONS
 
 __all__ = [
     "AUTH_CACHE_SECONDS",

@@ -29,11 +29,10 @@ from portwatch.config import WebConfig
 from portwatch.model.text import host_port
 from portwatch.output.status import index_page
 from portwatch.web.activation import listen_fds
-from portwatch.web.address import WebError, bind_error, resolve
+from portwatch.web.address import BACKLOG, WebError, bind_error, bind_listener, raise_descriptor_limit, resolve
 from portwatch.web.auth import Auth, FailureLimit
 from portwatch.web.routes import handler_for
-from portwatch.web.server import (BACKLOG, CONNECTION_TIMEOUT, MAX_CONNECTIONS, WORKERS, ConnectionServer,
-                                  bind_listener, raise_descriptor_limit)
+from portwatch.web.server import CONNECTION_TIMEOUT, MAX_CONNECTIONS, WORKERS, ConnectionServer
 from portwatch.web.settings import WebOptions, WebSettings, settings_from_config
 from portwatch.web.tls import TLS
 from portwatch.web.webconfig import WebConfigFile

@@ -28,7 +28,8 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 import portwatch
 from portwatch.web.auth import REALM_HEADER, Auth
-from portwatch.web.server import RequestHandler, client_text
+from portwatch.web.handler import RequestHandler
+from portwatch.web.server import client_text
 
 __all__ = ["Handler", "Site", "handler_for"]
 

@@ -17,33 +17,28 @@ an HTTP request to an HTTPS server.`` and other garbage is closed silently.
 At most ``max_connections`` are open at once (further ones are closed at
 once); running out of descriptors pauses accepting briefly instead of
 spinning; :meth:`ConnectionServer.close_connections` shuts down the open
-connections at stop. May import the standard library, :mod:`portwatch.model`
-and :mod:`portwatch.web.head`; nothing else of portwatch.
+connections at stop. May import the standard library, :mod:`portwatch.model`,
+:mod:`portwatch.web.head` and :mod:`portwatch.web.handler`; nothing else of portwatch.
 """
 
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import queue
-import resource
 import selectors
 import socket
 import ssl
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 
 from portwatch.model.text import host_port, os_error_text
+from portwatch.web.handler import RequestHandler
 from portwatch.web.head import HTTP_TO_HTTPS_RESPONSE, Verdict, examine, plain_response
 
-__all__ = [
-    "BACKLOG", "CONNECTION_TIMEOUT", "IDLE_TIMEOUT", "MAX_CONNECTIONS", "WORKERS",
-    "ConnectionServer", "RequestHandler", "bind_listener", "client_text", "raise_descriptor_limit",
-]
+__all__ = ["CONNECTION_TIMEOUT", "IDLE_TIMEOUT", "MAX_CONNECTIONS", "WORKERS", "ConnectionServer", "client_text"]
 
 log = logging.getLogger("portwatch.web")
 
@@ -56,8 +51,6 @@ IDLE_TIMEOUT = 120.0
 MAX_CONNECTIONS = 4096
 #: Threads answering complete requests.
 WORKERS = 8
-#: The listen backlog (the kernel caps it at net.core.somaxconn).
-BACKLOG = 1024
 
 _TLS_HANDSHAKE_RECORD = 0x16
 _SWEEP_SECONDS = 0.25
@@ -78,31 +71,6 @@ def client_text(client_address: Any) -> str:
     return host_port(str(host), port)
 
 
-def bind_listener(family: socket.AddressFamily, address: tuple[str, int], backlog: int = BACKLOG) -> socket.socket:
-    """A listening TCP socket on ``address`` (SO_REUSEADDR, never SO_REUSEPORT; ``::`` is dual-stack). Raises OSError."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(address)
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def raise_descriptor_limit() -> None:
-    """Raises the soft RLIMIT_NOFILE to the hard limit (as Go programs do at start). Never raises."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (OSError, ValueError):
-        pass
-
-
 class _Conn:
     """One connection: its socket, what it sent so far, its state and deadline."""
 
@@ -117,44 +85,6 @@ class _Conn:
         self.buffer = b""
         self.deadline = deadline
         self.events = selectors.EVENT_READ
-
-
-class RequestHandler(BaseHTTPRequestHandler):
-    """Base of the handler classes the core runs: one request per instance, head already read.
-
-    The core constructs it with a ``(socket, head bytes)`` pair as the request;
-    after :meth:`handle`, ``close_connection`` says whether the connection ends.
-    """
-
-    def setup(self) -> None:
-        """Reads the head from the bytes the loop received; writes go straight to the socket."""
-        sock, head = self.request
-        self.connection = sock
-        self.rfile = io.BytesIO(head)
-        self.wfile = _SocketWriter(sock)  # type: ignore[assignment]
-
-    def handle(self) -> None:
-        """Handles exactly one request."""
-        self.close_connection = True
-        self.handle_one_request()
-
-    def finish(self) -> None:
-        """Nothing to flush: every write went to the socket."""
-
-
-class _SocketWriter:
-    """``wfile`` over a socket: each write is a ``sendall``."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    def write(self, data: bytes) -> int:
-        """Sends all of ``data``. Raises OSError."""
-        self._sock.sendall(data)
-        return len(data)
-
-    def flush(self) -> None:
-        """Nothing is buffered."""
 
 
 class ConnectionServer:

@@ -8,8 +8,9 @@ Job: answer "who is this request?" for one configuration's
   wrong password;
 - bcrypt runs one check at a time (as exporter-toolkit does); when
   ``max_pending`` checks already wait, the request is refused at once (429)
-  instead of holding a worker;
-- successful checks are cached for :data:`AUTH_CACHE_SECONDS` (at most
+  instead of holding a worker. Addresses that failed lately wait in a line of
+  their own, so guessers never take the places of other clients;
+- successful checks are cached until unused for :data:`AUTH_CACHE_SECONDS` (at most
   :data:`AUTH_CACHE_ENTRIES`, keyed by the user and a keyed SHA-256 of the
   password), so scrapes do not pay bcrypt's cost each time; failures are not
   cached (a guesser pays its own way, and the failure limit below bounds it);
@@ -50,8 +51,8 @@ __all__ = [
 
 log = logging.getLogger("portwatch.web")
 
-#: How long the outcome of a basic-auth check is remembered.
-AUTH_CACHE_SECONDS = 60.0
+#: How long a successful basic-auth check is remembered after its last use.
+AUTH_CACHE_SECONDS = 600.0
 #: How many outcomes are remembered (the oldest is forgotten first).
 AUTH_CACHE_ENTRIES = 1024
 #: Failed attempts from one client address before it gets 429 ...
@@ -106,14 +107,24 @@ class FailureLimit:
     def retry_after(self, client: str, now: float) -> float:
         """Seconds ``client`` must wait before its next attempt counts; 0 when it may try now."""
         with self._lock:
-            times = self._failures.get(_client_key(client))
-            if times is None:
-                return 0.0
-            while times and times[0] <= now - self.window:
-                times.popleft()
+            times = self._recent(client, now)
             if len(times) < self.limit:
                 return 0.0
             return times[0] + self.window - now
+
+    def failing(self, client: str, now: float) -> bool:
+        """Whether ``client`` failed within the window."""
+        with self._lock:
+            return bool(self._recent(client, now))
+
+    def _recent(self, client: str, now: float) -> collections.deque[float]:
+        """The failure times of ``client`` within the window (called with the lock held)."""
+        times = self._failures.get(_client_key(client))
+        if times is None:
+            return collections.deque()
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        return times
 
     def failed(self, client: str, now: float) -> None:
         """Counts a failed attempt of ``client``."""
@@ -156,6 +167,7 @@ class Auth:
         self._cache: collections.OrderedDict[tuple[str, bytes], float] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._pending = threading.BoundedSemaphore(max_pending + 1)
+        self._pending_failing = threading.BoundedSemaphore(max_pending + 1)
 
     @property
     def enabled(self) -> bool:
@@ -188,12 +200,15 @@ class Auth:
         key = (user, hmac.new(self._key, password, hashlib.sha256).digest())
         outcome = self._cached(key, now)
         if outcome is None:
-            if not self._pending.acquire(blocking=False):
+            # Clients that failed lately and the others wait in separate lines, so
+            # guessers cannot take the places of a scraper whose success expired.
+            pending = self._pending_failing if self._limit.failing(client, now) else self._pending
+            if not pending.acquire(blocking=False):
                 return AuthResult(None, 1.0)
             try:
                 outcome = self._bcrypt(user, password)
             finally:
-                self._pending.release()
+                pending.release()
             if outcome:
                 self._remember(key, time.monotonic())
         if not outcome:
@@ -210,6 +225,8 @@ class Auth:
             if now >= expires:
                 del self._cache[key]
                 return None
+            self._cache[key] = now + AUTH_CACHE_SECONDS  # in use: kept
+            self._cache.move_to_end(key)
             return True
 
     def _remember(self, key: tuple[str, bytes], now: float) -> None:

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import bcrypt
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from portwatch.config import WebConfig
 from portwatch.web import FAILURE_LIMIT, MetricsServer
@@ -110,6 +110,28 @@ def test_a_stalled_tls_handshake_is_dropped_at_the_deadline(registry: CollectorR
     with running(tls_config(certs), registry, connection_timeout=0.5) as server:
         with connections(server.address, 1, b"\x16\x03\x01") as (stalled,):
             assert stalled.recv(100) == b""  # the client waits up to CLIENT_TIMEOUT; the server closes first
+
+
+def test_a_client_that_never_reads_its_answers_holds_no_worker() -> None:
+    big = CollectorRegistry()
+    gauge = Gauge("portwatch_test_big", "Many series.", ["n"], registry=big)
+    for n in range(2000):
+        gauge.labels(n=f"series-{n:05d}").set(n)  # about 100 kB per answer
+    with running(WebConfig(listen_address=LOOPBACK), big, workers=1) as server:
+        with socket.socket() as greedy:
+            greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            greedy.settimeout(CLIENT_TIMEOUT)
+            greedy.connect(server.address)
+            # far more answers than the socket buffers hold, and none of them read;
+            # the server stops reading requests too, so what it does not take is dropped
+            greedy.settimeout(1.0)
+            with contextlib.suppress(TimeoutError):
+                greedy.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 500)
+            # Time for the answers to fill the buffers (a server that blocked a worker on
+            # them would fail below; with less time the test only checks less).
+            time.sleep(1.0)
+            for _ in range(3):
+                assert scrape(server.address).status == 200
 
 
 def test_simultaneous_scrapes_all_succeed(registry: CollectorRegistry) -> None:

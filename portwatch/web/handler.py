@@ -2,14 +2,13 @@
 
 Job: :class:`RequestHandler`, a :class:`~http.server.BaseHTTPRequestHandler`
 that reads the request head from the bytes the core's loop received and
-writes straight to the socket, so the core's workers only ever see complete
-request heads. May import the standard library only.
+collects its response for the core to send, so the core's workers only ever
+see complete request heads and never wait for a slow reader. May import the standard library only.
 """
 
 from __future__ import annotations
 
 import io
-import socket
 from http.server import BaseHTTPRequestHandler
 
 __all__ = ["RequestHandler"]
@@ -23,11 +22,11 @@ class RequestHandler(BaseHTTPRequestHandler):
     """
 
     def setup(self) -> None:
-        """Reads the head from the bytes the loop received; writes go straight to the socket."""
+        """Reads the head from the bytes the loop received; the response is collected, not sent."""
         sock, head = self.request
         self.connection = sock
         self.rfile = io.BytesIO(head)
-        self.wfile = _SocketWriter(sock)  # type: ignore[assignment]
+        self.wfile = _Collector()  # type: ignore[assignment]
 
     def handle(self) -> None:
         """Handles exactly one request."""
@@ -35,19 +34,25 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.handle_one_request()
 
     def finish(self) -> None:
-        """Nothing to flush: every write went to the socket."""
+        """Nothing to flush: the core sends :meth:`response`."""
+
+    def response(self) -> bytes:
+        """Everything the handler wrote: the response the core sends (without blocking a worker)."""
+        collector = self.wfile
+        assert isinstance(collector, _Collector)
+        return b"".join(collector.chunks)
 
 
-class _SocketWriter:
-    """``wfile`` over a socket: each write is a ``sendall``."""
+class _Collector:
+    """``wfile`` that keeps what is written."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
 
     def write(self, data: bytes) -> int:
-        """Sends all of ``data``. Raises OSError."""
-        self._sock.sendall(data)
+        """Keeps ``data``."""
+        self.chunks.append(bytes(data))
         return len(data)
 
     def flush(self) -> None:
-        """Nothing is buffered."""
+        """Nothing to do."""

@@ -59,7 +59,7 @@ _BAD_REQUEST = plain_response(400, "Bad Request", "Bad Request: not an HTTP/1.x 
 _TOO_LARGE = plain_response(431, "Request Header Fields Too Large", "Request Header Fields Too Large\n")
 
 # connection states
-_PEEK, _HANDSHAKE, _HEAD, _WORKING, _DRAIN = range(5)
+_PEEK, _HANDSHAKE, _HEAD, _WORKING, _DRAIN, _WRITE = range(6)
 
 
 def client_text(client_address: Any) -> str:
@@ -74,7 +74,7 @@ def client_text(client_address: Any) -> str:
 class _Conn:
     """One connection: its socket, what it sent so far, its state and deadline."""
 
-    __slots__ = ("sock", "address", "state", "buffer", "deadline", "events", "context")
+    __slots__ = ("sock", "address", "state", "buffer", "deadline", "events", "context", "out", "keep")
 
     def __init__(self, sock: socket.socket, address: Any, context: ssl.SSLContext | None, deadline: float) -> None:
         self.sock = sock
@@ -83,6 +83,8 @@ class _Conn:
         self.address = address
         self.state = state
         self.buffer = b""
+        self.out = b""  # the part of a response still to send
+        self.keep = False  # whether the connection stays open after it
         self.deadline = deadline
         self.events = selectors.EVENT_READ
 
@@ -215,6 +217,8 @@ class ConnectionServer:
                 self._handshake(conn)
             elif conn.state == _HEAD:
                 self._read_head(conn)
+            elif conn.state == _WRITE:
+                self._write(conn)
             elif conn.state == _DRAIN:
                 if not conn.sock.recv(4096):
                     self._close(conn)
@@ -334,16 +338,29 @@ class ConnectionServer:
                 conn = self._returned.get_nowait()
             except queue.Empty:
                 return
-            conn.state = _HEAD
-            conn.events = selectors.EVENT_READ
+            conn.state = _WRITE if conn.out else _HEAD
+            conn.events = selectors.EVENT_WRITE if conn.out else selectors.EVENT_READ
             try:
-                conn.sock.setblocking(False)
-                self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+                self._selector.register(conn.sock, conn.events, conn)
             except (OSError, ValueError):
                 self._close(conn)
                 continue
-            if conn.buffer:  # a pipelined request already arrived
+            if conn.state == _HEAD and conn.buffer:  # a pipelined request already arrived
                 self._dispatch(conn)
+
+    def _write(self, conn: _Conn) -> None:
+        """Sends more of ``conn.out``; when all is sent, waits for the next request or closes."""
+        if not _send_some(conn):
+            self._want(conn, selectors.EVENT_WRITE)
+            return
+        if not conn.keep:
+            self._close(conn)
+            return
+        conn.state = _HEAD
+        conn.deadline = time.monotonic() + self.idle_timeout
+        self._want(conn, selectors.EVENT_READ)
+        if conn.buffer:
+            self._dispatch(conn)
 
     def _sweep(self, now: float) -> None:
         """Closes the connections past their deadline."""
@@ -377,38 +394,36 @@ class ConnectionServer:
             if conn is None:
                 return
             try:
-                keep = self._answer(conn)
-            except Exception:
-                log.exception("%s: error while handling a request", client_text(conn.address))
-                keep = False
+                conn.keep, conn.out = self._answer(conn)
+                sent = _send_some(conn)
+            except Exception as e:
+                if not isinstance(e, OSError):
+                    log.exception("%s: error while handling a request", client_text(conn.address))
+                conn.keep, sent = False, True
             with self._lock:
-                keep = keep and not self._closing
-            if not keep:
+                closing = self._closing
+            if closing or (sent and not conn.keep):
                 self._close(conn)
                 continue
-            conn.deadline = time.monotonic() + self.idle_timeout
+            # The rest of the response, or the wait for the next request, is the loop's.
+            conn.deadline = time.monotonic() + (self.idle_timeout if sent else self.connection_timeout)
             self._returned.put(conn)
             try:
                 self._wake_w.send(b"\0")
             except OSError:
                 pass
 
-    def _answer(self, conn: _Conn) -> bool:
-        """Runs the handler on the head in ``conn.buffer``; True when the connection stays open."""
-        verdict, length = examine(conn.buffer)
+    def _answer(self, conn: _Conn) -> tuple[bool, bytes]:
+        """Runs the handler on the head in ``conn.buffer``: (whether the connection stays open, the response)."""
+        _, length = examine(conn.buffer)
         head, conn.buffer = conn.buffer[:length], conn.buffer[length:]
-        conn.sock.setblocking(True)
-        conn.sock.settimeout(self.connection_timeout)
-        try:
-            handler = self._handler((conn.sock, head), conn.address, self)  # type: ignore[arg-type]
-        except OSError as e:
-            log.debug("%s: connection error: %s", client_text(conn.address), e)
-            return False
+        handler = self._handler((conn.sock, head), conn.address, self)  # type: ignore[arg-type]
         headers = getattr(handler, "headers", None)
-        if handler.close_connection or headers is None:
-            return False
-        body = str(headers.get("Content-Length", "0")).strip()
-        return body in ("", "0") and "Transfer-Encoding" not in headers
+        keep = not handler.close_connection and headers is not None
+        if keep and headers is not None:
+            body = str(headers.get("Content-Length", "0")).strip()
+            keep = body in ("", "0") and "Transfer-Encoding" not in headers
+        return keep, handler.response()
 
     # -- stopping
 
@@ -468,3 +483,14 @@ class ConnectionServer:
             log.debug("%s: connection error", client, exc_info=True)
         else:
             log.exception("%s: error while handling a request", client)
+
+
+def _send_some(conn: _Conn) -> bool:
+    """Sends what the non-blocking socket takes of ``conn.out``; True when all is sent. Raises OSError."""
+    while conn.out:
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return False
+        conn.out = conn.out[sent:]
+    return True

@@ -14,6 +14,9 @@ from portwatch.web import WebError
 from portwatch.web.activation import listen_fds
 from tests.conftest import require_binary
 from tests.netns import REPO, NetNS
+from tests.nspawn import Container
+from tests.test_systemd import (CONFIG_PATH, DAEMON_CONFIG, UNIT, VENV_PYTHON, dropin,  # noqa: F401
+                                unit_container)
 
 PORTWATCH = REPO / ".venv" / "bin" / "portwatch"
 FETCH = ("import sys, time, urllib.request\n"
@@ -65,3 +68,32 @@ def test_the_socket_unit_listens_on_the_default_port() -> None:
     port = DEFAULT_LISTEN_ADDRESS.rpartition(":")[2]
     assert f"\nListenStream={port}\n" in unit
     assert "[Install]\nWantedBy=sockets.target" in unit
+
+
+SOCKET_DROPIN = """\
+[Unit]
+Requires=portwatch.socket
+After=portwatch.socket
+
+[Service]
+ExecStart=
+ExecStart=/opt/portwatch/bin/portwatch run --config /etc/portwatch/portwatch.yaml --web.systemd-socket
+"""
+
+
+@pytest.mark.slow
+def test_portwatch_socket_starts_the_service_on_the_first_scrape(unit_container: Container) -> None:
+    c = unit_container
+    c.write_file(CONFIG_PATH, DAEMON_CONFIG)
+    c.write_file("/etc/systemd/system/portwatch.socket", (REPO / "systemd" / "portwatch.socket").read_text())
+    dropin(c, "20-socket.conf", SOCKET_DROPIN)  # the drop-in docs/web.md shows
+    r = c.systemctl("start", "portwatch.socket", timeout=60)
+    assert r.returncode == 0, r.stderr + c.diagnostics(["portwatch.socket"])
+    assert c.unit_state(UNIT)[0] == "inactive"  # nothing started it yet
+    code = ("import urllib.request\n"
+            "with urllib.request.urlopen('http://127.0.0.1:9731/metrics', timeout=120) as r:\n"
+            "    print(r.status, 'portwatch_scans_total' in r.read().decode())\n")
+    result = c.run([str(VENV_PYTHON), "-c", code], timeout=150)
+    assert result.stdout.strip() == "200 True", result.stderr + c.diagnostics([UNIT, "portwatch.socket"])
+    assert c.unit_state(UNIT) == ("active", "running"), c.diagnostics([UNIT])
+    assert c.unit_state("portwatch.socket")[0] == "active"

@@ -23,7 +23,7 @@ process down:
 - ``guess-64``: 64 clients (64 source addresses 127.0.1.x) guessing passwords
   on the auth daemon while probes scrape it with the right password;
 - ``timing``: an unknown user vs a known user with a wrong password (median
-  of 15 each, from a fresh source address each so that the failure limit does not answer);
+  of 21 each, alternating which goes first, from a fresh source address each so that the failure limit does not answer);
 - ``garbage``: random bytes, the HTTP/2 preface, a TLS hello and an HTTP/0.9
   request: the status line received and how long until the server closed.
 
@@ -253,9 +253,11 @@ def load(address: tuple[str, int], clients: int, seconds: float) -> list[tuple[i
 
 def timing(count: int) -> tuple[float, float]:
     """Median seconds of a 401 for an unknown user and for a wrong password (fresh source address each)."""
-    unknown, wrong = [], []
+    unknown: list[float] = []
+    wrong: list[float] = []
     for i in range(count):
-        for user, times in (("nobody", unknown), (USER, wrong)):
+        pair = [("nobody", unknown), (USER, wrong)]
+        for user, times in pair if i % 2 else pair[::-1]:  # alternate which goes first
             source = f"127.0.2.{len(unknown) + len(wrong) + 1}"
             status, seconds = scrape(AUTH, _basic(user, f"wrong-{i}"), source=source)
             if status == 401:
@@ -322,7 +324,8 @@ def inside(quick: bool) -> None:
         print(row(f"simultaneous-{count}", simultaneous(PLAIN, count), base), flush=True)
     print(row("load-100", load(PLAIN, 100, 10 if quick else 30), base), flush=True)
     print(row("guess-64", under(_guess, AUTH, 64, n, auth=auth), base_auth), flush=True)
-    unknown, wrong = timing(15)
+    time.sleep(5)  # the guessers' last checks are done
+    unknown, wrong = timing(21)
     print(f"timing: unknown user {1000 * unknown:.1f} ms, wrong password {1000 * wrong:.1f} ms, "
           f"difference {100 * abs(unknown - wrong) / max(unknown, wrong):.1f}%", flush=True)
     for name, line, seconds in garbage():

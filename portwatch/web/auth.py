@@ -61,8 +61,10 @@ FAILURE_LIMIT = 10
 FAILURE_WINDOW = 60.0
 #: Client addresses whose failures are remembered (the oldest is forgotten first).
 _FAILURE_ADDRESSES = 10000
-#: bcrypt checks that may wait for the one running before requests are refused.
-MAX_PENDING = 3
+#: bcrypt checks that may wait for the one running, in each line, before requests
+#: are refused: with two lines at most 4 workers ever wait for bcrypt, the others
+#: answer scrapes whose success is cached.
+MAX_PENDING = 1
 #: The ``WWW-Authenticate`` header of a 401.
 REALM_HEADER = 'Basic realm="portwatch"'
 _COST = re.compile(r"^\$2[abxy]?\$(\d\d)\$")

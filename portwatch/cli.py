@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(run)
     run.add_argument("--listen-address", metavar="HOST:PORT",
                      help="override web.listen_address from the configuration")
+    run.add_argument("--web.listen-address", dest="web_listen_address", metavar="[HOST]:PORT", action="append",
+                     help="address to serve on, as exporters take it (repeatable; ':9731' is every address); "
+                          "overrides web.listen_address")
+    run.add_argument("--web.config.file", dest="web_config_file", metavar="FILE", type=Path,
+                     help="exporter-toolkit web configuration file (TLS, basic auth, headers), re-read when it changes")
+    run.add_argument("--web.systemd-socket", dest="web_systemd_socket", action="store_true",
+                     help="serve on the sockets systemd passes (socket activation) instead of binding")
     return parser
 
 
@@ -180,8 +187,12 @@ def cmd_reserve(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """``portwatch run``: the daemon; returns its exit code."""
     from portwatch.daemon import main as run_daemon
+    from portwatch.web import WebOptions
 
-    return run_daemon(args.config, args.listen_address)
+    addresses = ([args.listen_address] if args.listen_address else []) + list(args.web_listen_address or [])
+    options = WebOptions(listen_addresses=tuple(addresses), config_file=args.web_config_file,
+                         systemd_socket=args.web_systemd_socket)
+    return run_daemon(args.config, addresses[0] if addresses else None, options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -667,17 +667,24 @@ def test_basic_auth_over_tls(registry: CollectorRegistry, certs: Certs, hashes: 
         assert request(server, context=context, headers=basic("alice", "s3cret")).status == 200
 
 
-def test_successful_checks_are_cached(
-    registry: CollectorRegistry, hashes: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[bytes] = []
+@pytest.fixture
+def bcrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
+    """Every ``bcrypt.checkpw`` call from now on, as (password, hash); the real check still runs."""
+    calls: list[tuple[bytes, bytes]] = []
     real_checkpw = bcrypt.checkpw
 
-    def counting_checkpw(password: bytes, hashed: bytes) -> bool:
-        calls.append(password)
+    def recording_checkpw(password: bytes, hashed: bytes) -> bool:
+        calls.append((password, hashed))
         return real_checkpw(password, hashed)
 
-    monkeypatch.setattr(bcrypt, "checkpw", counting_checkpw)
+    monkeypatch.setattr(bcrypt, "checkpw", recording_checkpw)
+    return calls
+
+
+def test_successful_checks_are_cached(
+    registry: CollectorRegistry, hashes: dict[str, str], bcrypt_calls: list[tuple[bytes, bytes]]
+) -> None:
+    calls = bcrypt_calls
     config = WebConfig(listen_address=LOOPBACK, basic_auth_users={"alice": hashes["s3cret"]})
     with running(config, registry) as server:
         for _ in range(3):

@@ -13,22 +13,27 @@ import os
 import queue
 import sys
 from pathlib import Path
+from typing import Callable
 
-from portwatch.config import ConfigError, load_config
+from prometheus_client import CollectorRegistry
+
+from portwatch.config import ConfigError, WebConfig, load_config
 from portwatch.daemon.logs import setup_logging
-from portwatch.daemon.loop import EXIT_CONFIG, EXIT_FAILED, Daemon, install_signal_handlers
+from portwatch.daemon.loop import EXIT_CONFIG, EXIT_FAILED, Daemon, Server, install_signal_handlers
 from portwatch.daemon.notify import make_notifier, watchdog_interval
 from portwatch.model.text import os_error_text
-from portwatch.web import WebError, parse_listen_address
+from portwatch.web import MetricsServer, WebError, WebOptions, parse_listen_address
 
 __all__ = ["main"]
 
 
-def main(config_path: Path | None, listen_address: str | None) -> int:
+def main(config_path: Path | None, listen_address: str | None, web_options: WebOptions = WebOptions()) -> int:
     """``portwatch run``: run the daemon until SIGTERM/SIGINT.
 
-    Takes the configuration file (None: built-in defaults) and the
-    ``--listen-address`` override (None: ``web.listen_address``). Returns the
+    Takes the configuration file (None: built-in defaults), the
+    ``--listen-address`` override (None: ``web.listen_address``) and the
+    endpoint's command-line options (every listen address, web configuration
+    file, socket activation). Returns the
     exit code (see the module documentation); errors are reported on stderr
     (or in the journal), never as a traceback.
     """
@@ -42,12 +47,17 @@ def main(config_path: Path | None, listen_address: str | None) -> int:
         for error in exc.errors:
             print(f"portwatch: {exc.source}: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    if listen_address is not None:
+    for address in web_options.listen_addresses or ([listen_address] if listen_address is not None else []):
         try:
-            parse_listen_address(listen_address)
+            parse_listen_address(address)
         except WebError as exc:
             print(f"portwatch: --listen-address: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+
+    def server_factory(web: WebConfig, registry: CollectorRegistry, ready: Callable[[], bool],
+                       health: Callable[[], bool], index_extra: Callable[[], str]) -> Server:
+        return MetricsServer(web, registry, ready, health=health, index_extra=index_extra, options=web_options)
+
     try:
         daemon = Daemon(
             config,
@@ -56,6 +66,7 @@ def main(config_path: Path | None, listen_address: str | None) -> int:
             events=events,
             notify=make_notifier(env),
             watchdog=watchdog_interval(env, os.getpid()),
+            server_factory=server_factory,
         )
     except (WebError, ValueError) as exc:
         print(f"portwatch: {exc}", file=sys.stderr)

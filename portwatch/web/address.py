@@ -1,7 +1,8 @@
 """The listen address of the HTTP endpoint: parsing, resolving, binding errors, :class:`WebError`.
 
-Job: turn ``web.listen_address`` into what a socket binds, and turn a failed
-bind into a message naming the setting. May import the standard library,
+Job: turn ``web.listen_address`` into what a socket binds, bind it
+(:func:`bind_listener`, with the listen backlog), and turn a failed bind into
+a message naming the setting. May import the standard library,
 :mod:`portwatch.config` (the address grammar) and :mod:`portwatch.model`; nothing else
 of portwatch.
 """
@@ -9,12 +10,17 @@ of portwatch.
 from __future__ import annotations
 
 import errno
+import resource
 import socket
 
 from portwatch.config import parse_listen_address as config_parse_listen_address
 from portwatch.model.text import os_error_text
 
-__all__ = ["WebError", "bind_error", "parse_listen_address", "resolve"]
+__all__ = ["BACKLOG", "WebError", "bind_error", "bind_listener", "parse_listen_address", "raise_descriptor_limit",
+           "resolve"]
+
+#: The listen backlog (the kernel caps it at net.core.somaxconn).
+BACKLOG = 1024
 
 
 class WebError(Exception):
@@ -73,3 +79,28 @@ def bind_error(value: str, e: OSError) -> WebError:
     else:
         reason = os_error_text(e)
     return WebError(f"web.listen_address {value}: {reason}")
+
+
+def bind_listener(family: socket.AddressFamily, address: tuple[str, int], backlog: int = BACKLOG) -> socket.socket:
+    """A listening TCP socket on ``address`` (SO_REUSEADDR, never SO_REUSEPORT; ``::`` is dual-stack). Raises OSError."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def raise_descriptor_limit() -> None:
+    """Raises the soft RLIMIT_NOFILE to the hard limit (as Go programs do at start). Never raises."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        pass

@@ -1,12 +1,15 @@
 """The HTTP(S) endpoint as the daemon uses it: :class:`MetricsServer` (start, stop, reload).
 
 Job: put the pieces together for one configuration at a time: the listen
-address (:mod:`.address`), basic auth (:mod:`.auth`), TLS with rotation
-(:mod:`.tls`), the routes (:mod:`.routes`) and the server core
-(:mod:`.server`). A SIGHUP swaps users and TLS for new connections; a new
-listen address is bound before the old listener is closed. May import the
-standard library, prometheus_client, :mod:`portwatch.config` types,
-:mod:`portwatch.output` and the modules of :mod:`portwatch.web`.
+addresses (:mod:`.address`; or the sockets systemd passes, :mod:`.activation`),
+the settings (:mod:`.settings`, from portwatch.yaml's ``web:`` or a web
+configuration file, :mod:`.webconfig`, re-checked on each new connection),
+basic auth (:mod:`.auth`), TLS with rotation (:mod:`.tls`), the routes
+(:mod:`.routes`) and the server core (:mod:`.server`). A SIGHUP swaps users
+and TLS for new connections; a new listen address is bound before the old
+listener is closed. May import the standard library, prometheus_client,
+:mod:`portwatch.config` types, :mod:`portwatch.output` and the modules of
+:mod:`portwatch.web`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from prometheus_client import CollectorRegistry
@@ -25,11 +28,14 @@ import portwatch
 from portwatch.config import WebConfig
 from portwatch.model.text import host_port
 from portwatch.output.status import index_page
-from portwatch.web.address import WebError, bind_error, resolve
-from portwatch.web.auth import Auth
+from portwatch.web.activation import listen_fds
+from portwatch.web.address import BACKLOG, WebError, bind_error, bind_listener, raise_descriptor_limit, resolve
+from portwatch.web.auth import Auth, FailureLimit
 from portwatch.web.routes import handler_for
-from portwatch.web.server import CONNECTION_TIMEOUT, MAX_CONNECTIONS, ConnectionServer
+from portwatch.web.server import CONNECTION_TIMEOUT, MAX_CONNECTIONS, WORKERS, ConnectionServer
+from portwatch.web.settings import WebOptions, WebSettings, settings_from_config
 from portwatch.web.tls import TLS
+from portwatch.web.webconfig import WebConfigFile
 
 __all__ = ["MetricsServer"]
 
@@ -41,13 +47,15 @@ class _State:
     """Everything one configuration decides about request handling, swapped as a whole."""
 
     config: WebConfig
+    settings: WebSettings
     auth: Auth
     tls: TLS | None
 
 
-def _build_state(config: WebConfig) -> _State:
-    """The users and TLS context of ``config``. Raises :class:`WebError` when a TLS file cannot be loaded."""
-    return _State(config=config, auth=Auth(config.basic_auth_users), tls=TLS.build(config))
+def _build_state(config: WebConfig, settings: WebSettings, limit: FailureLimit) -> _State:
+    """The users (counting failures in ``limit``) and TLS context of ``settings``. Raises :class:`WebError` when a TLS file cannot be loaded."""
+    return _State(config=config, settings=settings, auth=Auth(settings.basic_auth_users, limit),
+                  tls=TLS.build(settings.tls))
 
 
 class MetricsServer:
@@ -63,6 +71,9 @@ class MetricsServer:
         *,
         connection_timeout: float = CONNECTION_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        backlog: int = BACKLOG,
+        workers: int = WORKERS,
+        options: WebOptions = WebOptions(),
     ) -> None:
         """Prepares (does not bind) a server.
 
@@ -70,14 +81,29 @@ class MetricsServer:
         readiness and health checks (called per request, must be quick; raising counts
         as false), and an optional function returning trusted HTML for the index page
         (e.g. the latest scan summary; raising omits it).
-        Raises :class:`WebError` when the listen address does not resolve or the
-        TLS files cannot be loaded.
+        ``options`` are the command line's (extra listen addresses, a web
+        configuration file, systemd's sockets).
+        Raises :class:`WebError` when a listen address does not resolve, the
+        TLS files cannot be loaded, or the web configuration file is unusable
+        (or set beside ``web:``'s TLS or users).
         """
-        self._family, self._host, self._port = resolve(config.listen_address)
-        self._state = _build_state(config)
+        self._options = options
+        self._primary = options.listen_addresses[0] if options.listen_addresses else config.listen_address
+        self._family, self._host, self._port = resolve(self._primary)
+        self._extra = [(value, *resolve(value)) for value in options.listen_addresses[1:]]
+        self._failures = FailureLimit()
+        self._file: WebConfigFile | None = None
+        if options.config_file is not None:
+            if config.tls_cert_file is not None or config.tls_key_file is not None or config.basic_auth_users:
+                raise WebError(f"--web.config.file {options.config_file}: portwatch.yaml's web: sets TLS files "
+                               "or basic_auth_users too; keep them in one place")
+            self._file = WebConfigFile(options.config_file)
+        self._state = _build_state(config, self._settings(config), self._failures)
         self._site = _Site(self, registry, ready, health, index_extra)
         self._connection_timeout = connection_timeout
         self._max_connections = max_connections
+        self._backlog = backlog
+        self._workers = workers
         self._httpd: ConnectionServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # start/stop/update_config
@@ -92,7 +118,19 @@ class MetricsServer:
         with self._lock:
             if self._httpd is not None:
                 raise RuntimeError("MetricsServer already started")
-            httpd = self._bind(self._state.config.listen_address, self._family, self._host, self._port)
+            raise_descriptor_limit()
+            if self._options.systemd_socket:
+                httpd = self._server(listen_fds())
+            else:
+                listeners = [self._listener(self._primary, self._family, self._host, self._port)]
+                try:
+                    for value, family, host, port in self._extra:
+                        listeners.append(self._listener(value, family, host, port))
+                except WebError:
+                    for sock in listeners:
+                        sock.close()
+                    raise
+                httpd = self._server(listeners)
             self._serve(httpd)
 
     @property
@@ -103,6 +141,12 @@ class MetricsServer:
             raise RuntimeError("MetricsServer not started")
         host, port = httpd.server_address[:2]
         return str(host), int(port)
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now (0 when not started)."""
+        httpd = self._httpd
+        return httpd.open_connections if httpd is not None else 0
 
     @property
     def config(self) -> WebConfig:
@@ -129,11 +173,12 @@ class MetricsServer:
         On any :class:`WebError` (bad TLS file, bad or unbindable address)
         nothing changes: the old configuration keeps serving.
         """
-        state = _build_state(config)
+        state = _build_state(config, self._settings(config), self._failures)
         family, host, port = resolve(config.listen_address)
         with self._lock:
             old = self._state.config.listen_address
-            if self._httpd is None or (family, host, port) == (self._family, self._host, self._port):
+            fixed = self._options.systemd_socket or bool(self._options.listen_addresses)
+            if self._httpd is None or fixed or (family, host, port) == (self._family, self._host, self._port):
                 self._state = state
                 self._family, self._host, self._port = family, host, port
                 return
@@ -149,13 +194,27 @@ class MetricsServer:
 
     # -- internals (called with self._lock held)
 
-    def _bind(self, value: str, family: socket.AddressFamily, host: str, port: int) -> ConnectionServer:
-        """A bound, listening server for ``value``. Raises :class:`WebError`."""
+    def _settings(self, config: WebConfig) -> WebSettings:
+        """The settings in effect: the web configuration file's, or ``config``'s. Raises :class:`WebError`."""
+        if self._file is not None:
+            return self._file.current()
+        return settings_from_config(config)
+
+    def _listener(self, value: str, family: socket.AddressFamily, host: str, port: int) -> socket.socket:
+        """A listening socket for ``value``. Raises :class:`WebError`."""
         try:
-            return ConnectionServer(family, (host, port), handler_for(self._site), self._tls_context,
-                                    self._connection_timeout, self._max_connections)
+            return bind_listener(family, (host, port), self._backlog)
         except OSError as e:
             raise bind_error(value, e) from None
+
+    def _bind(self, value: str, family: socket.AddressFamily, host: str, port: int) -> ConnectionServer:
+        """A bound, listening server for ``value``. Raises :class:`WebError`."""
+        return self._server([self._listener(value, family, host, port)])
+
+    def _server(self, listeners: list[socket.socket]) -> ConnectionServer:
+        """A server on ``listeners``. Never raises."""
+        return ConnectionServer(listeners, handler_for(self._site), self._tls_context,
+                                self._connection_timeout, self._max_connections, self._workers)
 
     def _serve(self, httpd: ConnectionServer) -> None:
         """Starts the serve loop of ``httpd`` in a daemon thread."""
@@ -163,8 +222,9 @@ class MetricsServer:
         self._thread = threading.Thread(target=httpd.serve, name="portwatch-web", daemon=True)
         self._thread.start()
         scheme = "https" if self._state.tls is not None else "http"
-        host, port = self.address
-        log.info("serving on %s://%s/metrics", scheme, host_port(host, port))
+        for listener in httpd.listeners:
+            host, port = listener.getsockname()[:2]
+            log.info("serving on %s://%s/metrics", scheme, host_port(str(host), int(port)))
 
     def _shutdown(self, timeout: float) -> None:
         """Stops the current server, if any (see :meth:`stop`)."""
@@ -181,8 +241,22 @@ class MetricsServer:
         self._thread = None
 
     def _tls_context(self) -> ssl.SSLContext | None:
-        """The TLS context for a new connection (None: plain HTTP), reloaded when its files changed."""
-        tls = self._state.tls
+        """The TLS context for a new connection (None: plain HTTP), reloaded when its files changed.
+
+        With a web configuration file, first picks up the file's changes (a
+        change that does not load is logged and the previous settings stay).
+        """
+        state = self._state
+        if self._file is not None:
+            settings = self._file.current()
+            if settings is not state.settings:
+                try:
+                    state = _build_state(state.config, settings, self._failures)
+                except WebError as e:
+                    log.error("web config file changed but cannot be used, keeping the previous settings: %s", e)
+                    state = replace(state, settings=settings)
+                self._state = state
+        tls = state.tls
         return tls.context() if tls is not None else None
 
 
@@ -201,6 +275,11 @@ class _Site:
     def auth(self) -> Auth:
         """The users of the configuration in effect."""
         return self._owner._state.auth
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers added to every response."""
+        return self._owner._state.settings.headers
 
     @property
     def registry(self) -> CollectorRegistry:

@@ -7,7 +7,9 @@ prometheus_client's own handler does); a scrape never triggers or waits for a
 scan. ``/`` is the index page; ``/-/healthy`` and ``/-/ready`` answer 200 ``OK``
 while the checks return true, 503 otherwise. Other paths get 404, methods
 other than GET and HEAD 405; with basic-auth users every request needs valid
-credentials (401 otherwise). Every response closes its connection. Requests
+credentials (401 otherwise; 429 with ``Retry-After`` when the client address
+failed too often, see :mod:`.auth`). HTTP/1.1 connections stay open (keep-alive)
+unless the client says ``Connection: close``; HTTP/1.0 ones close unless they ask for keep-alive. Requests
 are logged at DEBUG on ``portwatch.web`` only. What the routes serve comes from
 a :class:`Site`. May import the standard library, prometheus_client,
 :mod:`portwatch.web.auth` and :mod:`portwatch.web.server`.
@@ -18,7 +20,6 @@ from __future__ import annotations
 import gzip
 import logging
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import parse_qs
 
@@ -28,6 +29,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 import portwatch
 from portwatch.model import printable
 from portwatch.web.auth import REALM_HEADER, Auth
+from portwatch.web.handler import RequestHandler
 from portwatch.web.server import client_text
 
 __all__ = ["Handler", "Site", "handler_for"]
@@ -51,6 +53,11 @@ class Site(Protocol):
         """The registry ``/metrics`` renders."""
         ...
 
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers added to every response (``http_server_config.headers``)."""
+        ...
+
     def ready(self) -> bool:
         """``/-/ready``: quick; raising counts as false."""
         ...
@@ -69,12 +76,12 @@ def handler_for(site: Site) -> type[Handler]:
     return type("SiteHandler", (Handler,), {"site": site})
 
 
-class Handler(BaseHTTPRequestHandler):
-    """Serves one request (the connection closes after it); the endpoints are :attr:`site`'s."""
+class Handler(RequestHandler):
+    """Serves one request (HTTP/1.1 keeps the connection open); the endpoints are :attr:`site`'s."""
 
     site: Site
     server_version = f"portwatch/{portwatch.__version__}"
-    protocol_version = "HTTP/1.0"
+    protocol_version = "HTTP/1.1"
 
     def version_string(self) -> str:
         """The ``Server`` header: ``portwatch/<version>`` (not the Python version)."""
@@ -106,7 +113,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         """Routes GET (and HEAD) requests."""
-        path, _, query = self.path.partition("?")
+        # The target as sent: BaseHTTPRequestHandler turns a leading "//" into "/".
+        words = self.requestline.split()
+        target = words[1] if len(words) == 3 else self.path
+        path, _, query = target.partition("?")
         site = self.site
         if path == "/metrics":
             self._metrics(parse_qs(query))
@@ -128,9 +138,14 @@ class Handler(BaseHTTPRequestHandler):
         auth = self.site.auth
         if not auth.enabled:
             return True
-        user = auth.check(self.headers.get("Authorization"))
-        if user is not None:
+        result = auth.authenticate(self.headers.get("Authorization"), str(self.client_address[0]))
+        if result.user is not None:
             return True
+        if result.retry_after > 0:
+            self.close_connection = True
+            self._respond(HTTPStatus.TOO_MANY_REQUESTS, b"Too Many Requests\n",
+                          headers={"Retry-After": result.retry_after_header})
+            return False
         self._respond(HTTPStatus.UNAUTHORIZED, b"Unauthorized\n", headers={"WWW-Authenticate": REALM_HEADER})
         return False
 
@@ -172,16 +187,20 @@ class Handler(BaseHTTPRequestHandler):
         content_type: str = _PLAIN_TEXT,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        """Sends a complete response (no body for HEAD) and marks the connection for closing."""
+        """Sends a complete response (no body for HEAD); the connection stays open when the client keeps it alive."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.send_header("Connection", "close")
+        for name, value in self.site.headers:
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        elif self.request_version == "HTTP/1.0":
+            self.send_header("Connection", "keep-alive")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self.close_connection = True
 
 

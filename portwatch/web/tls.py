@@ -1,7 +1,7 @@
 """TLS of the HTTP endpoint: the server context of a configuration, and certificate rotation.
 
-Job: build the :class:`ssl.SSLContext` that ``web.tls_cert_file``,
-``web.tls_key_file`` and ``web.tls_client_ca_file`` ask for (TLS 1.2 or newer; a
+Job: build the :class:`ssl.SSLContext` that :class:`~portwatch.web.settings.TLSSettings`
+ask for (files, client certificates, versions, ciphers; from ``web.tls_*`` a
 client certificate signed by the CA is required when a CA is given), and reload
 it when the files change (checked with ``stat`` on every new connection, as
 exporter-toolkit does; a changed file that does not load is logged once and the
@@ -9,8 +9,8 @@ previous certificate stays). The configuration was validated (and its files
 checked by the preflight step) before; what fails when the files are actually
 loaded is reported as :class:`~portwatch.web.address.WebError` naming the
 setting and the file; a file that is no longer a regular file (a FIFO would
-block OpenSSL's open in a connection's thread) is refused from its ``stat``. May import the standard library,
-:mod:`portwatch.config` types, :mod:`portwatch.model` and :mod:`portwatch.web.address`.
+block OpenSSL's open) is refused from its ``stat``. May import the standard library,
+:mod:`portwatch.model`, :mod:`portwatch.web.address` and :mod:`portwatch.web.settings`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import stat
 import threading
 from pathlib import Path
 
-from portwatch.config import WebConfig
 from portwatch.model.text import os_error_text
 from portwatch.web.address import WebError
+from portwatch.web.settings import TLSSettings
 
 __all__ = ["TLS", "build_ssl_context"]
 
@@ -64,58 +64,58 @@ def _unreadable(setting: str, path: Path, e: OSError) -> WebError:
     return WebError(f"{setting} {path}: {reason}")
 
 
-def build_ssl_context(config: WebConfig) -> ssl.SSLContext | None:
-    """The server TLS context ``config`` asks for, or None when TLS is off.
+def build_ssl_context(settings: TLSSettings) -> ssl.SSLContext:
+    """The server TLS context ``settings`` ask for.
 
     Raises :class:`WebError` naming the setting and file that is missing,
-    unreadable or does not hold what it should.
+    unreadable or does not hold what it should, or the version or cipher
+    setting OpenSSL refuses.
     """
-    cert, key, ca = config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file
-    if cert is None and key is None:
-        if ca is not None:
-            raise WebError(f"web.tls_client_ca_file {ca}: needs web.tls_cert_file and web.tls_key_file")
-        return None
-    if cert is None:
-        raise WebError(f"web.tls_key_file {key}: needs web.tls_cert_file too")
-    if key is None:
-        raise WebError(f"web.tls_cert_file {cert}: needs web.tls_key_file too")
-
+    cert, key, ca = settings.cert_file, settings.key_file, settings.client_ca_file
+    cert_name, key_name, ca_name = settings.names
     # The certificate alone first, so that a bad certificate and a bad key get
     # different messages (OpenSSL says "PEM lib" for both).
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(cert))
     except ssl.SSLError as e:
-        raise WebError(f"web.tls_cert_file {cert}: bad certificate: {_ssl_reason(e)} (expected PEM)") from None
+        raise WebError(f"{cert_name} {cert}: bad certificate: {_ssl_reason(e)} (expected PEM)") from None
     except OSError as e:
-        raise _unreadable("web.tls_cert_file", cert, e) from None
+        raise _unreadable(cert_name, cert, e) from None
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.minimum_version = settings.min_version
+        context.maximum_version = settings.max_version
+        if settings.ciphers is not None:
+            context.set_ciphers(settings.ciphers)
+    except (ssl.SSLError, ValueError) as e:
+        raise WebError(f"{cert_name.rpartition('.')[0] or 'web'}: TLS versions or ciphers refused by OpenSSL: {e}") from None
+    if settings.prefer_server_ciphers:
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
         context.load_cert_chain(certfile=str(cert), keyfile=str(key), password=_no_password)
     except _EncryptedKey:
-        raise WebError(f"web.tls_key_file {key}: bad key: it is encrypted (passphrase-protected); portwatch needs an unencrypted key") from None
+        raise WebError(f"{key_name} {key}: bad key: it is encrypted (passphrase-protected); portwatch needs an unencrypted key") from None
     except ssl.SSLError as e:
         if getattr(e, "reason", None) == "KEY_VALUES_MISMATCH":
-            raise WebError(f"web.tls_key_file {key}: bad key: it does not match web.tls_cert_file {cert}") from None
-        raise WebError(f"web.tls_key_file {key}: bad key: {_ssl_reason(e)} (expected a PEM private key)") from None
+            raise WebError(f"{key_name} {key}: bad key: it does not match {cert_name} {cert}") from None
+        raise WebError(f"{key_name} {key}: bad key: {_ssl_reason(e)} (expected a PEM private key)") from None
     except OSError as e:
-        raise _unreadable("web.tls_key_file", key, e) from None
+        raise _unreadable(key_name, key, e) from None
     if ca is not None:
         try:
             context.load_verify_locations(cafile=str(ca))
         except ssl.SSLError as e:
-            raise WebError(f"web.tls_client_ca_file {ca}: bad certificate: {_ssl_reason(e)} (expected PEM)") from None
+            raise WebError(f"{ca_name} {ca}: bad certificate: {_ssl_reason(e)} (expected PEM)") from None
         except OSError as e:
-            raise _unreadable("web.tls_client_ca_file", ca, e) from None
-        context.verify_mode = ssl.CERT_REQUIRED
+            raise _unreadable(ca_name, ca, e) from None
+    context.verify_mode = settings.client_auth
     return context
 
 
-def _tls_files(config: WebConfig) -> tuple[tuple[str, Path], ...]:
-    """The (setting, path) of each TLS file ``config`` names."""
-    named = (("web.tls_cert_file", config.tls_cert_file), ("web.tls_key_file", config.tls_key_file),
-             ("web.tls_client_ca_file", config.tls_client_ca_file))
+def _tls_files(settings: TLSSettings) -> tuple[tuple[str, Path], ...]:
+    """The (setting, path) of each TLS file ``settings`` name."""
+    named = zip(settings.names, (settings.cert_file, settings.key_file, settings.client_ca_file))
     return tuple((setting, path) for setting, path in named if path is not None)
 
 
@@ -142,23 +142,22 @@ def _file_signature(files: tuple[tuple[str, Path], ...]) -> Signature | None:
 class TLS:
     """The TLS context of one configuration; reloads itself when its files change."""
 
-    def __init__(self, config: WebConfig, context: ssl.SSLContext, signature: Signature | None) -> None:
-        """Takes the configuration, the context built from it and the files' signature at build time."""
-        self._config = config
-        self._files = _tls_files(config)
+    def __init__(self, settings: TLSSettings, context: ssl.SSLContext, signature: Signature | None) -> None:
+        """Takes the settings, the context built from them and the files' signature at build time."""
+        self._config = settings
+        self._files = _tls_files(settings)
         self._context = context
         self._signature = signature
         self._failed: Signature | str | None = None
         self._lock = threading.Lock()
 
     @classmethod
-    def build(cls, config: WebConfig) -> TLS | None:
-        """The TLS state for ``config``, None when TLS is off. Raises :class:`WebError` (see :func:`build_ssl_context`)."""
-        signature = _file_signature(_tls_files(config))
-        context = build_ssl_context(config)
-        if context is None:
+    def build(cls, settings: TLSSettings | None) -> TLS | None:
+        """The TLS state for ``settings``, None when TLS is off. Raises :class:`WebError` (see :func:`build_ssl_context`)."""
+        if settings is None:
             return None
-        return cls(config, context, signature)
+        signature = _file_signature(_tls_files(settings))
+        return cls(settings, build_ssl_context(settings), signature)
 
     def context(self) -> ssl.SSLContext:
         """The context for a new connection, reloaded first if a file changed.
@@ -182,7 +181,6 @@ class TLS:
             except WebError as e:
                 self._refuse(signature, e)
                 return self._context
-            assert context is not None  # the configuration has a certificate and key
             self._context = context
             self._signature = signature
             log.info("TLS files changed: reloaded %s", ", ".join(str(p) for _, p in self._files))

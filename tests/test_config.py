@@ -547,8 +547,12 @@ def shared_dir() -> Iterator[Path]:
 
 def check_config_as_nobody(path: Path) -> subprocess.CompletedProcess[str]:
     """``portwatch check-config path`` run as the unprivileged ``nobody`` user (bounded in time)."""
-    return subprocess.run([str(PORTWATCH), "check-config", str(path)], user="nobody", group="nogroup",
-                          capture_output=True, text=True, timeout=60, check=False, cwd="/")
+    # The interpreter and the checkout by their paths as this test sees them (the venv's
+    # console script names the path the venv was made at, which nobody may not reach).
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "portwatch", "check-config", str(path)], user="nobody",
+                          group="nogroup", capture_output=True, text=True, timeout=60, check=False,
+                          cwd=ROOT, env=env)
 
 
 def load_errors(path: Path) -> ConfigError:

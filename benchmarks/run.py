@@ -7,6 +7,7 @@ Usage (as root; it creates and removes its own network namespaces)::
     .venv/bin/python benchmarks/run.py --sizes 100000 --json > result.json
     .venv/bin/python benchmarks/run.py --render result.json      # the table of a saved run
     .venv/bin/python benchmarks/run.py --sizes 100k --profile    # plus a cProfile of one scan
+    .venv/bin/python benchmarks/run.py --events                  # the destroy-event listener instead
 
 For every size N it creates a private network namespace (``ip netns add``)
 with the kernel's default ``ip_local_port_range`` (32768-60999), and starts
@@ -630,6 +631,20 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def bench_events(as_json: bool) -> int:
+    """The ``--events`` rows: the destroy-event listener (``benchmarks/events_bench.py``); exit status.
+
+    CPU seconds per 10,000 events and sustained events/s before drops, with
+    and without CAP_NET_ADMIN, in a private namespace (see that module).
+    """
+    sys.path.insert(0, str(HERE.parent))
+    import events_bench
+
+    doc = events_bench.bench([10_000, 20_000, 30_000, 45_000, 60_000, 90_000], 3.0, 30_000)
+    print(json.dumps(doc, indent=2) if as_json else events_bench.render(doc))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -668,7 +683,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "the other rows)")
     parser.add_argument("--ns-sockets", type=int, default=1000, metavar="M",
                         help="sockets per namespace for --namespaces (default: %(default)s)")
+    parser.add_argument("--events", action="store_true",
+                        help="measure the socket-destroy event listener instead of scans "
+                             "(CPU per 10,000 events, sustained events/s before drops)")
     args = parser.parse_args(args_list)
+    if args.events and os.geteuid() == 0:
+        return bench_events(args.json)
     if args.render is not None:
         try:
             print(render(json.loads(args.render.read_text())))

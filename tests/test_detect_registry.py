@@ -176,6 +176,8 @@ ALLOWED_INSIDE = {
     "portwatch.detect.registry": {"portwatch.detect.base"} | KIND_MODULES,
     "portwatch.detect.pipeline": {"portwatch.detect.base", "portwatch.detect.registry",
                                   "portwatch.detect.ephemeral_exhaustion"},
+    "portwatch.detect.transient": {"portwatch.detect.base", "portwatch.detect.self_connect",
+                                   "portwatch.detect.loop_pair"},
 }
 
 

@@ -10,6 +10,7 @@ modules split it by subject (``sockets``, ``kernel``, ``findings``,
 
 from __future__ import annotations
 
+from portwatch.model.events import DestroyEvent, EventBatch, TcpInfo
 from portwatch.model.findings import Finding, Kind, ProcessInfo, Severity
 from portwatch.model.kernel import KernelSettings, PortRange, format_port_set
 from portwatch.model.namespaces import CgroupIdentity, NamespaceInfo, NamespaceKind
@@ -41,3 +42,4 @@ __all__ = [
     "WILDCARDS", "brief", "finite_number", "format_port_set", "host_port", "is_wildcard", "iso_time", "normalize_ip",
     "os_error_text", "printable", "socket_to_dict",
 ]
+__all__ += ["DestroyEvent", "EventBatch", "TcpInfo"]

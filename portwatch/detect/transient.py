@@ -1,0 +1,257 @@
+"""Transient findings: self-connects and loop pairs seen only in socket-destroy events.
+
+A scan sees the sockets of one instant; the self-connects that break test
+suites live milliseconds. :class:`TransientDetector` reads the
+:class:`~portwatch.model.DestroyEvent`\\ s of one namespace (from
+:mod:`portwatch.collect.events`) and reports, as the scan would have:
+
+- ``self_connect``: a destroyed TCP socket whose local endpoint equals its
+  remote one;
+- ``loop_pair``: two destroyed TCP sockets that mirror each other, destroyed
+  within ``pair_window`` seconds of each other, with no listener on either
+  port (the ports the caller says are listening, and the ports of unconnected
+  TCP sockets destroyed in the last ``pair_window`` seconds: a server that just
+  stopped).
+
+The findings are the scan's own (built by :mod:`portwatch.detect.self_connect`
+and :mod:`portwatch.detect.loop_pair` from the event's sockets: same kind,
+severity, key, remediation), with ``details["transient"] = True``, when they
+were first and last seen, how often in the window, the kernel's TCP figures,
+and a summary saying the process is not in the event (or naming it when the
+caller knows the 4-tuple). Everything else (ordinary connections, TIME_WAIT
+entries, refused or reset connects, whose tuple the kernel mangles to
+``0.0.0.0:lport -> raddr:0``, UDP) yields nothing.
+
+Pure: imports :mod:`portwatch.model` and the two detectors; no I/O, clock or
+logging (times come in the events and in the ``now`` arguments). State is
+bounded: at most ``max_pending`` unmatched sockets and ``max_findings`` keys.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, replace
+from typing import Collection, Iterable, Mapping
+
+from portwatch.detect.loop_pair import find_loop_pairs
+from portwatch.detect.loop_pair import summarize as summarize_loop_pair
+from portwatch.detect.self_connect import find_self_connects
+from portwatch.detect.self_connect import summarize as summarize_self_connect
+from portwatch.detect.base import Summarize, who
+from portwatch.model import (
+    DestroyEvent,
+    Endpoint,
+    Finding,
+    KernelSettings,
+    PortRange,
+    ProcessInfo,
+    Protocol,
+    Snapshot,
+    Socket,
+    SocketState,
+    TcpInfo,
+    is_wildcard,
+    iso_time,
+)
+
+__all__ = ["DEFAULT_PAIR_WINDOW", "DEFAULT_WINDOW", "Owners", "TransientDetector"]
+
+#: Seconds a transient finding stays current after its last event (and over which it is counted).
+DEFAULT_WINDOW = 300.0
+#: Seconds within which the two sockets of a loop pair must both be destroyed.
+DEFAULT_PAIR_WINDOW = 2.0
+#: The kernel's default range: the remediation of a finding when the caller gives no settings.
+_DEFAULT_SETTINGS = KernelSettings(PortRange(32768, 60999))
+
+#: Known owners of a 4-tuple: ``(local, remote) -> processes`` (from a scan or remembered sockets).
+Owners = Mapping[tuple[Endpoint, Endpoint], tuple[ProcessInfo, ...]]
+#: What :meth:`TransientDetector.observe` passes down: listening ports, seen keys, owners, settings, namespace.
+_Context = tuple[Collection[int], Collection[str], Owners, KernelSettings, "str | None"]
+
+
+@dataclass
+class _Seen:
+    """What the detector knows of one transient finding's key."""
+
+    finding: Finding
+    first: float
+    last: float
+    times: deque[float] = field(default_factory=deque)
+
+
+def _socket(event: DestroyEvent, remote: Endpoint) -> Socket:
+    """The model socket of a destroyed TCP socket (no inode, no uid: the event has none)."""
+    return Socket(Protocol.TCP, event.family, event.state or SocketState.CLOSE, event.local, remote, 0)
+
+
+def _info(info: TcpInfo | None) -> dict[str, object] | None:
+    return info.to_dict() if info is not None else None
+
+
+class TransientDetector:
+    """Turns one namespace's destroy events into transient findings; keeps the window's state.
+
+    ``TransientDetector(window=300, pair_window=2, max_pending=100_000,
+    max_findings=10_000)``. Feed it with :meth:`observe` in event order; ask
+    :meth:`current` for the findings still in the window and :meth:`expire`
+    for those that went quiet. Not thread-safe.
+    """
+
+    def __init__(self, window: float = DEFAULT_WINDOW, pair_window: float = DEFAULT_PAIR_WINDOW, *,
+                 max_pending: int = 100_000, max_findings: int = 10_000) -> None:
+        if window <= 0 or pair_window <= 0 or max_pending < 1 or max_findings < 1:
+            raise ValueError("window, pair_window, max_pending and max_findings must be positive")
+        self.window = window
+        self.pair_window = pair_window
+        self.max_pending = max_pending
+        self.max_findings = max_findings
+        # (local, remote) -> event of a destroyed connected TCP socket not yet matched, oldest first.
+        self._pending: OrderedDict[tuple[Endpoint, Endpoint], DestroyEvent] = OrderedDict()
+        # port -> time an unconnected TCP socket (a listener) on it was destroyed, oldest first.
+        self._closed_listeners: OrderedDict[int, float] = OrderedDict()
+        self._seen: dict[str, _Seen] = {}
+
+    def observe(
+        self,
+        events: Iterable[DestroyEvent],
+        *,
+        listening_ports: Collection[int] = (),
+        seen_keys: Collection[str] = (),
+        owners: Owners | None = None,
+        settings: KernelSettings | None = None,
+        namespace: str | None = None,
+    ) -> list[Finding]:
+        """Read ``events`` (oldest first); return the findings they created or updated.
+
+        Takes the events and what the caller knows of the namespace:
+        ``listening_ports`` (TCP ports with a listener, declared services and
+        remembered listeners: a pair with a side there is an ordinary
+        connection), ``seen_keys`` (keys of the findings the last scan
+        reported: those sockets are not reported again), ``owners`` (known
+        processes of 4-tuples), ``settings`` (the namespace's kernel settings,
+        for the remediation; the kernel defaults when None) and ``namespace``
+        (put in ``details["namespace"]`` when given). Returns one finding per
+        key touched, with its figures as of the last event. Never raises.
+        """
+        touched: dict[str, Finding] = {}
+        ctx = (listening_ports, seen_keys, owners or {}, settings or _DEFAULT_SETTINGS, namespace)
+        tcp = Protocol.TCP
+        for event in events:
+            remote = event.remote
+            if event.protocol is not tcp:
+                continue
+            if remote is None:
+                self._closed_listeners[event.local.port] = event.at
+                self._closed_listeners.move_to_end(event.local.port)
+                continue
+            local = event.local
+            if remote.port == 0 or local.port == 0 or is_wildcard(local.ip):
+                continue  # reset, refused or never connected: the kernel mangled the tuple
+            if local == remote:
+                found = self._self_connect(event, remote, ctx)
+            else:
+                found = self._pair(event, local, remote, ctx)
+            if found is not None:
+                touched[found.key] = found
+            self._prune(event.at)
+        return list(touched.values())
+
+    def current(self, now: float) -> list[Finding]:
+        """The findings whose last event is at most ``window`` seconds before ``now``, by first seen."""
+        live = [s for s in self._seen.values() if now - s.last <= self.window]
+        return [s.finding for s in sorted(live, key=lambda s: s.first)]
+
+    def expire(self, now: float) -> list[Finding]:
+        """Forget, and return, the findings with no event in the ``window`` seconds before ``now``."""
+        gone = [key for key, s in self._seen.items() if now - s.last > self.window]
+        return [self._seen.pop(key).finding for key in gone]
+
+    # ----------------------------------------------------------------- the two kinds
+
+    def _self_connect(self, event: DestroyEvent, remote: Endpoint, ctx: _Context) -> Finding | None:
+        listening_ports, seen_keys, owners, settings, namespace = ctx
+        sock = _socket(event, remote)
+        for base in find_self_connects(Snapshot(settings, (sock,))):
+            if base.key not in seen_keys:
+                procs = owners.get((event.local, remote), ())
+                return self._record(base, (event,), procs, summarize_self_connect, namespace,
+                                    {"tcp_info": _info(event.info)})
+        return None
+
+    def _pair(self, event: DestroyEvent, local: Endpoint, remote: Endpoint, ctx: _Context) -> Finding | None:
+        listening_ports, seen_keys, owners, settings, namespace = ctx
+        if (local.port in listening_ports or remote.port in listening_ports
+                or local.port in self._closed_listeners or remote.port in self._closed_listeners):
+            return None
+        other = self._pending.pop((remote, local), None)
+        if other is None or event.at - other.at > self.pair_window:
+            self._pending[(local, remote)] = event
+            self._pending.move_to_end((local, remote))
+            if len(self._pending) > self.max_pending:
+                self._pending.popitem(last=False)
+            return None
+        socks = (_socket(other, local), _socket(event, remote))
+        for base in find_loop_pairs(Snapshot(settings, socks), {}):
+            if base.key in seen_keys:
+                return None
+            procs = owners.get((other.local, local), ()) + owners.get((local, remote), ())
+            by_end = {str(e.local): _info(e.info) for e in (other, event)}
+            return self._record(base, (other, event), procs, summarize_loop_pair, namespace,
+                                {"tcp_info": by_end})
+        return None
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    def _record(self, base: Finding, events: tuple[DestroyEvent, ...], procs: tuple[ProcessInfo, ...],
+                summarize: Summarize, namespace: str | None,
+                extra: dict[str, object]) -> Finding:
+        """Count ``events`` under ``base.key``; the transient finding with its figures now."""
+        at = max(e.at for e in events)
+        seen = self._seen.get(base.key)
+        if seen is None:
+            if len(self._seen) >= self.max_findings:
+                oldest = min(self._seen, key=lambda k: self._seen[k].last)
+                del self._seen[oldest]
+            seen = self._seen[base.key] = _Seen(base, at, at)
+        seen.last = at
+        seen.times.append(at)
+        while seen.times and at - seen.times[0] > self.window:
+            seen.times.popleft()
+        details: dict[str, object] = {
+            **base.details, "transient": True,
+            "first_seen": iso_time(seen.first, "milliseconds"),
+            "last_seen": iso_time(seen.last, "milliseconds"),
+            "count": len(seen.times), "window_seconds": self.window,
+            "state_at_destroy": [e.state.value if e.state else None for e in events],
+            "cookies": [e.cookie for e in events],
+            **extra,
+        }
+        if namespace is not None:
+            details["namespace"] = namespace
+        unique = tuple({p.pid: p for p in procs}.values())
+        finding = replace(base, details=details, processes=unique)
+        scan_words = summarize(finding, unique).rpartition("; held by ")[0]
+        times = "once" if len(seen.times) == 1 else f"{len(seen.times)} times"
+        held = (f"it was held by {who(unique)} (known from a scan)" if unique
+                else "the process is not in the kernel's destroy event")
+        summary = (f"{scan_words}; transient: seen {times} in {self.window:g} s, last at "
+                   f"{details['last_seen']}, then closed; {held}")
+        seen.finding = replace(finding, summary=summary)
+        return seen.finding
+
+    def _prune(self, now: float) -> None:
+        """Drop unmatched sockets and destroyed listeners older than ``pair_window``."""
+        limit = now - self.pair_window
+        pending = self._pending
+        while pending:
+            key, first = next(iter(pending.items()))
+            if first.at >= limit:
+                break
+            del pending[key]
+        closed = self._closed_listeners
+        while closed:
+            port, at = next(iter(closed.items()))
+            if at >= limit:
+                break
+            del closed[port]
+

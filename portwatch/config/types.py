@@ -262,19 +262,17 @@ def finding_matches(finding: Finding, ports: PortRange | None, address: str | No
     return True
 
 
-def service_applies(service: Service, names: Collection[str] | None) -> bool:
+def service_applies(service: Service, names: Collection[str], host: bool) -> bool:
     """True when ``service`` lives in the network namespace known by ``names``.
 
     ``names`` are every name of one namespace (its ``ip netns`` name, stable
-    key, container id, pod uid, unit); ``None`` stands for the host namespace
-    (or portwatch's own, in a scan of that one only). A service without
-    ``namespace`` applies to the host namespace only; one with ``namespace``
-    to the namespace having that name (a container id may be given by a
-    prefix of 12 characters or more). Pure; never raises.
+    key, container id, pod uid, unit); ``host`` says it is the host
+    namespace (or portwatch's own, in a scan of that one only). A service
+    without ``namespace`` applies to the host namespace only; one with
+    ``namespace`` to the namespace having that name (a container id may be
+    given by a prefix of 12 characters or more). Pure; never raises.
     """
     if service.namespace is None:
-        return names is None
-    if names is None:
-        return False
+        return host
     wanted = service.namespace
     return any(wanted == name or (len(wanted) >= 12 and name.startswith(wanted)) for name in names)

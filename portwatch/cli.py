@@ -107,21 +107,25 @@ def _load(path: Path | None, *, preflight: bool = False) -> Config:
     return load_config(path, preflight=preflight)
 
 
-def _scan(args: argparse.Namespace, config: Config) -> ScanResult | NamespacesResult:
+def _scan(args: argparse.Namespace, config: Config) -> ScanResult | NamespacesResult | None:
     """The scan ``scan`` and ``reserve`` report: the own namespace, or those ``-A``/``--netns`` ask for.
 
-    Raises :class:`~portwatch.scan.UnknownNamespace` for a ``--netns`` that
-    names no namespace, and what :func:`~portwatch.scan.run_scan` raises.
+    Returns None, after saying why on stderr, for a ``--netns`` that names no
+    namespace (a usage error); raises what :func:`~portwatch.scan.run_scan` raises.
     """
     from portwatch.collect import Collector, discover_namespaces
-    from portwatch.scan import make_source, run_namespaces_scan, run_scan, select_namespaces
+    from portwatch.scan import UnknownNamespace, make_source, run_namespaces_scan, run_scan, select_namespaces
 
     collector = Collector(make_source(config.source))
     discovery = discover_namespaces()
     if not args.all_namespaces and not args.netns:
         own = next((ns for ns in discovery.namespaces if ns.own), None)
         return run_scan(config, collector, namespace=own)
-    selected = select_namespaces(discovery, args.netns)
+    try:
+        selected = select_namespaces(discovery, args.netns)
+    except UnknownNamespace as exc:
+        print(f"portwatch: {exc}", file=sys.stderr)
+        return None
     return run_namespaces_scan(config, collector, discovery, selected)
 
 
@@ -130,13 +134,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from portwatch.model import Severity
     from portwatch.output.json import to_json_document
     from portwatch.output.report import render_text
-    from portwatch.scan import UnknownNamespace
 
     config = _load(args.config)
-    try:
-        result = _scan(args, config)
-    except UnknownNamespace as exc:
-        print(f"portwatch: {exc}", file=sys.stderr)
+    result = _scan(args, config)
+    if result is None:
         return EXIT_USAGE
     host = socket.gethostname()
     dry = _alerts_dry_run(config, result.findings) if args.alerts_dry_run else None
@@ -203,13 +204,9 @@ def cmd_reserve(args: argparse.Namespace) -> int:
     """
     from portwatch.model.results import NamespacesResult
     from portwatch.output.reserve import reserve_snippet, reserve_snippets
-    from portwatch.scan import UnknownNamespace
 
-    config = _load(args.config)
-    try:
-        result = _scan(args, config)
-    except UnknownNamespace as exc:
-        print(f"portwatch: {exc}", file=sys.stderr)
+    result = _scan(args, _load(args.config))
+    if result is None:
         return EXIT_USAGE
     host = socket.gethostname()
     if isinstance(result, NamespacesResult):

@@ -107,11 +107,12 @@ def _load(path: Path | None, *, preflight: bool = False) -> Config:
     return load_config(path, preflight=preflight)
 
 
-def _scan(args: argparse.Namespace, config: Config) -> ScanResult | NamespacesResult | None:
+def _scan(args: argparse.Namespace, config: Config) -> ScanResult | NamespacesResult | int:
     """The scan ``scan`` and ``reserve`` report: the own namespace, or those ``-A``/``--netns`` ask for.
 
-    Returns None, after saying why on stderr, for a ``--netns`` that names no
-    namespace (a usage error); raises what :func:`~portwatch.scan.run_scan` raises.
+    Returns an exit code instead, after saying why on stderr: 2 for a
+    ``--netns`` that names no namespace, 3 when none of the namespaces asked
+    for could be read. Raises what :func:`~portwatch.scan.run_scan` raises.
     """
     from portwatch.collect import Collector, discover_namespaces
     from portwatch.scan import UnknownNamespace, make_source, run_namespaces_scan, run_scan, select_namespaces
@@ -125,20 +126,25 @@ def _scan(args: argparse.Namespace, config: Config) -> ScanResult | NamespacesRe
         selected = select_namespaces(discovery, args.netns)
     except UnknownNamespace as exc:
         print(f"portwatch: {exc}", file=sys.stderr)
-        return None
-    return run_namespaces_scan(config, collector, discovery, selected)
+        return EXIT_USAGE
+    result = run_namespaces_scan(config, collector, discovery, selected)
+    if not result.results:
+        why = "; ".join(result.notes) or "every one ended before it was read"
+        print(f"portwatch: cannot scan: no network namespace could be read: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    return result
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    """``portwatch scan``: returns the exit code (2 for a ``--netns`` naming no namespace)."""
+    """``portwatch scan``: returns the exit code (2 for a ``--netns`` naming no namespace, 3 if none could be read)."""
     from portwatch.model import Severity
     from portwatch.output.json import to_json_document
     from portwatch.output.report import render_text
 
     config = _load(args.config)
     result = _scan(args, config)
-    if result is None:
-        return EXIT_USAGE
+    if isinstance(result, int):
+        return result
     host = socket.gethostname()
     dry = _alerts_dry_run(config, result.findings) if args.alerts_dry_run else None
     if args.format == "json":
@@ -194,7 +200,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_reserve(args: argparse.Namespace) -> int:
-    """``portwatch reserve``: prints the snippet; 0 (2 for a ``--netns`` naming no namespace).
+    """``portwatch reserve``: prints the snippet; 0 (2 for a ``--netns`` naming no namespace, 3 if none could be read).
 
     The ports are those of the findings a scan keeps after the ignore rules:
     ``listener_in_ephemeral_range`` and ``service_port_at_risk``. So a port the
@@ -206,8 +212,8 @@ def cmd_reserve(args: argparse.Namespace) -> int:
     from portwatch.output.reserve import reserve_snippet, reserve_snippets
 
     result = _scan(args, _load(args.config))
-    if result is None:
-        return EXIT_USAGE
+    if isinstance(result, int):
+        return result
     host = socket.gethostname()
     if isinstance(result, NamespacesResult):
         print(reserve_snippets(result, host))

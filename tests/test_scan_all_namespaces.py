@@ -22,10 +22,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from portwatch.collect import OWN_NAMESPACE_NOTE
-from portwatch.config.types import Service, service_applies
+from portwatch.collect import OWN_NAMESPACE_NOTE, Collector, Discovery, discover_namespaces
+from portwatch.config.types import Config, Service, service_applies
 from portwatch.model import NamespaceInfo, NamespaceKind
 from portwatch.output.reserve import how_to_apply
+from portwatch.scan import make_source, run_namespaces_scan
 from tests.conftest import require
 from tests.netns import ACTORS, REPO, NetNS, netns_available
 
@@ -264,3 +265,20 @@ def test_services_apply_by_namespace_name_container_prefix_or_to_the_host_when_u
     assert service_applies(by_prefix, ("0123456789abcdef" * 4,), host=False)
     assert not service_applies(Service(name="c", port=1, namespace="0123"), ("0123456789ab",), host=False)
     assert not service_applies(by_prefix, (), host=True)
+
+
+def test_a_namespace_gone_before_it_is_read_is_skipped_without_a_note() -> None:
+    found = discover_namespaces()
+    own = next(ns for ns in found.namespaces if ns.own)
+    gone = NamespaceInfo(inode=1, dev=own.dev, kind=NamespaceKind.PROCESS, name="gone", pids=(2**22 + 1,),
+                         stable=False)
+    result = run_namespaces_scan(Config(), Collector(make_source("auto")), Discovery((own, gone), own.inode))
+    assert [r.snapshot.namespace for r in result.results] == [own]
+    assert result.notes == () and result.skipped == ()
+
+
+def test_a_pid_whose_namespace_has_ended_names_no_namespace(netns: NetNS) -> None:
+    pid = netns.actor("listen", "--port", "20005")[0].pid
+    netns.close()  # its process and namespace are gone: the pid names nothing now
+    proc = portwatch("scan", "--netns", str(pid))
+    assert proc.returncode == 2 and f"--netns {pid}: no such network namespace" in proc.stderr

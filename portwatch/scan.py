@@ -15,7 +15,9 @@ re-exported here for the daemon and the CLI.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from pathlib import Path
 from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 from portwatch import detect
@@ -116,38 +118,52 @@ def scan_snapshot(
                       usage=usage, duration=clock() - started, listening=idx.listening)
 
 
-def select_namespaces(discovery: Discovery, wanted: Sequence[str]) -> tuple[NamespaceInfo, ...]:
+def select_namespaces(discovery: Discovery, wanted: Sequence[str],
+                      proc_root: Path = Path("/proc")) -> tuple[NamespaceInfo, ...]:
     """The namespaces of ``discovery`` that ``wanted`` name, in discovery order; all when empty.
 
     Each entry of ``wanted`` is matched against every name of a namespace
-    (:func:`namespace_names`), its nsfs paths, its pids and its inode
-    (``netns:INODE`` or the bare number); a path that is a namespace file
-    (``/proc/PID/ns/net``) is taken by what it resolves to when
-    ``discovery`` lists that path. Raises :class:`UnknownNamespace` naming
-    the first entry that matches no namespace.
+    (:func:`namespace_names`), its inode (``netns:INODE`` or the bare
+    number), and what it resolves to: a path (a namespace file such as
+    ``/proc/PID/ns/net`` or ``/run/netns/NAME``) or a pid (its
+    ``proc_root/PID/ns/net``) is the namespace with that device and inode.
+    Raises :class:`UnknownNamespace` naming the first entry that matches no
+    namespace, what was found, and the discovery's notes (e.g. that only the
+    own namespace could be seen).
     """
     if not wanted:
         return discovery.namespaces
     chosen: set[int] = set()
     for word in wanted:
-        hits = [ns.inode for ns in discovery.namespaces if _matches(ns, word)]
+        hits = [ns.inode for ns in discovery.namespaces if _matches(ns, word, _resolve(word, proc_root))]
         if not hits:
             known = ", ".join(ns.key for ns in discovery.namespaces)
-            raise UnknownNamespace(f"--netns {word}: no such network namespace (found: {known})")
+            why = "".join(f"; {note}" for note in discovery.notes)
+            raise UnknownNamespace(f"--netns {word}: no such network namespace (found: {known}){why}")
         chosen.update(hits)
     return tuple(ns for ns in discovery.namespaces if ns.inode in chosen)
 
 
-def _matches(ns: NamespaceInfo, word: str) -> bool:
-    """True if ``word`` names ``ns``: a name, a path, a pid, an inode."""
-    if word in namespace_names(ns) or word in ns.paths or word == f"netns:{ns.inode}":
+def _resolve(word: str, proc_root: Path) -> tuple[int, int] | None:
+    """(device, inode) of the namespace file ``word`` is (a path) or leads to (a pid); None otherwise."""
+    if word.startswith("/"):
+        path = word
+    elif word.isdigit():
+        path = f"{proc_root}/{word}/ns/net"
+    else:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _matches(ns: NamespaceInfo, word: str, resolved: tuple[int, int] | None) -> bool:
+    """True if ``word`` names ``ns``: a name, its inode, or a file or pid resolving to it."""
+    if word in namespace_names(ns) or word == f"netns:{ns.inode}" or resolved == (ns.dev, ns.inode):
         return True
-    if word.isdigit():
-        return int(word) in ns.pids or int(word) == ns.inode
-    if word.startswith("/proc/") and word.endswith("/ns/net"):
-        pid = word[len("/proc/"):-len("/ns/net")]
-        return pid.isdigit() and int(pid) in ns.pids
-    return False
+    return word.isdigit() and int(word) == ns.inode
 
 
 def run_namespaces_scan(

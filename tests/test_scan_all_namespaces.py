@@ -191,6 +191,9 @@ def test_netns_selects_only_the_namespaces_it_names(three: Three) -> None:
     assert {n["id"] for n in by_pid["namespaces"]} == {three.looped.inode, Three.inode(three.clean)}
     assert [f["kind"] for f in by_pid["findings"]] == ["self_connect"]
 
+    by_file = scan_json("--netns", f"/proc/{three.looped.proc.pid}/ns/net", "--netns", f"netns:{three.looped.inode}")
+    assert [n["id"] for n in by_file["namespaces"]] == [three.looped.inode]
+
 
 def test_an_unknown_netns_is_a_usage_error_naming_it() -> None:
     proc = portwatch("scan", "--netns", "no-such-namespace-here")

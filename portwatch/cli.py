@@ -23,7 +23,8 @@ from portwatch import __version__
 if TYPE_CHECKING:
     from portwatch.alerts.rules import DryRunEntry
     from portwatch.config import Config
-    from portwatch.model import Finding
+    from portwatch.model import Finding, ScanResult
+    from portwatch.model.results import NamespacesResult
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -37,6 +38,15 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", type=Path, metavar="FILE",
                    help="configuration file (default: built-in defaults; the daemon's unit uses "
                         f"{DEFAULT_CONFIG_PATH})")
+
+
+def _namespace_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--all-namespaces", "-A", action="store_true",
+                   help="scan every network namespace on the host, each with its own port range and "
+                        "sockets (needs CAP_SYS_ADMIN; without it only the own namespace, with a note)")
+    p.add_argument("--netns", action="append", default=[], metavar="NAME|PATH|PID",
+                   help="scan this network namespace: an `ip netns` name, a container id, a pod uid, "
+                        "a unit, a namespace file, a pid inside it or its inode (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--alerts-dry-run", action="store_true",
                       help="also show which alert rules would fire for these findings and to which sinks "
                            "(nothing is sent)")
+    _namespace_args(scan)
 
     check = sub.add_parser("check-config", help="validate a configuration file",
                            description="Validate FILE; list every error with its key path.")
@@ -71,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print a sysctl.d snippet that adds the ports of listeners and declared services "
                     "inside the ephemeral range to net.ipv4.ip_local_reserved_ports (merged with what "
                     "is reserved already). Install it as /etc/sysctl.d/90-portwatch.conf and run "
-                    "`sysctl --system`.")
+                    "`sysctl --system`. With -A or --netns: one snippet per network namespace, each "
+                    "saying how to apply it there.")
     _config_arg(reserve)
+    _namespace_args(reserve)
 
     run = sub.add_parser("run", help="run the daemon (scan on a timer, serve /metrics, alert)",
                          description="Run the portwatch daemon.")
@@ -101,17 +114,44 @@ def _load(path: Path | None, *, preflight: bool = False) -> Config:
     return load_config(path, preflight=preflight)
 
 
+def _scan(args: argparse.Namespace, config: Config) -> ScanResult | NamespacesResult | int:
+    """The scan ``scan`` and ``reserve`` report: the own namespace, or those ``-A``/``--netns`` ask for.
+
+    Returns an exit code instead, after saying why on stderr: 2 for a
+    ``--netns`` that names no namespace, 3 when none of the namespaces asked
+    for could be read. Raises what :func:`~portwatch.scan.run_scan` raises.
+    """
+    from portwatch.collect import Collector, discover_namespaces
+    from portwatch.scan import UnknownNamespace, make_source, run_namespaces_scan, run_scan, select_namespaces
+
+    collector = Collector(make_source(config.source))
+    discovery = discover_namespaces()
+    if not args.all_namespaces and not args.netns:
+        own = next((ns for ns in discovery.namespaces if ns.own), None)
+        return run_scan(config, collector, namespace=own)
+    try:
+        selected = select_namespaces(discovery, args.netns)
+    except UnknownNamespace as exc:
+        print(f"portwatch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    result = run_namespaces_scan(config, collector, discovery, selected)
+    if not result.results:
+        why = "; ".join(result.notes) or "every one ended before it was read"
+        print(f"portwatch: cannot scan: no network namespace could be read: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    return result
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
-    """``portwatch scan``: returns the exit code."""
-    from portwatch.collect import Collector
+    """``portwatch scan``: returns the exit code (2 for a ``--netns`` naming no namespace, 3 if none could be read)."""
     from portwatch.model import Severity
     from portwatch.output.json import to_json_document
     from portwatch.output.report import render_text
-    from portwatch.scan import make_source, run_scan
 
     config = _load(args.config)
-    collector = Collector(make_source(config.source))
-    result = run_scan(config, collector)
+    result = _scan(args, config)
+    if isinstance(result, int):
+        return result
     host = socket.gethostname()
     dry = _alerts_dry_run(config, result.findings) if args.alerts_dry_run else None
     if args.format == "json":
@@ -167,20 +207,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_reserve(args: argparse.Namespace) -> int:
-    """``portwatch reserve``: prints the snippet; 0.
+    """``portwatch reserve``: prints the snippet; 0 (2 for a ``--netns`` naming no namespace, 3 if none could be read).
 
     The ports are those of the findings a scan keeps after the ignore rules:
     ``listener_in_ephemeral_range`` and ``service_port_at_risk``. So a port the
     configuration ignores (e.g. a UDP client's random source port) is never
-    proposed for reservation.
+    proposed for reservation. With ``-A``/``--netns``, one snippet per
+    namespace, each with how to apply it there.
     """
-    from portwatch.collect import Collector
-    from portwatch.output.reserve import reserve_snippet
-    from portwatch.scan import make_source, run_scan
+    from portwatch.model.results import NamespacesResult
+    from portwatch.output.reserve import reserve_snippet, reserve_snippets
 
-    config = _load(args.config)
-    result = run_scan(config, Collector(make_source(config.source)))
-    print(reserve_snippet(result, socket.gethostname()))
+    result = _scan(args, _load(args.config))
+    if isinstance(result, int):
+        return result
+    host = socket.gethostname()
+    if isinstance(result, NamespacesResult):
+        print(reserve_snippets(result, host))
+    else:
+        print(reserve_snippet(result, host))
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ the same namespace and checks the document.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,20 @@ def test_clean_namespace_has_no_findings(netns: NetNS) -> None:
     tcp_states = doc["sockets"]["by_protocol_state"]["tcp"]
     assert tcp_states.get("ESTABLISHED", 0) >= 2 and tcp_states.get("LISTEN", 0) >= 1
     assert tcp_states.get("TIME_WAIT", 0) >= 1
+
+
+def test_scan_without_namespace_options_reads_its_own_namespace_only_and_says_which(netns: NetNS) -> None:
+    netns.sysctl("net/ipv4/ip_local_port_range", TINY)
+    _proc, info = netns.actor("self-connect")
+    _rc, doc = scan(netns)
+    own = os.stat(f"/run/netns/{netns.name}").st_ino
+    (entry,) = doc["namespaces"]
+    assert entry["id"] == own and entry["kernel"] == doc["kernel"] and entry["sockets"] == doc["sockets"]
+    (f,) = of_kind(doc, "self_connect")
+    # keys are those of a scan before namespaces: no namespace suffix, even outside the host's
+    assert f["key"] == f"self_connect:tcp:127.0.0.1:{info['port']}"
+    assert f["namespace"] == {"id": own, "name": entry["name"]}
+    assert doc["notes"] == []
 
 
 def test_table_report_shows_the_range_findings_and_fixes(netns: NetNS) -> None:

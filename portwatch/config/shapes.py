@@ -35,10 +35,10 @@ __all__ = ["ALERT_RULE", "IGNORE_RULE", "METRICS", "SERVICE", "THRESHOLDS", "WEB
 
 
 def _check_service_duplicates(items: Sequence[tuple[int, Any]]) -> Iterator[tuple[str, str]]:
-    """Two services with the same (port, protocol, address) are an error naming both indexes."""
-    first: dict[tuple[int, Protocol, str | None], int] = {}
+    """Two services with the same (port, protocol, address, namespace) are an error naming both indexes."""
+    first: dict[tuple[int, Protocol, str | None, str | None], int] = {}
     for index, service in items:
-        key = (service.port, service.protocol, service.address)
+        key = (service.port, service.protocol, service.address, service.namespace)
         if key in first:
             where = service.address if service.address is not None else "any address"
             yield (f"[{index}]", f"same port, protocol and address as services[{first[key]}]"
@@ -126,6 +126,10 @@ SERVICE = Section(Service, [
     Key("protocol", s.enum(Protocol), "`tcp` or `udp`", "the service's transport protocol"),
     Key("address", s.ip(), "IP address", "the address the service binds, when it binds one",
         default="any address"),
+    Key("namespace", s.string(), "non-empty string",
+        "the network namespace the service lives in: an `ip netns` name, a container id (or a prefix of"
+        " 12 characters or more) or a pod uid, as `portwatch scan -A` names them",
+        default="the host namespace"),
 ])
 
 IGNORE_RULE = Section(IgnoreRule, [

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from portwatch.config.grammar import DEFAULT_LISTEN_ADDRESS, DEFAULT_PORT, parse_listen_address
 from portwatch.model import Finding, Kind, PortRange, Protocol, Severity
@@ -24,7 +24,7 @@ __all__ = [
     "BUILTIN_SINK", "DEFAULT_ALERT_RULES", "DEFAULT_LISTEN_ADDRESS", "DEFAULT_PORT", "DEFAULT_REPEAT_INTERVAL",
     "MIN_INTERVAL", "RESERVED_ALERT_LABELS", "AlertRule", "AlertsConfig", "Config", "ConfigError",
     "IgnoreRule", "MetricsConfig", "Service", "SinkConfig", "Thresholds", "WebConfig", "finding_matches",
-    "ignore_matches",
+    "ignore_matches", "service_applies",
 ]
 
 #: Shortest scan interval accepted, in seconds.
@@ -41,6 +41,9 @@ class Service:
     port: int
     protocol: Protocol = Protocol.TCP
     address: str | None = None  # canonical (model.normalize_ip); None = any address
+    # The network namespace it lives in: a netns name, container id or pod uid
+    # (see service_applies); None = the host namespace.
+    namespace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -257,3 +260,19 @@ def finding_matches(finding: Finding, ports: PortRange | None, address: str | No
     if unit is not None and not any(p.unit == unit for p in finding.processes):
         return False
     return True
+
+
+def service_applies(service: Service, names: Collection[str], host: bool) -> bool:
+    """True when ``service`` lives in the network namespace known by ``names``.
+
+    ``names`` are every name of one namespace (its ``ip netns`` name, stable
+    key, container id, pod uid, unit); ``host`` says it is the host
+    namespace (or portwatch's own, in a scan of that one only). A service
+    without ``namespace`` applies to the host namespace only; one with
+    ``namespace`` to the namespace having that name (a container id may be
+    given by a prefix of 12 characters or more). Pure; never raises.
+    """
+    if service.namespace is None:
+        return host
+    wanted = service.namespace
+    return any(wanted == name or (len(wanted) >= 12 and name.startswith(wanted)) for name in names)

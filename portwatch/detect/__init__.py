@@ -22,7 +22,8 @@ The scan engine (``portwatch.scan``) calls, in order:
    processes the snapshot already knows;
 3. :func:`involved_inodes` then :func:`explain` — after attributing the
    sockets the findings involve, fill in their processes and summaries;
-4. :func:`apply_ignores` — drop what the configuration ignores (process
+4. :func:`in_namespace` — key findings of a namespace other than the host's;
+5. :func:`apply_ignores` — drop what the configuration ignores (process
    names and units are known by then).
 
 Every finding's ``key`` is stable across scans: the kind plus the tuple it is
@@ -51,6 +52,7 @@ from portwatch.detect.pipeline import (
     detect,
     explain,
     explain_one,
+    in_namespace,
     involved_inodes,
     listening_ports,
     owners_needed,
@@ -68,6 +70,7 @@ __all__ = [
     "Destination", "DetectionInput", "Detector", "Listening", "Registry", "RememberedPort", "SocketIndex",
     "alertname", "apply_ignores", "default_severity", "destination_usage", "detect", "explain", "explain_one",
     "find_close_wait", "find_exhaustion", "find_listeners_in_range", "find_loop_pairs", "find_ports_taken",
-    "find_range_problems", "find_self_connects", "find_services_at_risk", "index", "involved_inodes",
+    "find_range_problems", "find_self_connects", "find_services_at_risk", "in_namespace", "index",
+    "involved_inodes",
     "listeners", "listening_ports", "owners_needed", "sort_findings",
 ]

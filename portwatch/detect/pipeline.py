@@ -74,6 +74,20 @@ def involved_inodes(findings: Iterable[Finding]) -> set[int]:
     return {s.inode for f in findings for s in f.sockets}
 
 
+def in_namespace(findings: Iterable[Finding], namespace_key: str | None) -> list[Finding]:
+    """``findings`` keyed for the network namespace whose stable key is ``namespace_key``.
+
+    ``None`` (the host namespace, or a scan of the own namespace only)
+    leaves every key as it is; otherwise each key gets ``@`` and the
+    namespace's key appended (``self_connect:tcp:127.0.0.1:40005@blue``), so
+    equal findings in two namespaces differ and survive a restart of
+    portwatch when the namespace's key does.
+    """
+    if namespace_key is None:
+        return list(findings)
+    return [replace(f, key=f"{f.key}@{namespace_key}") for f in findings]
+
+
 def explain_one(finding: Finding, snapshot: Snapshot, registry: Registry = REGISTRY) -> Finding:
     """``finding`` with processes and summary from the owners ``snapshot`` knows.
 

@@ -1,4 +1,4 @@
-"""What one scan produced: the snapshot, the findings kept and ignored, destination usage."""
+"""What one scan produced: the snapshot, the findings kept and ignored, destination usage; per namespace."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from portwatch.model.findings import Finding
+from portwatch.model.namespaces import NamespaceInfo
 from portwatch.model.snapshot import Destination, Listening, Snapshot
 
 
@@ -32,3 +33,32 @@ class ScanResult:
         usable = self.snapshot.settings.usable_ports
         ranked = sorted(self.usage.items(), key=lambda kv: (-kv[1], kv[0]))[: max(k, 0)]
         return [(dest, n, (n / usable) if usable > 0 else 1.0) for dest, n in ranked]
+
+
+@dataclass(frozen=True)
+class NamespacesResult:
+    """What one scan of several network namespaces found (``portwatch scan -A`` / ``--netns``).
+
+    ``results`` holds one :class:`ScanResult` per namespace read, in the
+    order scanned (the host namespace first); each one's
+    ``snapshot.namespace`` says which. ``skipped`` are the namespaces that
+    could not be read (denied, failed; those that vanished are left out
+    quietly), ``notes`` what the reader must know (one line per such
+    namespace, and the discovery's notes, e.g. that only the own namespace
+    could be scanned). ``duration`` covers the whole pass, in seconds.
+    """
+
+    results: tuple[ScanResult, ...]
+    notes: tuple[str, ...] = ()
+    skipped: tuple[NamespaceInfo, ...] = ()
+    duration: float = 0.0
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        """Every namespace's kept findings, namespace by namespace."""
+        return tuple(f for r in self.results for f in r.findings)
+
+    @property
+    def ignored(self) -> tuple[Finding, ...]:
+        """Every namespace's ignored findings."""
+        return tuple(f for r in self.results for f in r.ignored)

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from portwatch import __version__
-from portwatch.model import ScanResult, Severity, format_port_set
+from portwatch.model import Finding, NamespaceInfo, ScanResult, Severity, format_port_set
+from portwatch.model.results import NamespacesResult
 from portwatch.model.text import iso_time
 from portwatch.output.json import JSON_SCHEMA_VERSION, severity_counts, socket_counts, to_json_document
 
@@ -34,52 +35,114 @@ def _process_line(p: Any) -> str:
     return line
 
 
-def render_text(result: ScanResult, host: str) -> str:
-    """A readable report: the range, reserved ports, counts, then findings by severity."""
+def _settings_lines(result: ScanResult, pad: str) -> list[str]:
+    """The range, reserved ports, unprivileged start, socket and finding counts of one namespace."""
     snap = result.snapshot
     st = snap.settings
     lines = [
-        f"portwatch {__version__}: scan of {host} at {iso_time(snap.taken_at)} "
-        f"({snap.source} source, {result.duration * 1000:.0f} ms)",
-        "",
-        f"  ephemeral port range   {st.port_range} ({st.port_range.size} ports, {st.usable_ports} usable)",
-        f"  reserved ports         {format_port_set(st.reserved) or '(none)'}",
-        f"  unprivileged ports     from {st.unprivileged_port_start}",
+        f"{pad}ephemeral port range   {st.port_range} ({st.port_range.size} ports, {st.usable_ports} usable)",
+        f"{pad}reserved ports         {format_port_set(st.reserved) or '(none)'}",
+        f"{pad}unprivileged ports     from {st.unprivileged_port_start}",
     ]
     per_proto = socket_counts(snap)
     sock_desc = "; ".join(
         f"{proto} " + ", ".join(f"{n} {state}" for state, n in sorted(states.items(), key=lambda kv: -kv[1]))
         for proto, states in per_proto.items()
     )
-    lines.append(f"  sockets                {len(snap.sockets)}" + (f" ({sock_desc})" if sock_desc else ""))
+    lines.append(f"{pad}sockets                {len(snap.sockets)}" + (f" ({sock_desc})" if sock_desc else ""))
     counts = severity_counts(result.findings)
     summary = ", ".join(f"{n} {sev}" for sev, n in reversed(list(counts.items())))
     if result.ignored:
         summary += f" ({len(result.ignored)} ignored by configuration)"
-    lines.append(f"  findings               {summary}")
-    lines.append("")
-    if not result.findings:
-        lines.append("No problems found.")
+    lines.append(f"{pad}findings               {summary}")
+    return lines
+
+
+def _finding_lines(findings: tuple[Finding, ...], pad: str) -> list[str]:
+    """Findings by severity, most severe first, each with its key, processes, sockets and fix."""
+    lines: list[str] = []
     for sev in reversed(list(Severity)):
-        group = [f for f in result.findings if f.severity is sev]
+        group = [f for f in findings if f.severity is sev]
         if not group:
             continue
-        lines.append(f"{sev.value.upper()} ({len(group)})")
+        lines.append(f"{pad}{sev.value.upper()} ({len(group)})")
         for f in group:
-            lines.append(f"  [{f.kind.value}] {f.summary}")
-            lines.append(f"      key:      {f.key}")
+            lines.append(f"{pad}  [{f.kind.value}] {f.summary}")
+            lines.append(f"{pad}      key:      {f.key}")
             for p in f.processes[:5]:
-                lines.append(f"      process:  {_process_line(p)}")
+                lines.append(f"{pad}      process:  {_process_line(p)}")
             if len(f.processes) > 5:
-                lines.append(f"      process:  ... and {len(f.processes) - 5} more")
+                lines.append(f"{pad}      process:  ... and {len(f.processes) - 5} more")
             for s in f.sockets[:3]:
-                lines.append(f"      socket:   {s.describe()}")
+                lines.append(f"{pad}      socket:   {s.describe()}")
             if len(f.sockets) > 3:
-                lines.append(f"      socket:   ... and {len(f.sockets) - 3} more")
+                lines.append(f"{pad}      socket:   ... and {len(f.sockets) - 3} more")
             if f.remediation:
-                lines.append(f"      fix:      {f.remediation}")
+                lines.append(f"{pad}      fix:      {f.remediation}")
         lines.append("")
+    return lines
+
+
+def _namespace_title(ns: NamespaceInfo) -> str:
+    """``namespace blue (named)``, with the container, pod, unit and key when they say more."""
+    extra = [ns.kind.value]
+    if ns.container and ns.container != ns.name:
+        extra.append(f"container {ns.container[:12]}")
+    if ns.pod_uid and ns.pod_uid != ns.name:
+        extra.append(f"pod {ns.pod_uid}")
+    if ns.unit and ns.unit != ns.name:
+        extra.append(f"unit {ns.unit}")
+    if ns.key != ns.name:
+        extra.append(f"key {ns.key}")
+    return f"network namespace {ns.name} ({', '.join(extra)})"
+
+
+def render_text(result: ScanResult | NamespacesResult, host: str) -> str:
+    """A readable report: the range, reserved ports, counts, then findings by severity.
+
+    A scan of several namespaces (:class:`~portwatch.model.results.NamespacesResult`)
+    says how many were scanned and gives each namespace its own section.
+    """
+    if isinstance(result, NamespacesResult):
+        return _render_namespaces(result, host)
+    snap = result.snapshot
+    lines = [
+        f"portwatch {__version__}: scan of {host} at {iso_time(snap.taken_at)} "
+        f"({snap.source} source, {result.duration * 1000:.0f} ms)",
+        "",
+        *_settings_lines(result, "  "),
+        "",
+    ]
+    if not result.findings:
+        lines.append("No problems found.")
+    lines += _finding_lines(result.findings, "")
     for note in snap.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(_printable(line) for line in lines).rstrip() + "\n"
+
+
+def _render_namespaces(result: NamespacesResult, host: str) -> str:
+    """:func:`render_text` of a pass over several namespaces."""
+    taken = result.results[0].snapshot.taken_at if result.results else 0.0
+    n = len(result.results)
+    counts = severity_counts(result.findings)
+    summary = ", ".join(f"{c} {sev}" for sev, c in reversed(list(counts.items())))
+    lines = [
+        f"portwatch {__version__}: scan of {host} at {iso_time(taken)} "
+        f"({n} network namespace{'s' if n != 1 else ''} scanned, {result.duration * 1000:.0f} ms)",
+        f"  findings               {summary}",
+        "",
+    ]
+    for part in result.results:
+        ns = part.snapshot.namespace
+        lines.append(_namespace_title(ns) if ns is not None else "network namespace (own)")
+        lines += _settings_lines(part, "  ")
+        lines.append("")
+        lines += _finding_lines(part.findings, "  ")
+    if not result.findings:
+        lines.append("No problems found.")
+    notes = dict.fromkeys((*(m for r in result.results for m in r.snapshot.notes), *result.notes))
+    for note in notes:
         lines.append(f"note: {note}")
     return "\n".join(_printable(line) for line in lines).rstrip() + "\n"
 

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="report format (default: table)")
     scan.add_argument("--fail-on", choices=["info", "warning", "critical", "never"], default="critical",
                       help="exit 1 when a finding of this severity or worse exists (default: critical)")
+    scan.add_argument("--verbose", "-v", action="store_true",
+                      help="in the table, one entry per finding (by default findings alike but for "
+                           "their port are one entry with the port set; JSON always lists each)")
     scan.add_argument("--alerts-dry-run", action="store_true",
                       help="also show which alert rules would fire for these findings and to which sinks "
                            "(nothing is sent)")
@@ -161,7 +164,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render_text(result, host))
+        sys.stdout.write(render_text(result, host, verbose=args.verbose))
         if dry is not None:
             sys.stdout.write(_render_dry_run(dry))
     if args.fail_on == "never":

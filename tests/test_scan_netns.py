@@ -219,3 +219,34 @@ def test_unreadable_kernel_settings_exit_3_naming_the_file(netns: NetNS) -> None
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.startswith("portwatch: cannot scan: /proc/sys/net/ipv4/ip_local_port_range")
     assert "Traceback" not in proc.stderr
+
+
+MANY_LISTENERS = r"""
+import resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+socks = []
+for port in range(40000, 43000):
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    socks.append(s)
+print("READY", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_three_thousand_listeners_of_one_process_are_one_entry_with_their_port_set(netns: NetNS) -> None:
+    proc = netns.popen([sys.executable, "-c", MANY_LISTENERS])
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
+    table = netns.run([*PORTWATCH, "scan", "--fail-on", "never"], timeout=120)
+    assert table.returncode == 0, table.stderr
+    entries = [line for line in table.stdout.splitlines() if "[listener_in_ephemeral_range]" in line]
+    assert len(entries) == 1, table.stdout[:3000]
+    assert "3000 findings on ports 40000-42999/tcp" in entries[0]
+    assert "ip_local_reserved_ports=40000-42999" in table.stdout  # one fix for the whole set
+    assert len(table.stdout.splitlines()) < 40  # once 15,009 lines
+    verbose = netns.run([*PORTWATCH, "scan", "--fail-on", "never", "--verbose"], timeout=120)
+    assert sum("[listener_in_ephemeral_range]" in line for line in verbose.stdout.splitlines()) == 3000
+    code, doc = scan(netns)
+    assert len(of_kind(doc, "listener_in_ephemeral_range")) == 3000  # JSON keeps every finding

@@ -9,6 +9,7 @@ started the process). Pure; may import the standard library and
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from portwatch import __version__
@@ -58,27 +59,80 @@ def _settings_lines(result: ScanResult, pad: str) -> list[str]:
     return lines
 
 
-def _finding_lines(findings: tuple[Finding, ...], pad: str) -> list[str]:
-    """Findings by severity, most severe first, each with its key, processes, sockets and fix."""
+#: Findings that share kind, protocol, processes and fix are shown as one entry from this many on.
+GROUP_FROM = 2
+
+
+def _port_free_fix(f: Finding) -> str | None:
+    """``f``'s fix with its own port replaced by ``{ports}`` (what its group shares), or None."""
+    if f.remediation is None or f.port is None:
+        return f.remediation
+    return re.sub(rf"(?<![0-9]){f.port}(?![0-9])", "{ports}", f.remediation)
+
+
+def _group(findings: list[Finding]) -> list[list[Finding]]:
+    """``findings`` in order, those sharing kind, protocol, processes and fix (but for the port) together.
+
+    Only findings about a port are grouped; a group keeps the position of its
+    first member.
+    """
+    groups: dict[object, list[Finding]] = {}
+    order: list[list[Finding]] = []
+    for f in findings:
+        if f.port is None:
+            order.append([f])
+            continue
+        key = (f.kind, f.protocol, tuple(p.label() for p in f.processes), _port_free_fix(f))
+        if key in groups:
+            groups[key].append(f)
+        else:
+            groups[key] = [f]
+            order.append(groups[key])
+    return order
+
+
+def _entry_lines(f: Finding, pad: str, sockets: tuple[Any, ...]) -> list[str]:
+    """The key-less detail lines of one entry: processes, sockets (from ``sockets``)."""
+    lines = [f"{pad}      process:  {_process_line(p)}" for p in f.processes[:5]]
+    if len(f.processes) > 5:
+        lines.append(f"{pad}      process:  ... and {len(f.processes) - 5} more")
+    lines += [f"{pad}      socket:   {s.describe()}" for s in sockets[:3]]
+    if len(sockets) > 3:
+        lines.append(f"{pad}      socket:   ... and {len(sockets) - 3} more")
+    return lines
+
+
+def _finding_lines(findings: tuple[Finding, ...], pad: str, verbose: bool = False) -> list[str]:
+    """Findings by severity, most severe first, each with its key, processes, sockets and fix.
+
+    Unless ``verbose``, findings of one kind, protocol, set of processes and fix
+    (but for the port) are one entry naming their port set, e.g. 3,000
+    listeners of one process are one entry with ``40000-42999``.
+    """
     lines: list[str] = []
     for sev in reversed(list(Severity)):
-        group = [f for f in findings if f.severity is sev]
-        if not group:
+        members = [f for f in findings if f.severity is sev]
+        if not members:
             continue
-        lines.append(f"{pad}{sev.value.upper()} ({len(group)})")
-        for f in group:
-            lines.append(f"{pad}  [{f.kind.value}] {f.summary}")
-            lines.append(f"{pad}      key:      {f.key}")
-            for p in f.processes[:5]:
-                lines.append(f"{pad}      process:  {_process_line(p)}")
-            if len(f.processes) > 5:
-                lines.append(f"{pad}      process:  ... and {len(f.processes) - 5} more")
-            for s in f.sockets[:3]:
-                lines.append(f"{pad}      socket:   {s.describe()}")
-            if len(f.sockets) > 3:
-                lines.append(f"{pad}      socket:   ... and {len(f.sockets) - 3} more")
-            if f.remediation:
-                lines.append(f"{pad}      fix:      {f.remediation}")
+        lines.append(f"{pad}{sev.value.upper()} ({len(members)})")
+        for group in ([[f] for f in members] if verbose else _group(members)):
+            f = group[0]
+            if len(group) < GROUP_FROM:
+                lines.append(f"{pad}  [{f.kind.value}] {f.summary}")
+                lines.append(f"{pad}      key:      {f.key}")
+                lines += _entry_lines(f, pad, f.sockets)
+                if f.remediation:
+                    lines.append(f"{pad}      fix:      {f.remediation}")
+                continue
+            ports = format_port_set(g.port for g in group if g.port is not None)
+            proto = f"/{f.protocol.value}" if f.protocol else ""
+            lines.append(f"{pad}  [{f.kind.value}] {len(group)} findings on ports {ports}{proto}, "
+                         f"alike but for the port (--verbose lists each); the first: {f.summary}")
+            lines.append(f"{pad}      keys:     {f.key} ... {group[-1].key}")
+            lines += _entry_lines(f, pad, tuple(s for g in group for s in g.sockets[:1]))
+            fix = _port_free_fix(f)
+            if fix:
+                lines.append(f"{pad}      fix:      {fix.replace('{ports}', ports)}")
         lines.append("")
     return lines
 
@@ -97,14 +151,15 @@ def _namespace_title(ns: NamespaceInfo) -> str:
     return f"network namespace {ns.name} ({', '.join(extra)})"
 
 
-def render_text(result: ScanResult | NamespacesResult, host: str) -> str:
+def render_text(result: ScanResult | NamespacesResult, host: str, verbose: bool = False) -> str:
     """A readable report: the range, reserved ports, counts, then findings by severity.
 
     A scan of several namespaces (:class:`~portwatch.model.results.NamespacesResult`)
-    says how many were scanned and gives each namespace its own section.
+    says how many were scanned and gives each namespace its own section. Findings
+    alike but for their port are one entry with the port set unless ``verbose``.
     """
     if isinstance(result, NamespacesResult):
-        return _render_namespaces(result, host)
+        return _render_namespaces(result, host, verbose)
     snap = result.snapshot
     lines = [
         f"portwatch {__version__}: scan of {host} at {iso_time(snap.taken_at)} "
@@ -115,13 +170,13 @@ def render_text(result: ScanResult | NamespacesResult, host: str) -> str:
     ]
     if not result.findings:
         lines.append("No problems found.")
-    lines += _finding_lines(result.findings, "")
+    lines += _finding_lines(result.findings, "", verbose)
     for note in snap.notes:
         lines.append(f"note: {note}")
     return "\n".join(_printable(line) for line in lines).rstrip() + "\n"
 
 
-def _render_namespaces(result: NamespacesResult, host: str) -> str:
+def _render_namespaces(result: NamespacesResult, host: str, verbose: bool) -> str:
     """:func:`render_text` of a pass over several namespaces."""
     taken = result.results[0].snapshot.taken_at if result.results else 0.0
     n = len(result.results)
@@ -138,7 +193,7 @@ def _render_namespaces(result: NamespacesResult, host: str) -> str:
         lines.append(_namespace_title(ns) if ns is not None else "network namespace (own)")
         lines += _settings_lines(part, "  ")
         lines.append("")
-        lines += _finding_lines(part.findings, "  ")
+        lines += _finding_lines(part.findings, "  ", verbose)
     if not result.findings:
         lines.append("No problems found.")
     notes = dict.fromkeys((*(m for r in result.results for m in r.snapshot.notes), *result.notes))

@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -194,3 +195,26 @@ def test_cgroup2_mount_is_found_in_mountinfo_wherever_it_is() -> None:
     spaced = parse_mountinfo("41 31 0:38 / /mnt/c\\040g shared:9 - cgroup2 cgroup2 rw\n")
     assert cgroup2_mount(spaced) == Path("/mnt/c g")
     assert cgroup2_mount(parse_mountinfo("garbage\n")) is None
+
+
+def test_two_namespaces_of_one_systemd_unit_get_different_keys(cgroups: MadeCgroups) -> None:
+    unit = cgroups.make("pwtest-dup.service")
+    procs = []
+    try:
+        for _ in range(2):
+            proc = subprocess.Popen(["unshare", "-n", "sleep", "600"],
+                                    preexec_fn=lambda: (unit / "cgroup.procs").write_text("0"))
+            procs.append(proc)
+        mine: list[Any] = []
+        for _ in range(100):  # unshare has exec'd sleep in its namespace by then
+            mine = [ns for ns in discover_namespaces().namespaces if ns.unit == "pwtest-dup.service"]
+            if len(mine) == 2:
+                break
+            time.sleep(0.05)
+        assert len(mine) == 2, mine
+        assert all(ns.name == "pwtest-dup.service" and ns.kind is NamespaceKind.PROCESS for ns in mine)
+        assert {ns.key for ns in mine} == {f"netns:{ns.inode}" for ns in mine}  # two keys, not one
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=30)

@@ -13,6 +13,7 @@ namespace that is gone by the time it is entered raises
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import threading
@@ -152,6 +153,22 @@ def _identify(found: _Found, proc_root: Path, host: int | None, own: int) -> Nam
         pod_uid=pod_uid, unit=unit if unit != "init.scope" else None, command=command)
 
 
+def _unique_keys(infos: list[NamespaceInfo]) -> list[NamespaceInfo]:
+    """``infos`` with a name that several namespaces share made not ``stable``.
+
+    A systemd unit (or a container id a runtime reuses) can hold more than one
+    network namespace; keyed on that name, their findings and metric series
+    would merge. Those namespaces are keyed on their inode instead
+    (``netns:INODE``), the name stays for people to read.
+    """
+    counts: dict[str, int] = {}
+    for ns in infos:
+        if ns.stable:
+            counts[ns.name] = counts.get(ns.name, 0) + 1
+    return [dataclasses.replace(ns, stable=False) if ns.stable and counts[ns.name] > 1 else ns
+            for ns in infos]
+
+
 def discover_namespaces(proc_root: Path = Path("/proc"),
                         mountinfo: Path | Iterable[Mount] = Path("/proc/self/mountinfo"),
                         capable: bool | None = None) -> Discovery:
@@ -211,7 +228,7 @@ def discover_namespaces(proc_root: Path = Path("/proc"),
     if own_id is not None and own_id not in found:
         found[own_id] = _Found(*own_id)
         found[own_id].paths.append(str(proc_root / "thread-self" / "ns" / "net"))
-    infos = [_identify(f, proc_root, host, own_inode) for f in found.values()]
+    infos = _unique_keys([_identify(f, proc_root, host, own_inode) for f in found.values()])
     infos.sort(key=lambda ns: (ns.kind is not NamespaceKind.HOST, ns.inode))
     notes = () if capable else (OWN_NAMESPACE_NOTE,)
     return Discovery(namespaces=tuple(infos), own=own_inode, notes=notes)

@@ -223,8 +223,11 @@ def test_ten_thousand_ordinary_connections_make_no_finding(netns: NetNS) -> None
 def test_burst_of_30000_events_with_16_mib_loses_none(netns: NetNS) -> None:
     with listener_in(netns) as listener:
         in_netns(netns, lambda: udp_sockets(30_000))  # nothing is read while the burst runs
-        events = drain(listener, lambda e: len(e) >= 30_000)
-    assert len(events) == 30_000 and listener.dropped_total == 0
+        # the kernel sends destroy events from a workqueue: under CPU load the last ones
+        # can come many seconds after the burst, so wait longer than for the others
+        events = drain(listener, lambda e: len(e) >= 30_000, deadline=90.0)
+    assert (len(events), listener.dropped_total) == (30_000, 0), (
+        f"{len(events)} events, {listener.dropped_total} dropped, buffer {listener.buffer_bytes} bytes")
 
 
 def test_burst_into_a_small_buffer_counts_the_drops_and_says_events_were_lost(netns: NetNS) -> None:

@@ -126,6 +126,13 @@ SERVICE = Section(Service, [
     Key("protocol", s.enum(Protocol), "`tcp` or `udp`", "the service's transport protocol"),
     Key("address", s.ip(), "IP address", "the address the service binds, when it binds one",
         default="any address"),
+    Key("process", s.string(), "non-empty string",
+        "the service's process: its name (as `ps -o comm` shows it) or executable path; sockets of it"
+        " holding the port while no listener is up are its own draining connections, not a conflict",
+        default="not known"),
+    Key("unit", s.string(), "non-empty string",
+        "the systemd unit of the service's process, suffix included (`nginx.service`); as `process`",
+        default="not known"),
 ])
 
 IGNORE_RULE = Section(IgnoreRule, [

@@ -41,6 +41,8 @@ class Service:
     port: int
     protocol: Protocol = Protocol.TCP
     address: str | None = None  # canonical (model.normalize_ip); None = any address
+    process: str | None = None  # executable name or path of the service's process; None = unknown
+    unit: str | None = None  # systemd unit of the service's process; None = unknown
 
 
 @dataclass(frozen=True)

@@ -257,13 +257,19 @@ def test_executable_matches_by_name_path_or_its_last_component() -> None:
     assert not process_matches(p, ("/usr/bin/server", None))
 
 
-def test_owners_are_asked_for_holders_of_declared_ports_with_an_identity_only() -> None:
+def test_owners_are_asked_for_a_declared_ports_listener_or_while_it_is_down_its_holders() -> None:
+    up_listener = listen("0.0.0.0:40100")
     free = snap([ACCEPTED, listen("0.0.0.0:2379"), tcp("10.0.0.1:40200", "10.0.0.9:51000")], RANGE)
-    up = snap([ACCEPTED, listen("0.0.0.0:40100")], RANGE)
+    up = snap([ACCEPTED, up_listener, listen("0.0.0.0:2379")], RANGE)
     named = Config(services=(Service("api", 40100, process="nginx"),))
-    assert detect.owners_needed(free, named) == {ACCEPTED.inode}
-    assert detect.owners_needed(up, named) == set()  # the service is up: nothing to tell
-    assert detect.owners_needed(free, SVC) == set()  # no identity declared: owners not needed before detection
+    assert detect.owners_needed(free, named) == {ACCEPTED.inode}  # down: who holds it
+    assert detect.owners_needed(up, named) == {up_listener.inode}  # up: whose port it is (to remember)
+    assert detect.owners_needed(free, SVC) == {ACCEPTED.inode}  # a remembered identity may apply
+    # a listener on another address does not serve a service declared on 10.0.0.1
+    other = listen("10.0.0.2:40100")
+    on_one = Config(services=(Service("api", 40100, address="10.0.0.1"),))
+    assert detect.owners_needed(snap([other, ACCEPTED], RANGE), on_one) == {ACCEPTED.inode}
+    assert detect.owners_needed(snap([], RANGE), CFG) == set()
 
 
 # ----------------------------------------------------------------- ephemeral_exhaustion

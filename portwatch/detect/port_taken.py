@@ -160,24 +160,29 @@ def _find(inp: DetectionInput) -> list[Finding]:
 
 
 def owners_needed(snapshot: Snapshot, config: Config, idx: SocketIndex) -> set[int]:
-    """Owners needed to tell a declared service's draining connections from a foreign holder.
+    """Owners needed to know whose port a declared service's port is, and who holds it.
 
-    For each declared service with a ``process`` or ``unit``: the connected
-    sockets holding its port while no listener covers it. (Remembered
-    identities are used when the holders' owners are known otherwise.)
+    For each declared service: the listeners covering its port (the scan's
+    result then carries their identity, which the daemon remembers, see
+    ``portwatch.daemon.state.listener_identities``), or, while none covers
+    it, the connected sockets holding it (their owners decide between info
+    and critical; a finding would have them attributed anyway). A handful of
+    sockets per service; none when no service is declared.
     """
-    ports = {(svc.protocol, svc.port): svc.address for svc in config.services
-             if svc.process is not None or svc.unit is not None}
-    if not ports:
-        return set()
+    ports = {(svc.protocol, svc.port): svc.address for svc in config.services}
     needed: set[int] = set()
-    for s in snapshot.sockets:
-        key = (s.protocol, s.local.port)
-        if key not in ports or s.is_listener or s.state in ORPHAN_STATES or s.remote is None:
-            continue
-        address = ports[key]
-        if covers(s.local.ip, address) and not any(covers(ls.local.ip, address) for ls in idx.listening.get(key, ())):
-            needed.add(s.inode)
+    down: dict[tuple[Protocol, int], str | None] = {}
+    for key, address in ports.items():
+        up = [ls.inode for ls in idx.listening.get(key, ()) if covers(ls.local.ip, address)]
+        needed.update(up)
+        if not up:
+            down[key] = address
+    if down:
+        for s in snapshot.sockets:
+            key = (s.protocol, s.local.port)
+            if key in down and not (s.is_listener or s.state in ORPHAN_STATES or s.remote is None) \
+                    and covers(s.local.ip, down[key]):
+                needed.add(s.inode)
     return needed
 
 

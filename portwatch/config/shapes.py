@@ -128,7 +128,8 @@ SERVICE = Section(Service, [
         default="any address"),
     Key("process", s.string(), "non-empty string",
         "the service's process: its name (as `ps -o comm` shows it) or executable path; sockets of it"
-        " holding the port while no listener is up are its own draining connections, not a conflict",
+        " holding the port while no listener is up"
+        " are its own draining connections: `port_taken` is then info, not critical",
         default="not known"),
     Key("unit", s.string(), "non-empty string",
         "the systemd unit of the service's process, suffix included (`nginx.service`); as `process`",

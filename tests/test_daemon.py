@@ -319,12 +319,13 @@ def test_remembered_listeners_reach_the_next_scan_and_survive_restart(tmp_path: 
     d = make_daemon(tmp_path, script, remember_after=0.0)
     assert d.run() == EXIT_OK
     assert script.remembered[0] == set()
-    assert script.remembered[1] == {RememberedPort(Protocol.TCP, 40100)}
+    # with the identity of the process that listened (what tells its own draining connections apart)
+    assert script.remembered[1] == {RememberedPort(Protocol.TCP, 40100, executable="myservice")}
     # a restarted daemon remembers it from the state file, and does not call the old finding new
     script2 = Script([WITH_LISTENER])
     d2 = make_daemon(tmp_path, script2, remember_after=0.0)
     assert d2.run() == EXIT_OK
-    assert script2.remembered[0] == {RememberedPort(Protocol.TCP, 40100)}
+    assert script2.remembered[0] == {RememberedPort(Protocol.TCP, 40100, executable="myservice")}
 
 
 def test_active_finding_across_restart_is_not_new(tmp_path: Path) -> None:

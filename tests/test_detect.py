@@ -10,7 +10,8 @@ import pytest
 
 from portwatch import detect
 from portwatch.config import Config, IgnoreRule, Service, Thresholds
-from portwatch.model import Finding, Kind, PortRange, Protocol, RememberedPort, Severity, Snapshot, Socket
+from portwatch.detect.port_taken import process_matches
+from portwatch.model import Finding, Kind, PortRange, ProcessInfo, Protocol, RememberedPort, Severity, Snapshot, Socket
 from tests.builders import listen, proc, snap, tcp, udp
 
 # A healthy range for most tests: 40000-40999 (1000 ports, ends of different parity).
@@ -171,6 +172,104 @@ def test_port_taken_depends_on_listeners_addresses_and_how_the_port_is_known(
     found = [f for f in run(snap(sockets, RANGE, reserved=(40200,)), config, remembered)
              if f.kind is Kind.PORT_TAKEN]
     assert [(f.key, f.severity.value) for f in found] == expected
+
+
+# ----------------------------------------------------------------- port_taken: the service's own draining connections
+
+NGINX = proc(50, "nginx", unit="nginx.service")
+FOREIGN = proc(60, "curl")
+# an accepted connection of the service (peer on a client's port) and an outgoing one to a local listener
+ACCEPTED = tcp("10.0.0.1:40100", "10.0.0.9:51000")
+OUTGOING = tcp("10.0.0.1:40100", "10.0.0.1:2379")
+
+
+def held(owner: dict[Socket, int], *extra: Socket) -> Snapshot:
+    """A snapshot where ``owner``'s sockets hold 40100 (with no listener there) and a listener serves 2379."""
+    return snap([listen("0.0.0.0:2379"), *owner, *extra], RANGE,
+                owners=owner, processes=[NGINX, FOREIGN])
+
+
+@pytest.mark.parametrize("service, remembered, owners, expected", [
+    # declared process or unit, or both, owning every holder, accepted shape: info
+    (Service("api", 40100, process="nginx"), (), {ACCEPTED: 50}, "info"),
+    (Service("api", 40100, unit="nginx.service"), (), {ACCEPTED: 50}, "info"),
+    (Service("api", 40100, process="nginx", unit="nginx.service"), (), {ACCEPTED: 50}, "info"),
+    # identity remembered from the listener that was there (declared service without process/unit)
+    (Service("api", 40100), (RememberedPort(Protocol.TCP, 40100, "nginx", None),), {ACCEPTED: 50}, "info"),
+    (Service("api", 40100), (RememberedPort(Protocol.TCP, 40100, None, "nginx.service"),), {ACCEPTED: 50}, "info"),
+    # no identity known: critical as before
+    (Service("api", 40100), (RememberedPort(Protocol.TCP, 40100),), {ACCEPTED: 50}, "critical"),
+    # a holder of another process: critical
+    (Service("api", 40100, process="nginx"), (), {ACCEPTED: 60}, "critical"),
+    (Service("api", 40100, unit="nginx.service"), (), {ACCEPTED: 60}, "critical"),
+    # both parts given: both must match
+    (Service("api", 40100, process="nginx", unit="other.service"), (), {ACCEPTED: 50}, "critical"),
+    # one foreign holder among the service's own: critical
+    (Service("api", 40100, process="nginx"), (), {ACCEPTED: 50, tcp("10.0.0.1:40100", "10.0.0.8:52000"): 60},
+     "critical"),
+    # the service's process, but an outgoing connection (to a local listener) from the port: shape fails
+    (Service("api", 40100, process="nginx"), (), {OUTGOING: 50}, "critical"),
+])
+def test_port_held_only_by_its_own_services_accepted_connections_is_info(
+        service: Service, remembered: tuple[RememberedPort, ...], owners: dict[Socket, int], expected: str) -> None:
+    found = [f for f in run(held(owners), Config(services=(service,)), remembered) if f.kind is Kind.PORT_TAKEN]
+    (f,) = found
+    assert f.key == "port_taken:tcp:40100" and f.severity.value == expected
+    if expected == "info":
+        assert f.details.get("draining") is True
+        assert "its own draining connections hold it" in f.summary
+        assert "a restart with SO_REUSEADDR can bind it, one without cannot" in f.summary
+        assert "EADDRINUSE" not in f.summary
+    else:
+        assert "draining" not in f.details
+        assert "fail with EADDRINUSE, even with SO_REUSEADDR" in f.summary
+
+
+def test_holder_of_unknown_owner_is_not_the_services_own() -> None:
+    s = snap([ACCEPTED], RANGE)  # no owners known
+    (f,) = [f for f in run(s, Config(services=(Service("api", 40100, process="nginx"),))) if f.kind is Kind.PORT_TAKEN]
+    assert f.severity is Severity.CRITICAL
+
+
+def test_remembered_identity_makes_a_remembered_port_info() -> None:
+    found = [f for f in run(held({ACCEPTED: 50}), CFG, (RememberedPort(Protocol.TCP, 40100, "nginx"),))
+             if f.kind is Kind.PORT_TAKEN]
+    assert [(f.severity, f.details["reason"]) for f in found] == [(Severity.INFO, "had a listener earlier")]
+
+
+@pytest.mark.parametrize("process, identity, matches", [
+    (proc(1, "nginx"), ("nginx", None), True),
+    (proc(1, "nginx"), (None, None), False),
+    (proc(1, "nginx", unit="a.service"), (None, "a.service"), True),
+    (proc(1, "nginx", unit="a.service"), ("nginx", "b.service"), False),
+    (proc(1, "nginx"), (None, "a.service"), False),
+])
+def test_process_identity_matching(process: ProcessInfo, identity: tuple[str | None, str | None],
+                                   matches: bool) -> None:
+    assert process_matches(process, identity) is matches
+
+
+def test_executable_matches_by_name_path_or_its_last_component() -> None:
+    p = ProcessInfo(pid=1, name="srv", cmdline=("/opt/app/bin/server", "--port", "1"))
+    assert process_matches(p, ("/opt/app/bin/server", None))
+    assert process_matches(p, ("server", None))
+    assert process_matches(p, ("srv", None))
+    assert not process_matches(p, ("/usr/bin/server", None))
+
+
+def test_owners_are_asked_for_a_declared_ports_listener_or_while_it_is_down_its_holders() -> None:
+    up_listener = listen("0.0.0.0:40100")
+    free = snap([ACCEPTED, listen("0.0.0.0:2379"), tcp("10.0.0.1:40200", "10.0.0.9:51000")], RANGE)
+    up = snap([ACCEPTED, up_listener, listen("0.0.0.0:2379")], RANGE)
+    named = Config(services=(Service("api", 40100, process="nginx"),))
+    assert detect.owners_needed(free, named) == {ACCEPTED.inode}  # down: who holds it
+    assert detect.owners_needed(up, named) == {up_listener.inode}  # up: whose port it is (to remember)
+    assert detect.owners_needed(free, SVC) == {ACCEPTED.inode}  # a remembered identity may apply
+    # a listener on another address does not serve a service declared on 10.0.0.1
+    other = listen("10.0.0.2:40100")
+    on_one = Config(services=(Service("api", 40100, address="10.0.0.1"),))
+    assert detect.owners_needed(snap([other, ACCEPTED], RANGE), on_one) == {ACCEPTED.inode}
+    assert detect.owners_needed(snap([], RANGE), CFG) == set()
 
 
 # ----------------------------------------------------------------- ephemeral_exhaustion

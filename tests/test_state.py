@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from portwatch.model import RememberedPort
-from portwatch.model import Finding, Kind, Protocol, Severity
+from portwatch import detect
+from portwatch.model import Finding, Kind, Protocol, RememberedPort, Severity
+from tests.builders import listen, proc, snap
 from portwatch.daemon.state import (
     STATE_VERSION,
     FindingRecord,
@@ -18,6 +19,7 @@ from portwatch.daemon.state import (
     StateError,
     StateStore,
     from_document,
+    listener_identities,
     needs_save,
     persistent,
     remembered_ports,
@@ -195,6 +197,54 @@ def test_malformed_entries_are_skipped_and_described() -> None:
     assert set(state.listeners) == {rp(8080)} and set(state.findings) == {"a"}
     assert len(problems) == 5
     assert any("sctp" in p for p in problems) and any("first_seen" in p for p in problems)
+
+
+# ----------------------------------------------------------------- listener identity
+
+def test_listener_identity_round_trips_and_an_old_document_still_loads() -> None:
+    state = State({rp(8080): ListenerRecord(TCP, 8080, T, T + 300, "/usr/sbin/nginx", "nginx.service"),
+                   rp(8081): ListenerRecord(TCP, 8081, T, T + 300, "python3", None),
+                   rp(53, UDP): lr(53, T, T + 400, UDP)}, {})
+    doc = json.loads(json.dumps(to_document(state, T + 500)))
+    entries = {e["port"]: e for e in doc["listeners"]}
+    assert entries[8080]["executable"] == "/usr/sbin/nginx" and entries[8080]["unit"] == "nginx.service"
+    assert "unit" not in entries[8081]
+    assert "executable" not in entries[53] and "unit" not in entries[53]  # unknown: written as before
+    back, problems = from_document(doc)
+    assert back == state and problems == []
+    # a document written before identities existed loads, with identities unknown
+    old = {"version": STATE_VERSION, "listeners": [{"protocol": "tcp", "port": 8080, "first_seen": T,
+                                                    "last_seen": T + 300}], "findings": []}
+    back, problems = from_document(old)
+    assert back.listeners == {rp(8080): lr(8080, T, T + 300)} and problems == []
+    assert remembered_ports(back.listeners) == {rp(8080)}
+
+
+def test_malformed_identity_skips_the_entry() -> None:
+    doc = {"version": STATE_VERSION, "findings": [],
+           "listeners": [{"protocol": "tcp", "port": 8080, "first_seen": T, "last_seen": T, "executable": 7}]}
+    state, problems = from_document(doc)
+    assert state.listeners == {} and len(problems) == 1 and "executable" in problems[0]
+
+
+def test_identity_is_kept_remembered_and_replaced_by_a_new_one() -> None:
+    first = update_listeners({}, [rp(8080)], T, identities={rp(8080): ("nginx", "nginx.service")})
+    assert first[rp(8080)].executable == "nginx" and first[rp(8080)].unit == "nginx.service"
+    # a scan that did not learn the owner keeps the identity; the key stays (protocol, port)
+    kept = update_listeners(first, [rp(8080)], T + 300)
+    assert set(kept) == {rp(8080)} and (kept[rp(8080)].executable, kept[rp(8080)].unit) == ("nginx", "nginx.service")
+    assert remembered_ports(kept) == {RememberedPort(TCP, 8080, "nginx", "nginx.service")}
+    # gone from the scan but remembered: the detectors get the identity
+    later = update_listeners(kept, [], T + 400)
+    assert remembered_ports(later) == {RememberedPort(TCP, 8080, "nginx", "nginx.service")}
+    replaced = update_listeners(kept, [rp(8080)], T + 500, identities={rp(8080): ("caddy", None)})
+    assert (replaced[rp(8080)].executable, replaced[rp(8080)].unit) == ("caddy", None)
+
+
+def test_listener_identities_come_from_the_owners_the_snapshot_knows() -> None:
+    a, b = listen("0.0.0.0:8080"), listen("0.0.0.0:8081")
+    s = snap([a, b], owners={a: 50}, processes=[proc(50, "nginx", unit="nginx.service")])
+    assert listener_identities(s, detect.index(s).listening) == {rp(8080): ("nginx", "nginx.service")}
 
 
 # ----------------------------------------------------------------- the file

@@ -130,6 +130,14 @@ SERVICE = Section(Service, [
         "the network namespace the service lives in: an `ip netns` name, a container id (or a prefix of"
         " 12 characters or more) or a pod uid, as `portwatch scan -A` names them",
         default="the host namespace"),
+    Key("process", s.string(), "non-empty string",
+        "the service's process: its name (as `ps -o comm` shows it) or executable path; sockets of it"
+        " holding the port while no listener is up"
+        " are its own draining connections: `port_taken` is then info, not critical",
+        default="not known"),
+    Key("unit", s.string(), "non-empty string",
+        "the systemd unit of the service's process, suffix included (`nginx.service`); as `process`",
+        default="not known"),
 ])
 
 IGNORE_RULE = Section(IgnoreRule, [

@@ -44,6 +44,8 @@ class Service:
     # The network namespace it lives in: a netns name, container id or pod uid
     # (see service_applies); None = the host namespace.
     namespace: str | None = None
+    process: str | None = None  # executable name or path of the service's process; None = unknown
+    unit: str | None = None  # systemd unit of the service's process; None = unknown
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,7 @@ from portwatch.daemon.state import (
     StateStore,
     remembered_ports,
     update_findings,
+    listener_identities,
     update_listeners,
 )
 from portwatch.detect import listening_ports
@@ -372,7 +373,8 @@ class Daemon:
             log.info("scans work again")
             self._last_error = None
         listeners = update_listeners(self.state.listeners, listening_ports(result.listening), now,
-                                     remember_after=self.remember_after)
+                                     remember_after=self.remember_after,
+                                     identities=listener_identities(result.snapshot, result.listening))
         upd = update_findings(self.state.findings, result.findings, now)
         self.state = State(listeners, upd.records)
         self.metrics.record_scan(result, upd.new, now)

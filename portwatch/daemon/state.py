@@ -11,7 +11,11 @@ Remembered listeners
     random port for a moment are not services), and forgotten after
     :data:`LISTENER_TTL` (seven days) without being seen, so a removed service
     or a transient listener does not haunt ``port_taken`` forever. At most
-    :data:`MAX_LISTENERS` are kept (the least recently seen go first).
+    :data:`MAX_LISTENERS` are kept (the least recently seen go first). When
+    the scan knew the listener's owner, its identity (executable and systemd
+    unit, see :func:`listener_identities`) is kept with it, so that
+    ``port_taken`` can tell the service's own draining connections from a
+    foreign holder; files written without it still load.
 
 Finding history
     Per finding key: kind, severity, summary, first seen, last seen, and when
@@ -50,33 +54,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from portwatch import __version__
-from portwatch.model import RememberedPort
 from portwatch.jsonfile import parse_entries, problems_text, read_document, write_atomic
-from portwatch.model import Finding, Kind, Protocol, Severity
+from portwatch.model import Finding, Kind, Protocol, RememberedPort, Severity
+from portwatch.model.snapshot import Identity, listener_identities
 from portwatch.model.text import os_error_text
 from portwatch.model.values import brief, finite_number
 
 __all__ = [
-    "FindingRecord",
-    "FindingsUpdate",
-    "HISTORY_TTL",
-    "LISTENER_TTL",
-    "ListenerRecord",
-    "MAX_LISTENERS",
-    "MAX_RESOLVED",
-    "REMEMBER_AFTER",
-    "SAVE_RESOLUTION",
-    "STATE_FILE",
-    "STATE_VERSION",
-    "State",
-    "StateError",
-    "StateStore",
-    "from_document",
-    "needs_save",
-    "persistent",
-    "remembered_ports",
-    "to_document",
-    "update_findings",
+    "FindingRecord", "FindingsUpdate", "HISTORY_TTL", "LISTENER_TTL", "ListenerRecord",
+    "MAX_LISTENERS", "MAX_RESOLVED", "REMEMBER_AFTER", "SAVE_RESOLUTION", "STATE_FILE",
+    "STATE_VERSION", "State", "StateError", "StateStore", "from_document", "listener_identities",
+    "needs_save", "persistent", "remembered_ports", "to_document", "update_findings",
     "update_listeners",
 ]
 
@@ -106,17 +94,24 @@ class StateError(ValueError):
 
 @dataclass(frozen=True)
 class ListenerRecord:
-    """A listener port seen by scans: first and last seen (Unix times)."""
+    """A listener port seen by scans: first and last seen (Unix times), and its process identity when known."""
 
     protocol: Protocol
     port: int
     first_seen: float
     last_seen: float
+    executable: str | None = None
+    unit: str | None = None
 
     @property
     def port_key(self) -> RememberedPort:
-        """The (protocol, port) the detectors take."""
+        """The (protocol, port) the state is keyed by (no identity)."""
         return RememberedPort(self.protocol, self.port)
+
+    @property
+    def remembered(self) -> RememberedPort:
+        """The (protocol, port) with the listener's identity: what the detectors take."""
+        return RememberedPort(self.protocol, self.port, self.executable, self.unit)
 
     def qualifies(self, remember_after: float = REMEMBER_AFTER) -> bool:
         """True once the listener has been seen for at least ``remember_after`` seconds."""
@@ -178,16 +173,19 @@ def update_listeners(
     remember_after: float = REMEMBER_AFTER,
     ttl: float = LISTENER_TTL,
     limit: int = MAX_LISTENERS,
+    identities: Mapping[RememberedPort, Identity] | None = None,
 ) -> dict[RememberedPort, ListenerRecord]:
     """The listener records after a scan that saw the listeners ``seen`` at time ``now``.
 
-    Seen ports get ``last_seen = now`` (new ones ``first_seen = now`` too).
+    Seen ports get ``last_seen = now`` (new ones ``first_seen = now`` too),
+    and the identity ``identities`` gives them (keyed by ``(protocol,
+    port)``; a port it does not name keeps the identity it had).
     An unseen port is kept only if it qualified (seen for ``remember_after``
     seconds) and was last seen at most ``ttl`` seconds ago. When more than
     ``limit`` remain, the least recently seen unseen ones are dropped (ports
     seen now are always kept). Pure; never raises.
     """
-    seen_set = set(seen)
+    seen_set = {RememberedPort(k.protocol, k.port) for k in seen}
     out: dict[RememberedPort, ListenerRecord] = {}
     for key, rec in listeners.items():
         if key in seen_set:
@@ -201,14 +199,15 @@ def update_listeners(
     for key in seen_set:
         old = listeners.get(key)
         first = old.first_seen if old is not None and old.first_seen <= now else now
-        out[key] = ListenerRecord(key.protocol, key.port, first, now)
+        executable, unit = (identities or {}).get(key) or ((old.executable, old.unit) if old else (None, None))
+        out[key] = ListenerRecord(key.protocol, key.port, first, now, executable, unit)
     return out
 
 
 def remembered_ports(listeners: Mapping[RememberedPort, ListenerRecord],
                      remember_after: float = REMEMBER_AFTER) -> frozenset[RememberedPort]:
-    """The ports to pass to the detectors: listeners seen for at least ``remember_after`` seconds."""
-    return frozenset(k for k, r in listeners.items() if r.qualifies(remember_after))
+    """The ports to pass to the detectors (with identity when known): listeners seen for ``remember_after`` s."""
+    return frozenset(r.remembered for r in listeners.values() if r.qualifies(remember_after))
 
 
 def update_findings(
@@ -302,16 +301,27 @@ def to_document(state: State, now: float) -> dict[str, Any]:
         "version": STATE_VERSION,
         "written_by": f"portwatch {__version__}",
         "saved_at": now,
-        "listeners": [
-            {"protocol": r.protocol.value, "port": r.port, "first_seen": r.first_seen, "last_seen": r.last_seen}
-            for r in sorted(state.listeners.values(), key=lambda r: (r.protocol.value, r.port))
-        ],
+        "listeners": [_listener_entry(r)
+                      for r in sorted(state.listeners.values(), key=lambda r: (r.protocol.value, r.port))],
         "findings": [
             {"key": r.key, "kind": r.kind.value, "severity": r.severity.value, "summary": r.summary,
              "first_seen": r.first_seen, "last_seen": r.last_seen, "resolved_at": r.resolved_at}
             for r in sorted(state.findings.values(), key=lambda r: r.key)
         ],
     }
+
+
+def _listener_entry(r: ListenerRecord) -> dict[str, Any]:
+    identity = {"executable": r.executable, "unit": r.unit}
+    return {"protocol": r.protocol.value, "port": r.port, "first_seen": r.first_seen, "last_seen": r.last_seen,
+            **{k: v for k, v in identity.items() if v is not None}}
+
+
+def _optional_text(entry: Mapping[str, Any], name: str) -> str | None:
+    value = entry.get(name)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise StateError(f"{name} is not a non-empty string: {brief(value)}")
+    return value
 
 
 def _time(entry: Mapping[str, Any], name: str, optional: bool = False) -> float | None:
@@ -336,7 +346,7 @@ def _listener(entry: object) -> ListenerRecord:
         raise StateError(f"unknown protocol {brief(entry.get('protocol'))}") from None
     first, last = _time(entry, "first_seen"), _time(entry, "last_seen")
     assert first is not None and last is not None
-    return ListenerRecord(protocol, port, first, last)
+    return ListenerRecord(protocol, port, first, last, _optional_text(entry, "executable"), _optional_text(entry, "unit"))
 
 
 def _finding(entry: object) -> FindingRecord:

@@ -1,9 +1,9 @@
-"""What one scan saw of a namespace, and the tuples derived from it (destinations, remembered ports)."""
+"""What one scan saw of a namespace, and the tuples derived from it (destinations, remembered ports, identities)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, NamedTuple
+from typing import Iterable, Mapping, NamedTuple
 
 from portwatch.model.findings import ProcessInfo
 from portwatch.model.kernel import KernelSettings
@@ -52,11 +52,50 @@ class Destination(NamedTuple):
 
 
 class RememberedPort(NamedTuple):
-    """A port a listener held in an earlier scan (the daemon remembers them)."""
+    """A port a listener held in an earlier scan (the daemon remembers them).
+
+    ``executable`` and ``unit`` are the identity of the process that listened
+    there (its executable, as its command line's first word or its name, and
+    its systemd unit), when known; ``None`` when not. ``port_taken`` uses
+    them to tell the service's own draining connections from a foreign
+    holder. The daemon's state keys its records by ``(protocol, port)`` with
+    no identity.
+    """
 
     protocol: Protocol
     port: int
+    executable: str | None = None
+    unit: str | None = None
 
 
 #: Listeners (TCP LISTEN, unconnected UDP) by (protocol, port), port 0 left out.
 Listening = Mapping[tuple[Protocol, int], list[Socket]]
+
+#: A process identity: (executable name or path, systemd unit), each None when unknown.
+Identity = tuple[str | None, str | None]
+
+
+def process_identity(processes: Iterable[ProcessInfo]) -> Identity | None:
+    """The identity of the first described process of ``processes`` (command line's first word or
+    name, unit); None when none is described."""
+    for p in processes:
+        if not p.gone and (p.cmdline or p.name or p.unit):
+            return (p.cmdline[0] if p.cmdline else p.name), p.unit
+    return None
+
+
+def listener_identities(snapshot: Snapshot, listening: Listening) -> dict[RememberedPort, Identity]:
+    """The identity of each listener port whose owner ``snapshot`` knows, keyed by (protocol, port).
+
+    What ``portwatch.daemon.state.update_listeners`` takes as ``identities`` (a scan's
+    snapshot and ``listening``). Ports whose listeners' owners are unknown
+    are left out. Pure.
+    """
+    out: dict[RememberedPort, Identity] = {}
+    for (protocol, port), socks in listening.items():
+        for s in socks:
+            identity = process_identity(snapshot.processes_of(s))
+            if identity is not None:
+                out[RememberedPort(protocol, port)] = identity
+                break
+    return out

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import socket
 import sys
 from pathlib import Path
@@ -49,6 +48,22 @@ def _namespace_args(p: argparse.ArgumentParser) -> None:
                         "a unit, a namespace file, a pid inside it or its inode (repeatable)")
 
 
+def _log_args(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--log.level``/``--log-level`` and ``--log.format``, on the top parser and on each subcommand.
+
+    Only the top parser has defaults (a subcommand's SUPPRESS keeps them when
+    the flag is not given after the subcommand), so either place works.
+    """
+    default = None if top else argparse.SUPPRESS
+    p.add_argument("--log.level", "--log-level", dest="log_level", metavar="LEVEL", default=default,
+                   choices=["debug", "info", "warn", "warning", "error"],
+                   help="only log messages of this level or worse: debug, info, warn, error "
+                        "(default: warn, and the daemon's own events at info; --log-level is an alias)")
+    p.add_argument("--log.format", dest="log_format", choices=["logfmt", "json"], default=default,
+                   help="stderr log lines as logfmt or JSON, each with a timestamp "
+                        "(default: `portwatch: LEVEL: message`; the journal under systemd keeps its fields)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``portwatch`` command."""
     parser = argparse.ArgumentParser(
@@ -57,8 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "ports taken by outgoing connections, self-connects, exhaustion, CLOSE_WAIT build-up.",
     )
     parser.add_argument("--version", action="version", version=f"portwatch {__version__}")
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
-                        help="log level on stderr (default: warning)")
+    _log_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     scan = sub.add_parser("scan", help="scan once and report",
@@ -102,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exporter-toolkit web configuration file (TLS, basic auth, headers), re-read when it changes")
     run.add_argument("--web.systemd-socket", dest="web_systemd_socket", action="store_true",
                      help="serve on the sockets systemd passes (socket activation) instead of binding")
+    for command in (scan, check, reserve, run):
+        _log_args(command, top=False)
     return parser
 
 
@@ -240,7 +256,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     addresses = ([args.listen_address] if args.listen_address else []) + list(args.web_listen_address or [])
     options = WebOptions(listen_addresses=tuple(addresses), config_file=args.web_config_file,
                          systemd_socket=args.web_systemd_socket)
-    return run_daemon(args.config, addresses[0] if addresses else None, options)
+    return run_daemon(args.config, addresses[0] if addresses else None, options,
+                      log_level_given=args.log_level is not None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,11 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from portwatch.model import SourceUnavailable
     from portwatch.model.text import os_error_text
     from portwatch.collect.netlink import NetlinkError
+    from portwatch.daemon.logs import LOG_LEVELS, configure_stderr
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="portwatch: %(levelname)s: %(message)s")
+    configure_stderr(LOG_LEVELS[args.log_level or "warn"], args.log_format)
     handlers = {"scan": cmd_scan, "check-config": cmd_check_config, "reserve": cmd_reserve, "run": cmd_run}
     try:
         return handlers[args.command](args)

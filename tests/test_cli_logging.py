@@ -22,13 +22,13 @@ LOGFMT_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 
 def run_daemon(ns: NetNS, tmp_path: Path, flags: list[str], *, before: bool,
-               until: str) -> str:
+               until: str, config_extra: str = "") -> str:
     """Run ``portwatch run`` in ``ns`` with ``flags`` before or after ``run``, until stderr holds ``until``.
 
     Returns the whole stderr after SIGTERM (exit 0 asserted).
     """
     config = tmp_path / "portwatch.yaml"
-    config.write_text(f"interval: 1s\nstate_directory: {tmp_path / 'state'}\n")
+    config.write_text(f"interval: 1s\nstate_directory: {tmp_path / 'state'}\n{config_extra}")
     err_path = tmp_path / "daemon.stderr"
     env = {k: v for k, v in ns.env().items() if k not in SYSTEMD_ENV}
     args = ["run", "--config", str(config), "--listen-address", "127.0.0.1:9731"]
@@ -115,3 +115,22 @@ def test_a_message_or_field_with_a_newline_or_escape_stays_one_line(fmt: str) ->
     assert fields["msg"] == 'evil\\x0ats=forged level=error msg="x" \\x1b[31m pw\\d'
     assert fields["process"] == 'a\\x0ab "q"' and fields["level"] == "warn" and fields["caller"] == "loop.py:7"
     assert TS.match(fields["ts"])
+
+
+@pytest.mark.parametrize("fmt", [[], ["--log.format", "logfmt"]], ids=["default-format", "logfmt"])
+def test_one_line_per_finding_event_with_the_builtin_journal_sink(
+        listener: tuple[NetNS, int], tmp_path: Path, fmt: list[str]) -> None:
+    ns, port = listener
+    err = run_daemon(ns, tmp_path, fmt, before=False, until="new warning finding")
+    key = f"listener_in_ephemeral_range:tcp:{port}"
+    about = [line for line in err.splitlines() if f"[{key}]" in line or f"port {port} " in line]
+    assert len(about) == 1, err
+    assert "new warning finding" in about[0] and "alert firing" not in err
+
+
+def test_a_configured_journal_sink_still_logs_its_alert(listener: tuple[NetNS, int], tmp_path: Path) -> None:
+    ns, port = listener
+    err = run_daemon(ns, tmp_path, [], before=True, until="alert firing", config_extra=(
+        "alerts:\n  sinks:\n    journal: {type: journal, syslog_identifier: portwatch-x}\n"))
+    about = [line for line in err.splitlines() if f"port {port} " in line]
+    assert len(about) == 2 and "new warning finding" in about[0] and "alert firing [warning]" in about[1], err

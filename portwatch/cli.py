@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from portwatch import __version__
+from portwatch import version_text
 
 if TYPE_CHECKING:
     from portwatch.alerts.rules import DryRunEntry
@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Catch the failures caused by the Linux ephemeral port range: listeners inside it, "
                     "ports taken by outgoing connections, self-connects, exhaustion, CLOSE_WAIT build-up.",
     )
-    parser.add_argument("--version", action="version", version=f"portwatch {__version__}")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the version, the build's git revision and the Python version, and exit")
     _log_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -33,10 +33,10 @@ EXIT_FAILED = 3
 DEFAULT_CONFIG_PATH = Path("/etc/portwatch/portwatch.yaml")
 
 
-def _config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", type=Path, metavar="FILE",
-                   help="configuration file (default: built-in defaults; the daemon's unit uses "
-                        f"{DEFAULT_CONFIG_PATH})")
+def _config_arg(p: argparse.ArgumentParser, *, reads_default: bool = False) -> None:
+    default = (f"{DEFAULT_CONFIG_PATH} when it exists, else the built-in defaults" if reads_default
+               else f"built-in defaults; the daemon's unit uses {DEFAULT_CONFIG_PATH}")
+    p.add_argument("--config", "-c", type=Path, metavar="FILE", help=f"configuration file (default: {default})")
 
 
 def _namespace_args(p: argparse.ArgumentParser) -> None:
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = sub.add_parser("scan", help="scan once and report",
                           description="Scan the sockets of this network namespace once and report findings.")
-    _config_arg(scan)
+    _config_arg(scan, reads_default=True)
     scan.add_argument("--format", "-f", choices=["table", "json"], default="table",
                       help="report format (default: table)")
     scan.add_argument("--fail-on", choices=["info", "warning", "critical", "never"], default="critical",
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "is reserved already). Install it as /etc/sysctl.d/90-portwatch.conf and run "
                     "`sysctl --system`. With -A or --netns: one snippet per network namespace, each "
                     "saying how to apply it there.")
-    _config_arg(reserve)
+    _config_arg(reserve, reads_default=True)
     _namespace_args(reserve)
 
     run = sub.add_parser("run", help="run the daemon (scan on a timer, serve /metrics, alert)",
@@ -261,8 +261,19 @@ def cmd_run(args: argparse.Namespace) -> int:
                       log_level_given=args.log_level is not None)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``portwatch`` console script; returns the exit code."""
+def _default_config(args: argparse.Namespace, default_config: Path) -> None:
+    """``scan``/``reserve`` without ``--config``: use ``default_config`` when it exists, saying so on stderr."""
+    if args.command in ("scan", "reserve") and args.config is None and default_config.exists():
+        print(f"portwatch: using {default_config}", file=sys.stderr)
+        args.config = default_config
+
+
+def main(argv: Sequence[str] | None = None, default_config: Path = DEFAULT_CONFIG_PATH) -> int:
+    """Entry point of the ``portwatch`` console script; returns the exit code.
+
+    ``default_config`` is the file ``scan`` and ``reserve`` read when no
+    ``--config`` is given and it exists (a parameter so tests use another).
+    """
     from portwatch.collect import CollectError
     from portwatch.config import ConfigError
     from portwatch.model import SourceUnavailable
@@ -273,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_stderr(LOG_LEVELS[args.log_level or "warn"], args.log_format)
+    _default_config(args, default_config)
     handlers = {"scan": cmd_scan, "check-config": cmd_check_config, "reserve": cmd_reserve, "run": cmd_run}
     try:
         return handlers[args.command](args)

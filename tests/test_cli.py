@@ -31,3 +31,43 @@ def test_version_of_a_build_carries_its_revision(tmp_path: Path) -> None:
                          timeout=WAIT, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert re.fullmatch(r"portwatch \S+ \(revision v0\.1\.0-3-gabc1234, Python \d+\.\d+\.\d+\S*\)\n", res.stdout)
+
+
+MAIN = "import sys; from pathlib import Path; from portwatch.cli import main; " \
+       "sys.exit(main(sys.argv[2:], default_config=Path(sys.argv[1])))"
+
+
+def run_main(default_config: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``portwatch ARGV`` in a subprocess, with ``default_config`` as the default configuration file."""
+    return subprocess.run([sys.executable, "-c", MAIN, str(default_config), *argv], capture_output=True,
+                          text=True, timeout=WAIT)
+
+
+def test_scan_and_reserve_read_the_default_file_when_it_exists_and_say_so(tmp_path: Path) -> None:
+    default = tmp_path / "portwatch.yaml"
+    default.write_text("services:\n  - {name: inrange, port: 45678}\n")
+    res = run_main(default, "reserve")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == f"portwatch: using {default}\n"
+    assert "45678" in res.stdout
+    res = run_main(default, "scan", "--fail-on", "never")
+    assert res.returncode == 0 and res.stderr == f"portwatch: using {default}\n", res.stderr
+    assert "45678" in res.stdout
+
+
+def test_an_explicit_config_or_a_missing_default_file_is_not_announced(tmp_path: Path) -> None:
+    default = tmp_path / "portwatch.yaml"
+    default.write_text("services:\n  - {name: inrange, port: 45678}\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("interval: 5s\n")
+    res = run_main(default, "reserve", "--config", str(other))
+    assert res.returncode == 0 and res.stderr == "" and "45678" not in res.stdout, res.stderr
+    res = run_main(tmp_path / "absent.yaml", "reserve")
+    assert res.returncode == 0 and res.stderr == "" and "45678" not in res.stdout, res.stderr
+
+
+def test_a_broken_default_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    default = tmp_path / "portwatch.yaml"
+    default.write_text("interval: -5\n")
+    res = run_main(default, "scan")
+    assert res.returncode == 2 and f"portwatch: using {default}\n" in res.stderr and "interval" in res.stderr

@@ -181,13 +181,22 @@ def cmd_scan(args: argparse.Namespace) -> int:
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render_text(result, host, verbose=args.verbose))
+        sys.stdout.write(render_text(result, host, verbose=args.verbose, width=_terminal_width()))
         if dry is not None:
             sys.stdout.write(_render_dry_run(dry))
     if args.fail_on == "never":
         return EXIT_OK
     threshold = Severity(args.fail_on)
     return EXIT_FINDINGS if any(f.severity >= threshold for f in result.findings) else EXIT_OK
+
+
+def _terminal_width() -> int | None:
+    """The columns of the terminal stdout is (``COLUMNS`` first), or None when stdout is no terminal."""
+    import shutil
+
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
 
 
 def _alerts_dry_run(config: Config, findings: Sequence[Finding]) -> list[DryRunEntry]:

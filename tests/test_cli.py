@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
+import pty
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.netns import REPO
+from tests.netns import REPO, NetNS
 
 PORTWATCH = REPO / ".venv" / "bin" / "portwatch"
 WAIT = 60.0
@@ -71,3 +72,43 @@ def test_a_broken_default_file_is_an_error_naming_it(tmp_path: Path) -> None:
     default.write_text("interval: -5\n")
     res = run_main(default, "scan")
     assert res.returncode == 2 and f"portwatch: using {default}\n" in res.stderr and "interval" in res.stderr
+
+
+def scan_on_a_terminal(ns: NetNS, columns: int) -> str:
+    """``portwatch scan`` in ``ns`` with its stdout on a pseudo-terminal of ``COLUMNS=columns``; what it printed."""
+    master, slave = pty.openpty()
+    env = {**ns.env(), "COLUMNS": str(columns)}
+    try:
+        proc = ns.popen([str(PORTWATCH), "scan", "--fail-on", "never"], env=env, stdout=slave,
+                        stderr=subprocess.DEVNULL)
+        os.close(slave)
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=WAIT) == 0
+    finally:
+        os.close(master)
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_the_table_wraps_to_the_terminal_and_not_in_a_pipe(netns: NetNS) -> None:
+    _proc, _info = netns.actor("listen", "--port", "45000")
+    piped = netns.run([str(PORTWATCH), "scan", "--fail-on", "never"], env={**netns.env(), "COLUMNS": "60"},
+                      timeout=WAIT)
+    assert piped.returncode == 0, piped.stderr
+    assert max(len(line) for line in piped.stdout.splitlines()) > 60  # today's lines, unwrapped
+    shown = scan_on_a_terminal(netns, 60)
+    lines = shown.splitlines()
+    assert lines and max(len(line) for line in lines) <= 60, shown
+    def body(text: str) -> str:  # the report without its header (time, duration) nor its line breaks
+        return "".join(text[text.index("ephemeral port range"):].split())
+    assert body(shown) == body(piped.stdout)
+    (fix,) = [i for i, line in enumerate(lines) if line.lstrip().startswith("fix:")]
+    value_at = lines[fix].index("fix:") + len("fix:      ")
+    assert lines[fix + 1].startswith(" " * value_at) and lines[fix + 1][value_at] != " "

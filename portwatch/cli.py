@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from portwatch import __version__
+from portwatch import version_text
 
 if TYPE_CHECKING:
     from portwatch.alerts.rules import DryRunEntry
@@ -34,10 +33,10 @@ EXIT_FAILED = 3
 DEFAULT_CONFIG_PATH = Path("/etc/portwatch/portwatch.yaml")
 
 
-def _config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", type=Path, metavar="FILE",
-                   help="configuration file (default: built-in defaults; the daemon's unit uses "
-                        f"{DEFAULT_CONFIG_PATH})")
+def _config_arg(p: argparse.ArgumentParser, *, reads_default: bool = False) -> None:
+    default = (f"{DEFAULT_CONFIG_PATH} when it exists, else the built-in defaults" if reads_default
+               else f"built-in defaults; the daemon's unit uses {DEFAULT_CONFIG_PATH}")
+    p.add_argument("--config", "-c", type=Path, metavar="FILE", help=f"configuration file (default: {default})")
 
 
 def _namespace_args(p: argparse.ArgumentParser) -> None:
@@ -49,6 +48,22 @@ def _namespace_args(p: argparse.ArgumentParser) -> None:
                         "a unit, a namespace file, a pid inside it or its inode (repeatable)")
 
 
+def _log_args(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--log.level``/``--log-level`` and ``--log.format``, on the top parser and on each subcommand.
+
+    Only the top parser has defaults (a subcommand's SUPPRESS keeps them when
+    the flag is not given after the subcommand), so either place works.
+    """
+    default = None if top else argparse.SUPPRESS
+    p.add_argument("--log.level", "--log-level", dest="log_level", metavar="LEVEL", default=default,
+                   choices=["debug", "info", "warn", "warning", "error"],
+                   help="only log messages of this level or worse: debug, info, warn, error "
+                        "(default: warn, and the daemon's own events at info; --log-level is an alias)")
+    p.add_argument("--log.format", dest="log_format", choices=["logfmt", "json"], default=default,
+                   help="stderr log lines as logfmt or JSON, each with a timestamp "
+                        "(default: `portwatch: LEVEL: message`; the journal under systemd keeps its fields)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``portwatch`` command."""
     parser = argparse.ArgumentParser(
@@ -56,14 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Catch the failures caused by the Linux ephemeral port range: listeners inside it, "
                     "ports taken by outgoing connections, self-connects, exhaustion, CLOSE_WAIT build-up.",
     )
-    parser.add_argument("--version", action="version", version=f"portwatch {__version__}")
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
-                        help="log level on stderr (default: warning)")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the version, the build's git revision and the Python version, and exit")
+    _log_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     scan = sub.add_parser("scan", help="scan once and report",
                           description="Scan the sockets of this network namespace once and report findings.")
-    _config_arg(scan)
+    _config_arg(scan, reads_default=True)
     scan.add_argument("--format", "-f", choices=["table", "json"], default="table",
                       help="report format (default: table)")
     scan.add_argument("--fail-on", choices=["info", "warning", "critical", "never"], default="critical",
@@ -87,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "is reserved already). Install it as /etc/sysctl.d/90-portwatch.conf and run "
                     "`sysctl --system`. With -A or --netns: one snippet per network namespace, each "
                     "saying how to apply it there.")
-    _config_arg(reserve)
+    _config_arg(reserve, reads_default=True)
     _namespace_args(reserve)
 
     run = sub.add_parser("run", help="run the daemon (scan on a timer, serve /metrics, alert)",
@@ -102,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exporter-toolkit web configuration file (TLS, basic auth, headers), re-read when it changes")
     run.add_argument("--web.systemd-socket", dest="web_systemd_socket", action="store_true",
                      help="serve on the sockets systemd passes (socket activation) instead of binding")
+    for command in (scan, check, reserve, run):
+        _log_args(command, top=False)
     return parser
 
 
@@ -164,13 +181,22 @@ def cmd_scan(args: argparse.Namespace) -> int:
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render_text(result, host, verbose=args.verbose))
+        sys.stdout.write(render_text(result, host, verbose=args.verbose, width=_terminal_width()))
         if dry is not None:
             sys.stdout.write(_render_dry_run(dry))
     if args.fail_on == "never":
         return EXIT_OK
     threshold = Severity(args.fail_on)
     return EXIT_FINDINGS if any(f.severity >= threshold for f in result.findings) else EXIT_OK
+
+
+def _terminal_width() -> int | None:
+    """The columns of the terminal stdout is (``COLUMNS`` first), or None when stdout is no terminal."""
+    import shutil
+
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
 
 
 def _alerts_dry_run(config: Config, findings: Sequence[Finding]) -> list[DryRunEntry]:
@@ -240,21 +266,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     addresses = ([args.listen_address] if args.listen_address else []) + list(args.web_listen_address or [])
     options = WebOptions(listen_addresses=tuple(addresses), config_file=args.web_config_file,
                          systemd_socket=args.web_systemd_socket)
-    return run_daemon(args.config, addresses[0] if addresses else None, options)
+    return run_daemon(args.config, addresses[0] if addresses else None, options,
+                      log_level_given=args.log_level is not None)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``portwatch`` console script; returns the exit code."""
+def _default_config(args: argparse.Namespace, default_config: Path) -> None:
+    """``scan``/``reserve`` without ``--config``: use ``default_config`` when it exists, saying so on stderr."""
+    if args.command in ("scan", "reserve") and args.config is None and default_config.exists():
+        print(f"portwatch: using {default_config}", file=sys.stderr)
+        args.config = default_config
+
+
+def main(argv: Sequence[str] | None = None, default_config: Path = DEFAULT_CONFIG_PATH) -> int:
+    """Entry point of the ``portwatch`` console script; returns the exit code.
+
+    ``default_config`` is the file ``scan`` and ``reserve`` read when no
+    ``--config`` is given and it exists (a parameter so tests use another).
+    """
     from portwatch.collect import CollectError
     from portwatch.config import ConfigError
     from portwatch.model import SourceUnavailable
     from portwatch.model.text import os_error_text
     from portwatch.collect.netlink import NetlinkError
+    from portwatch.daemon.logs import LOG_LEVELS, configure_stderr
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="portwatch: %(levelname)s: %(message)s")
+    configure_stderr(LOG_LEVELS[args.log_level or "warn"], args.log_format)
+    _default_config(args, default_config)
     handlers = {"scan": cmd_scan, "check-config": cmd_check_config, "reserve": cmd_reserve, "run": cmd_run}
     try:
         return handlers[args.command](args)

@@ -27,20 +27,22 @@ from portwatch.web import MetricsServer, WebError, WebOptions, parse_listen_addr
 __all__ = ["main"]
 
 
-def main(config_path: Path | None, listen_address: str | None, web_options: WebOptions = WebOptions()) -> int:
+def main(config_path: Path | None, listen_address: str | None, web_options: WebOptions = WebOptions(),
+         *, log_level_given: bool = False) -> int:
     """``portwatch run``: run the daemon until SIGTERM/SIGINT.
 
     Takes the configuration file (None: built-in defaults), the
     ``--listen-address`` override (None: ``web.listen_address``) and the
     endpoint's command-line options (every listen address, web configuration
-    file, socket activation). Returns the
+    file, socket activation) and whether ``--log.level`` was given (then
+    the daemon's own events are not raised to INFO). Returns the
     exit code (see the module documentation); errors are reported on stderr
     (or in the journal), never as a traceback.
     """
     events: queue.SimpleQueue[int] = queue.SimpleQueue()
     install_signal_handlers(events)
     env = os.environ
-    setup_logging(env)
+    setup_logging(env, raise_own=not log_level_given)
     try:
         config = load_config(config_path)
     except ConfigError as exc:

@@ -10,6 +10,7 @@ started the process). Pure; may import the standard library and
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import Any
 
 from portwatch import __version__
@@ -18,7 +19,8 @@ from portwatch.model.results import NamespacesResult
 from portwatch.model.text import iso_time
 from portwatch.output.json import JSON_SCHEMA_VERSION, severity_counts, socket_counts, to_json_document
 
-__all__ = ["JSON_SCHEMA_VERSION", "render_text", "severity_counts", "socket_counts", "to_json_document"]
+__all__ = ["JSON_SCHEMA_VERSION", "render_text", "severity_counts", "socket_counts", "to_json_document",
+           "wrap_lines"]
 
 
 def _process_line(p: Any) -> str:
@@ -151,15 +153,55 @@ def _namespace_title(ns: NamespaceInfo) -> str:
     return f"network namespace {ns.name} ({', '.join(extra)})"
 
 
-def render_text(result: ScanResult | NamespacesResult, host: str, verbose: bool = False) -> str:
+#: The head of a line whose value continuation lines are indented under:
+#: ``      key:      ``, ``  [listener_in_ephemeral_range] ``, ``  ephemeral port range   ``.
+_FIELD = re.compile(r"^(\s*(?:[a-z]+:\s+|\[[^\]]*\]\s+|[a-z][a-z ]*?\s{2,}|note:\s+)?)\S")
+#: Narrower than this, wrapping would make a report harder to read than long lines do.
+MIN_WIDTH = 40
+
+
+def wrap_lines(text: str, width: int | None) -> str:
+    """``text`` with each line longer than ``width`` columns wrapped, continuations under the line's field.
+
+    A line's field is its indented label (``key:``, ``[kind]``, ``reserved
+    ports``); continuation lines start where the value after it starts (or 4
+    columns in, when that is past half the width). ``width`` None or under
+    :data:`MIN_WIDTH`: ``text`` unchanged. Words longer than a line are cut.
+    """
+    if width is None or width < MIN_WIDTH:
+        return text
+    out: list[str] = []
+    for line in text.split("\n"):
+        if len(line) <= width:
+            out.append(line)
+            continue
+        match = _FIELD.match(line)
+        head = match.group(1) if match else ""
+        indent = len(head) if len(head) <= width // 2 else len(head) - len(head.lstrip()) + 4
+        chunks = textwrap.wrap(line[len(head):], width=width - indent, break_on_hyphens=False)
+        if not chunks:
+            out.append(line)
+            continue
+        if len(head) > indent:  # a head past half the width: its value starts on the next line
+            out.append(head.rstrip())
+        else:
+            out.append(head + chunks.pop(0))
+        out += [" " * indent + chunk for chunk in chunks]
+    return "\n".join(out)
+
+
+def render_text(result: ScanResult | NamespacesResult, host: str, verbose: bool = False,
+                width: int | None = None) -> str:
     """A readable report: the range, reserved ports, counts, then findings by severity.
 
     A scan of several namespaces (:class:`~portwatch.model.results.NamespacesResult`)
     says how many were scanned and gives each namespace its own section. Findings
     alike but for their port are one entry with the port set unless ``verbose``.
+    ``width``: wrap lines to this many columns (see :func:`wrap_lines`); None
+    (a pipe, a file): one line per line, however long.
     """
     if isinstance(result, NamespacesResult):
-        return _render_namespaces(result, host, verbose)
+        return wrap_lines(_render_namespaces(result, host, verbose), width)
     snap = result.snapshot
     lines = [
         f"portwatch {__version__}: scan of {host} at {iso_time(snap.taken_at)} "
@@ -173,7 +215,7 @@ def render_text(result: ScanResult | NamespacesResult, host: str, verbose: bool 
     lines += _finding_lines(result.findings, "", verbose)
     for note in snap.notes:
         lines.append(f"note: {note}")
-    return "\n".join(_printable(line) for line in lines).rstrip() + "\n"
+    return wrap_lines("\n".join(_printable(line) for line in lines).rstrip() + "\n", width)
 
 
 def _render_namespaces(result: NamespacesResult, host: str, verbose: bool) -> str:

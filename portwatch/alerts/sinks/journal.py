@@ -12,6 +12,18 @@ Fields of each entry:
   and when known ``PORTWATCH_PORT``, ``PORTWATCH_PID``, ``PORTWATCH_PROCESS``,
   ``PORTWATCH_UNIT`` (of the first process), ``PORTWATCH_REMEDIATION``.
 
+One line per finding event: the daemon already logs each finding when it
+appears (``new warning finding [KEY]: ...``, logger ``portwatch.findings``,
+with ``PORTWATCH_KIND``, ``PORTWATCH_KEY``, ``PORTWATCH_SEVERITY``,
+``PORTWATCH_PORT``, ``PORTWATCH_PID``) and when it resolves. So the
+built-in ``journal`` sink, left at its defaults (no ``journal`` sink in the
+file, or one with the default settings), writes no entry for the built-in
+rule ``default``'s notifications that are those same events: its firing at
+the finding's first scan (reason ``new``; the rule has no ``for``) and its
+resolution. Its repeats and severity changes are still written, and a
+journal sink the file configures (another ``syslog_identifier``, another
+name) writes every notification.
+
 Without a journal (no systemd-python, or no journal socket) the entry goes
 to the ``portwatch.alerts`` logger instead, at a level from the same
 mapping, with the same fields as ``extra`` (so a journal log handler keeps
@@ -25,12 +37,12 @@ import logging
 from dataclasses import dataclass
 from typing import Mapping
 
-from portwatch.alerts.notification import Notification, Status
+from portwatch.alerts.notification import Notification, Reason, Status
 from portwatch.alerts.sinks.base import sink_section
 from portwatch.alerts.sinks.core import JournalSend, NamedSink, SinkContext
 import portwatch.config.schema as s
 from portwatch.config.schema import Key
-from portwatch.config.types import SinkConfig
+from portwatch.config.types import BUILTIN_SINK, DEFAULT_ALERT_RULES, SinkConfig
 from portwatch.model import Severity
 
 __all__ = ["SHAPE", "JournalSink", "JournalSinkConfig", "build", "fields", "priority"]
@@ -50,6 +62,8 @@ SHAPE = sink_section(JournalSinkConfig, "journal", [
 
 _PRIORITY: Mapping[Severity, int] = {Severity.CRITICAL: 2, Severity.WARNING: 4, Severity.INFO: 6}
 _RESOLVED_PRIORITY = 5
+#: The notifications of the built-in rule the daemon's finding lines already are.
+_LOGGED_BY_THE_DAEMON = frozenset({Reason.NEW, Reason.RESOLVED})
 _LEVEL: Mapping[int, int] = {2: logging.CRITICAL, 4: logging.WARNING, 5: logging.INFO, 6: logging.INFO}
 
 
@@ -91,12 +105,20 @@ class JournalSink(NamedSink):
     def __init__(self, name: str, config: JournalSinkConfig, send: JournalSend | None,
                  logger: logging.Logger) -> None:
         super().__init__(name)
+        self._builtin = name == BUILTIN_SINK and config == JournalSinkConfig()
         self._identifier = config.syslog_identifier
         self._send = send
         self._log = logger
 
+    def logged_by_the_daemon(self, note: Notification) -> bool:
+        """True when ``note`` is a finding event the daemon's own line already logged (see the module doc)."""
+        return (self._builtin and note.rule == DEFAULT_ALERT_RULES[0].name
+                and note.reason in _LOGGED_BY_THE_DAEMON)
+
     def send(self, note: Notification) -> None:
-        """Write one entry; never raises (a journal error falls back to the log)."""
+        """Write one entry (none for what the daemon logged already); never raises (a journal error falls back to the log)."""
+        if self.logged_by_the_daemon(note):
+            return
         entry = fields(note, self._identifier)
         if self._send is not None:
             try:

@@ -96,9 +96,9 @@ from portwatch.daemon.state import (
     FindingRecord,
     State,
     StateStore,
+    listener_identities,
     remembered_ports,
     update_findings,
-    listener_identities,
     update_listeners,
 )
 from portwatch.detect import listening_ports

@@ -16,7 +16,7 @@ from typing import Any
 from portwatch import __version__
 from portwatch.model import Finding, NamespaceInfo, ScanResult, Severity, format_port_set
 from portwatch.model.results import NamespacesResult
-from portwatch.model.text import iso_time
+from portwatch.model.text import iso_time, printable
 from portwatch.output.json import JSON_SCHEMA_VERSION, severity_counts, socket_counts, to_json_document
 
 __all__ = ["JSON_SCHEMA_VERSION", "render_text", "severity_counts", "socket_counts", "to_json_document",
@@ -215,7 +215,7 @@ def render_text(result: ScanResult | NamespacesResult, host: str, verbose: bool 
     lines += _finding_lines(result.findings, "", verbose)
     for note in snap.notes:
         lines.append(f"note: {note}")
-    return wrap_lines("\n".join(_printable(line) for line in lines).rstrip() + "\n", width)
+    return wrap_lines("\n".join(printable(line) for line in lines).rstrip() + "\n", width)
 
 
 def _render_namespaces(result: NamespacesResult, host: str, verbose: bool) -> str:
@@ -241,17 +241,4 @@ def _render_namespaces(result: NamespacesResult, host: str, verbose: bool) -> st
     notes = dict.fromkeys((*(m for r in result.results for m in r.snapshot.notes), *result.notes))
     for note in notes:
         lines.append(f"note: {note}")
-    return "\n".join(_printable(line) for line in lines).rstrip() + "\n"
-
-
-def _printable(text: str) -> str:
-    """``text`` with every non-printable character as ``\\xNN`` (or ``\\uNNNN``).
-
-    Process names and command lines are chosen by whoever started the process;
-    an escape sequence in one must not reach the terminal of the person reading
-    the report.
-    """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-                   for c in text)
+    return "\n".join(printable(line) for line in lines).rstrip() + "\n"

@@ -113,6 +113,8 @@ def scan_snapshot(
         findings = detect.explain(findings, snapshot)
     if keyed and ns is not None and not host:
         findings = detect.in_namespace(findings, ns.key)
+    if ns is not None:
+        findings = [dataclasses.replace(f, namespace=ns) for f in findings]
     kept, ignored = detect.apply_ignores(findings, config.ignore)
     return ScanResult(snapshot=snapshot, findings=tuple(kept), ignored=tuple(ignored),
                       usage=usage, duration=clock() - started, listening=idx.listening)

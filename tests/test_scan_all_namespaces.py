@@ -26,7 +26,7 @@ from portwatch.collect import OWN_NAMESPACE_NOTE, Collector, Discovery, discover
 from portwatch.config.types import Config, Service, service_applies
 from portwatch.model import NamespaceInfo, NamespaceKind
 from portwatch.output.reserve import how_to_apply
-from portwatch.scan import make_source, run_namespaces_scan
+from portwatch.scan import make_source, run_namespaces_scan, select_namespaces
 from tests.conftest import require
 from tests.netns import ACTORS, REPO, NetNS, netns_available
 
@@ -285,3 +285,15 @@ def test_a_pid_whose_namespace_has_ended_names_no_namespace(netns: NetNS) -> Non
     netns.close()  # its process and namespace are gone: the pid names nothing now
     proc = portwatch("scan", "--netns", str(pid))
     assert proc.returncode == 2 and f"--netns {pid}: no such network namespace" in proc.stderr
+
+
+def test_every_finding_carries_the_namespace_it_was_found_in(netns: NetNS) -> None:
+    netns.sysctl("net/ipv4/ip_local_port_range", "20000 20999")
+    netns.actor("listen", "--port", "20005")
+    discovery = discover_namespaces()
+    (ns,) = select_namespaces(discovery, [netns.name])
+    result = run_namespaces_scan(Config(), Collector(make_source("auto")), discovery, [ns])
+    (scanned,) = result.results
+    assert [f.kind.value for f in scanned.findings] == ["listener_in_ephemeral_range"]
+    (f,) = scanned.findings
+    assert f.namespace == ns and f.key.endswith(f"@{ns.key}")

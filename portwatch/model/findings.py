@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from portwatch.model.namespaces import NamespaceInfo
 from portwatch.model.sockets import Protocol, Socket, socket_to_dict
 
 
@@ -102,6 +103,11 @@ class Finding:
     is about) and is what history and alerting track. ``port`` is the port the
     finding is about, where there is one. ``details`` holds kind-specific
     figures (e.g. ``ratio``, ``count``, ``threshold``), JSON-ready.
+    ``namespace`` is the network namespace the finding is in, when the scan
+    (or event) that made it knew one; :func:`~portwatch.scan.scan_snapshot`
+    sets it. It is not part of :meth:`to_dict` (the JSON document adds its
+    own ``namespace`` object) and alerts take their ``netns``, ``container``
+    and ``pod`` labels from it.
     """
 
     kind: Kind
@@ -115,6 +121,7 @@ class Finding:
     processes: tuple[ProcessInfo, ...] = ()
     remediation: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    namespace: NamespaceInfo | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the shape documented in the README)."""

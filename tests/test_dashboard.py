@@ -6,7 +6,8 @@
   (in a network namespace holding a self-connect and a listener inside the range,
   so that the per-finding series exist);
 - panel ids and the uid are unique, and every panel queries the datasource variable
-  and filters on the job and instance variables.
+  and filters on the job and instance variables, and on the netns variable wherever it
+  selects a per-namespace series.
 """
 
 from __future__ import annotations
@@ -28,12 +29,20 @@ REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "config" / "grafana" / "portwatch.json"
 #: What Grafana puts in place of the variables, for promtool.
 VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h",
-             "$job": "portwatch", "$instance": ".*"}
+             "$job": "portwatch", "$instance": ".*", "$netns": ".*"}
 #: Names in expressions that are functions, keywords or label names, not metrics.
 NOT_METRICS = {"sum", "by", "max", "min", "topk", "rate", "increase", "time", "histogram_quantile",
                "without", "le", "instance", "job", "kind", "severity", "protocol", "port", "process",
                "local_ip", "remote_ip", "remote_port", "state", "version", "python_version", "rule",
-               "sink", "reason"}
+               "sink", "reason", "netns"}
+#: The series that carry a ``netns`` label (one per scanned network namespace).
+PER_NAMESPACE = {"portwatch_ephemeral_port_range_low", "portwatch_ephemeral_port_range_high",
+                 "portwatch_ephemeral_ports_usable", "portwatch_reserved_ports", "portwatch_sockets",
+                 "portwatch_findings", "portwatch_destination_ephemeral_usage_ratio"}
+#: Metrics of the daemon's scan of every namespace, which the daemon does not export yet
+#: (the namespaces change of the daemon adds them): the scrape check tolerates exactly
+#: these two. Remove this tolerance when that change is merged.
+NOT_YET_EXPORTED = {"portwatch_namespaces", "portwatch_namespaces_left_out_total"}
 
 
 def _dashboard() -> dict[str, Any]:
@@ -72,8 +81,14 @@ def test_panel_ids_and_uid_are_unique_and_panels_use_the_variables() -> None:
     ids = [p["id"] for p in _panels(doc)]
     assert len(ids) == len(set(ids)) and ids
     assert doc["uid"] == "portwatch-overview"
-    variables = {v["name"] for v in doc["templating"]["list"]}
-    assert {"datasource", "job", "instance"} <= variables
+    variables = {v["name"]: v for v in doc["templating"]["list"]}
+    assert {"datasource", "job", "instance", "netns"} <= set(variables)
+    netns = variables["netns"]
+    assert netns["multi"] is True and netns["includeAll"] is True
+    # "All" is a regex that also matches series without the label (an older daemon's).
+    assert netns["allValue"] == ".*"
+    assert netns["query"]["query"].startswith("label_values(portwatch_findings{") and \
+        netns["query"]["query"].endswith(", netns)")
     for panel in _panels(doc):
         if panel["type"] == "row":
             continue
@@ -81,10 +96,27 @@ def test_panel_ids_and_uid_are_unique_and_panels_use_the_variables() -> None:
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             assert 'job=~"$job", instance=~"$instance"' in target["expr"], panel["title"]
+            for name in _metric_names(target["expr"]) & PER_NAMESPACE:
+                assert f'{name}{{job=~"$job", instance=~"$instance", netns=~"$netns"}}' in target["expr"], \
+                    (panel["title"], name)
     titles = " ".join(p["title"] for p in _panels(doc)).lower()
     for subject in ("findings by kind and severity", "listeners inside", "usage",
-                    "scan duration", "notifications"):
+                    "scan duration", "notifications", "findings by namespace", "usage by namespace",
+                    "namespaces scanned and left out"):
         assert subject in titles
+
+
+def test_per_namespace_panels_group_by_namespace() -> None:
+    panels = {p["title"]: p for p in _panels(_dashboard())}
+    for title in ("Findings by namespace", "Ephemeral range usage by namespace", "Usable ephemeral ports",
+                  "Ephemeral port range"):
+        for target in panels[title]["targets"]:
+            assert "by (instance, netns)" in target["expr"], (title, target["expr"])
+            if target.get("format") != "table":  # a table shows the netns label as a column
+                assert "{{netns}}" in target["legendFormat"], title
+    scanned = {t["refId"]: t["expr"] for t in panels["Namespaces scanned and left out"]["targets"]}
+    assert _metric_names(scanned["A"]) == {"portwatch_namespaces"} and "by (instance, kind)" in scanned["A"]
+    assert _metric_names(scanned["B"]) == {"portwatch_namespaces_left_out_total"}
 
 
 def test_every_expression_passes_promtool_as_a_recording_rule(tmp_path: Path) -> None:
@@ -107,6 +139,7 @@ def test_every_metric_appears_in_a_real_scrape(netns: NetNS, tmp_path: Path) -> 
     netns.actor("listen", "--port", "45000")
     wanted = set().union(*(_metric_names(expr) for _, expr in _expressions()))
     assert "portwatch_findings" in wanted and "portwatch_scan_duration_seconds_bucket" in wanted
+    assert NOT_YET_EXPORTED <= wanted
     daemon = RealDaemon(netns, tmp_path, f"interval: 1s\nstate_directory: {tmp_path / 'state'}\n")
     try:
         daemon.wait_metrics("a scan that saw the listener and the self-connect", lambda m: any(
@@ -118,7 +151,7 @@ def test_every_metric_appears_in_a_real_scrape(netns: NetNS, tmp_path: Path) -> 
         assert daemon.stop() == 0
     scraped = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
                if line and not line.startswith("#")}
-    assert sorted(wanted - scraped) == []
+    assert sorted(wanted - scraped - NOT_YET_EXPORTED) == []
 
 
 def test_every_alert_links_to_its_runbook_section() -> None:

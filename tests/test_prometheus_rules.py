@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import selectors
 import subprocess
 import sys
@@ -91,6 +92,34 @@ def test_unit_tests_cover_every_alert() -> None:
         static = set(rule["labels"].items())
         assert any(name == rule["alert"] and static <= {(k, str(v)) for k, v in labels}
                    for name, labels in fired_labels), f"{rule['alert']} {rule['labels']} never fires in a test"
+
+
+def test_no_rule_aggregates_the_netns_label_away() -> None:
+    """Per-namespace alerts: every aggregation of a finding series keeps ``netns``."""
+    for rule in _alert_rules():
+        expr = " ".join(rule["expr"].split())
+        for clause in re.findall(r"\bwithout \(([^)]*)\)", expr):
+            assert "netns" not in clause, rule["alert"]
+        for clause in re.findall(r"\bby \(([^)]*)\)", expr):
+            assert "netns" in clause, rule["alert"]
+
+
+def test_unit_tests_have_a_host_with_two_namespaces_alerting_apart() -> None:
+    """Some test feeds one instance's series from two namespaces and expects an alert for each."""
+    cases = []
+    for case in _load(RULES_TEST)["tests"]:
+        namespaces: dict[str, set[str]] = {}
+        for series in case["input_series"]:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', series["series"]))
+            if "netns" in labels:
+                namespaces.setdefault(labels["instance"], set()).add(labels["netns"])
+        alerted = {(check["alertname"], alert["exp_labels"].get("instance"), alert["exp_labels"].get("netns"))
+                   for check in case.get("alert_rule_test", []) for alert in check.get("exp_alerts") or []}
+        for instance, names in namespaces.items():
+            for alertname in {a for a, _, _ in alerted}:
+                if len({n for a, i, n in alerted if a == alertname and i == instance and n in names}) >= 2:
+                    cases.append((case["name"], alertname))
+    assert {a for _, a in cases} >= {"PortwatchSelfConnect", "PortwatchEphemeralPortExhaustion"}, cases
 
 
 # ---------------------------------------------------------------------- a real Prometheus

@@ -27,6 +27,8 @@ from tests.test_daemon import RealDaemon
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "config" / "grafana" / "portwatch.json"
+#: Where every alert's runbook link points: the runbooks the package installs.
+RUNBOOKS_URL = "file:///usr/share/portwatch/prometheus/runbooks.md"
 #: What Grafana puts in place of the variables, for promtool.
 VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h",
              "$job": "portwatch", "$instance": ".*", "$netns": ".*"}
@@ -160,7 +162,13 @@ def test_every_alert_links_to_its_runbook_section() -> None:
     sections = {line[3:].strip().lower() for line in runbooks.splitlines() if line.startswith("## ")}
     alerts = [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
     assert alerts
+    # The package installs runbooks.md at the links' path.
+    installed = [f"file:///{dest.strip('/')}/runbooks.md" for line in
+                 (REPO / "debian" / "portwatch.install").read_text().splitlines()
+                 for source, dest in [line.split()] if source == "config/prometheus/runbooks.md"]
+    assert installed == [RUNBOOKS_URL]
     for rule in alerts:
         url = rule["annotations"]["runbook_url"]
-        assert url.endswith("/config/prometheus/runbooks.md#" + rule["alert"].lower()), rule["alert"]
+        # The copy the Debian package installs (debian/portwatch.install).
+        assert url == RUNBOOKS_URL + "#" + rule["alert"].lower(), rule["alert"]
         assert rule["alert"].lower() in sections, rule["alert"]

@@ -158,6 +158,26 @@ def test_man_pages_render(installed: Container) -> None:
     config_page = installed.run(["man", "5", "portwatch.yaml"], check=True,
                                 env={"MANPAGER": "cat"}).stdout
     assert "state_directory" in config_page
+    assert "services[].port" in config_page.replace("\u2010", "-")  # from the schema
+
+
+def test_files_the_docs_point_to_are_installed(installed: Container) -> None:
+    """Every absolute path the man pages, the shipped configuration and the alert rules name exists."""
+    # The pages' FILES and SEE ALSO sections (the last two); wide, neither hyphenated nor
+    # justified: a path stays on one line.
+    texts = [installed.run(["man", "--nh", "--nj", section, name], check=True,
+                           env={"MANPAGER": "cat", "MANWIDTH": "1000"}).stdout.replace("\u2010", "-")
+             .split("\nFILES\n", 1)[1] for section, name in (("8", "portwatch"), ("5", "portwatch.yaml"))]
+    texts.append(installed.run(["cat", "/etc/portwatch/portwatch.yaml"], check=True).stdout)
+    paths = {m.rstrip(".,;:)") for text in texts
+             for m in re.findall(r"(?<![\w:/])(/(?:etc|usr|var)/[\w./-]+)", text)}
+    # The rules' runbook links (the rest of that file speaks of the Prometheus server's paths).
+    rules = installed.run(["cat", "/usr/share/portwatch/prometheus/portwatch.rules.yml"], check=True).stdout
+    paths |= set(re.findall(r"file://(/[\w./-]+)", rules))
+    assert {"/usr/share/doc/portwatch/configuration.md.gz", "/usr/share/doc/portwatch/examples/portwatch.yaml",
+            "/usr/share/portwatch/prometheus/runbooks.md"} <= paths
+    missing = [p for p in sorted(paths) if installed.run(["test", "-e", p]).returncode != 0]
+    assert missing == []
 
 
 def test_bash_completion_loads_and_completes(installed: Container) -> None:

@@ -255,8 +255,8 @@ def manpage(version: str, date: str) -> str:
             ".TP", "/etc/portwatch/portwatch.yaml", "The file the service reads.",
             ".TP", "/usr/share/doc/portwatch/examples/portwatch.yaml",
             "A complete, commented example that validates as shipped.",
-            ".TP", "/usr/share/doc/portwatch/configuration.md",
-            "The reference with examples for every section (compressed when packaged).",
+            ".TP", "/usr/share/doc/portwatch/configuration.md.gz",
+            "The reference with examples for every section.",
             ".SH SEE ALSO", "\\fBportwatch\\fR(8)"]
     return "\n".join(out) + "\n"
 

@@ -106,8 +106,10 @@ def test_sockets_carry_their_cgroup_and_owners_are_found_through_cgroup_procs(
     in_docker, _ = actor_in(netns, docker, "listen", "--port", "21001")
     in_pod, _ = actor_in(netns, pod, "listen", "--port", "21002")
 
-    target = [ns for ns in discover_namespaces().namespaces if ns.name == netns.name]
-    assert [ns.kind for ns in target] == [NamespaceKind.NAMED]
+    # a pod's process in it: named by the pod's uid before the mount's name (CRI runtimes
+    # mount pod sandboxes as /run/netns/cni-<uuid>, a name nobody knows the pod by)
+    target = [ns for ns in discover_namespaces().namespaces if ns.netns_name == netns.name]
+    assert [(ns.kind, ns.name) for ns in target] == [(NamespaceKind.POD, POD_UID)]
     assert (target[0].pod_uid, target[0].container) == (POD_UID, CONTAINER)
     collector = Collector(NetlinkSource())
     snap = collector.snapshot_namespace(target[0])

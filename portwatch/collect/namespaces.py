@@ -2,7 +2,7 @@
 
 Job: :func:`discover_namespaces` (``/proc/*/ns/net`` deduplicated by device
 and inode, plus the nsfs bind mounts of the mount table, each named: the
-``ip netns`` name, the pod uid, the container id, the systemd unit, else the
+pod uid, the ``ip netns`` name, the container id, the systemd unit, else the
 lowest pid's command), :func:`run_in_namespace` (a callable run in a
 short-lived thread that ``setns()``-es into the namespace; the calling
 thread never changes namespace) and :func:`can_enter_namespaces`. A
@@ -135,10 +135,12 @@ def _identify(found: _Found, proc_root: Path, host: int | None, own: int) -> Nam
         command = _command(proc_root, found.pids[0])
     if found.inode == host:
         kind, name, stable = NamespaceKind.HOST, "host", True
+    elif pod_uid is not None:
+        # before the mount's name: containerd and CRI-O mount pod sandboxes as
+        # /run/netns/cni-<uuid>, a name nobody knows the pod by
+        kind, name, stable = NamespaceKind.POD, pod_uid, True
     elif netns_name is not None:
         kind, name, stable = NamespaceKind.NAMED, netns_name, True
-    elif pod_uid is not None:
-        kind, name, stable = NamespaceKind.POD, pod_uid, True
     elif container is not None:
         kind, name, stable = NamespaceKind.CONTAINER, container, True
     elif unit is not None and unit != "init.scope":

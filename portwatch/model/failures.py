@@ -15,19 +15,24 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from portwatch.model.findings import ProcessInfo
 from portwatch.model.namespaces import CgroupIdentity
 from portwatch.model.sockets import Endpoint, Socket
+from portwatch.model.text import iso_time
 
 __all__ = [
     "DEFAULT_FAILURE_WINDOW",
     "FailedCall",
     "FailureBatch",
     "FailureEvent",
+    "FailureGroup",
     "FailureWindow",
     "Holder",
+    "group_failures",
+    "times_words",
+    "where_words",
 ]
 
 #: Seconds over which failures are counted (and a failure finding stays current).
@@ -158,3 +163,66 @@ class FailureWindow:
         while self._events and now - self._events[0].at > self.window:
             self._events.popleft()
         return tuple(self._events)
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """Failure events that share one finding key, oldest first (never empty)."""
+
+    events: tuple[FailureEvent, ...]
+
+    @property
+    def first(self) -> FailureEvent:
+        """The oldest event."""
+        return self.events[0]
+
+    @property
+    def last(self) -> FailureEvent:
+        """The newest event."""
+        return self.events[-1]
+
+    @property
+    def processes(self) -> tuple[ProcessInfo, ...]:
+        """The distinct callers (by pid, newest description kept), in order of first failure."""
+        by_pid: dict[int, ProcessInfo] = {}
+        for e in self.events:
+            by_pid[e.pid] = e.process
+        return tuple(by_pid.values())
+
+    def details(self, window: float) -> dict[str, object]:
+        """What every failure finding's ``details`` carry: the transient marking, counts, callers, namespace."""
+        last = self.last
+        ident = last.identity
+        return {
+            "transient": True, "call": last.call.value, "error": last.call.errno_name,
+            "count": len(self.events), "window_seconds": window,
+            "first_seen": iso_time(self.first.at, "milliseconds"), "last_seen": iso_time(last.at, "milliseconds"),
+            "comm": last.comm, "exe": last.exe, "pids": sorted({e.pid for e in self.events}),
+            "unit": ident.unit if ident else None, "container": ident.container if ident else None,
+            "pod_uid": ident.pod_uid if ident else None, "netns_inode": last.netns_inode,
+            "complete": all(e.complete for e in self.events),
+        }
+
+
+def where_words(details: Mapping[str, Any]) -> str:
+    """`` (container 0123456789ab)`` or `` (unit.service)`` from a failure finding's details, else empty."""
+    if details.get("container"):
+        return f" (container {str(details['container'])[:12]})"
+    return f" ({details['unit']})" if details.get("unit") else ""
+
+
+def times_words(details: Mapping[str, Any]) -> str:
+    """``once in 300 s`` / ``3 times in 300 s`` from a failure finding's details."""
+    count = int(details.get("count", 1))
+    return ("once" if count == 1 else f"{count} times") + f" in {float(details.get('window_seconds', 0)):g} s"
+
+
+def group_failures(events: Iterable[FailureEvent], key: Callable[[FailureEvent], str | None],
+                   ) -> dict[str, FailureGroup]:
+    """``events`` grouped by ``key(event)`` (events whose key is None are left out), each group in time order."""
+    groups: dict[str, list[FailureEvent]] = {}
+    for e in events:
+        k = key(e)
+        if k is not None:
+            groups.setdefault(k, []).append(e)
+    return {k: FailureGroup(tuple(sorted(v, key=lambda e: (e.at, e.serial)))) for k, v in groups.items()}

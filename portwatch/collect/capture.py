@@ -39,6 +39,8 @@ from portwatch.model.failures import FailedCall, FailureBatch, FailureEvent, Hol
 
 __all__ = ["DEFAULT_LOCK_PATH", "NO_CAPABILITY_NOTE", "FailureCapture"]
 
+#: The inode of the initial network namespace on Linux 6.x (include/linux/proc_ns.h, PROC_NET_INIT_INO).
+NET_INIT_INO = 0xEFFFFFF9
 #: Where the captures of one host coordinate (tmpfs: gone at boot, as the kernel's audit state is).
 DEFAULT_LOCK_PATH = Path("/run/portwatch-audit.lock")
 _ENABLED_MARK = "enabled-by-portwatch\n"
@@ -107,20 +109,28 @@ class FailureCapture:
         if text not in self.notes:
             self.notes.append(text)
 
-    def _own_netns(self) -> tuple[int, int] | None:
+    def _own_netns(self) -> tuple[int, bool]:
+        """``(own netns inode, whether it is the host's)``: pid 1's namespace, else the kernel's fixed init inode.
+
+        Linux 6.x gives the initial network namespace the fixed inode
+        :data:`NET_INIT_INO`; when ``/proc/1/ns/net`` cannot be read (a
+        sandbox), that is what tells. An unreadable own namespace counts as
+        the host's (nothing better is known).
+        """
         try:
             own = os.stat(self._proc / "self" / "ns" / "net").st_ino
-            host = os.stat(self._proc / "1" / "ns" / "net").st_ino
         except OSError:
-            return None
-        return own, host
+            return 0, True
+        try:
+            return own, own == os.stat(self._proc / "1" / "ns" / "net").st_ino
+        except OSError:
+            return own, own == NET_INIT_INO
 
     def start(self) -> bool:
         """Start capturing; True on success. On failure: False, nothing left behind, :attr:`notes` says why."""
         if self.active:
             return True
-        pair = self._own_netns()
-        if pair is not None and pair[0] != pair[1]:
+        if not self._own_netns()[1]:
             self._note("failure capture is off: the kernel sends audit records only to readers in the host "
                        "network namespace, and portwatch runs in another one")
             return False
@@ -294,8 +304,7 @@ class FailureCapture:
             address=rec.address, netns_inode=inode, identity=identity, complete=rec.complete, holders=holders)
 
     def _find_holders(self, port: int, pid: int, dev: int, inode: int) -> tuple[Holder, ...]:
-        pair = self._own_netns()
-        own = pair is not None and pair[0] == inode
+        own = self._own_netns()[0] == inode
         ns = None if own else NamespaceInfo(inode, dev, NamespaceKind.PROCESS, f"netns:{inode}", pids=(pid,),
                                             stable=False)
         try:

@@ -248,6 +248,15 @@ class ReadResult:
     more: bool
 
 
+def _size_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for a ``size``-byte receive buffer: beyond rmem_max with CAP_NET_ADMIN, else up to it."""
+    force = getattr(socket, "SO_RCVBUFFORCE", 33)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 class AuditReader:
     """A NETLINK_AUDIT socket joined to the read-only log group, in the calling thread's network namespace.
 
@@ -268,19 +277,12 @@ class AuditReader:
         sock = factory()
         try:
             sock.setblocking(False)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, 33, buffer_bytes)  # SO_RCVBUFFORCE
-            except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+            _size_buffer(sock, buffer_bytes)
             sock.bind((0, 1 << (AUDIT_NLGRP_READLOG - 1)))
         except BaseException:
             sock.close()
             raise
         self._sock = sock
-
-    def fileno(self) -> int:
-        """The socket's file descriptor; -1 once closed."""
-        return self._sock.fileno()
 
     def read(self, max_messages: int = 4096) -> ReadResult:
         """Read the queued messages without blocking (at most ``max_messages``); the events they completed.
@@ -319,3 +321,7 @@ class AuditReader:
     def close(self) -> None:
         """Close the socket (idempotent)."""
         self._sock.close()
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (readable when records are queued); -1 once closed."""
+        return self._sock.fileno()

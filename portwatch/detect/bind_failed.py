@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable
 
-from portwatch.detect.base import Config, DetectionInput, Detector, reserve_hint, who
+from portwatch.detect.base import Config, Detector, reserve_hint, who
 from portwatch.model import (
     Finding,
     Kind,
     NamespaceInfo,
-    NamespaceKind,
     ProcessInfo,
     ScanResult,
     Severity,
@@ -33,6 +32,7 @@ from portwatch.model.failures import (
     FailureEvent,
     Holder,
     group_failures,
+    keyed_namespace,
     times_words,
     where_words,
 )
@@ -71,8 +71,7 @@ def find_bind_failures(events: Iterable[FailureEvent], result: ScanResult | None
     ``port_taken`` holders. The key is ``bind_failed:PORT:NAME`` plus ``@NS``
     for a namespace other than the host's. Ignore rules are the caller's.
     """
-    ns = namespace if namespace is not None else (result.snapshot.namespace if result is not None else None)
-    suffix = f"@{ns.key}" if ns is not None and ns.kind is not NamespaceKind.HOST else ""
+    ns, suffix = keyed_namespace(result, namespace)
     severity = (config.severities.get(Kind.BIND_FAILED, DETECTOR.severity) if config is not None
                 else DETECTOR.severity)
 
@@ -138,15 +137,11 @@ def summarize(finding: Finding, processes: tuple[ProcessInfo, ...]) -> str:
     return head + tail
 
 
-def _find(inp: DetectionInput) -> list[Finding]:
-    return []  # event findings: find_bind_failures
-
-
 DETECTOR = Detector(
     kind=Kind.BIND_FAILED,
     severity=Severity.CRITICAL,
     alertname="PortwatchBindFailed",
-    find=_find,
+    find=lambda inp: [],  # an event kind: nothing in a scan (find_bind_failures makes its findings)
     summarize=summarize,
     involves=None,
 )

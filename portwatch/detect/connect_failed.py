@@ -17,13 +17,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable
 
-from portwatch.detect.base import SYSCTL_RANGE, Config, DetectionInput, Detector, who
-from portwatch.model import Finding, Kind, NamespaceInfo, NamespaceKind, ProcessInfo, Protocol, ScanResult, Severity
+from portwatch.detect.base import SYSCTL_RANGE, Config, Detector, who
+from portwatch.model import Finding, Kind, NamespaceInfo, ProcessInfo, Protocol, ScanResult, Severity
 from portwatch.model.failures import (
     DEFAULT_FAILURE_WINDOW,
     FailedCall,
     FailureEvent,
     group_failures,
+    keyed_namespace,
     times_words,
     where_words,
 )
@@ -65,8 +66,7 @@ def find_connect_failures(events: Iterable[FailureEvent], result: ScanResult | N
     for the wording. The key is ``connect_failed:DEST:NAME`` plus ``@NS`` for
     a namespace other than the host's. Ignore rules are the caller's.
     """
-    ns = namespace if namespace is not None else (result.snapshot.namespace if result is not None else None)
-    suffix = f"@{ns.key}" if ns is not None and ns.kind is not NamespaceKind.HOST else ""
+    ns, suffix = keyed_namespace(result, namespace)
     severity = (config.severities.get(Kind.CONNECT_FAILED, DETECTOR.severity) if config is not None
                 else DETECTOR.severity)
 
@@ -117,15 +117,11 @@ def summarize(finding: Finding, processes: tuple[ProcessInfo, ...]) -> str:
     return f"{head}: no ephemeral port was free for it (no scan of its namespace to name the cause)"
 
 
-def _find(inp: DetectionInput) -> list[Finding]:
-    return []  # event findings: find_connect_failures
-
-
 DETECTOR = Detector(
     kind=Kind.CONNECT_FAILED,
     severity=Severity.CRITICAL,
     alertname="PortwatchConnectFailed",
-    find=_find,
+    find=lambda inp: [],  # an event kind: nothing in a scan (find_connect_failures makes its findings)
     summarize=summarize,
     involves=None,
 )

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from portwatch.model.findings import ProcessInfo
-from portwatch.model.namespaces import CgroupIdentity
+from portwatch.model.namespaces import CgroupIdentity, NamespaceInfo, NamespaceKind
+from portwatch.model.results import ScanResult
 from portwatch.model.sockets import Endpoint, Socket
 from portwatch.model.text import iso_time
 
@@ -31,6 +32,7 @@ __all__ = [
     "FailureWindow",
     "Holder",
     "group_failures",
+    "keyed_namespace",
     "times_words",
     "where_words",
 ]
@@ -226,3 +228,13 @@ def group_failures(events: Iterable[FailureEvent], key: Callable[[FailureEvent],
         if k is not None:
             groups.setdefault(k, []).append(e)
     return {k: FailureGroup(tuple(sorted(v, key=lambda e: (e.at, e.serial)))) for k, v in groups.items()}
+
+
+def keyed_namespace(result: ScanResult | None, namespace: NamespaceInfo | None) -> tuple[NamespaceInfo | None, str]:
+    """The namespace of a failure finding (``namespace``, else the scan's) and its key suffix.
+
+    The suffix is ``@KEY`` for a namespace other than the host's, as a scan
+    keys its findings, else empty.
+    """
+    ns = namespace if namespace is not None else (result.snapshot.namespace if result is not None else None)
+    return ns, (f"@{ns.key}" if ns is not None and ns.kind is not NamespaceKind.HOST else "")

@@ -16,11 +16,12 @@ import os
 import sys
 from dataclasses import replace
 
+import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from portwatch.collect import Collector, discover_namespaces
 from portwatch.collect.sources.netlink import NetlinkSource
-from portwatch.config import Config, Service
+from portwatch.config import Config, ConfigError, Service, parse_config
 from portwatch.detect import REGISTRY
 from portwatch.detect.base import who
 from portwatch.detect.bind_failed import find_bind_failures
@@ -258,3 +259,18 @@ def test_failure_metrics_count_by_kind_and_keep_only_the_top_destinations() -> N
         in dests
     assert 'portwatch_bind_failures_by_port_total{address="0.0.0.0",netns="blue",port="40100"} 1.0' in text
     assert "portwatch_failure_capture_active 1.0" in text and "portwatch_failure_capture_lost_total 2.0" in text
+
+
+# ----------------------------------------------------------------- configuration
+
+
+def test_capture_failures_is_off_by_default_and_takes_yaml_off_and_audit() -> None:
+    assert Config().capture.failures == "off"
+    assert parse_config(yaml.safe_load("capture: {failures: off}"), "x").capture.failures == "off"
+    assert parse_config(yaml.safe_load("capture: {failures: audit}"), "x").capture.failures == "audit"
+    try:
+        parse_config(yaml.safe_load("capture: {failures: audti}"), "x.yaml")
+    except ConfigError as exc:
+        assert exc.errors == ["capture.failures: must be one of off, audit, got 'audti' (did you mean 'audit'?)"]
+    else:
+        raise AssertionError("a misspelt capture.failures was accepted")

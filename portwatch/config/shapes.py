@@ -186,8 +186,13 @@ METRICS = Section(MetricsConfig, [
         " range, get their own series; `0` turns them off"),
 ])
 
+def _failure_capture(value: object) -> str:
+    """``capture.failures``: one of FAILURE_CAPTURES; YAML's ``off`` (read as false) is ``off``."""
+    return "off" if value is False else grammar.choice(value, FAILURE_CAPTURES)
+
+
 CAPTURE = Section(CaptureConfig, [
-    Key("failures", s.choice(FAILURE_CAPTURES), grammar.one_of(FAILURE_CAPTURES),
+    Key("failures", s.Scalar(_failure_capture), grammar.one_of(FAILURE_CAPTURES),
         "`audit`: report every connect() that fails with EADDRNOTAVAIL and every bind() that fails with"
         " EADDRINUSE, from audit rules tagged `portwatch` (host-wide; needs CAP_AUDIT_CONTROL and"
         " CAP_AUDIT_READ; see docs/failures.md)"),

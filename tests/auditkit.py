@@ -35,6 +35,7 @@ class AuditHost:
     auditctl: str
     lock: Path
     enabled_before: int
+    backlog_before: int
 
     def capture(self) -> FailureCapture:
         """A capture coordinating through this test's lock file."""
@@ -52,19 +53,23 @@ def audit_host(tmp_path: Path) -> Iterator[AuditHost]:
     auditctl = require_binary("auditctl")
     try:
         with AuditControl() as control:
-            before = control.status().enabled
+            status = control.status()
+        before = status.enabled
     except AuditError as exc:
         require(False, f"the kernel's audit subsystem is not usable here: {exc}")
         raise
     try:
-        yield AuditHost(auditctl, tmp_path / "audit.lock", before)
+        yield AuditHost(auditctl, tmp_path / "audit.lock", before, status.backlog_limit)
     finally:
         with AuditControl() as control:
             for rule in control.list_rules():
                 if _ours(rule):
                     control.delete_rule(rule)
-            if control.status().enabled not in (before, 2):
+            now = control.status()
+            if now.enabled not in (before, 2):
                 control.set_enabled(before)
+            if now.backlog_limit != status.backlog_limit:
+                control.set_backlog_limit(status.backlog_limit)
 
 
 def auditctl_rules(auditctl: str) -> list[str]:
@@ -73,10 +78,16 @@ def auditctl_rules(auditctl: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("-")]
 
 
-def auditctl_enabled(auditctl: str) -> int:
-    """``enabled`` of ``auditctl -s``."""
+def auditctl_status(auditctl: str, field: str = "enabled") -> int:
+    """A number of ``auditctl -s`` (``enabled``, ``backlog_limit``...)."""
     out = subprocess.run([auditctl, "-s"], capture_output=True, text=True, check=True, timeout=30).stdout
-    return int(next(line.split()[1] for line in out.splitlines() if line.startswith("enabled")))
+    return int(next(line.split()[1] for line in out.splitlines() if line.split()[:1] == [field]))
+
+
+def restored(host: AuditHost) -> bool:
+    """True if auditing's enabled state and backlog limit are what they were before the test (``auditctl -s``)."""
+    return (auditctl_status(host.auditctl), auditctl_status(host.auditctl, "backlog_limit")) == \
+        (host.enabled_before, host.backlog_before)
 
 
 def wait_events(capture: FailureCapture, done: Callable[[list[FailureEvent]], bool],

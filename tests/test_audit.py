@@ -17,13 +17,21 @@ from pathlib import Path
 import pytest
 
 from portwatch.collect.audit import AuditControl, AuditRule, failure_rules
-from portwatch.collect.auditlog import AUDIT_EOE, AUDIT_SOCKADDR, AUDIT_SYSCALL, RecordJoiner, parse_saddr, untrusted
+from portwatch.collect.auditlog import (
+    AUDIT_EOE,
+    AUDIT_SOCKADDR,
+    AUDIT_SYSCALL,
+    AuditReader,
+    RecordJoiner,
+    parse_saddr,
+    untrusted,
+)
 from portwatch.collect.capture import NO_CAPABILITY_NOTE, FailureCapture
 from portwatch.collect.holders import dump_port, port_holders
 from portwatch.collect.namespaces import discover_namespaces
 from portwatch.model import Endpoint, Protocol, SocketState
-from portwatch.model.failures import FailedCall
-from tests.auditkit import TEST_KEY, AuditHost, audit_host, auditctl_enabled, auditctl_rules
+from portwatch.model.failures import FailedCall, FailureEvent
+from tests.auditkit import TEST_KEY, AuditHost, audit_host, auditctl_rules, auditctl_status, restored, wait_events
 from tests.netns import REPO, NetNS
 
 __all__ = ["audit_host"]  # the fixture, imported to be found by pytest
@@ -147,13 +155,15 @@ def test_rules_are_there_while_capturing_and_gone_after_stop_leaving_others_alon
         assert capture.start(), capture.notes
         assert portwatch_lines(host) == expected_rules()
         assert FOREIGN_LISTED in auditctl_rules(host.auditctl)
-        assert auditctl_enabled(host.auditctl) in (1, 2)
+        assert auditctl_status(host.auditctl) in (1, 2)
+        if host.enabled_before == 0:  # portwatch enabled auditing: with a backlog that does not stall callers
+            assert auditctl_status(host.auditctl, "backlog_limit") >= 8192
         assert capture.reused == 0
     finally:
         capture.stop()
     assert portwatch_lines(host) == []
     assert auditctl_rules(host.auditctl) == [FOREIGN_LISTED]
-    assert auditctl_enabled(host.auditctl) == host.enabled_before
+    assert restored(host)
 
 
 _CAPTURE_SCRIPT = """
@@ -185,7 +195,7 @@ def test_a_crashed_capture_leaves_its_rules_and_the_next_one_reuses_them(audit_h
     finally:
         capture.stop()
     assert portwatch_lines(host) == []
-    assert auditctl_enabled(host.auditctl) == host.enabled_before  # the crashed run's enabling undone
+    assert restored(host)  # the crashed run's enabling undone
 
 
 def test_two_captures_share_the_rules_and_the_last_to_stop_removes_them(audit_host: AuditHost) -> None:
@@ -201,7 +211,7 @@ def test_two_captures_share_the_rules_and_the_last_to_stop_removes_them(audit_ho
         first.stop()
         second.stop()
     assert portwatch_lines(host) == []
-    assert auditctl_enabled(host.auditctl) == host.enabled_before
+    assert restored(host)
 
 
 def _run_without(caps: str, lock: Path) -> subprocess.CompletedProcess[str]:
@@ -220,7 +230,7 @@ def test_without_the_capabilities_a_note_and_nothing_left_behind(audit_host: Aud
     lines = run.stdout.splitlines()
     assert lines[0] == "False" and NO_CAPABILITY_NOTE in lines[1:]
     assert portwatch_lines(host) == []
-    assert auditctl_enabled(host.auditctl) == host.enabled_before
+    assert restored(host)
     with AuditControl() as control:
         assert control.status().enabled == host.enabled_before
 
@@ -236,3 +246,46 @@ def test_a_capture_outside_the_host_namespace_says_it_cannot_see_records(netns: 
                  "namespace, and portwatch runs in another one"]
     assert FailureCapture(lock_path=audit_host.lock).read().events == ()
     assert portwatch_lines(audit_host) == []
+
+
+BURST = """
+import os, socket
+listener = socket.socket(); listener.bind(("127.0.0.1", 5001)); listener.listen(8)
+held = socket.socket(); held.connect(("127.0.0.1", 5001))  # the range's only port
+failed = 0
+for _ in range(300):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", 5001))
+    except OSError:
+        failed += 1
+    s.close()
+print(os.getpid(), failed)
+"""
+
+
+def test_a_burst_overflowing_a_small_buffer_is_counted_and_reads_are_bounded(
+        netns: NetNS, audit_host: AuditHost) -> None:
+    netns.sysctl("net/ipv4/ip_local_port_range", "40000 40000")
+    capture = audit_host.capture()
+    small: AuditReader | None = None
+    try:
+        assert capture.start(), capture.notes
+        small = AuditReader(RecordJoiner(), buffer_bytes=4096)
+        run = netns.run([sys.executable, "-c", BURST])
+        pid, failed = map(int, run.stdout.split())
+        assert failed == 300, run.stderr
+        lost = small.read()
+        assert lost.lost and small.dropped_total >= 1  # ENOBUFS: the kernel dropped records for it
+        first = capture.read(max_messages=8)
+        assert first.more and len(first.events) <= 8
+
+        def burst(events: list[FailureEvent]) -> list[FailureEvent]:
+            return [e for e in [*first.events, *events] if e.pid == pid]
+
+        rest = wait_events(capture, lambda got: len(burst(got)) >= 300)
+        assert len(burst(rest)) == 300 and capture.dropped_total == 0
+    finally:
+        if small is not None:
+            small.close()
+        capture.stop()

@@ -69,6 +69,7 @@ AUDIT_ADD_RULE: Final = 1011
 AUDIT_DEL_RULE: Final = 1012
 AUDIT_LIST_RULES: Final = 1013
 AUDIT_STATUS_ENABLED: Final = 0x0001
+AUDIT_STATUS_BACKLOG_LIMIT: Final = 0x0010
 
 AUDIT_FILTER_EXIT: Final = 0x04
 AUDIT_ALWAYS: Final = 2
@@ -312,8 +313,15 @@ class AuditControl:
 
     def set_enabled(self, enabled: int) -> None:
         """``AUDIT_SET`` enabled = ``enabled`` (0 or 1; EPERM when locked at 2)."""
-        values = [AUDIT_STATUS_ENABLED, enabled] + [0] * (len(_STATUS_FIELDS) - 2)
-        for _ in self._request(AUDIT_SET, _STATUS.pack(*values), "set enabled"):
+        self._set(AUDIT_STATUS_ENABLED, enabled=enabled)
+
+    def set_backlog_limit(self, limit: int) -> None:
+        """``AUDIT_SET`` backlog_limit = ``limit``: records queued in the kernel before callers wait or records are lost."""
+        self._set(AUDIT_STATUS_BACKLOG_LIMIT, backlog_limit=limit)
+
+    def _set(self, mask: int, **values: int) -> None:
+        fields = {name: 0 for name in _STATUS_FIELDS} | values | {"mask": mask}
+        for _ in self._request(AUDIT_SET, _STATUS.pack(*(fields[n] for n in _STATUS_FIELDS)), "set status"):
             pass
 
     def list_rules(self) -> list[AuditRule]:

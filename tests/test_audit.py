@@ -119,6 +119,16 @@ def test_a_syscall_record_without_its_pair_is_reported_after_the_bound() -> None
     assert untrusted(rec.fields["comm"], "comm" in rec.quoted) == "loadgen"  # the kernel's hex escape
 
 
+def test_a_rule_with_several_keys_is_recognised_in_the_kernels_hex_form() -> None:
+    joiner = RecordJoiner()
+    several = "other\x01portwatch".encode().hex().upper()
+    joiner.feed(AUDIT_SYSCALL, SYSCALL.format(comm='"x"', key=several))
+    assert [r.serial for r in joiner.flush(force=True)] == [3307]
+    joiner.feed(AUDIT_SYSCALL, SYSCALL.format(comm='"x"', key="other".encode().hex()))
+    joiner.feed(AUDIT_SYSCALL, SYSCALL.format(comm='"x"', key='"deadbeef"'))  # quoted: not hex
+    assert joiner.flush(force=True) == []
+
+
 def test_records_of_other_rules_and_strays_are_left_out() -> None:
     joiner = RecordJoiner()
     assert joiner.feed(AUDIT_SYSCALL, SYSCALL.format(comm='"x"', key='"someone-else"')) == []

@@ -199,12 +199,12 @@ class RecordJoiner:
         return [self._complete(rec.serial)]
 
     def _syscall(self, rec: Record, text: str) -> list[JoinedRecord]:
-        keys = rec.fields.get("key", "")
+        quoted = _quoted_names(text)
         try:
             code = int(rec.fields.get("exit", ""))
         except ValueError:
             return []
-        if code not in _EXITS or PORTWATCH_KEY not in _keys(keys):
+        if code not in _EXITS or PORTWATCH_KEY not in _keys(rec.fields.get("key"), "key" in quoted):
             return []
         done: list[JoinedRecord] = []
         if len(self._pending) >= self.max_pending:
@@ -215,7 +215,7 @@ class RecordJoiner:
                 context = self.on_syscall(int(rec.fields.get("pid", "0")))
             except ValueError:
                 context = None
-        self._pending[rec.serial] = _Pending(rec, _quoted_names(text), self.clock(), context)
+        self._pending[rec.serial] = _Pending(rec, quoted, self.clock(), context)
         return done
 
     def flush(self, force: bool = False) -> list[JoinedRecord]:
@@ -231,12 +231,9 @@ class RecordJoiner:
                             p.paired, p.context)
 
 
-def _keys(value: str) -> list[str]:
-    """The keys of a SYSCALL record's ``key`` field: quoted text, or hex of keys joined by 0x01."""
-    if value in ("", "(null)"):
-        return []
-    decoded = untrusted(value, quoted=False) if re.fullmatch(r"[0-9A-Fa-f]+", value) else value
-    return (decoded or "").split("\x01")
+def _keys(value: str | None, quoted: bool) -> list[str]:
+    """The keys of a SYSCALL record's ``key`` field: quoted text, or (several keys) hex of keys joined by 0x01."""
+    return (untrusted(value, quoted) or "").split("\x01")
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ class FailureCapture:
             return False
         try:
             return self._start(control, wanted, optional)
-        except (AuditError, PermissionError, TimeoutError) as exc:
+        except OSError as exc:  # AuditError, PermissionError, TimeoutError, a lock file that cannot be made
             self._note(self._why(exc))
             self._release(control, remove=False)
             return False

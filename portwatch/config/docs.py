@@ -129,6 +129,7 @@ _TABLES: Mapping[str, Callable[[], _Table]] = {
     "thresholds": lambda: _key_table("thresholds"),
     "web": lambda: _key_table("web"),
     "metrics": lambda: _key_table("metrics"),
+    "capture": lambda: _key_table("capture"),
     "alerts": lambda: _key_table("alerts"),
     "alerts.sinks": _sinks_table,
     "alerts.rules": lambda: _key_table("alerts.rules[]"),

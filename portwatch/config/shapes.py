@@ -19,9 +19,11 @@ from portwatch.collect.sources import SOURCE_NAMES
 from portwatch.config.schema import Key, ListOf, MapOf, Section, Tagged, at, join
 from portwatch.config.types import (
     BUILTIN_SINK,
+    FAILURE_CAPTURES,
     MIN_INTERVAL,
     AlertRule,
     AlertsConfig,
+    CaptureConfig,
     Config,
     IgnoreRule,
     MetricsConfig,
@@ -31,7 +33,7 @@ from portwatch.config.types import (
 )
 from portwatch.model import Kind, Protocol, Severity
 
-__all__ = ["ALERT_RULE", "IGNORE_RULE", "METRICS", "SERVICE", "THRESHOLDS", "WEB", "config_shape"]
+__all__ = ["ALERT_RULE", "CAPTURE", "IGNORE_RULE", "METRICS", "SERVICE", "THRESHOLDS", "WEB", "config_shape"]
 
 
 def _check_service_duplicates(items: Sequence[tuple[int, Any]]) -> Iterator[tuple[str, str]]:
@@ -184,6 +186,18 @@ METRICS = Section(MetricsConfig, [
         " range, get their own series; `0` turns them off"),
 ])
 
+def _failure_capture(value: object) -> str:
+    """``capture.failures``: one of FAILURE_CAPTURES; YAML's ``off`` (read as false) is ``off``."""
+    return "off" if value is False else grammar.choice(value, FAILURE_CAPTURES)
+
+
+CAPTURE = Section(CaptureConfig, [
+    Key("failures", s.Scalar(_failure_capture), grammar.one_of(FAILURE_CAPTURES),
+        "`audit`: report every connect() that fails with EADDRNOTAVAIL and every bind() that fails with"
+        " EADDRINUSE, from audit rules tagged `portwatch` (host-wide; needs CAP_AUDIT_CONTROL and"
+        " CAP_AUDIT_READ; see docs/failures.md)"),
+])
+
 ALERT_RULE = Section(AlertRule, [
     Key("name", s.name("rule"), "letters, digits, `_`, `-`",
         "unique; names the alert (with the finding's key) across restarts and in metrics", required=True),
@@ -271,6 +285,7 @@ def config_shape(sinks: Mapping[str, Section]) -> Section:
             "mapping kind → severity", "per-kind severity overrides"),
         Key("web", WEB, "mapping", "the `/metrics` HTTP endpoint"),
         Key("metrics", METRICS, "mapping", "what `/metrics` exports"),
+        Key("capture", CAPTURE, "mapping", "opt-in capture of failed connect()/bind() calls"),
         Key("alerts", alerts_shape(sinks), "mapping", "where findings are sent: sinks and rules",
             default="see below"),
     ])

@@ -112,6 +112,26 @@ class MetricsConfig:
 
 
 # --------------------------------------------------------------------------
+# Failure capture (the ``capture`` section; the backend is portwatch.collect.capture)
+
+__all__ += ["FAILURE_CAPTURES", "CaptureConfig"]
+
+#: The values of ``capture.failures``: off, or the audit subsystem.
+FAILURE_CAPTURES: tuple[str, ...] = ("off", "audit")
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Opt-in capture of failed system calls: ``failures`` is ``off`` (default) or ``audit``.
+
+    Off by default because audit rules are host-wide: every process's failed
+    connect()/bind() on the host is recorded, not only a namespace's.
+    """
+
+    failures: str = "off"
+
+
+# --------------------------------------------------------------------------
 # Alerting (the ``alerts`` section; the engine is portwatch.alerts)
 
 #: How long an alert that keeps firing waits before it is sent again (Alertmanager's default).
@@ -205,6 +225,7 @@ class Config:
     severities: Mapping[Kind, Severity] = field(default_factory=dict)  # per-kind overrides
     web: WebConfig = field(default_factory=WebConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 

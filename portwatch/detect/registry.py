@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Iterable, Iterator, Mapping
 
 from portwatch.detect.base import Detector
+from portwatch.detect.bind_failed import DETECTOR as BIND_FAILED
 from portwatch.detect.close_wait_buildup import DETECTOR as CLOSE_WAIT_BUILDUP
+from portwatch.detect.connect_failed import DETECTOR as CONNECT_FAILED
 from portwatch.detect.ephemeral_exhaustion import DETECTOR as EPHEMERAL_EXHAUSTION
 from portwatch.detect.listener_in_ephemeral_range import DETECTOR as LISTENER_IN_EPHEMERAL_RANGE
 from portwatch.detect.loop_pair import DETECTOR as LOOP_PAIR
@@ -77,6 +79,8 @@ REGISTRY = Registry([
     EPHEMERAL_EXHAUSTION,
     CLOSE_WAIT_BUILDUP,
     RANGE_MISCONFIGURED,
+    CONNECT_FAILED,  # event kinds (audit capture): nothing in a scan
+    BIND_FAILED,
 ])
 
 #: Severity of each kind before configuration overrides.

@@ -61,6 +61,8 @@ class Kind(str, enum.Enum):
     EPHEMERAL_EXHAUSTION = "ephemeral_exhaustion"
     CLOSE_WAIT_BUILDUP = "close_wait_buildup"
     RANGE_MISCONFIGURED = "range_misconfigured"
+    CONNECT_FAILED = "connect_failed"
+    BIND_FAILED = "bind_failed"
 
 
 @dataclass(frozen=True)

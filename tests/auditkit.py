@@ -1,0 +1,109 @@
+"""Audit rules for tests: host-wide, so every test that touches them restores the host in a finally.
+
+:func:`audit_host` (a fixture) skips without root, auditctl or kernel audit
+support (fails under CI=true), and after the test, passed or failed, deletes
+every rule keyed ``portwatch`` or ``pwtest-*`` and puts the enabled state
+back. :func:`auditctl_rules` lists the rules as ``auditctl -l`` prints them;
+:func:`wait_events` reads a capture until the failures a test waits for came.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from portwatch.collect.audit import AuditControl, AuditError, AuditRule, is_portwatch_rule
+from portwatch.collect.capture import FailureCapture
+from portwatch.model.failures import FailureEvent
+from tests.conftest import require, require_binary
+
+#: The key of rules a test adds itself (never portwatch's): removed after the test too.
+TEST_KEY = "pwtest-other"
+
+
+@dataclass(frozen=True)
+class AuditHost:
+    """What a test touching audit gets: auditctl's path, a private lock file, the state before the test."""
+
+    auditctl: str
+    lock: Path
+    enabled_before: int
+    backlog_before: int
+
+    def capture(self) -> FailureCapture:
+        """A capture coordinating through this test's lock file."""
+        return FailureCapture(lock_path=self.lock)
+
+
+def _ours(rule: AuditRule) -> bool:
+    return is_portwatch_rule(rule) or any(k.startswith("pwtest") for k in rule.keys)
+
+
+@pytest.fixture
+def audit_host(tmp_path: Path) -> Iterator[AuditHost]:
+    """The host's audit subsystem, restored after the test (rules removed, enabled state put back)."""
+    require(os.geteuid() == 0, "needs root (CAP_AUDIT_CONTROL) to change audit rules")
+    auditctl = require_binary("auditctl")
+    try:
+        with AuditControl() as control:
+            status = control.status()
+        before = status.enabled
+    except AuditError as exc:
+        require(False, f"the kernel's audit subsystem is not usable here: {exc}")
+        raise
+    try:
+        yield AuditHost(auditctl, tmp_path / "audit.lock", before, status.backlog_limit)
+    finally:
+        with AuditControl() as control:
+            for rule in control.list_rules():
+                if _ours(rule):
+                    control.delete_rule(rule)
+            now = control.status()
+            if now.enabled not in (before, 2):
+                control.set_enabled(before)
+            if now.backlog_limit != status.backlog_limit:
+                control.set_backlog_limit(status.backlog_limit)
+
+
+def auditctl_rules(auditctl: str) -> list[str]:
+    """The rules as ``auditctl -l`` prints them (one per line; empty when there are none)."""
+    out = subprocess.run([auditctl, "-l"], capture_output=True, text=True, check=True, timeout=30).stdout
+    return [line for line in out.splitlines() if line.startswith("-")]
+
+
+def auditctl_status(auditctl: str, field: str = "enabled") -> int:
+    """A number of ``auditctl -s`` (``enabled``, ``backlog_limit``...)."""
+    out = subprocess.run([auditctl, "-s"], capture_output=True, text=True, check=True, timeout=30).stdout
+    return int(next(line.split()[1] for line in out.splitlines() if line.split()[:1] == [field]))
+
+
+def restored(host: AuditHost) -> bool:
+    """True if auditing's enabled state and backlog limit are what they were before the test (``auditctl -s``)."""
+    return (auditctl_status(host.auditctl), auditctl_status(host.auditctl, "backlog_limit")) == \
+        (host.enabled_before, host.backlog_before)
+
+
+def wait_events(capture: FailureCapture, done: Callable[[list[FailureEvent]], bool],
+                timeout: float = 15.0) -> list[FailureEvent]:
+    """Read ``capture`` until ``done(events so far)``; every event read. Fails the test after ``timeout``."""
+    events: list[FailureEvent] = []
+    sel = selectors.DefaultSelector()
+    sel.register(capture.fileno(), selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    try:
+        while not done(events):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"the failures did not arrive within {timeout}s; got {events}")
+            sel.select(min(left, 0.2))
+            events += capture.read().events
+    finally:
+        sel.close()
+    return events

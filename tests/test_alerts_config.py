@@ -102,7 +102,7 @@ BAD = [
         ["alerts.rules[0]: unknown key 'sink' (did you mean 'sinks'?)",
          "alerts.rules[0].kind: unknown kind 'self_conect' (did you mean 'self_connect'?); must be one of "
          "self_connect, loop_pair, listener_in_ephemeral_range, port_taken, service_port_at_risk, "
-         "ephemeral_exhaustion, close_wait_buildup, range_misconfigured",
+         "ephemeral_exhaustion, close_wait_buildup, range_misconfigured, connect_failed, bind_failed",
          "alerts.rules[0].min_severity: must be one of info, warning, critical, got 'severe'",
          "alerts.rules[0].port: the range's low end is above its high end, got '9-1'",
          "alerts.rules[0].severity: must be one of info, warning, critical, got 2",

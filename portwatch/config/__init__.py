@@ -48,6 +48,7 @@ from portwatch.config.types import (
     ConfigError,
     IgnoreRule,
     MetricsConfig,
+    CaptureConfig,
     Service,
     SinkConfig,
     Thresholds,
@@ -71,7 +72,7 @@ __all__ = [
     "BCRYPT_HINT", "BUILTIN_SINK", "DEFAULT_ALERT_RULES", "DEFAULT_LISTEN_ADDRESS", "DEFAULT_PORT",
     "DEFAULT_REPEAT_INTERVAL", "MIN_INTERVAL", "RESERVED_ALERT_LABELS", "AlertRule",
     "AlertmanagerSinkConfig", "AlertsConfig", "Config", "ConfigError", "ExecSinkConfig", "IgnoreRule",
-    "JournalSinkConfig", "MetricsConfig", "Service", "SinkConfig", "Thresholds", "WebConfig",
+    "JournalSinkConfig", "MetricsConfig", "CaptureConfig", "Service", "SinkConfig", "Thresholds", "WebConfig",
     "WebhookSinkConfig", "config_to_dict", "finding_matches", "ignore_matches", "load_config", "load_yaml",
     "parse_config", "parse_duration", "parse_listen_address", "redact_url", "schema_keys",
 ]

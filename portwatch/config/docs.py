@@ -185,6 +185,8 @@ MAN_SECTIONS: Sequence[tuple[str, str, str]] = (
     ("thresholds", "THRESHOLDS", "The keys of `thresholds`."),
     ("web", "WEB", "The keys of `web`: the HTTP endpoint serving `/metrics`."),
     ("metrics", "METRICS", "The keys of `metrics`: what `/metrics` exports."),
+    ("capture", "CAPTURE", "The keys of `capture`: what portwatch records besides scans (the failed "
+                           "`connect()` and `bind()` calls, through Linux audit; see docs/failures.md)."),
     ("alerts", "ALERTS", "The keys of `alerts`."),
     ("alerts.sinks", "ALERT SINKS", "`alerts.sinks` maps a sink name of your choice (NAME) to a sink; "
                                     "its `type` says which kind of sink, and which keys apply."),

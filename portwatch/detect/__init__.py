@@ -8,8 +8,11 @@ modules, nothing that touches the system. Its modules, from the bottom up:
   construction and wording shared by the kinds, the socket index;
 - one module per finding kind (``self_connect``, ``loop_pair``,
   ``listener_in_ephemeral_range``, ``service_port_at_risk``, ``port_taken``,
-  ``ephemeral_exhaustion``, ``close_wait_buildup``, ``range_misconfigured``),
-  each declaring its ``DETECTOR``; they import ``base`` only;
+  ``ephemeral_exhaustion``, ``close_wait_buildup``, ``range_misconfigured``,
+  and the event kinds of the audit capture, ``connect_failed`` and
+  ``bind_failed``, whose findings come from failure events through
+  :func:`find_connect_failures` / :func:`find_bind_failures`), each
+  declaring its ``DETECTOR``; they import ``base`` only;
 - :mod:`~portwatch.detect.registry` — every kind's detector, the default
   severities and alert names derived from it;
 - :mod:`~portwatch.detect.pipeline` — the loop over the registry.
@@ -43,7 +46,9 @@ from portwatch.detect.base import (
     index,
     listeners,
 )
+from portwatch.detect.bind_failed import find_bind_failures
 from portwatch.detect.close_wait_buildup import find_close_wait
+from portwatch.detect.connect_failed import find_connect_failures
 from portwatch.detect.ephemeral_exhaustion import destination_usage, find_exhaustion
 from portwatch.detect.listener_in_ephemeral_range import find_listeners_in_range
 from portwatch.detect.loop_pair import find_loop_pairs
@@ -69,7 +74,7 @@ __all__ = [
     "ALERTNAMES", "DEFAULT_SEVERITY", "MAX_EXAMPLE_SOCKETS", "REGISTRY", "SYSCTL_RANGE", "SYSCTL_RESERVED",
     "Destination", "DetectionInput", "Detector", "Listening", "Registry", "RememberedPort", "SocketIndex",
     "alertname", "apply_ignores", "default_severity", "destination_usage", "detect", "explain", "explain_one",
-    "find_close_wait", "find_exhaustion", "find_listeners_in_range", "find_loop_pairs", "find_ports_taken",
+    "find_bind_failures", "find_close_wait", "find_connect_failures", "find_exhaustion", "find_listeners_in_range", "find_loop_pairs", "find_ports_taken",
     "find_range_problems", "find_self_connects", "find_services_at_risk", "in_namespace", "index",
     "involved_inodes",
     "listeners", "listening_ports", "owners_needed", "sort_findings",

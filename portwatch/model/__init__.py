@@ -11,6 +11,7 @@ modules split it by subject (``sockets``, ``kernel``, ``findings``,
 from __future__ import annotations
 
 from portwatch.model.events import DestroyEvent, EventBatch, TcpInfo
+from portwatch.model.failures import FailedCall, FailureBatch, FailureEvent, FailureWindow, Holder
 from portwatch.model.findings import Finding, Kind, ProcessInfo, Severity
 from portwatch.model.kernel import KernelSettings, PortRange, format_port_set
 from portwatch.model.namespaces import CgroupIdentity, NamespaceInfo, NamespaceKind
@@ -43,3 +44,5 @@ __all__ = [
     "os_error_text", "printable", "socket_to_dict",
 ]
 __all__ += ["DestroyEvent", "EventBatch", "TcpInfo"]
+
+__all__ += ["FailedCall", "FailureBatch", "FailureEvent", "FailureWindow", "Holder"]

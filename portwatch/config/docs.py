@@ -112,6 +112,7 @@ TABLES: Mapping[str, Callable[[], str]] = {
     "thresholds": lambda: _key_table("thresholds"),
     "web": lambda: _key_table("web"),
     "metrics": lambda: _key_table("metrics"),
+    "namespaces": lambda: _key_table("namespaces"),
     "alerts": lambda: _key_table("alerts"),
     "alerts.sinks": _sinks_table,
     "alerts.rules": lambda: _key_table("alerts.rules[]"),

@@ -311,6 +311,15 @@ class PortwatchMetrics(Collector):
                 detected=tuple((k, n + new_per_kind.get(k, 0)) for k, n in old.detected),
             )
 
+    def record_detected(self, new_findings: Iterable[Finding]) -> None:
+        """Count findings that appeared between passes (event findings) in ``portwatch_findings_detected_total``."""
+        new_per_kind = Counter(f.kind.value for f in new_findings)
+        if not new_per_kind:
+            return
+        with self._lock:
+            old = self._figures
+            self._figures = replace(old, detected=tuple((k, n + new_per_kind.get(k, 0)) for k, n in old.detected))
+
     def record_scan_error(self, duration: float, finished_at: float) -> None:
         """Record a failed scan: the previous scan's figures stay; the error is counted.
 

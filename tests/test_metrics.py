@@ -348,3 +348,14 @@ def test_the_host_is_kept_even_with_fewer_findings_and_ties_go_by_key() -> None:
     assert left_out == 2
     # a scan without a namespace (the own one only) is labelled as the host's
     assert netns_label(one) == "host"
+
+
+def test_every_metric_family_is_documented_with_its_labels() -> None:
+    from pathlib import Path
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    _registry, metrics = new_metrics()
+    for family in metrics.describe():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"`{name}" in docs, name
+    assert "### `portwatch_findings{netns, kind, severity}`" in docs
+    assert "### `portwatch_namespaces_left_out` (gauge" in docs

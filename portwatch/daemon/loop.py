@@ -52,16 +52,9 @@ Signals:
     ``STOPPING=1``, stop the HTTP server, save the state, exit 0. A SIGTERM
     queued behind SIGHUPs is acted on first: a stop never waits for reloads.
 
-systemd: ``sd_notify`` goes through ``systemd.daemon.notify`` when
-systemd-python is installed, else through a small ``NOTIFY_SOCKET`` datagram
-sender (:class:`NotifySocket`); without ``NOTIFY_SOCKET`` nothing is sent.
-With ``WATCHDOG_USEC`` set (and ``WATCHDOG_PID`` unset or ours) ``WATCHDOG=1``
-is sent after every scan and, while idle, at least every ``WATCHDOG_USEC/2``.
-Under systemd (``JOURNAL_STREAM`` or ``INVOCATION_ID`` set) and with
-systemd-python, logs go to the journal with structured fields on finding
-events: ``PORTWATCH_KIND``, ``PORTWATCH_KEY``, ``PORTWATCH_SEVERITY``,
-``PORTWATCH_PORT`` and ``PORTWATCH_PID`` (the latter two when known);
-otherwise to stderr.
+systemd: ``sd_notify`` and the watchdog interval are :mod:`.notify`'s
+(``WATCHDOG=1`` after every scan and, while idle, at least every
+``WATCHDOG_USEC/2``); the journal and its ``PORTWATCH_*`` fields :mod:`.logs`'s.
 
 Exit codes: 0 stopped by SIGTERM/SIGINT; 1 cannot start (the HTTP address
 cannot be bound); 2 invalid configuration (or ``--listen-address``).
@@ -70,7 +63,7 @@ cannot be bound); 2 invalid configuration (or ``--listen-address``).
 the scan function and the factories of the collector and the HTTP server are
 parameters, so tests drive it in-process without monkeypatching. This module
 may import everything below the daemon (model, config, collect, scan, detect,
-output, alerts, web) and :mod:`portwatch.daemon.state`, ``.notify`` and ``.logs``.
+output, alerts, web) and the other modules of :mod:`portwatch.daemon`.
 """
 
 from __future__ import annotations
@@ -127,7 +120,7 @@ from portwatch.model import Finding
 from portwatch.model.results import NamespacesResult
 from portwatch.model.text import host_port, os_error_text
 from portwatch.output.metrics import PortwatchMetrics
-from portwatch.output.status import findings_html, one_line, pass_status_line
+from portwatch.output.status import failed_status_line, findings_html, one_line, pass_status_line
 from portwatch.web import WebError
 
 __all__ = [
@@ -373,11 +366,8 @@ class Daemon:
     def _scan_failed(self, exc: Exception, duration: float) -> None:
         self._last_error = reason = log_scan_failure(exc, self._last_error)
         self.metrics.record_scan_error(duration, self._wall())
-        if self._last_good is None:
-            self._status = f"scan failed: {one_line(reason, 120)}"
-        else:
-            ago = max(self._wall() - self._last_good, 0.0)
-            self._status = f"scan failed: {one_line(reason, 120)}; figures from {ago:.0f} s ago"
+        ago = None if self._last_good is None else max(self._wall() - self._last_good, 0.0)
+        self._status = failed_status_line(reason, ago)
 
     def _scan_succeeded(self, result: NamespacesResult) -> None:
         now = self._wall()

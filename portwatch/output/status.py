@@ -2,6 +2,7 @@
 
 Job: the one place these are worded: :func:`status_line` (after a successful
 scan), :func:`pass_status_line` (after a pass over one or more namespaces),
+:func:`failed_status_line` (after a failed one),
 :func:`findings_html` (the status, the pass's notes and the active findings,
 escaped) and :func:`index_page` (the page ``/`` serves). Pure functions; may import the
 standard library and :mod:`portwatch.model` only.
@@ -16,7 +17,8 @@ from typing import Sequence
 from portwatch.model import Finding, NamespaceKind, ScanResult, Severity
 from portwatch.model.results import NamespacesResult
 
-__all__ = ["INDEX_FINDINGS", "findings_html", "index_page", "one_line", "pass_status_line", "status_line"]
+__all__ = ["INDEX_FINDINGS", "failed_status_line", "findings_html", "index_page", "one_line", "pass_status_line",
+           "status_line"]
 
 #: At most this many findings on the index page.
 INDEX_FINDINGS = 50
@@ -54,6 +56,12 @@ def pass_status_line(result: NamespacesResult, own_only: bool = False) -> str:
     if result.skipped:
         text += f"; {len(result.skipped)} not readable"
     return text
+
+
+def failed_status_line(reason: str, figures_age: float | None) -> str:
+    """systemd's ``STATUS=`` after a failed pass: the reason, and the age (s) of the figures kept, if any."""
+    text = f"scan failed: {one_line(reason, 120)}"
+    return text if figures_age is None else f"{text}; figures from {figures_age:.0f} s ago"
 
 
 def one_line(text: str, limit: int = 200) -> str:

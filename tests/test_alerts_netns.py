@@ -154,7 +154,7 @@ def test_daemon_sends_a_real_self_connect_to_alertmanager(netns: NetNS, tmp_path
     actor, info = netns.actor("self-connect")
     state = tmp_path / "state"
     config = tmp_path / "portwatch.yaml"
-    config.write_text(config_text(state))
+    config.write_text(config_text(state, extra="namespaces:\n  scan: own\n"))
     stderr = tmp_path / "daemon.stderr"
     env = {k: v for k, v in netns.env().items() if k not in SYSTEMD_ENV}
     with open(stderr, "w") as err:

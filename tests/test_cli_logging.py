@@ -28,7 +28,7 @@ def run_daemon(ns: NetNS, tmp_path: Path, flags: list[str], *, before: bool,
     Returns the whole stderr after SIGTERM (exit 0 asserted).
     """
     config = tmp_path / "portwatch.yaml"
-    config.write_text(f"interval: 1s\nstate_directory: {tmp_path / 'state'}\n{config_extra}")
+    config.write_text(f"interval: 1s\nstate_directory: {tmp_path / 'state'}\nnamespaces:\n  scan: own\n{config_extra}")
     err_path = tmp_path / "daemon.stderr"
     env = {k: v for k, v in ns.env().items() if k not in SYSTEMD_ENV}
     args = ["run", "--config", str(config), "--listen-address", "127.0.0.1:9731"]

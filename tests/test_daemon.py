@@ -180,8 +180,8 @@ def test_failed_scan_keeps_figures_counts_error_and_goes_on(tmp_path: Path) -> N
     assert d.run() == EXIT_OK
     after_ok, after_collect_error, after_bug = script.metrics_before[1:4]
     for s in (after_collect_error, after_bug):
-        assert value(s, "portwatch_findings", kind="listener_in_ephemeral_range", severity="warning") == 1
-        assert value(s, "portwatch_ephemeral_port_range_low") == 40000
+        assert value(s, "portwatch_findings", netns="host", kind="listener_in_ephemeral_range", severity="warning") == 1
+        assert value(s, "portwatch_ephemeral_port_range_low", netns="host") == 40000
         assert value(s, "portwatch_last_scan_success") == 0
     assert value(after_collect_error, "portwatch_scan_errors_total") == 1
     assert value(after_bug, "portwatch_scan_errors_total") == 2
@@ -242,7 +242,7 @@ def test_reload_applies_a_good_config_and_keeps_the_old_on_a_bad_or_unappliable_
     ts = [value(m, "portwatch_config_last_reload_success_timestamp_seconds") for m in script.metrics_before]
     assert ts[1] is not None and ts[2] == ts[1] == ts[3]
     # the finding went away with the ignore rule; the metrics follow the scan with the new config
-    assert value(script.metrics_before[2], "portwatch_findings",
+    assert value(script.metrics_before[2], "portwatch_findings", netns="host",
                  kind="listener_in_ephemeral_range", severity="warning") == 0
     reloads = [i for i, k in enumerate(notes.keys()) if k[0] == "RELOADING"]
     assert len(reloads) == 3
@@ -532,13 +532,23 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT, proc: s
         time.sleep(0.1)
 
 
+#: What a test daemon's configuration gets when it has no ``namespaces`` section: the
+#: test's own namespace only (the daemon's default, every namespace of the host, would
+#: scan whatever else runs on the machine).
+OWN_NAMESPACE = "namespaces:\n  scan: own\n"
+
+
 class RealDaemon:
-    """``portwatch run`` in a namespace, with its stderr in a file."""
+    """``portwatch run`` in a namespace, with its stderr in a file.
+
+    A ``config`` without a ``namespaces`` section gets :data:`OWN_NAMESPACE`
+    (also after :meth:`write_config`).
+    """
 
     def __init__(self, ns: NetNS, tmp_path: Path, config: str, env: dict[str, str] | None = None) -> None:
         self.ns = ns
         self.config = tmp_path / "portwatch.yaml"
-        self.config.write_text(config)
+        self.write_config(config)
         self.stderr = tmp_path / "daemon.stderr"
         full_env = {k: v for k, v in ns.env().items() if k not in SYSTEMD_ENV}
         full_env.update(env or {})
@@ -546,6 +556,10 @@ class RealDaemon:
         self.proc = ns.popen([str(PORTWATCH), "run", "--config", str(self.config),
                               "--listen-address", f"127.0.0.1:{METRICS_PORT}"],
                              env=full_env, stdout=subprocess.DEVNULL, stderr=self._err)
+
+    def write_config(self, text: str) -> None:
+        """Write the configuration file (with :data:`OWN_NAMESPACE` unless ``text`` has ``namespaces:``)."""
+        self.config.write_text(text if "namespaces:" in text else text + OWN_NAMESPACE)
 
     def fetch(self, path: str = "/metrics") -> str | None:
         res = self.ns.run([sys.executable, "-c", FETCH, f"http://127.0.0.1:{METRICS_PORT}{path}"], timeout=30)
@@ -606,20 +620,20 @@ def test_real_daemon_metrics_reload_and_stop(ns_listener: tuple[NetNS, int], tmp
     assert one == 1
     assert dict(labels)["port"] == str(port) and dict(labels)["protocol"] == "tcp"
     assert dict(labels)["process"].startswith("python")  # the actor, attributed (we are root)
-    assert value(m, "portwatch_findings", kind="listener_in_ephemeral_range", severity="warning") == 1
-    assert value(m, "portwatch_ephemeral_port_range_low") == 32768
-    assert value(m, "portwatch_ephemeral_port_range_high") == 60999
-    assert value(m, "portwatch_sockets", protocol="tcp", state="LISTEN") == 2  # the actor and /metrics
+    assert value(m, "portwatch_findings", netns="host", kind="listener_in_ephemeral_range", severity="warning") == 1
+    assert value(m, "portwatch_ephemeral_port_range_low", netns="host") == 32768
+    assert value(m, "portwatch_ephemeral_port_range_high", netns="host") == 60999
+    assert value(m, "portwatch_sockets", netns="host", protocol="tcp", state="LISTEN") == 2  # the actor and /metrics
     assert value(m, "portwatch_last_scan_success") == 1
     assert value(m, "portwatch_config_last_reload_successful") == 1
     assert value(m, "portwatch_findings_detected_total", kind="listener_in_ephemeral_range") == 1
     assert d.fetch("/-/ready") == "OK\n"
 
     # SIGHUP with a good config: the ignore rule removes the finding
-    d.config.write_text(base + f"ignore:\n  - kind: listener_in_ephemeral_range\n    port: {port}\n")
+    d.write_config(base + f"ignore:\n  - kind: listener_in_ephemeral_range\n    port: {port}\n")
     d.signal(signal.SIGHUP)
     m = d.wait_metrics("the finding ignored after SIGHUP", lambda m: not listener_series(m))
-    assert value(m, "portwatch_findings", kind="listener_in_ephemeral_range", severity="warning") == 0
+    assert value(m, "portwatch_findings", netns="host", kind="listener_in_ephemeral_range", severity="warning") == 0
     assert value(m, "portwatch_config_last_reload_successful") == 1
     good_reload = value(m, "portwatch_config_last_reload_success_timestamp_seconds")
 
@@ -679,7 +693,7 @@ def test_real_daemon_talks_to_notify_socket(ns_listener: tuple[NetNS, int], tmp_
         assert first.splitlines()[0] == "READY=1", messages
         m = d.metrics()
         assert m is not None and scans(m) >= 1
-        assert value(m, "portwatch_findings", kind="listener_in_ephemeral_range", severity="warning") == 1
+        assert value(m, "portwatch_findings", netns="host", kind="listener_in_ephemeral_range", severity="warning") == 1
         status = [line for line in first.splitlines() if line.startswith("STATUS=")]
         assert status and " sockets, 0 critical, 1 warning; last scan " in status[0]
 

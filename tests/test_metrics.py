@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -10,9 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from portwatch import detect
 from portwatch.config import Config
-from portwatch.output.metrics import DURATION_BUCKETS, PortwatchMetrics
-from portwatch.model import Kind, Severity, Snapshot
+from portwatch.output.metrics import DURATION_BUCKETS, PortwatchMetrics, netns_label, shown_results
+from portwatch.model import Kind, NamespaceInfo, NamespaceKind, Severity, Snapshot
 from portwatch.model import ScanResult
+from portwatch.model.results import NamespacesResult
 from tests.builders import listen, proc, snap, tcp, udp
 
 RANGE = (40000, 40999)
@@ -47,6 +49,14 @@ def only(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], float
 
 def lab(**kw: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(kw.items()))
+
+
+def hlab(**kw: str) -> tuple[tuple[str, str], ...]:
+    """The labels of a series of the host namespace's scan (``netns="host"``)."""
+    return lab(netns="host", **kw)
+
+
+HOST = hlab()
 
 
 def new_metrics(**kw: object) -> tuple[CollectorRegistry, PortwatchMetrics]:
@@ -86,37 +96,37 @@ def test_successful_scan_exports_range_socket_finding_and_destination_figures() 
     metrics.record_scan(result, result.findings, finished_at=1_700_000_001.5)
     s = scrape(registry)
 
-    assert s[("portwatch_ephemeral_port_range_low", ())] == 40000
-    assert s[("portwatch_ephemeral_port_range_high", ())] == 40999
-    assert s[("portwatch_ephemeral_ports_usable", ())] == 998  # 1000 minus 40500, 40501
-    assert s[("portwatch_reserved_ports", ())] == 3
+    assert s[("portwatch_ephemeral_port_range_low", HOST)] == 40000
+    assert s[("portwatch_ephemeral_port_range_high", HOST)] == 40999
+    assert s[("portwatch_ephemeral_ports_usable", HOST)] == 998  # 1000 minus 40500, 40501
+    assert s[("portwatch_reserved_ports", HOST)] == 3
 
     sockets = only(s, "portwatch_sockets")
-    assert sockets[lab(protocol="tcp", state="LISTEN")] == 2
-    assert sockets[lab(protocol="tcp", state="ESTABLISHED")] == 3
-    assert sockets[lab(protocol="tcp", state="TIME_WAIT")] == 1
-    assert sockets[lab(protocol="udp", state="UNCONN")] == 1
-    assert sockets[lab(protocol="tcp", state="CLOSE_WAIT")] == 0  # stable series, 0 when none
+    assert sockets[hlab(protocol="tcp", state="LISTEN")] == 2
+    assert sockets[hlab(protocol="tcp", state="ESTABLISHED")] == 3
+    assert sockets[hlab(protocol="tcp", state="TIME_WAIT")] == 1
+    assert sockets[hlab(protocol="udp", state="UNCONN")] == 1
+    assert sockets[hlab(protocol="tcp", state="CLOSE_WAIT")] == 0  # stable series, 0 when none
     assert sum(sockets.values()) == len(socks)
 
     findings = only(s, "portwatch_findings")
     assert len(findings) == len(Kind) * len(Severity)  # every kind x severity
-    assert findings[lab(kind="listener_in_ephemeral_range", severity="warning")] == 2
-    assert findings[lab(kind="self_connect", severity="critical")] == 1
-    assert findings[lab(kind="port_taken", severity="critical")] == 0
+    assert findings[hlab(kind="listener_in_ephemeral_range", severity="warning")] == 2
+    assert findings[hlab(kind="self_connect", severity="critical")] == 1
+    assert findings[hlab(kind="port_taken", severity="critical")] == 0
     assert sum(findings.values()) == len(result.findings)
 
     assert only(s, "portwatch_listener_in_ephemeral_range") == {
-        lab(protocol="tcp", port="40100", process="myservice"): 1,
-        lab(protocol="udp", port="40200", process="dnsd"): 1,
+        hlab(protocol="tcp", port="40100", process="myservice"): 1,
+        hlab(protocol="udp", port="40200", process="dnsd"): 1,
     }
     detected = only(s, "portwatch_findings_detected_total")
     assert detected[lab(kind="listener_in_ephemeral_range")] == 2
     assert detected[lab(kind="self_connect")] == 1
 
     ratios = only(s, "portwatch_destination_ephemeral_usage_ratio")
-    assert ratios[lab(local_ip="10.0.0.1", remote_ip="10.0.0.2", remote_port="5432")] == pytest.approx(2 / 998)
-    assert ratios[lab(local_ip="10.0.0.1", remote_ip="10.0.0.3", remote_port="443")] == pytest.approx(1 / 998)
+    assert ratios[hlab(local_ip="10.0.0.1", remote_ip="10.0.0.2", remote_port="5432")] == pytest.approx(2 / 998)
+    assert ratios[hlab(local_ip="10.0.0.1", remote_ip="10.0.0.3", remote_port="443")] == pytest.approx(1 / 998)
 
     assert s[("portwatch_scans_total", ())] == 1
     assert s[("portwatch_scan_errors_total", ())] == 0
@@ -138,8 +148,8 @@ def test_listener_process_label_is_unknown_without_owner_and_capped_with_many() 
     registry, metrics = new_metrics()
     metrics.record_scan(result, (), 0.0)
     assert only(scrape(registry), "portwatch_listener_in_ephemeral_range") == {
-        lab(protocol="tcp", port="40100", process="haproxy,nginx"): 1,
-        lab(protocol="tcp", port="40101", process="unknown"): 1,
+        hlab(protocol="tcp", port="40100", process="haproxy,nginx"): 1,
+        hlab(protocol="tcp", port="40101", process="unknown"): 1,
     }
 
 
@@ -152,7 +162,7 @@ def test_listener_series_are_capped_lowest_ports_first() -> None:
     ports = sorted(dict(k)["port"] for k in only(s, "portwatch_listener_in_ephemeral_range"))
     assert ports == ["40100", "40101", "40102", "40103"]
     # the full count stays visible
-    assert s[("portwatch_findings", lab(kind="listener_in_ephemeral_range", severity="warning"))] == 10
+    assert s[("portwatch_findings", hlab(kind="listener_in_ephemeral_range", severity="warning"))] == 10
 
 
 def test_top_destinations_keep_the_k_busiest_in_order() -> None:
@@ -164,8 +174,8 @@ def test_top_destinations_keep_the_k_busiest_in_order() -> None:
     metrics.record_scan(result, (), 0.0)
     ratios = only(scrape(registry), "portwatch_destination_ephemeral_usage_ratio")
     assert ratios == {
-        lab(local_ip="10.0.0.1", remote_ip="10.0.1.0", remote_port="80"): pytest.approx(5 / 1000),
-        lab(local_ip="10.0.0.1", remote_ip="10.0.1.1", remote_port="80"): pytest.approx(3 / 1000),
+        hlab(local_ip="10.0.0.1", remote_ip="10.0.1.0", remote_port="80"): pytest.approx(5 / 1000),
+        hlab(local_ip="10.0.0.1", remote_ip="10.0.1.1", remote_port="80"): pytest.approx(3 / 1000),
     }
     metrics.set_top_destinations(0)
     metrics.record_scan(result, (), 0.0)
@@ -293,3 +303,59 @@ def test_scrapes_during_updates_see_consistent_figures() -> None:
             t.join(timeout=30)
     assert not problems
     assert scrape(registry)[("portwatch_scans_total", ())] == 300
+
+
+# ----------------------------------------------------------------- several namespaces
+
+def in_namespace(result: ScanResult, name: str, kind: NamespaceKind = NamespaceKind.NAMED,
+                 inode: int = 1) -> ScanResult:
+    """``result`` as a scan of the namespace ``name`` (its snapshot labelled with it)."""
+    ns = NamespaceInfo(inode=inode, dev=4, kind=kind, name=name)
+    return dataclasses.replace(result, snapshot=dataclasses.replace(result.snapshot, namespace=ns))
+
+
+def test_each_namespace_gets_its_netns_series_and_the_cap_keeps_host_then_most_findings() -> None:
+    clean = result_of(snap([], RANGE))
+    two = result_of(snap([listen("0.0.0.0:40100"), listen("0.0.0.0:40101")], (40000, 40499)))
+    one = result_of(snap([listen("0.0.0.0:40100")], RANGE))
+    results = (in_namespace(clean, "host", NamespaceKind.HOST), in_namespace(clean, "a-clean", inode=2),
+               in_namespace(one, "b-one", NamespaceKind.CONTAINER, 3), in_namespace(two, "c-two", inode=4))
+    registry, metrics = new_metrics(max_series=2)
+    metrics.record_pass(NamespacesResult(results, duration=0.5), (), 1.0)
+    s = scrape(registry)
+    assert only(s, "portwatch_ephemeral_port_range_high") == {lab(netns="host"): 40999, lab(netns="c-two"): 40499}
+    assert {dict(k)["netns"] for k in only(s, "portwatch_findings")} == {"host", "c-two"}
+    assert s[("portwatch_findings", lab(netns="c-two", kind="listener_in_ephemeral_range", severity="warning"))] == 2
+    assert s[("portwatch_namespaces_left_out", ())] == 2
+    assert s[("portwatch_namespaces_skipped", ())] == 0
+    assert only(s, "portwatch_namespaces") == {lab(kind=k.value): {"host": 1, "named": 2, "container": 1}.get(k.value, 0)
+                                               for k in NamespaceKind}
+    assert s[("portwatch_scan_duration_seconds_sum", ())] == pytest.approx(0.5)  # the whole pass
+
+    metrics.set_max_series(10)
+    metrics.record_pass(NamespacesResult(results, duration=0.5), (), 2.0)
+    s = scrape(registry)
+    assert {dict(k)["netns"] for k in only(s, "portwatch_ephemeral_ports_usable")} == {"host", "a-clean", "b-one", "c-two"}
+    assert s[("portwatch_namespaces_left_out", ())] == 0
+
+
+def test_the_host_is_kept_even_with_fewer_findings_and_ties_go_by_key() -> None:
+    one = result_of(snap([listen("0.0.0.0:40100")], RANGE))
+    host = in_namespace(result_of(snap([], RANGE)), "host", NamespaceKind.HOST)
+    others = [in_namespace(one, name, inode=i) for i, name in enumerate(["zz", "aa", "mm"], start=2)]
+    shown, left_out = shown_results([*others, host], 2)
+    assert [netns_label(r) for r in shown] == ["host", "aa"]
+    assert left_out == 2
+    # a scan without a namespace (the own one only) is labelled as the host's
+    assert netns_label(one) == "host"
+
+
+def test_every_metric_family_is_documented_with_its_labels() -> None:
+    from pathlib import Path
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    _registry, metrics = new_metrics()
+    for family in metrics.describe():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"`{name}" in docs, name
+    assert "### `portwatch_findings{netns, kind, severity}`" in docs
+    assert "### `portwatch_namespaces_left_out` (gauge" in docs

@@ -27,7 +27,7 @@ FETCH = ("import sys, time, urllib.request\n"
 def test_run_serves_on_the_socket_systemd_socket_activate_passes(netns: NetNS, tmp_path: Path) -> None:
     activate = require_binary("systemd-socket-activate")
     config = tmp_path / "portwatch.yaml"
-    config.write_text(f"state_directory: {tmp_path / 'state'}\nweb:\n  listen_address: 127.0.0.1:1\n")
+    config.write_text(f"namespaces: {{scan: own}}\nstate_directory: {tmp_path / 'state'}\nweb:\n  listen_address: 127.0.0.1:1\n")
     stderr = tmp_path / "stderr"
     with open(stderr, "w") as err:
         proc = netns.popen([activate, "-l", "127.0.0.1:9731", str(PORTWATCH), "run", "--config", str(config),
@@ -48,7 +48,7 @@ def test_run_serves_on_the_socket_systemd_socket_activate_passes(netns: NetNS, t
 
 def test_run_with_systemd_socket_but_no_sockets_fails_saying_why(netns: NetNS, tmp_path: Path) -> None:
     config = tmp_path / "portwatch.yaml"
-    config.write_text(f"state_directory: {tmp_path / 'state'}\n")
+    config.write_text(f"namespaces: {{scan: own}}\nstate_directory: {tmp_path / 'state'}\n")
     env = {k: v for k, v in netns.env().items() if not k.startswith("LISTEN_")}
     result = netns.run([str(PORTWATCH), "run", "--config", str(config), "--web.systemd-socket"], env=env)
     assert result.returncode != 0

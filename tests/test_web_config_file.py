@@ -151,7 +151,7 @@ def test_run_with_an_unsupported_key_exits_2_naming_it(netns: NetNS, tmp_path: P
     web = tmp_path / "web-config.yml"
     web.write_text("tls_server_config:\n  cert_file: a.pem\n  key_file: a.key\n  curve_preferences: [X25519]\n")
     config = tmp_path / "portwatch.yaml"
-    config.write_text(f"state_directory: {tmp_path / 'state'}\n")
+    config.write_text(f"namespaces: {{scan: own}}\nstate_directory: {tmp_path / 'state'}\n")
     result = netns.run([str(PORTWATCH), "run", "--config", str(config), "--web.config.file", str(web),
                         "--web.listen-address", "127.0.0.1:9731"], timeout=60)
     assert result.returncode == 2, result.stderr
@@ -160,7 +160,7 @@ def test_run_with_an_unsupported_key_exits_2_naming_it(netns: NetNS, tmp_path: P
 
 def test_run_serves_on_every_web_listen_address(netns: NetNS, tmp_path: Path) -> None:
     config = tmp_path / "portwatch.yaml"
-    config.write_text(f"state_directory: {tmp_path / 'state'}\n")
+    config.write_text(f"namespaces: {{scan: own}}\nstate_directory: {tmp_path / 'state'}\n")
     proc = netns.popen([str(PORTWATCH), "run", "--config", str(config), "--web.listen-address", "127.0.0.1:9731",
                         "--web.listen-address", ":9732"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     fetch = ("import sys, time, urllib.request\n"

@@ -1,7 +1,8 @@
 """What the rule engine hands to the sinks: one :class:`Notification` per alert event and sink.
 
-A notification is self-contained and JSON-ready (the finding travels as its
-``Finding.to_dict()`` form), so it can wait in a queue, be written to the
+A notification is self-contained and JSON-ready (the finding travels as
+:func:`finding_data`: its ``Finding.to_dict()`` form with a ``namespace``
+object, see :func:`namespace_data`), so it can wait in a queue, be written to the
 state directory when the daemon stops, and be delivered after the next start
 by a sink that reads nothing else. :func:`document` is the JSON document the
 ``webhook`` and ``exec`` sinks send (its shape is documented in
@@ -16,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from portwatch import __version__
-from portwatch.model import Severity
+from portwatch.model import Finding, NamespaceInfo, Severity
 from portwatch.model.text import iso_time as _iso_time
 from portwatch.model.values import finite_number
 
-__all__ = ["DOCUMENT_VERSION", "Notification", "Reason", "Status", "document", "iso_time"]
+__all__ = ["DOCUMENT_VERSION", "Notification", "Reason", "Status", "document", "finding_data", "iso_time",
+           "namespace_data"]
 
 #: Version of the webhook/exec JSON document.
 DOCUMENT_VERSION = 1
@@ -45,6 +47,24 @@ class Reason(str, enum.Enum):
 def iso_time(ts: float) -> str:
     """A Unix time as RFC 3339 UTC with milliseconds: ``2024-05-01T12:00:00.000Z``."""
     return _iso_time(ts, "milliseconds")
+
+
+def namespace_data(namespace: NamespaceInfo | None) -> dict[str, Any] | None:
+    """The ``namespace`` object of an alert's finding: ``id`` (inode), ``name``, ``key`` (the metrics'
+    ``netns`` label), ``kind``, ``container``, ``pod`` (uid), ``unit`` (null when unknown); None without one."""
+    if namespace is None:
+        return None
+    return {"id": namespace.inode, "name": namespace.name, "key": namespace.key, "kind": namespace.kind.value,
+            "container": namespace.container, "pod": namespace.pod_uid, "unit": namespace.unit}
+
+
+def finding_data(finding: Finding) -> dict[str, Any]:
+    """What a notification carries of ``finding``: its ``to_dict()``, and ``namespace`` (:func:`namespace_data`)
+    when the finding's network namespace is known (so a notification without one is as before namespaces)."""
+    data = finding.to_dict()
+    if finding.namespace is not None:
+        data["namespace"] = namespace_data(finding.namespace)
+    return data
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,12 @@ class Notification:
         """The port the finding is about, if any."""
         value = self.finding.get("port")
         return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def namespace(self) -> Mapping[str, Any] | None:
+        """The finding's network namespace (:func:`namespace_data`), None when unknown."""
+        value = self.finding.get("namespace")
+        return value if isinstance(value, Mapping) else None
 
     @property
     def processes(self) -> list[Mapping[str, Any]]:
@@ -177,8 +203,11 @@ class Notification:
 
 
 def document(note: Notification) -> dict[str, Any]:
-    """The JSON document of ``note`` that the webhook and exec sinks send (docs/alerting.md)."""
-    return {
+    """The JSON document of ``note`` that the webhook and exec sinks send (docs/alerting.md).
+
+    ``namespace`` (:func:`namespace_data`) is there when the finding's network namespace is known.
+    """
+    doc: dict[str, Any] = {
         "version": DOCUMENT_VERSION,
         "id": note.id,
         "status": note.status.value,
@@ -199,3 +228,6 @@ def document(note: Notification) -> dict[str, Any]:
         "finding": dict(note.finding),
         "portwatch_version": __version__,
     }
+    if note.namespace is not None:
+        doc["namespace"] = dict(note.namespace)  # an addition: only when the finding's namespace is known
+    return doc

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from portwatch.config.types import AlertRule, AlertsConfig, finding_matches
 from portwatch.model import Finding, Severity
-from portwatch.alerts.notification import Notification, Reason, Status
+from portwatch.alerts.notification import Notification, Reason, Status, finding_data
 
 __all__ = [
     "AlertState",
@@ -178,7 +178,7 @@ def evaluate(
     out: dict[str, AlertState] = {}
     for key, (rule, finding, severity) in matched.items():
         old = alerts.get(key)
-        data = finding.to_dict()
+        data = finding_data(finding)
         if old is None:
             state = AlertState(key, rule.name, finding.key, severity, since=now, finding=data,
                                send_resolved=rule.send_resolved)

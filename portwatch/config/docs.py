@@ -130,6 +130,7 @@ _TABLES: Mapping[str, Callable[[], _Table]] = {
     "web": lambda: _key_table("web"),
     "metrics": lambda: _key_table("metrics"),
     "capture": lambda: _key_table("capture"),
+    "namespaces": lambda: _key_table("namespaces"),
     "alerts": lambda: _key_table("alerts"),
     "alerts.sinks": _sinks_table,
     "alerts.rules": lambda: _key_table("alerts.rules[]"),
@@ -185,6 +186,7 @@ MAN_SECTIONS: Sequence[tuple[str, str, str]] = (
     ("thresholds", "THRESHOLDS", "The keys of `thresholds`."),
     ("web", "WEB", "The keys of `web`: the HTTP endpoint serving `/metrics`."),
     ("metrics", "METRICS", "The keys of `metrics`: what `/metrics` exports."),
+    ("namespaces", "NAMESPACES", "The keys of `namespaces`: which network namespaces the daemon scans."),
     ("capture", "CAPTURE", "The keys of `capture`: what portwatch records besides scans (the failed "
                            "`connect()` and `bind()` calls, through Linux audit; see docs/failures.md)."),
     ("alerts", "ALERTS", "The keys of `alerts`."),

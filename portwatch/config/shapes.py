@@ -26,14 +26,17 @@ from portwatch.config.types import (
     CaptureConfig,
     Config,
     IgnoreRule,
+    NAMESPACE_SCOPES,
     MetricsConfig,
+    NamespacesConfig,
     Service,
     Thresholds,
     WebConfig,
 )
 from portwatch.model import Kind, Protocol, Severity
 
-__all__ = ["ALERT_RULE", "CAPTURE", "IGNORE_RULE", "METRICS", "SERVICE", "THRESHOLDS", "WEB", "config_shape"]
+__all__ = ["ALERT_RULE", "CAPTURE", "IGNORE_RULE", "METRICS", "NAMESPACES", "SERVICE", "THRESHOLDS", "WEB",
+           "config_shape"]
 
 
 def _check_service_duplicates(items: Sequence[tuple[int, Any]]) -> Iterator[tuple[str, str]]:
@@ -198,6 +201,27 @@ CAPTURE = Section(CaptureConfig, [
         " CAP_AUDIT_READ; see docs/failures.md)"),
 ])
 
+_PATTERNS = "list of fnmatch patterns"
+_NAMES = ("a name of the namespace: its name or key (`host`, `netns:INODE`), `ip netns` name, container id,"
+          " pod uid, or systemd unit")
+
+NAMESPACES = Section(NamespacesConfig, [
+    Key("scan", s.choice(NAMESPACE_SCOPES), grammar.one_of(NAMESPACE_SCOPES),
+        "which network namespaces the daemon scans each pass: `all` (every one on the host, found again"
+        " every pass; needs CAP_SYS_ADMIN and CAP_SYS_PTRACE, without them the own namespace only, said"
+        " once) or `own` (its own namespace only); `portwatch scan` scans its own unless given `-A`/`--netns`"),
+    Key("include", ListOf(s.string()), _PATTERNS,
+        f"with `scan: all`, scan only the namespaces where a pattern (`*`, `?`, `[...]`) matches {_NAMES}",
+        default="every namespace"),
+    Key("exclude", ListOf(s.string()), _PATTERNS,
+        "with `scan: all`, leave out the namespaces where a pattern matches any of their names (as"
+        " `include`; wins over it)"),
+    Key("max_series", s.integer(1, 100_000), "integer 1..100000",
+        "at most this many namespaces get their own `/metrics` series (the host's always does; then"
+        " those with the most findings, then by key); the rest are counted in"
+        " `portwatch_namespaces_left_out`"),
+])
+
 ALERT_RULE = Section(AlertRule, [
     Key("name", s.name("rule"), "letters, digits, `_`, `-`",
         "unique; names the alert (with the finding's key) across restarts and in metrics", required=True),
@@ -288,4 +312,5 @@ def config_shape(sinks: Mapping[str, Section]) -> Section:
         Key("capture", CAPTURE, "mapping", "opt-in capture of failed connect()/bind() calls"),
         Key("alerts", alerts_shape(sinks), "mapping", "where findings are sent: sinks and rules",
             default="see below"),
+        Key("namespaces", NAMESPACES, "mapping", "which network namespaces the daemon scans"),
     ])

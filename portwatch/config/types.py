@@ -14,6 +14,7 @@ alert rule engine import this module.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Collection, Mapping, Sequence
 
@@ -22,9 +23,9 @@ from portwatch.model import Finding, Kind, PortRange, Protocol, Severity
 
 __all__ = [
     "BUILTIN_SINK", "DEFAULT_ALERT_RULES", "DEFAULT_LISTEN_ADDRESS", "DEFAULT_PORT", "DEFAULT_REPEAT_INTERVAL",
-    "MIN_INTERVAL", "RESERVED_ALERT_LABELS", "AlertRule", "AlertsConfig", "Config", "ConfigError",
-    "IgnoreRule", "MetricsConfig", "Service", "SinkConfig", "Thresholds", "WebConfig", "finding_matches",
-    "ignore_matches", "service_applies",
+    "MIN_INTERVAL", "NAMESPACE_SCOPES", "RESERVED_ALERT_LABELS", "AlertRule", "AlertsConfig", "Config", "ConfigError",
+    "IgnoreRule", "MetricsConfig", "NamespacesConfig", "Service", "SinkConfig", "Thresholds", "WebConfig", "finding_matches",
+    "ignore_matches", "namespace_selected", "service_applies",
 ]
 
 #: Shortest scan interval accepted, in seconds.
@@ -109,6 +110,42 @@ class MetricsConfig:
     """What /metrics exports."""
 
     top_destinations: int = 10  # K of the top-K destinations by ephemeral usage ratio
+
+
+#: What ``namespaces.scan`` accepts: every network namespace on the host, or portwatch's own only.
+NAMESPACE_SCOPES: tuple[str, ...] = ("all", "own")
+
+
+@dataclass(frozen=True)
+class NamespacesConfig:
+    """Which network namespaces the daemon scans (the ``namespaces`` section).
+
+    ``scan``: ``all`` (every namespace found, each pass) or ``own`` (the
+    daemon's own namespace, as before namespaces). ``include``/``exclude``:
+    fnmatch patterns matched against every name of a namespace (see
+    :func:`namespace_selected`). ``max_series``: at most this many
+    namespaces get their own metric series (the host's always does).
+    """
+
+    scan: str = "all"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    max_series: int = 512
+
+
+def namespace_selected(config: NamespacesConfig, names: Collection[str]) -> bool:
+    """True when the namespace known by ``names`` is scanned under ``config``.
+
+    ``names`` are every name of one namespace (name, key, ``ip netns`` name,
+    container id, pod uid, unit: :func:`portwatch.scan.namespace_names`). Selected: no
+    ``include`` or some include pattern matches one of the names, and no
+    ``exclude`` pattern matches any (patterns as :func:`fnmatch.fnmatchcase`).
+    Pure; never raises.
+    """
+    def hit(patterns: Sequence[str]) -> bool:
+        return any(fnmatchcase(name, pattern) for pattern in patterns for name in names)
+
+    return (not config.include or hit(config.include)) and not hit(config.exclude)
 
 
 # --------------------------------------------------------------------------
@@ -227,6 +264,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    namespaces: NamespacesConfig = field(default_factory=NamespacesConfig)
 
 
 class ConfigError(Exception):

@@ -10,11 +10,21 @@ The loop follows gunicorn's arbiter: signal handlers only put the signal
 number on a queue (:class:`queue.SimpleQueue`, whose ``put`` is safe to call
 from a signal handler); the loop waits on that queue with the time to the
 next scan (or watchdog ping) as timeout, so a signal is handled at once and a
-scan never runs inside a signal handler. Each scan updates the metrics, the
-state file, systemd's ``STATUS=`` line ("42 sockets, 1 critical, 2 warning;
-last scan 12 ms") and pings the watchdog; new and resolved findings are
-logged. A scan that raises is logged and counted; the previous figures stay
-and the loop goes on.
+scan never runs inside a signal handler. Other threads put messages on the
+same queue (:mod:`portwatch.daemon.messages`): a :class:`Rescan` runs a pass
+at once, :class:`EventFindings` join the active findings through the
+``book`` until it lets them expire; they are coalesced like signals.
+
+A scan is a pass over every network namespace ``namespaces`` selects (the
+``pass_`` parameter, :func:`~portwatch.daemon.wiring.default_pass`), found
+again every pass; each pass updates the metrics (per namespace, ``netns``
+label), the state file (remembered listeners per namespace), systemd's
+``STATUS=`` line ("42 sockets, 1 critical, 2 warning; last scan 12 ms") and
+pings the watchdog; new and resolved findings are logged
+(:mod:`portwatch.daemon.record`), and a pass's notes (e.g. that only the own
+namespace can be entered) once while they last, and shown on the index page.
+A scan that raises is logged and counted; the previous figures stay and the
+loop goes on.
 
 After every scan the findings the ignore rules kept go to the alerting
 engine (:class:`portwatch.alerts.Alerting`, configured by ``alerts``): it
@@ -33,7 +43,8 @@ Signals:
     from the next scan (interval, source, thresholds, services, ignores,
     top-K, state directory) and at once to the HTTP server (users, TLS,
     listen address); the reload metric goes to 1 with its timestamp. Then
-    ``READY=1``. Signals that arrive together are handled as one: however
+    ``READY=1``. A changed ``namespaces`` section applies from the next
+    pass. Signals that arrive together are handled as one: however
     many SIGHUPs came since the loop last looked, it reloads once, and a due
     scan runs before the next look, so a storm of SIGHUPs neither multiplies
     reloads nor starves scans.
@@ -41,16 +52,9 @@ Signals:
     ``STOPPING=1``, stop the HTTP server, save the state, exit 0. A SIGTERM
     queued behind SIGHUPs is acted on first: a stop never waits for reloads.
 
-systemd: ``sd_notify`` goes through ``systemd.daemon.notify`` when
-systemd-python is installed, else through a small ``NOTIFY_SOCKET`` datagram
-sender (:class:`NotifySocket`); without ``NOTIFY_SOCKET`` nothing is sent.
-With ``WATCHDOG_USEC`` set (and ``WATCHDOG_PID`` unset or ours) ``WATCHDOG=1``
-is sent after every scan and, while idle, at least every ``WATCHDOG_USEC/2``.
-Under systemd (``JOURNAL_STREAM`` or ``INVOCATION_ID`` set) and with
-systemd-python, logs go to the journal with structured fields on finding
-events: ``PORTWATCH_KIND``, ``PORTWATCH_KEY``, ``PORTWATCH_SEVERITY``,
-``PORTWATCH_PORT`` and ``PORTWATCH_PID`` (the latter two when known);
-otherwise to stderr.
+systemd: ``sd_notify`` and the watchdog interval are :mod:`.notify`'s
+(``WATCHDOG=1`` after every scan and, while idle, at least every
+``WATCHDOG_USEC/2``); the journal and its ``PORTWATCH_*`` fields :mod:`.logs`'s.
 
 Exit codes: 0 stopped by SIGTERM/SIGINT; 1 cannot start (the HTTP address
 cannot be bound); 2 invalid configuration (or ``--listen-address``).
@@ -59,7 +63,7 @@ cannot be bound); 2 invalid configuration (or ``--listen-address``).
 the scan function and the factories of the collector and the HTTP server are
 parameters, so tests drive it in-process without monkeypatching. This module
 may import everything below the daemon (model, config, collect, scan, detect,
-output, alerts, web) and :mod:`portwatch.daemon.state`, ``.notify`` and ``.logs``.
+output, alerts, web) and the other modules of :mod:`portwatch.daemon`.
 """
 
 from __future__ import annotations
@@ -70,42 +74,53 @@ import signal
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from portwatch import __version__
-from portwatch.collect import CollectError, Collector
+from portwatch.collect import OWN_NAMESPACE_NOTE, Collector
 from portwatch.config import Config, ConfigError, WebConfig, load_config
 from portwatch.daemon.lock import DirectoryLock, LockHeld, lock_moved_directory
 from portwatch.daemon.wiring import (
     ALERTS_STOP_TIMEOUT,
     AlertingFactory,
+    PassFunction,
     ScanFunction,
     Server,
     ServerFactory,
     default_alerting,
     default_collector,
-    default_scan,
+    default_pass,
     default_server,
+    single_pass,
 )
-from portwatch.daemon.logs import SEVERITY_LEVEL, finding_fields
+from portwatch.daemon.messages import (
+    HANDLED_SIGNALS,
+    MAX_EVENTS_AT_ONCE,
+    EventFindings,
+    ExpiringFindings,
+    FindingsBook,
+    Message,
+    Rescan,
+    install_signal_handlers,
+    take_queued,
+)
 from portwatch.daemon.notify import Notify, no_notify
-from portwatch.daemon.state import (
-    REMEMBER_AFTER,
-    FindingRecord,
-    State,
-    StateStore,
-    listener_identities,
-    remembered_ports,
-    update_findings,
-    update_listeners,
+from portwatch.daemon.record import (
+    active_findings,
+    log_changes,
+    log_new_notes,
+    log_scan_failure,
+    merge_findings,
+    pass_state,
 )
-from portwatch.detect import listening_ports
-from portwatch.model import Finding, ScanResult, SourceUnavailable
+from portwatch.daemon.state import REMEMBER_AFTER, State, StateStore, remembered_by_namespace, update_findings
+from portwatch.model import Finding
+from portwatch.model.results import NamespacesResult
 from portwatch.model.text import host_port, os_error_text
 from portwatch.output.metrics import PortwatchMetrics
-from portwatch.output.status import findings_html, one_line, status_line
+from portwatch.output.status import failed_status_line, findings_html, one_line, pass_status_line
 from portwatch.web import WebError
 
 __all__ = [
@@ -113,26 +128,17 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "HANDLED_SIGNALS",
+    "MAX_EVENTS_AT_ONCE",
     "Daemon",
     "Server",
     "install_signal_handlers",
 ]
 
 log = logging.getLogger("portwatch.daemon")
-findings_log = logging.getLogger("portwatch.findings")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
-
-#: The signals the daemon handles (everything else keeps its default action).
-HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
-
-#: At most this many queued events are taken in one look (a bound on the drain).
-MAX_EVENTS_AT_ONCE = 4096
-
-#: Errors the scan is expected to raise (shown without a traceback).
-_EXPECTED_SCAN_ERRORS = (CollectError, SourceUnavailable, OSError, ValueError)
 
 
 class Daemon:
@@ -141,13 +147,18 @@ class Daemon:
     Takes the loaded configuration and where it came from (for SIGHUP), the
     ``--listen-address`` override, and every dependency:
 
-    - ``events``: the queue signal numbers arrive on (the signal handlers, or a test, put them);
+    - ``events``: the queue signal numbers and messages arrive on (the signal
+      handlers, other threads, or a test, put them; see :mod:`.messages`);
     - ``notify``: ``sd_notify`` (see :func:`make_notifier`);
     - ``monotonic``: seconds for scheduling (and ``MONOTONIC_USEC``); ``wall``: Unix time for timestamps;
     - ``watchdog``: seconds between watchdog pings, or None;
     - ``load``: reads a configuration file (raises ConfigError);
-    - ``collector_factory``, ``scan``, ``server_factory``: the collector for a
-      configuration, one scan, and the HTTP server;
+    - ``collector_factory``, ``pass_``, ``server_factory``: the collector for a
+      configuration, one pass, and the HTTP server; ``scan`` (one scan of the
+      own namespace, given the host's remembered ports) replaces ``pass_``
+      when given;
+    - ``book``: keeps the findings of :class:`EventFindings` until they
+      expire (default :class:`ExpiringFindings`);
     - ``store``: the state file (None: built from ``config.state_directory``);
     - ``registry``: where the metrics are registered (None: a new registry
       with the process collector).
@@ -162,14 +173,16 @@ class Daemon:
         *,
         config_path: Path | None = None,
         listen_override: str | None = None,
-        events: queue.SimpleQueue[int] | None = None,
+        events: queue.SimpleQueue[Message] | None = None,
         notify: Notify = no_notify,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         watchdog: float | None = None,
         load: Callable[[Path | None], Config] = load_config,
         collector_factory: Callable[[Config], Collector] = default_collector,
-        scan: ScanFunction = default_scan,
+        scan: ScanFunction | None = None,
+        pass_: PassFunction = default_pass,
+        book: FindingsBook | None = None,
         server_factory: ServerFactory = default_server,
         store: StateStore | None = None,
         registry: CollectorRegistry | None = None,
@@ -179,20 +192,22 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.listen_override = listen_override
-        self.events: queue.SimpleQueue[int] = events if events is not None else queue.SimpleQueue()
+        self.events: queue.SimpleQueue[Message] = events if events is not None else queue.SimpleQueue()
         self._notify = notify
         self._monotonic = monotonic
         self._wall = wall
         self._watchdog = watchdog
         self._load = load
         self._collector_factory = collector_factory
-        self._scan = scan
+        self._pass = single_pass(scan) if scan is not None else pass_
+        self.book: FindingsBook = book if book is not None else ExpiringFindings()
         self.remember_after = remember_after
         if registry is None:
             registry = CollectorRegistry()
             ProcessCollector(registry=registry)
         self.registry = registry
-        self.metrics = PortwatchMetrics(registry, top_destinations=config.metrics.top_destinations)
+        self.metrics = PortwatchMetrics(registry, top_destinations=config.metrics.top_destinations,
+                                        max_series=config.namespaces.max_series)
         self.metrics.record_reload(True, wall())
         self.collector = collector_factory(config)
         self.store = store if store is not None else StateStore(config.state_directory,
@@ -207,6 +222,8 @@ class Daemon:
         # what the HTTP threads read: replaced, never mutated
         self._status = "starting: first scan"
         self._active: Mapping[str, Finding] = {}
+        self._pass_active: tuple[Finding, ...] = ()  # the latest pass's, without event findings
+        self._notes: tuple[str, ...] = ()
         self._last_scan_end: float | None = None
         self._last_good: float | None = None
         self._last_error: str | None = None
@@ -228,7 +245,7 @@ class Daemon:
 
     def index_html(self) -> str:
         """The index page's extra HTML: the status line and the active findings, escaped."""
-        return findings_html(self._status, list(self._active.values()))
+        return findings_html(self._status, list(self._active.values()), self._notes)
 
     # -- the loop
 
@@ -279,36 +296,35 @@ class Daemon:
                 return self.shutdown(stop)  # never behind queued reloads
             if signal.SIGHUP in events:
                 self.reload()  # however many arrived since the last look: one reload
-            for event in events:
-                if event not in HANDLED_SIGNALS:
-                    log.debug("ignoring event %r", event)
+            self._take_messages(events)
             now = self._monotonic()
             if now >= self._next_scan:
                 self.scan_once()  # a storm of signals never starves the scans
             elif self._watchdog is not None and now >= self._next_ping:
                 self._ping()
 
-    def _wait(self) -> list[int]:
-        """Every event queued until the next scan or watchdog ping is due (empty when none came).
+    def _take_messages(self, events: Sequence[Message]) -> None:
+        """Act on the messages of one look: event findings recorded at once; any Rescan makes a pass due now."""
+        found = [f for e in events if isinstance(e, EventFindings) for f in e.findings]
+        if found:
+            try:
+                self.record_events(found)
+            except Exception:
+                log.exception("error while recording event findings (the loop goes on)")
+        reasons = list(dict.fromkeys(e.reason for e in events if isinstance(e, Rescan)))
+        if reasons:
+            log.debug("rescan now: %s", "; ".join(reasons))
+            self._next_scan = min(self._next_scan, self._monotonic())
+        for event in events:
+            if not isinstance(event, (Rescan, EventFindings)) and event not in HANDLED_SIGNALS:
+                log.debug("ignoring event %r", event)
 
-        Waits for the first event at most until then, and takes the ones queued
-        behind it without waiting (at most :data:`MAX_EVENTS_AT_ONCE`), so a
-        burst of signals is handled as one.
-        """
-        now = self._monotonic()
+    def _wait(self) -> list[Message]:
+        """Every message queued until the next scan or watchdog ping is due (:func:`take_queued`)."""
         deadline = self._next_scan
         if self._watchdog is not None:
             deadline = min(deadline, self._next_ping)
-        try:
-            events = [self.events.get(timeout=max(deadline - now, 0.0))]
-        except queue.Empty:
-            return []
-        while len(events) < MAX_EVENTS_AT_ONCE:
-            try:
-                events.append(self.events.get_nowait())
-            except queue.Empty:
-                break
-        return events
+        return take_queued(self.events, max(deadline - self._monotonic(), 0.0))
 
     def _ping(self) -> None:
         """Send ``WATCHDOG=1`` when a watchdog is configured; schedule the next."""
@@ -322,8 +338,8 @@ class Daemon:
         started = self._monotonic()
         self._next_scan = started + self.config.interval
         try:
-            remembered = remembered_ports(self.state.listeners, self.remember_after)
-            result = self._scan(self.config, self.collector, remembered)
+            remembered = remembered_by_namespace(self.state, self.remember_after)
+            result = self._pass(self.config, self.collector, remembered)
         except Exception as exc:  # a failed scan never stops the loop
             self._scan_failed(exc, self._monotonic() - started)
         else:
@@ -348,62 +364,50 @@ class Daemon:
         self._notify(message)
 
     def _scan_failed(self, exc: Exception, duration: float) -> None:
-        if isinstance(exc, _EXPECTED_SCAN_ERRORS):
-            reason = str(exc) or type(exc).__name__
-            if isinstance(exc, OSError) and exc.strerror:
-                reason = os_error_text(exc, with_filename=True)
-            if reason != self._last_error:
-                log.error("scan failed: %s (keeping the previous figures)", reason)
-            else:
-                log.debug("scan failed again: %s", reason)
-        else:
-            reason = f"{type(exc).__name__}: {exc}"
-            log.error("scan failed with an unexpected error (keeping the previous figures)", exc_info=exc)
-        self._last_error = reason
+        self._last_error = reason = log_scan_failure(exc, self._last_error)
         self.metrics.record_scan_error(duration, self._wall())
-        if self._last_good is None:
-            self._status = f"scan failed: {one_line(reason, 120)}"
-        else:
-            ago = max(self._wall() - self._last_good, 0.0)
-            self._status = f"scan failed: {one_line(reason, 120)}; figures from {ago:.0f} s ago"
+        ago = None if self._last_good is None else max(self._wall() - self._last_good, 0.0)
+        self._status = failed_status_line(reason, ago)
 
-    def _scan_succeeded(self, result: ScanResult) -> None:
+    def _scan_succeeded(self, result: NamespacesResult) -> None:
         now = self._wall()
         if self._last_error is not None:
             log.info("scans work again")
             self._last_error = None
-        listeners = update_listeners(self.state.listeners, listening_ports(result.listening), now,
-                                     remember_after=self.remember_after,
-                                     identities=listener_identities(result.snapshot, result.listening))
-        upd = update_findings(self.state.findings, result.findings, now)
-        self.state = State(listeners, upd.records)
-        self.metrics.record_scan(result, upd.new, now)
         previous = self._active
-        self._active = {f.key: f for f in result.findings}
+        self._pass_active = active_findings(result, previous)
+        active = merge_findings(self._pass_active, self.book.current(now))
+        self.state, upd = pass_state(self.state, result, active, now, self.remember_after)
+        self.metrics.record_pass(result, upd.new, now)
+        self._active = {f.key: f for f in active}
         self._last_good = now
-        self._status = status_line(result)
-        for f in upd.new:
-            self._log_new(f)
-        for rec in upd.resolved:
-            self._log_resolved(rec, previous.get(rec.key))
-        if self.scans == 0 and len(result.findings) > len(upd.new):
-            log.info("%d finding(s) still active from before the restart", len(result.findings) - len(upd.new))
+        self._status = pass_status_line(result, own_only=OWN_NAMESPACE_NOTE in result.notes)
+        log_changes(upd, previous)
+        if self.scans == 0 and len(active) > len(upd.new):
+            log.info("%d finding(s) still active from before the restart", len(active) - len(upd.new))
+        log_new_notes(result.notes, self._notes)
+        self._notes = result.notes
+        self._save_and_alert(active, now)
+
+    def record_events(self, found: Sequence[Finding]) -> None:
+        """Findings found between passes: into the book, then active with the latest pass's (logged, saved, alerted)."""
+        now = self._wall()
+        self.book.add(found, now)
+        previous = self._active
+        active = merge_findings(self._pass_active, self.book.current(now))
+        upd = update_findings(self.state.findings, active, now)
+        self.state = State(self.state.listeners, upd.records, self.state.namespaces)
+        self.metrics.record_detected(upd.new)
+        self._active = {f.key: f for f in active}
+        log_changes(upd, previous)
+        self._save_and_alert(active, now)
+
+    def _save_and_alert(self, active: Sequence[Finding], now: float) -> None:
         self.store.save(self.state, now)
         try:
-            self.alerting.process(result.findings, now)  # queues only: never waits on a sink
+            self.alerting.process(list(active), now)  # queues only: never waits on a sink
         except Exception:
             log.exception("alerting failed on this scan's findings; the scan loop goes on")
-
-    def _log_new(self, f: Finding) -> None:
-        pid = f.processes[0].pid if f.processes else None
-        findings_log.log(SEVERITY_LEVEL[f.severity], "new %s finding [%s]: %s", f.severity.value, f.key,
-                         f.summary, extra=finding_fields(f.kind, f.key, f.severity, f.port, pid))
-
-    def _log_resolved(self, rec: FindingRecord, last: Finding | None) -> None:
-        port = last.port if last is not None else None
-        pid = last.processes[0].pid if last is not None and last.processes else None
-        findings_log.info("resolved [%s]: %s", rec.key, rec.summary,
-                          extra=finding_fields(rec.kind, rec.key, rec.severity, port, pid))
 
     # -- reload and stop
 
@@ -449,6 +453,7 @@ class Daemon:
             self.config = new
             self.collector = collector
             self.metrics.set_top_destinations(new.metrics.top_destinations)
+            self.metrics.set_max_series(new.namespaces.max_series)
             if new.state_directory != old.state_directory:
                 if new_lock is not None:
                     if self._lock is not None:
@@ -479,12 +484,3 @@ class Daemon:
             log.exception("error while stopping alerting")
         self.store.save(self.state, self._wall(), force=True)
         return EXIT_OK
-
-
-def install_signal_handlers(events: queue.SimpleQueue[int]) -> None:
-    """Make SIGHUP, SIGTERM and SIGINT only put their number on ``events``."""
-    def handler(signum: int, _frame: object) -> None:
-        events.put(signum)
-
-    for sig in HANDLED_SIGNALS:
-        signal.signal(sig, handler)

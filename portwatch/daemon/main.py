@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from portwatch.config import ConfigError, WebConfig, load_config
 from portwatch.daemon.logs import setup_logging
-from portwatch.daemon.loop import EXIT_CONFIG, EXIT_FAILED, Daemon, Server, install_signal_handlers
+from portwatch.daemon.loop import EXIT_CONFIG, EXIT_FAILED, Daemon, Server
+from portwatch.daemon.messages import Message, install_signal_handlers
 from portwatch.daemon.notify import make_notifier, watchdog_interval
 from portwatch.model.text import os_error_text
 from portwatch.web import MetricsServer, WebError, WebOptions, parse_listen_address
@@ -39,7 +40,7 @@ def main(config_path: Path | None, listen_address: str | None, web_options: WebO
     exit code (see the module documentation); errors are reported on stderr
     (or in the journal), never as a traceback.
     """
-    events: queue.SimpleQueue[int] = queue.SimpleQueue()
+    events: queue.SimpleQueue[Message] = queue.SimpleQueue()
     install_signal_handlers(events)
     env = os.environ
     setup_logging(env, raise_own=not log_level_given)

@@ -17,6 +17,15 @@ Remembered listeners
     ``port_taken`` can tell the service's own draining connections from a
     foreign holder; files written without it still load.
 
+    Listeners are remembered per network namespace: the top-level
+    ``listeners`` list is the host namespace's (as in every file written
+    before namespaces, which therefore still load: their listeners are the
+    host's), ``namespace_listeners`` maps another namespace's key to its
+    list. A namespace that is gone (or no longer selected) keeps its
+    remembered listeners for :data:`LISTENER_TTL`; one that could not be read
+    in a pass keeps them as they were. At most :data:`MAX_NAMESPACES`
+    namespaces besides the host's are kept.
+
 Finding history
     Per finding key: kind, severity, summary, first seen, last seen, and when
     it was resolved (``None`` while active). A finding is *new* when its key
@@ -29,9 +38,11 @@ Finding history
     in the file: if the first scan after a restart reports them, they are not
     new; if it does not, they are resolved at that scan's time.
 
-The update rules are pure functions that take ``now`` (:func:`update_listeners`,
-:func:`update_findings`, :func:`needs_save`, :func:`to_document`,
-:func:`from_document`) so they can be tested as tables.
+The records and update rules live in :mod:`portwatch.daemon.records`
+(re-exported here): pure functions that take ``now`` (:func:`update_listeners`,
+:func:`update_namespace_listeners`, :func:`update_findings`,
+:func:`needs_save`), like :func:`to_document` and :func:`from_document`, so
+they can be tested as tables.
 :class:`StateStore` does the file I/O: JSON with a ``version``, written
 atomically (temporary file, ``fsync``, ``rename``, ``fsync`` of the
 directory), only when the state changed. Changes of only ``last_seen`` or a
@@ -42,48 +53,57 @@ another severity) is written after the scan that made it. A missing or
 corrupt file is logged and replaced, never fatal; a directory that cannot be
 written is logged once per distinct error and the daemon goes on in memory.
 
-May import the standard library, :mod:`portwatch.model` and :mod:`portwatch.jsonfile`.
+May import the standard library, :mod:`portwatch.model`, :mod:`portwatch.jsonfile`
+and :mod:`portwatch.daemon.records`.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from portwatch import __version__
+from portwatch.daemon.records import (
+    HISTORY_TTL,
+    HOST_KEY,
+    LISTENER_TTL,
+    MAX_LISTENERS,
+    MAX_NAMESPACES,
+    MAX_RESOLVED,
+    REMEMBER_AFTER,
+    SAVE_RESOLUTION,
+    FindingRecord,
+    FindingsUpdate,
+    ListenerRecord,
+    State,
+    needs_save,
+    persistent,
+    remembered_by_namespace,
+    remembered_ports,
+    update_findings,
+    update_listeners,
+    update_namespace_listeners,
+)
 from portwatch.jsonfile import parse_entries, problems_text, read_document, write_atomic
-from portwatch.model import Finding, Kind, Protocol, RememberedPort, Severity
-from portwatch.model.snapshot import Identity, listener_identities
+from portwatch.model import Kind, Protocol, RememberedPort, Severity
+from portwatch.model.snapshot import listener_identities
 from portwatch.model.text import os_error_text
 from portwatch.model.values import brief, finite_number
 
 __all__ = [
-    "FindingRecord", "FindingsUpdate", "HISTORY_TTL", "LISTENER_TTL", "ListenerRecord",
-    "MAX_LISTENERS", "MAX_RESOLVED", "REMEMBER_AFTER", "SAVE_RESOLUTION", "STATE_FILE",
+    "FindingRecord", "FindingsUpdate", "HISTORY_TTL", "HOST_KEY", "LISTENER_TTL", "ListenerRecord",
+    "MAX_LISTENERS", "MAX_NAMESPACES", "MAX_RESOLVED", "REMEMBER_AFTER", "SAVE_RESOLUTION", "STATE_FILE",
     "STATE_VERSION", "State", "StateError", "StateStore", "from_document", "listener_identities",
-    "needs_save", "persistent", "remembered_ports", "to_document", "update_findings",
-    "update_listeners",
+    "needs_save", "persistent", "remembered_by_namespace", "remembered_ports", "to_document",
+    "update_findings", "update_listeners", "update_namespace_listeners",
 ]
 
 log = logging.getLogger("portwatch.state")
 
 STATE_FILE = "state.json"
 STATE_VERSION = 1
-#: Seconds a listener must have been seen for before it is remembered.
-REMEMBER_AFTER = 300.0
-#: Seconds a remembered listener stays remembered without being seen.
-LISTENER_TTL = 7 * 86400.0
-#: Most remembered listeners kept.
-MAX_LISTENERS = 10_000
-#: Seconds a resolved finding stays in the history.
-HISTORY_TTL = 30 * 86400.0
-#: Most resolved findings kept in the history.
-MAX_RESOLVED = 1_000
-#: Changes of ``last_seen`` (or a summary's wording) alone are written at most this often (seconds).
-SAVE_RESOLUTION = 600.0
 #: A state file larger than this is not read (it is treated as corrupt).
 MAX_FILE_SIZE = 32 * 1024 * 1024
 
@@ -92,223 +112,36 @@ class StateError(ValueError):
     """A state document that cannot be used; the message says why."""
 
 
-@dataclass(frozen=True)
-class ListenerRecord:
-    """A listener port seen by scans: first and last seen (Unix times), and its process identity when known."""
-
-    protocol: Protocol
-    port: int
-    first_seen: float
-    last_seen: float
-    executable: str | None = None
-    unit: str | None = None
-
-    @property
-    def port_key(self) -> RememberedPort:
-        """The (protocol, port) the state is keyed by (no identity)."""
-        return RememberedPort(self.protocol, self.port)
-
-    @property
-    def remembered(self) -> RememberedPort:
-        """The (protocol, port) with the listener's identity: what the detectors take."""
-        return RememberedPort(self.protocol, self.port, self.executable, self.unit)
-
-    def qualifies(self, remember_after: float = REMEMBER_AFTER) -> bool:
-        """True once the listener has been seen for at least ``remember_after`` seconds."""
-        return self.last_seen - self.first_seen >= remember_after
-
-
-@dataclass(frozen=True)
-class FindingRecord:
-    """The history of one finding key. ``resolved_at`` is None while the finding is active."""
-
-    key: str
-    kind: Kind
-    severity: Severity
-    summary: str
-    first_seen: float
-    last_seen: float
-    resolved_at: float | None = None
-
-    @property
-    def active(self) -> bool:
-        """True while the latest scan reported the finding."""
-        return self.resolved_at is None
-
-
-@dataclass(frozen=True)
-class State:
-    """Everything the daemon remembers. Immutable; the update functions return new values."""
-
-    listeners: Mapping[RememberedPort, ListenerRecord] = field(default_factory=dict)
-    findings: Mapping[str, FindingRecord] = field(default_factory=dict)
-
-    def active_keys(self) -> frozenset[str]:
-        """Keys of the findings active in the latest scan."""
-        return frozenset(k for k, r in self.findings.items() if r.active)
-
-
-@dataclass(frozen=True)
-class FindingsUpdate:
-    """What :func:`update_findings` returns: the new history, and what changed.
-
-    ``new`` are the findings whose keys were not active before (in scan
-    order); ``resolved`` the records that just got their ``resolved_at``
-    (sorted by key).
-    """
-
-    records: Mapping[str, FindingRecord]
-    new: tuple[Finding, ...]
-    resolved: tuple[FindingRecord, ...]
-
-
-# --------------------------------------------------------------------------- pure update rules
-
-
-def update_listeners(
-    listeners: Mapping[RememberedPort, ListenerRecord],
-    seen: Iterable[RememberedPort],
-    now: float,
-    *,
-    remember_after: float = REMEMBER_AFTER,
-    ttl: float = LISTENER_TTL,
-    limit: int = MAX_LISTENERS,
-    identities: Mapping[RememberedPort, Identity] | None = None,
-) -> dict[RememberedPort, ListenerRecord]:
-    """The listener records after a scan that saw the listeners ``seen`` at time ``now``.
-
-    Seen ports get ``last_seen = now`` (new ones ``first_seen = now`` too),
-    and the identity ``identities`` gives them (keyed by ``(protocol,
-    port)``; a port it does not name keeps the identity it had).
-    An unseen port is kept only if it qualified (seen for ``remember_after``
-    seconds) and was last seen at most ``ttl`` seconds ago. When more than
-    ``limit`` remain, the least recently seen unseen ones are dropped (ports
-    seen now are always kept). Pure; never raises.
-    """
-    seen_set = {RememberedPort(k.protocol, k.port) for k in seen}
-    out: dict[RememberedPort, ListenerRecord] = {}
-    for key, rec in listeners.items():
-        if key in seen_set:
-            continue
-        if rec.qualifies(remember_after) and now - rec.last_seen <= ttl:
-            out[key] = rec
-    if len(out) + len(seen_set) > limit:
-        room = max(limit - len(seen_set), 0)
-        keep = sorted(out.values(), key=lambda r: (-r.last_seen, r.protocol.value, r.port))[:room]
-        out = {r.port_key: r for r in keep}
-    for key in seen_set:
-        old = listeners.get(key)
-        first = old.first_seen if old is not None and old.first_seen <= now else now
-        executable, unit = (identities or {}).get(key) or ((old.executable, old.unit) if old else (None, None))
-        out[key] = ListenerRecord(key.protocol, key.port, first, now, executable, unit)
-    return out
-
-
-def remembered_ports(listeners: Mapping[RememberedPort, ListenerRecord],
-                     remember_after: float = REMEMBER_AFTER) -> frozenset[RememberedPort]:
-    """The ports to pass to the detectors (with identity when known): listeners seen for ``remember_after`` s."""
-    return frozenset(r.remembered for r in listeners.values() if r.qualifies(remember_after))
-
-
-def update_findings(
-    records: Mapping[str, FindingRecord],
-    findings: Iterable[Finding],
-    now: float,
-    *,
-    history_ttl: float = HISTORY_TTL,
-    max_resolved: int = MAX_RESOLVED,
-) -> FindingsUpdate:
-    """The finding history after a successful scan at ``now`` that reported ``findings``.
-
-    - a finding whose key is active: ``last_seen``, severity and summary updated;
-    - a finding whose key is unknown or resolved: a new record
-      (``first_seen = last_seen = now``), listed in ``new``;
-    - an active record whose key is not reported: ``resolved_at = now``,
-      listed in ``resolved``;
-    - resolved records older than ``history_ttl`` are dropped, and the
-      oldest beyond ``max_resolved``.
-
-    Pure; never raises. Duplicate keys in ``findings`` count once (the first).
-    """
-    out: dict[str, FindingRecord] = {}
-    new: list[Finding] = []
-    for f in findings:
-        if f.key in out:
-            continue
-        old = records.get(f.key)
-        if old is not None and old.active:
-            out[f.key] = replace(old, kind=f.kind, severity=f.severity, summary=f.summary,
-                                 last_seen=max(now, old.last_seen))
-        else:
-            out[f.key] = FindingRecord(f.key, f.kind, f.severity, f.summary, now, now, None)
-            new.append(f)
-    resolved: list[FindingRecord] = []
-    kept_resolved: list[FindingRecord] = []
-    for key, rec in records.items():
-        if key in out:
-            continue
-        if rec.active:
-            done = replace(rec, resolved_at=now)
-            resolved.append(done)
-            kept_resolved.append(done)
-        elif rec.resolved_at is not None and now - rec.resolved_at <= history_ttl:
-            kept_resolved.append(rec)
-    kept_resolved.sort(key=lambda r: (-(r.resolved_at or 0.0), r.key))
-    for rec in kept_resolved[: max(max_resolved, 0)]:
-        out[rec.key] = rec
-    return FindingsUpdate(out, tuple(new), tuple(sorted(resolved, key=lambda r: r.key)))
-
-
-def persistent(state: State, remember_after: float = REMEMBER_AFTER) -> State:
-    """The part of ``state`` that is written: listeners that qualified, every finding record."""
-    return State(
-        listeners={k: r for k, r in state.listeners.items() if r.qualifies(remember_after)},
-        findings=dict(state.findings),
-    )
-
-
-def _structure(state: State) -> tuple[frozenset[RememberedPort], dict[str, tuple[str, str, float | None]]]:
-    """What a save must never wait for: which listeners are remembered, each finding's kind, severity, resolution."""
-    return (
-        frozenset(state.listeners),
-        {k: (r.kind.value, r.severity.value, r.resolved_at) for k, r in state.findings.items()},
-    )
-
-
-def needs_save(saved: State | None, current: State, saved_at: float | None, now: float,
-               resolution: float = SAVE_RESOLUTION) -> bool:
-    """Whether ``current`` must be written, given what was written last (``saved`` at ``saved_at``).
-
-    Both states are persistent views (:func:`persistent`). True when nothing
-    was written yet (``saved`` None), when the structure differs (listeners
-    remembered or forgotten; findings new, resolved, dropped, or of another
-    kind or severity), or when anything else differs and ``resolution``
-    seconds have passed since the last write. Pure.
-    """
-    if saved is None or saved_at is None:
-        return True
-    if _structure(saved) != _structure(current):
-        return True
-    return saved != current and (now - saved_at >= resolution or now < saved_at)
-
-
 # --------------------------------------------------------------------------- JSON document
 
 
 def to_document(state: State, now: float) -> dict[str, Any]:
-    """The JSON-ready document of ``state`` (a persistent view), written at ``now``. Sorted, so stable."""
-    return {
+    """The JSON-ready document of ``state`` (a persistent view), written at ``now``. Sorted, so stable.
+
+    The other namespaces' listeners go under ``namespace_listeners`` (key ->
+    list), only when there are some: a file of a host-only daemon is the
+    same as before namespaces, and an older portwatch reading a newer file
+    ignores that key (it keeps the host's listeners).
+    """
+    doc: dict[str, Any] = {
         "version": STATE_VERSION,
         "written_by": f"portwatch {__version__}",
         "saved_at": now,
-        "listeners": [_listener_entry(r)
-                      for r in sorted(state.listeners.values(), key=lambda r: (r.protocol.value, r.port))],
+        "listeners": _listener_entries(state.listeners),
         "findings": [
             {"key": r.key, "kind": r.kind.value, "severity": r.severity.value, "summary": r.summary,
              "first_seen": r.first_seen, "last_seen": r.last_seen, "resolved_at": r.resolved_at}
             for r in sorted(state.findings.values(), key=lambda r: r.key)
         ],
     }
+    if state.namespaces:
+        doc["namespace_listeners"] = {key: _listener_entries(records)
+                                      for key, records in sorted(state.namespaces.items())}
+    return doc
+
+
+def _listener_entries(records: Mapping[Any, ListenerRecord]) -> list[dict[str, Any]]:
+    return [_listener_entry(r) for r in sorted(records.values(), key=lambda r: (r.protocol.value, r.port))]
 
 
 def _listener_entry(r: ListenerRecord) -> dict[str, Any]:
@@ -385,7 +218,20 @@ def from_document(doc: object) -> tuple[State, list[str]]:
         raise StateError("'listeners' and 'findings' must be lists")
     listeners = {rec.port_key: rec for rec in parse_entries(raw_listeners, "listeners", _listener, problems, StateError)}
     findings = {rec.key: rec for rec in parse_entries(raw_findings, "findings", _finding, problems, StateError)}
-    return State(listeners, findings), problems
+    raw_namespaces = doc.get("namespace_listeners", {})
+    namespaces: dict[str, dict[RememberedPort, ListenerRecord]] = {}
+    if not isinstance(raw_namespaces, dict):
+        problems.append(f"namespace_listeners: not an object: {brief(raw_namespaces)}")
+        raw_namespaces = {}
+    for key, entries in raw_namespaces.items():
+        where = f"namespace_listeners[{brief(key)}]"
+        if not key or key == HOST_KEY or not isinstance(entries, list):
+            problems.append(f"{where}: not a namespace key with a list of listeners")
+            continue
+        records = {rec.port_key: rec for rec in parse_entries(entries, where, _listener, problems, StateError)}
+        if records:
+            namespaces[key] = records
+    return State(listeners, findings, namespaces), problems
 
 
 # --------------------------------------------------------------------------- the file

@@ -2,27 +2,33 @@
 
 Job: the ``Server`` protocol and the factory types the :class:`~portwatch.daemon.loop.Daemon`
 takes as parameters (so tests hand in their own), and the defaults that build
-the real collector, alerting engine, HTTP server and scan. May import
-everything below the daemon: collect, scan, alerts, web, config, model.
+the real collector, alerting engine, HTTP server and pass (:func:`default_pass`:
+every selected network namespace, or the own one). May import everything
+below the daemon (collect, scan, alerts, web, config, model) and
+:mod:`portwatch.daemon.records`.
 """
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Callable, Collection, Protocol as TypingProtocol
+from typing import Callable, Collection, Mapping, Protocol as TypingProtocol
 
 from prometheus_client import CollectorRegistry
 
 from portwatch.alerts import Alerting
-from portwatch.collect import Collector
+from portwatch.collect import CollectError, Collector, Discovery, discover_namespaces
 from portwatch.config import Config, WebConfig
+from portwatch.config.types import namespace_selected
+from portwatch.daemon.records import HOST_KEY
 from portwatch.model import RememberedPort, ScanResult
-from portwatch.scan import make_source, run_scan
+from portwatch.model.results import NamespacesResult
+from portwatch.scan import make_source, namespace_names, run_namespaces_scan, run_scan
 from portwatch.web import MetricsServer
 
-__all__ = ["ALERTS_STOP_TIMEOUT", "AlertingFactory", "ScanFunction", "Server", "ServerFactory",
-           "default_alerting", "default_collector", "default_scan", "default_server"]
+__all__ = ["ALERTS_STOP_TIMEOUT", "AlertingFactory", "PassFunction", "Remembered", "ScanFunction", "Server",
+           "ServerFactory", "default_alerting", "default_collector", "default_pass", "default_scan",
+           "default_server", "single_pass"]
 
 
 class Server(TypingProtocol):
@@ -40,7 +46,12 @@ class Server(TypingProtocol):
 
 ServerFactory = Callable[
     [WebConfig, CollectorRegistry, Callable[[], bool], Callable[[], bool], Callable[[], str]], Server]
+#: One scan of the own namespace: (config, collector, remembered ports) -> result.
 ScanFunction = Callable[[Config, Collector, Collection[RememberedPort]], ScanResult]
+#: Remembered ports by namespace key (the host's under :data:`~portwatch.daemon.records.HOST_KEY`).
+Remembered = Mapping[str, Collection[RememberedPort]]
+#: One pass: (config, collector, remembered ports by namespace) -> every namespace's result.
+PassFunction = Callable[[Config, Collector, Remembered], NamespacesResult]
 
 
 def default_collector(config: Config) -> Collector:
@@ -71,3 +82,35 @@ def default_server(web: WebConfig, registry: CollectorRegistry, ready: Callable[
 def default_scan(config: Config, collector: Collector, remembered: Collection[RememberedPort]) -> ScanResult:
     """One real scan (:func:`portwatch.scan.run_scan`) with ``config``'s settings."""
     return run_scan(config, collector, remembered)
+
+
+def single_pass(scan: ScanFunction) -> PassFunction:
+    """A pass that is one ``scan`` of the own namespace, given the host's remembered ports."""
+    def one(config: Config, collector: Collector, remembered: Remembered) -> NamespacesResult:
+        result = scan(config, collector, remembered.get(HOST_KEY, ()))
+        return NamespacesResult((result,), duration=result.duration)
+    return one
+
+
+def default_pass(config: Config, collector: Collector, remembered: Remembered,
+                 discover: Callable[[], Discovery] = discover_namespaces) -> NamespacesResult:
+    """One real pass with ``config``'s settings.
+
+    ``namespaces.scan: own``: one :func:`portwatch.scan.run_scan` of the own
+    namespace, as before namespaces (keys and services as the host's).
+    ``all``: the namespaces ``discover()`` finds now (every pass, so new ones
+    are scanned and gone ones dropped) that ``include``/``exclude`` select,
+    each scanned on its own (:func:`portwatch.scan.run_namespaces_scan`);
+    without the capability to enter others, discovery returns the own one
+    with a note. Raises what the scan raises, and
+    :class:`~portwatch.collect.CollectError` when namespaces were selected
+    but none could be read (a failed pass: the previous figures stay).
+    """
+    if config.namespaces.scan == "own":
+        return single_pass(default_scan)(config, collector, remembered)
+    discovery = discover()
+    selected = tuple(ns for ns in discovery.namespaces if namespace_selected(config.namespaces, namespace_names(ns)))
+    result = run_namespaces_scan(config, collector, discovery, selected, remembered)
+    if selected and not result.results and result.skipped:
+        raise CollectError("no network namespace could be read: " + "; ".join(result.notes))
+    return result

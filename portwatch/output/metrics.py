@@ -11,11 +11,18 @@ the figures of one scan together with the counters that go with it.
 A failed scan keeps the previous scan's figures (ports, sockets, findings,
 destinations) and counts the error; ``portwatch_last_scan_success`` goes to 0.
 
+A pass covers one or more network namespaces (:meth:`~PortwatchMetrics.record_pass`):
+every series describing one namespace's scan carries a ``netns`` label (the
+namespace's key, ``host`` for the host namespace and for a scan of the own
+namespace only). At most ``max_series`` namespaces get series: the host's
+always, then those with the most findings, then by key; how many were left out
+is the gauge ``portwatch_namespaces_left_out``.
+
 Every metric name, label and bound is documented in ``docs/metrics.md``; the
 names are a contract with the alerting rules in ``config/prometheus/``.
 Labels are bounded: kinds, severities, protocols and states are enums; the
 per-listener series are capped at :data:`LISTENER_SERIES_LIMIT`; the
-per-destination series at the configured top-K.
+per-destination series at the configured top-K; the namespaces at ``max_series``.
 """
 
 from __future__ import annotations
@@ -36,16 +43,27 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from portwatch import __version__
-from portwatch.model import KERNEL_TCP_STATES, Finding, Kind, Protocol, Severity, SocketState
+from portwatch.model import KERNEL_TCP_STATES, Finding, Kind, NamespaceKind, Protocol, Severity, SocketState
 from portwatch.model import ScanResult
+from portwatch.model.results import NamespacesResult
 
 __all__ = [
     "DURATION_BUCKETS",
+    "HOST_NETNS",
     "LISTENER_SERIES_LIMIT",
+    "MAX_NAMESPACE_SERIES",
     "Figures",
     "PortwatchMetrics",
     "ScanFigures",
+    "netns_label",
+    "scan_figures",
+    "shown_results",
 ]
+
+#: The ``netns`` label of the host namespace (and of a scan of the own namespace only).
+HOST_NETNS = NamespaceKind.HOST.value
+#: Default of ``namespaces.max_series``: at most this many namespaces get series.
+MAX_NAMESPACE_SERIES = 512
 
 #: At most this many ``portwatch_listener_in_ephemeral_range`` series (the
 #: lowest (protocol, port) pairs); the full count is in
@@ -71,8 +89,12 @@ _MAX_PROCESS_NAMES = 3
 
 @dataclass(frozen=True)
 class ScanFigures:
-    """What one successful scan contributes to the metrics; every sequence is label values + value."""
+    """What one namespace's scan contributes to the metrics; every sequence is label values + value.
 
+    ``netns`` is the namespace's label (:func:`netns_label`).
+    """
+
+    netns: str
     range_low: int
     range_high: int
     usable_ports: int
@@ -89,10 +111,16 @@ class Figures:
 
     ``duration_buckets`` holds non-cumulative counts, one per bound of
     :data:`DURATION_BUCKETS` plus one for ``+Inf``. ``None`` means "not known
-    yet" and omits the series.
+    yet" and omits the series. ``namespaces`` holds one :class:`ScanFigures`
+    per namespace shown (at most ``max_series``), ``kinds`` the namespaces
+    scanned by kind, ``left_out`` how many scanned were not shown, ``skipped``
+    how many were found but could not be read (all of the latest successful pass).
     """
 
-    scan: ScanFigures | None = None
+    namespaces: tuple[ScanFigures, ...] | None = None
+    kinds: tuple[tuple[str, int], ...] = ()
+    left_out: int = 0
+    skipped: int = 0
     detected: tuple[tuple[str, int], ...] = tuple((k.value, 0) for k in Kind)
     scans: int = 0
     errors: int = 0
@@ -120,9 +148,26 @@ def _process_label(finding: Finding) -> str:
     return shown
 
 
+def netns_label(result: ScanResult) -> str:
+    """The ``netns`` label of ``result``'s series: its namespace's key, :data:`HOST_NETNS` without one."""
+    ns = result.snapshot.namespace
+    return HOST_NETNS if ns is None or ns.kind is NamespaceKind.HOST else ns.key
+
+
+def shown_results(results: Iterable[ScanResult], limit: int) -> tuple[list[ScanResult], int]:
+    """The results that get series (at most ``limit``, at least the host's) and how many were left out.
+
+    Ranked: the host namespace first, then the most findings, then by
+    label; returned in that order. Pure.
+    """
+    ranked = sorted(results, key=lambda r: (netns_label(r) != HOST_NETNS, -len(r.findings), netns_label(r)))
+    room = max(limit, 1)
+    return ranked[:room], max(len(ranked) - room, 0)
+
+
 def scan_figures(result: ScanResult, top_destinations: int,
                  listener_limit: int = LISTENER_SERIES_LIMIT) -> ScanFigures:
-    """The figures of one scan.
+    """The figures of one namespace's scan.
 
     Takes the scan's result, K of the top-K destinations and the cap of
     listener series. Returns a :class:`ScanFigures`. Pure; never raises for a
@@ -153,6 +198,7 @@ def scan_figures(result: ScanResult, top_destinations: int,
         for d, _count, ratio in result.top_destinations(top_destinations)
     )
     return ScanFigures(
+        netns=netns_label(result),
         range_low=st.port_range.low,
         range_high=st.port_range.high,
         usable_ports=st.usable_ports,
@@ -199,20 +245,23 @@ class PortwatchMetrics(Collector):
         *,
         top_destinations: int = 10,
         listener_limit: int = LISTENER_SERIES_LIMIT,
+        max_series: int = MAX_NAMESPACE_SERIES,
         version: str = __version__,
         python_version: str = platform.python_version(),
     ) -> None:
         """Create the collector and register it with ``registry`` (unless None).
 
         Takes the registry, K of the top-K destinations (from
-        ``config.metrics.top_destinations``), the cap of listener series, and the
-        build info labels. Raises ``ValueError`` if a metric name is already
+        ``config.metrics.top_destinations``), the cap of listener series (per
+        namespace), the cap of namespaces with series (``namespaces.max_series``),
+        and the build info labels. Raises ``ValueError`` if a metric name is already
         registered in ``registry``.
         """
         self._lock = threading.Lock()
         self._figures = Figures()
         self._top = max(int(top_destinations), 0)
         self._listener_limit = listener_limit
+        self._max_series = max(int(max_series), 1)
         self._version = version
         self._python_version = python_version
         if registry is not None:
@@ -230,23 +279,46 @@ class PortwatchMetrics(Collector):
         """Use K (>= 0) for the top-K destinations from the next recorded scan on."""
         self._top = max(int(k), 0)
 
-    def record_scan(self, result: ScanResult, new_findings: Iterable[Finding], finished_at: float) -> None:
-        """Record a successful scan.
+    def set_max_series(self, n: int) -> None:
+        """Show at most ``n`` (>= 1) namespaces from the next recorded pass on."""
+        self._max_series = max(int(n), 1)
 
-        Takes the scan's result, the findings that are new in it (keys not
-        active in the previous scan; counted in
-        ``portwatch_findings_detected_total``) and the Unix time the scan ended.
+    def record_scan(self, result: ScanResult, new_findings: Iterable[Finding], finished_at: float) -> None:
+        """Record a successful scan of one namespace: :meth:`record_pass` of a pass of that scan alone."""
+        self.record_pass(NamespacesResult((result,), duration=result.duration), new_findings, finished_at)
+
+    def record_pass(self, result: NamespacesResult, new_findings: Iterable[Finding], finished_at: float) -> None:
+        """Record a successful pass over one or more namespaces.
+
+        Takes the pass's result (its ``duration`` is the pass's), the findings
+        that are new in it (keys not active in the previous pass; counted in
+        ``portwatch_findings_detected_total``) and the Unix time the pass ended.
         """
-        scan = scan_figures(result, self._top, self._listener_limit)
+        shown, left_out = shown_results(result.results, self._max_series)
+        namespaces = tuple(scan_figures(r, self._top, self._listener_limit) for r in shown)
+        kinds = Counter(r.snapshot.namespace.kind.value if r.snapshot.namespace is not None
+                        else NamespaceKind.HOST.value for r in result.results)
         new_per_kind = Counter(f.kind.value for f in new_findings)
-        duration = max(result.duration, 0.0)
+        duration = max(result.duration, 0.0) if math.isfinite(result.duration) else 0.0
         with self._lock:
             old = self._figures
             self._figures = replace(
                 _counted_scan(old, duration, finished_at, success=True),
-                scan=scan,
+                namespaces=namespaces,
+                kinds=tuple((k.value, kinds.get(k.value, 0)) for k in NamespaceKind),
+                left_out=left_out,
+                skipped=len(result.skipped),
                 detected=tuple((k, n + new_per_kind.get(k, 0)) for k, n in old.detected),
             )
+
+    def record_detected(self, new_findings: Iterable[Finding]) -> None:
+        """Count findings that appeared between passes (event findings) in ``portwatch_findings_detected_total``."""
+        new_per_kind = Counter(f.kind.value for f in new_findings)
+        if not new_per_kind:
+            return
+        with self._lock:
+            old = self._figures
+            self._figures = replace(old, detected=tuple((k, n + new_per_kind.get(k, 0)) for k, n in old.detected))
 
     def record_scan_error(self, duration: float, finished_at: float) -> None:
         """Record a failed scan: the previous scan's figures stay; the error is counted.
@@ -289,8 +361,8 @@ class PortwatchMetrics(Collector):
             build.add_metric([self._version, self._python_version], 1)
         yield build
 
-        scan = f.scan if with_samples else None
-        yield from self._scan_families(scan)
+        yield from self._scan_families(f.namespaces if with_samples else None)
+        yield from self._namespace_families(f if with_samples else None)
 
         detected = CounterMetricFamily(
             "portwatch_findings_detected_total",
@@ -299,7 +371,7 @@ class PortwatchMetrics(Collector):
         scans = CounterMetricFamily("portwatch_scans_total", "Scans attempted, failed ones included.")
         errors = CounterMetricFamily("portwatch_scan_errors_total", "Scans that failed.")
         duration = HistogramMetricFamily("portwatch_scan_duration_seconds",
-                                         "Duration of each scan, failed ones included.")
+                                         "Duration of each pass over the selected namespaces, failed ones included.")
         last_ts = GaugeMetricFamily("portwatch_last_scan_timestamp_seconds",
                                     "Unix time the latest scan ended, successful or not.")
         last_ok = GaugeMetricFamily("portwatch_last_scan_success",
@@ -328,42 +400,62 @@ class PortwatchMetrics(Collector):
                 reload_ts.add_metric([], f.reload_timestamp)
         yield from (detected, scans, errors, duration, last_ts, last_ok, reload_ok, reload_ts)
 
-    def _scan_families(self, scan: ScanFigures | None) -> Iterator[Metric]:
-        """The families that describe the latest successful scan (no samples before the first one)."""
+    def _scan_families(self, namespaces: tuple[ScanFigures, ...] | None) -> Iterator[Metric]:
+        """The families that describe the latest successful pass, per namespace (no samples before the first)."""
+        ns = ["netns"]
         low = GaugeMetricFamily("portwatch_ephemeral_port_range_low",
-                                "Low end of net.ipv4.ip_local_port_range.")
+                                "Low end of net.ipv4.ip_local_port_range.", labels=ns)
         high = GaugeMetricFamily("portwatch_ephemeral_port_range_high",
-                                 "High end of net.ipv4.ip_local_port_range.")
+                                 "High end of net.ipv4.ip_local_port_range.", labels=ns)
         usable = GaugeMetricFamily("portwatch_ephemeral_ports_usable",
-                                   "Ports connect() may pick: the range minus reserved ports inside it.")
+                                   "Ports connect() may pick: the range minus reserved ports inside it.", labels=ns)
         reserved = GaugeMetricFamily("portwatch_reserved_ports",
-                                     "Ports in net.ipv4.ip_local_reserved_ports (inside the range or not).")
+                                     "Ports in net.ipv4.ip_local_reserved_ports (inside the range or not).",
+                                     labels=ns)
         sockets = GaugeMetricFamily("portwatch_sockets", "Inet sockets by protocol and state.",
-                                    labels=["protocol", "state"])
+                                    labels=[*ns, "protocol", "state"])
         findings = GaugeMetricFamily("portwatch_findings",
                                      "Active findings of the latest scan, by kind and severity.",
-                                     labels=["kind", "severity"])
+                                     labels=[*ns, "kind", "severity"])
         listeners = GaugeMetricFamily(
             "portwatch_listener_in_ephemeral_range",
             f"Listeners on unreserved ports inside the ephemeral range; always 1 "
-            f"(at most {self._listener_limit} series, lowest ports first).",
-            labels=["protocol", "port", "process"])
+            f"(at most {self._listener_limit} series per namespace, lowest ports first).",
+            labels=[*ns, "protocol", "port", "process"])
         destinations = GaugeMetricFamily(
             "portwatch_destination_ephemeral_usage_ratio",
             "Share of usable ephemeral ports used towards one destination (top-K destinations).",
-            labels=["local_ip", "remote_ip", "remote_port"])
-        if scan is not None:
-            low.add_metric([], scan.range_low)
-            high.add_metric([], scan.range_high)
-            usable.add_metric([], scan.usable_ports)
-            reserved.add_metric([], scan.reserved_ports)
-            for proto, state, n in scan.sockets:
-                sockets.add_metric([proto, state], n)
-            for kind, sev, n in scan.findings:
-                findings.add_metric([kind, sev], n)
+            labels=[*ns, "local_ip", "remote_ip", "remote_port"])
+        for scan in namespaces or ():
+            n = scan.netns
+            low.add_metric([n], scan.range_low)
+            high.add_metric([n], scan.range_high)
+            usable.add_metric([n], scan.usable_ports)
+            reserved.add_metric([n], scan.reserved_ports)
+            for proto, state, count in scan.sockets:
+                sockets.add_metric([n, proto, state], count)
+            for kind, sev, count in scan.findings:
+                findings.add_metric([n, kind, sev], count)
             for proto, port, process in scan.listeners:
-                listeners.add_metric([proto, port, process], 1)
+                listeners.add_metric([n, proto, port, process], 1)
             for local_ip, remote_ip, remote_port, ratio in scan.destinations:
-                destinations.add_metric([local_ip, remote_ip, remote_port], ratio)
+                destinations.add_metric([n, local_ip, remote_ip, remote_port], ratio)
         yield from (low, high, usable, reserved, sockets, findings, listeners, destinations)
+
+    def _namespace_families(self, f: Figures | None) -> Iterator[Metric]:
+        """How many namespaces the latest successful pass scanned, left out of the series, could not read."""
+        scanned = GaugeMetricFamily("portwatch_namespaces",
+                                    "Network namespaces scanned by the latest successful pass, by kind.",
+                                    labels=["kind"])
+        left_out = GaugeMetricFamily(
+            "portwatch_namespaces_left_out",
+            "Namespaces the latest successful pass scanned but exported no series for (namespaces.max_series).")
+        skipped = GaugeMetricFamily("portwatch_namespaces_skipped",
+                                    "Namespaces the latest successful pass found but could not read.")
+        if f is not None and f.namespaces is not None:
+            for kind, n in f.kinds:
+                scanned.add_metric([kind], n)
+            left_out.add_metric([], f.left_out)
+            skipped.add_metric([], f.skipped)
+        yield from (scanned, left_out, skipped)
 

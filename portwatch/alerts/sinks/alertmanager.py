@@ -4,7 +4,10 @@ Each notification becomes one alert (two for a severity change)::
 
     labels:      alertname (PortwatchSelfConnect, ... see ALERTNAMES), severity, kind,
                  instance (this host, unless ``labels`` overrides it), port (when the
-                 finding has one), key (the finding's key), rule, and the sink's ``labels``
+                 finding has one), key (the finding's key), rule, netns (the namespace's
+                 key, as the metrics' ``netns`` label), container and pod (its container
+                 id and pod uid) when the finding's network namespace is known, and the
+                 sink's ``labels``
     annotations: summary, remediation (when known), processes (``name[pid] user=... unit=...``)
     startsAt:    when the alert fired
     endsAt:      firing: now + 4 x resend_interval; resolved: when it resolved
@@ -127,6 +130,10 @@ def labels_for(note: Notification, extra: Mapping[str, str]) -> dict[str, str]:
         "key": note.finding_key,
         "rule": note.rule,
     }
+    ns = note.namespace or {}
+    for label, field_name in (("netns", "key"), ("container", "container"), ("pod", "pod")):
+        value = ns.get(field_name)
+        labels[label] = value if isinstance(value, str) else ""
     labels.update(extra)
     return {k: v for k, v in labels.items() if v}
 

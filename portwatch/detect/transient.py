@@ -22,6 +22,14 @@ caller knows the 4-tuple). Everything else (ordinary connections, TIME_WAIT
 entries, refused or reset connects, whose tuple the kernel mangles to
 ``0.0.0.0:lport -> raddr:0``, UDP) yields nothing.
 
+:class:`NamespaceTransients` keeps one detector per network namespace, fed
+with what each namespace's latest scan saw (listening ports, settings, the
+4-tuples of its findings' sockets, so that a socket a scan reported and that
+then closes is not reported twice), and keys the findings like the scan's.
+:class:`TransientBook` is the lifecycle of findings that come as events, of
+any kind: new, repeated (count, first and last seen), resolved after a quiet
+period.
+
 Pure: imports :mod:`portwatch.model` and the two detectors; no I/O, clock or
 logging (times come in the events and in the ``now`` arguments). State is
 bounded: at most ``max_pending`` unmatched sockets and ``max_findings`` keys.
@@ -31,21 +39,25 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
-from typing import Collection, Iterable, Mapping
+from typing import Collection, Iterable, Mapping, MutableSet
 
 from portwatch.detect.loop_pair import find_loop_pairs
 from portwatch.detect.loop_pair import summarize as summarize_loop_pair
 from portwatch.detect.self_connect import find_self_connects
 from portwatch.detect.self_connect import summarize as summarize_self_connect
+from portwatch.config.types import Config, ignore_matches
 from portwatch.detect.base import Summarize, who
 from portwatch.model import (
     DestroyEvent,
     Endpoint,
     Finding,
     KernelSettings,
+    NamespaceInfo,
+    NamespaceKind,
     PortRange,
     ProcessInfo,
     Protocol,
+    ScanResult,
     Snapshot,
     Socket,
     SocketState,
@@ -54,7 +66,8 @@ from portwatch.model import (
     iso_time,
 )
 
-__all__ = ["DEFAULT_PAIR_WINDOW", "DEFAULT_WINDOW", "Owners", "TransientDetector"]
+__all__ = ["DEFAULT_PAIR_WINDOW", "DEFAULT_WINDOW", "BookEntry", "NamespaceTransients", "Owners", "TransientBook",
+           "TransientDetector", "Tuple4"]
 
 #: Seconds a transient finding stays current after its last event (and over which it is counted).
 DEFAULT_WINDOW = 300.0
@@ -65,8 +78,11 @@ _DEFAULT_SETTINGS = KernelSettings(PortRange(32768, 60999))
 
 #: Known owners of a 4-tuple: ``(local, remote) -> processes`` (from a scan or remembered sockets).
 Owners = Mapping[tuple[Endpoint, Endpoint], tuple[ProcessInfo, ...]]
-#: What :meth:`TransientDetector.observe` passes down: listening ports, seen keys, owners, settings, namespace.
-_Context = tuple[Collection[int], Collection[str], Owners, KernelSettings, "str | None"]
+#: The (local, remote) endpoints of a connected socket.
+Tuple4 = tuple[Endpoint, Endpoint]
+#: What :meth:`TransientDetector.observe` passes down: listening ports, seen keys, owners, settings,
+#: namespace, covered tuples.
+_Context = tuple[Collection[int], Collection[str], Owners, KernelSettings, "str | None", MutableSet[Tuple4]]
 
 
 @dataclass
@@ -120,6 +136,7 @@ class TransientDetector:
         owners: Owners | None = None,
         settings: KernelSettings | None = None,
         namespace: str | None = None,
+        covered: MutableSet[Tuple4] | None = None,
     ) -> list[Finding]:
         """Read ``events`` (oldest first); return the findings they created or updated.
 
@@ -130,11 +147,18 @@ class TransientDetector:
         reported: those sockets are not reported again), ``owners`` (known
         processes of 4-tuples), ``settings`` (the namespace's kernel settings,
         for the remediation; the kernel defaults when None) and ``namespace``
-        (put in ``details["namespace"]`` when given). Returns one finding per
-        key touched, with its figures as of the last event. Never raises.
+        (put in ``details["namespace"]`` when given) and ``covered``: the
+        ``(local, remote)`` of sockets a scan already reported (the socket
+        model has no cookie, so the 4-tuple stands for it); the first destroy
+        event of such a tuple is that socket closing: it is taken out of
+        ``covered`` and yields nothing. Returns one finding per key touched,
+        with its figures as of the last event and ``details["occurrences"]``,
+        how many times it happened in these events. Never raises.
         """
         touched: dict[str, Finding] = {}
-        ctx = (listening_ports, seen_keys, owners or {}, settings or _DEFAULT_SETTINGS, namespace)
+        times: dict[str, int] = {}
+        ctx = (listening_ports, seen_keys, owners or {}, settings or _DEFAULT_SETTINGS, namespace,
+               covered if covered is not None else set())
         tcp = Protocol.TCP
         for event in events:
             remote = event.remote
@@ -153,8 +177,9 @@ class TransientDetector:
                 found = self._pair(event, local, remote, ctx)
             if found is not None:
                 touched[found.key] = found
+                times[found.key] = times.get(found.key, 0) + 1
             self._prune(event.at)
-        return list(touched.values())
+        return [replace(f, details={**f.details, "occurrences": times[k]}) for k, f in touched.items()]
 
     def current(self, now: float) -> list[Finding]:
         """The findings whose last event is at most ``window`` seconds before ``now``, by first seen."""
@@ -169,7 +194,10 @@ class TransientDetector:
     # ----------------------------------------------------------------- the two kinds
 
     def _self_connect(self, event: DestroyEvent, remote: Endpoint, ctx: _Context) -> Finding | None:
-        listening_ports, seen_keys, owners, settings, namespace = ctx
+        listening_ports, seen_keys, owners, settings, namespace, covered = ctx
+        if (event.local, remote) in covered:
+            covered.discard((event.local, remote))
+            return None
         sock = _socket(event, remote)
         for base in find_self_connects(Snapshot(settings, (sock,))):
             if base.key not in seen_keys:
@@ -179,7 +207,10 @@ class TransientDetector:
         return None
 
     def _pair(self, event: DestroyEvent, local: Endpoint, remote: Endpoint, ctx: _Context) -> Finding | None:
-        listening_ports, seen_keys, owners, settings, namespace = ctx
+        listening_ports, seen_keys, owners, settings, namespace, covered = ctx
+        if (local, remote) in covered:
+            covered.discard((local, remote))
+            return None
         if (local.port in listening_ports or remote.port in listening_ports
                 or local.port in self._closed_listeners or remote.port in self._closed_listeners):
             return None
@@ -255,3 +286,147 @@ class TransientDetector:
                 break
             del closed[port]
 
+
+
+# ----------------------------------------------------------------- several namespaces
+
+
+class NamespaceTransients:
+    """One :class:`TransientDetector` per namespace, told what the latest scan of it saw.
+
+    ``NamespaceTransients(window, pair_window, keyed=True)``: :meth:`scanned`
+    takes each :class:`~portwatch.model.ScanResult` (its listening TCP ports,
+    kernel settings, the 4-tuples and owners of its findings' sockets);
+    :meth:`observe` turns one namespace's events into findings with
+    ``namespace`` set and, with ``keyed``, keys of a namespace other than the
+    host's ending in ``@<namespace key>`` like the scan's
+    (:func:`~portwatch.detect.in_namespace`; give ``keyed=False`` when the
+    scans are of the own namespace only, as :func:`~portwatch.scan.run_scan`).
+    A socket a scan reported and that then closes is not reported again
+    (its 4-tuple is ``covered`` once). ``config`` (settable, e.g. on a
+    reload): its per-kind severities apply and its ignore rules drop
+    findings, as in a scan. Not thread-safe.
+    """
+
+    def __init__(self, window: float = DEFAULT_WINDOW, pair_window: float = DEFAULT_PAIR_WINDOW, *,
+                 keyed: bool = True, config: Config | None = None) -> None:
+        self.config = config
+        self.window = window
+        self.pair_window = pair_window
+        self.keyed = keyed
+        self._detectors: dict[int, TransientDetector] = {}
+        self._scans: dict[int, _ScanContext] = {}
+
+    def scanned(self, result: ScanResult) -> None:
+        """Remember what ``result`` (a scan of ``result.snapshot.namespace``) saw, replacing the last."""
+        ns = result.snapshot.namespace
+        owners: dict[Tuple4, tuple[ProcessInfo, ...]] = {}
+        for f in (*result.findings, *result.ignored):
+            for s in f.sockets:
+                if s.remote is not None:
+                    owners[(s.local, s.remote)] = owners.get((s.local, s.remote), ()) + f.processes
+        ports = frozenset(port for (proto, port) in result.listening if proto is Protocol.TCP)
+        self._scans[ns.inode if ns else 0] = _ScanContext(ports, set(owners), owners, result.snapshot.settings)
+
+    def observe(self, namespace: NamespaceInfo, events: Iterable[DestroyEvent]) -> list[Finding]:
+        """The transient findings ``events`` (of ``namespace``, oldest first) created or updated."""
+        ident = namespace.inode
+        detector = self._detectors.get(ident)
+        if detector is None:
+            detector = self._detectors[ident] = TransientDetector(self.window, self.pair_window)
+        ctx = self._scans.get(ident) or (self._scans.get(0) if namespace.own else None)
+        if ctx is None:
+            ctx = self._scans[ident] = _ScanContext(frozenset(), set(), {}, None)
+        found = detector.observe(events, listening_ports=ctx.ports, owners=ctx.owners,
+                                 settings=ctx.settings, namespace=namespace.key, covered=ctx.covered)
+        suffix = f"@{namespace.key}" if self.keyed and namespace.kind is not NamespaceKind.HOST else ""
+        found = [replace(f, key=f.key + suffix, namespace=namespace) for f in found]
+        config = self.config
+        if config is None:
+            return found
+        if config.severities:
+            found = [replace(f, severity=config.severities.get(f.kind, f.severity)) for f in found]
+        return [f for f in found if not any(ignore_matches(rule, f) for rule in config.ignore)]
+
+    def retain(self, namespaces: Iterable[NamespaceInfo]) -> None:
+        """Forget the state of every namespace not in ``namespaces`` (they are gone)."""
+        keep = {ns.inode for ns in namespaces} | {0}
+        for table in (self._detectors, self._scans):
+            for ident in [i for i in table if i not in keep]:
+                del table[ident]
+
+
+@dataclass
+class _ScanContext:
+    ports: frozenset[int]
+    covered: set[Tuple4]
+    owners: Owners
+    settings: KernelSettings | None
+
+
+# ----------------------------------------------------------------- the lifecycle
+
+
+@dataclass(frozen=True)
+class BookEntry:
+    """One active finding of a :class:`TransientBook`: the latest report of its key and its figures.
+
+    ``first_seen``/``last_seen``: Unix times of its first and latest report
+    in this active period; ``count``: occurrences reported in it.
+    """
+
+    finding: Finding
+    first_seen: float
+    last_seen: float
+    count: int
+
+
+class TransientBook:
+    """The lifecycle of findings that come as events (of any kind): found, repeated, resolved.
+
+    ``TransientBook(quiet_period=300, max_entries=10_000)``. :meth:`add`
+    takes findings as they come, merging the reports of one key (count,
+    first and last seen); a finding stays active until ``quiet_period``
+    seconds pass without a report, then :meth:`expire` resolves it. Times
+    are passed in (no clock). A finding's occurrences are its
+    ``details["occurrences"]`` when that is a positive int (the transient
+    detector sets it), else 1. At most ``max_entries`` keys: the one quiet
+    longest is dropped first (not reported as resolved). Not thread-safe.
+    """
+
+    def __init__(self, quiet_period: float = DEFAULT_WINDOW, max_entries: int = 10_000) -> None:
+        if quiet_period <= 0 or max_entries < 1:
+            raise ValueError("quiet_period and max_entries must be positive")
+        self.quiet_period = quiet_period
+        self.max_entries = max_entries
+        self._entries: dict[str, BookEntry] = {}
+
+    def add(self, findings: Iterable[Finding], at: float) -> list[Finding]:
+        """Record ``findings`` reported at ``at``; return those whose key was not active (new)."""
+        new: list[Finding] = []
+        for f in findings:
+            times = f.details.get("occurrences")
+            n = times if isinstance(times, int) and not isinstance(times, bool) and times > 0 else 1
+            old = self._entries.get(f.key)
+            if old is not None and at - old.last_seen <= self.quiet_period:
+                self._entries[f.key] = BookEntry(f, old.first_seen, max(at, old.last_seen), old.count + n)
+                continue
+            if old is None and len(self._entries) >= self.max_entries:
+                del self._entries[min(self._entries, key=lambda k: self._entries[k].last_seen)]
+            self._entries[f.key] = BookEntry(f, at, at, n)
+            new.append(f)
+        return new
+
+    def expire(self, now: float) -> list[Finding]:
+        """Forget, and return (resolved), the findings with no report in the ``quiet_period`` before ``now``."""
+        gone = [k for k, e in self._entries.items() if now - e.last_seen > self.quiet_period]
+        return [self._entries.pop(k).finding for k in gone]
+
+    def active(self, now: float) -> list[BookEntry]:
+        """The entries reported within ``quiet_period`` before ``now``, by first seen."""
+        live = [e for e in self._entries.values() if now - e.last_seen <= self.quiet_period]
+        return sorted(live, key=lambda e: (e.first_seen, e.finding.key))
+
+    def get(self, key: str) -> BookEntry | None:
+        """The entry of ``key`` (active or not yet expired), or None."""
+        return self._entries.get(key)

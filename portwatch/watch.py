@@ -176,7 +176,9 @@ class _Watch:
                 lost = True
             if got.events:
                 now = self.clock()
-                for f in self.book.add(self.transients.observe(got.namespace, got.events), now):
+                ns = got.namespace
+                found = self.transients.observe(ns, got.events, lambda: self.watcher.listening_ports(ns))
+                for f in self.book.add(found, now):
                     if f.key not in self.shown:
                         self.emit("found", f, now)
         now = self.clock()

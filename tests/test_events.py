@@ -317,3 +317,14 @@ def test_watcher_that_may_not_enter_namespaces_watches_only_its_own(netns: NetNS
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
         batches = [b for _ in range(20) for b in watcher.poll(0.1) if b.events]
         assert batches and all(b.namespace == own for b in batches)
+
+
+def test_watcher_tells_the_tcp_listeners_of_a_namespace_now(netns: NetNS) -> None:
+    info = discovered(netns)
+    server, _ = netns.actor("listen", "--port", "8085", "--port", "9095")
+    with EventWatcher() as watcher:
+        assert watcher.listening_ports(info) is None  # not watched
+        watcher.sync([info])
+        assert watcher.listening_ports(info) == frozenset({8085, 9095})
+        netns.stop(server)
+        assert watcher.listening_ports(info) == frozenset()

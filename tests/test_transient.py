@@ -246,3 +246,20 @@ def test_book_is_bounded_and_rejects_a_quiet_period_that_is_not_positive() -> No
     assert [e.finding.key for e in book.active(T0 + 2)] == ["b", "c"]
     with pytest.raises(ValueError):
         TransientBook(quiet_period=0)
+
+
+def test_a_pair_with_a_listener_opened_after_the_scan_is_an_ordinary_connection() -> None:
+    asked: list[int] = []
+
+    def listening_now() -> set[int]:
+        asked.append(1)
+        return {8080}
+
+    det = TransientDetector()
+    client_and_server = [ev(0, (LO, 50000), (LO, 8080)), ev(0.1, (LO, 8080), (LO, 50000)),
+                         ev(0.2, (LO, 50001), (LO, 8080)), ev(0.3, (LO, 8080), (LO, 50001))]
+    assert det.observe(client_and_server, listening_now=listening_now) == []
+    assert asked == [1]  # asked once per call, only for a would-be pair
+    (f,) = det.observe([ev(1, (LO, 41000), (LO, 41001)), ev(1.1, (LO, 41001), (LO, 41000))],
+                       listening_now=lambda: None)  # cannot tell: reported
+    assert f.kind is Kind.LOOP_PAIR

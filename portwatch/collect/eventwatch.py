@@ -19,11 +19,18 @@ closes the listeners of the namespaces no longer given.
 from __future__ import annotations
 
 import selectors
+import socket
 import time
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
-from portwatch.collect.events import DEFAULT_BUFFER_BYTES, DestroyListener, open_destroy_socket
+from portwatch.collect.events import (
+    DEFAULT_BUFFER_BYTES,
+    DestroyListener,
+    listening_tcp_ports,
+    open_destroy_socket,
+    open_query_socket,
+)
 from portwatch.collect.namespaces import NamespaceVanished, can_enter_namespaces, run_in_namespace
 from portwatch.collect.netlink import NetlinkError
 from portwatch.model import NamespaceInfo
@@ -31,8 +38,8 @@ from portwatch.model.events import NamespaceEvents
 
 __all__ = ["EventWatcher", "ListenerOpener", "SyncResult", "namespace_listener"]
 
-#: Opens the listener of one namespace (raises OSError, NamespaceVanished).
-ListenerOpener = Callable[[NamespaceInfo, int], DestroyListener]
+#: Opens the listener of one namespace and a dump socket of it, or None (raises OSError, NamespaceVanished).
+ListenerOpener = Callable[[NamespaceInfo, int], "tuple[DestroyListener, socket.socket | None]"]
 _Id = tuple[int, int]
 
 
@@ -41,18 +48,28 @@ def _ident(ns: NamespaceInfo) -> _Id:
 
 
 def namespace_listener(ns: NamespaceInfo, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-                       proc_root: Path = Path("/proc")) -> DestroyListener:
-    """A listener of ``ns``'s destroy events, its socket made inside ``ns``.
+                       proc_root: Path = Path("/proc")) -> tuple[DestroyListener, socket.socket]:
+    """A listener of ``ns``'s destroy events and a dump socket (:func:`open_query_socket`), made inside ``ns``.
 
     The own namespace (``ns.own``) is opened in the calling thread (which
     never leaves it). Raises :class:`NamespaceVanished` when ``ns`` is gone,
     ``PermissionError`` when it may not be entered, ``OSError`` when the
     socket cannot be made or bound.
     """
-    if ns.own:
-        return DestroyListener(open_destroy_socket, buffer_bytes=buffer_bytes)
-    sock = run_in_namespace(ns, open_destroy_socket, proc_root)
-    return DestroyListener(lambda: sock, buffer_bytes=buffer_bytes)
+    def both() -> tuple[socket.socket, socket.socket]:
+        events = open_destroy_socket()
+        try:
+            return events, open_query_socket()
+        except BaseException:
+            events.close()
+            raise
+
+    events, query = both() if ns.own else run_in_namespace(ns, both, proc_root)
+    try:
+        return DestroyListener(lambda: events, buffer_bytes=buffer_bytes), query
+    except BaseException:
+        query.close()
+        raise
 
 
 class SyncResult(NamedTuple):
@@ -71,11 +88,12 @@ class SyncResult(NamedTuple):
 
 
 class _Watched:
-    __slots__ = ("namespace", "listener", "dropped")
+    __slots__ = ("namespace", "listener", "query", "dropped")
 
-    def __init__(self, namespace: NamespaceInfo, listener: DestroyListener) -> None:
+    def __init__(self, namespace: NamespaceInfo, listener: DestroyListener, query: socket.socket | None) -> None:
         self.namespace = namespace
         self.listener = listener
+        self.query = query
         self.dropped = 0
 
 
@@ -132,14 +150,14 @@ class EventWatcher:
                 skipped.append(ns)
                 continue
             try:
-                listener = self._opener(ns, self.buffer_bytes)
+                listener, query = self._opener(ns, self.buffer_bytes)
             except (NamespaceVanished, PermissionError):
                 skipped.append(ns)
                 continue
             except (OSError, TimeoutError) as exc:
                 failed.append((ns, f"network namespace {ns.key}: no event listener: {exc}"))
                 continue
-            self._watched[ident] = _Watched(ns, listener)
+            self._watched[ident] = _Watched(ns, listener, query)
             self._selector.register(listener.fileno(), selectors.EVENT_READ, ident)
             opened.append(ns)
         return SyncResult(tuple(opened), tuple(closed), tuple(skipped), tuple(failed))
@@ -151,7 +169,23 @@ class EventWatcher:
         except (KeyError, ValueError):
             pass
         watched.listener.close()
+        if watched.query is not None:
+            watched.query.close()
         return watched.namespace
+
+    def listening_ports(self, ns: NamespaceInfo) -> frozenset[int] | None:
+        """The ports of ``ns``'s TCP listeners now (a LISTEN-only dump); None when it cannot be told.
+
+        Never raises: a namespace not watched, without a dump socket, or a
+        failed dump gives None.
+        """
+        watched = self._watched.get(_ident(ns))
+        if watched is None or watched.query is None:
+            return None
+        try:
+            return listening_tcp_ports(watched.query)
+        except (OSError, NetlinkError):
+            return None
 
     def poll(self, timeout: float) -> list[NamespaceEvents]:
         """Wait up to ``timeout`` seconds for events; what each ready listener had queued.

@@ -175,7 +175,7 @@ class EventThread:
                     watcher = self._watcher_factory()
                 self._apply(watcher)
                 for got in watcher.poll(self.poll_interval):
-                    self._handle(got)
+                    self._handle(watcher, got)
             except Exception:  # the thread must go on: log, pause, loop
                 log.exception("event listener error")
                 self._stop.wait(self.poll_interval)
@@ -210,14 +210,15 @@ class EventThread:
         with self._lock:
             self._watching = watcher.namespaces
 
-    def _handle(self, got: NamespaceEvents) -> None:
+    def _handle(self, watcher: EventWatcher, got: NamespaceEvents) -> None:
         """Count, report the loss, detect, hand over; each callback's failure is logged."""
         if got.error is not None:
             log.warning("network namespace %s: %s", got.namespace.key, got.error)
             with self._lock:
                 if self._wanted is None:  # reopen at the next turn
                     self._wanted = self._watching
-        findings = self._transients.observe(got.namespace, got.events) if got.events else []
+        ns = got.namespace
+        findings = self._transients.observe(ns, got.events, lambda: watcher.listening_ports(ns)) if got.events else []
         self.counts.add(len(got.events), got.dropped, findings)
         if got.lost:
             log.warning("network namespace %s: socket-destroy events were lost (receive buffer full); "

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
-from typing import Collection, Iterable, Mapping, MutableSet
+from typing import Callable, Collection, Iterable, Mapping, MutableSet
 
 from portwatch.detect.loop_pair import find_loop_pairs
 from portwatch.detect.loop_pair import summarize as summarize_loop_pair
@@ -81,8 +81,22 @@ Owners = Mapping[tuple[Endpoint, Endpoint], tuple[ProcessInfo, ...]]
 #: The (local, remote) endpoints of a connected socket.
 Tuple4 = tuple[Endpoint, Endpoint]
 #: What :meth:`TransientDetector.observe` passes down: listening ports, seen keys, owners, settings,
-#: namespace, covered tuples.
-_Context = tuple[Collection[int], Collection[str], Owners, KernelSettings, "str | None", MutableSet[Tuple4]]
+#: namespace, covered tuples, the probe of listeners.
+_Context = tuple[Collection[int], Collection[str], Owners, KernelSettings, "str | None", MutableSet[Tuple4],
+                 "_Probe"]
+
+
+class _Probe:
+    """``listening_now``, asked once: the ports it returned (empty when it cannot tell)."""
+
+    def __init__(self, ask: Callable[[], Collection[int] | None] | None) -> None:
+        self.ask = ask
+        self.ports: Collection[int] | None = None
+
+    def listening(self, port: int) -> bool:
+        if self.ports is None:
+            self.ports = (self.ask() if self.ask is not None else None) or ()
+        return port in self.ports
 
 
 @dataclass
@@ -137,6 +151,7 @@ class TransientDetector:
         settings: KernelSettings | None = None,
         namespace: str | None = None,
         covered: MutableSet[Tuple4] | None = None,
+        listening_now: Callable[[], Collection[int] | None] | None = None,
     ) -> list[Finding]:
         """Read ``events`` (oldest first); return the findings they created or updated.
 
@@ -151,14 +166,17 @@ class TransientDetector:
         ``(local, remote)`` of sockets a scan already reported (the socket
         model has no cookie, so the 4-tuple stands for it); the first destroy
         event of such a tuple is that socket closing: it is taken out of
-        ``covered`` and yields nothing. Returns one finding per key touched,
+        ``covered`` and yields nothing. ``listening_now``: asked (at most
+        once per call, only when two sockets would be a loop pair) for the
+        ports with a TCP listener now (None: unknown), so that a server
+        opened after the last scan is not taken for a loop. Returns one finding per key touched,
         with its figures as of the last event and ``details["occurrences"]``,
         how many times it happened in these events. Never raises.
         """
         touched: dict[str, Finding] = {}
         times: dict[str, int] = {}
         ctx = (listening_ports, seen_keys, owners or {}, settings or _DEFAULT_SETTINGS, namespace,
-               covered if covered is not None else set())
+               covered if covered is not None else set(), _Probe(listening_now))
         tcp = Protocol.TCP
         for event in events:
             remote = event.remote
@@ -194,7 +212,7 @@ class TransientDetector:
     # ----------------------------------------------------------------- the two kinds
 
     def _self_connect(self, event: DestroyEvent, remote: Endpoint, ctx: _Context) -> Finding | None:
-        listening_ports, seen_keys, owners, settings, namespace, covered = ctx
+        listening_ports, seen_keys, owners, settings, namespace, covered, _probe = ctx
         if (event.local, remote) in covered:
             covered.discard((event.local, remote))
             return None
@@ -207,7 +225,7 @@ class TransientDetector:
         return None
 
     def _pair(self, event: DestroyEvent, local: Endpoint, remote: Endpoint, ctx: _Context) -> Finding | None:
-        listening_ports, seen_keys, owners, settings, namespace, covered = ctx
+        listening_ports, seen_keys, owners, settings, namespace, covered, probe = ctx
         if (local, remote) in covered:
             covered.discard((local, remote))
             return None
@@ -221,6 +239,8 @@ class TransientDetector:
             if len(self._pending) > self.max_pending:
                 self._pending.popitem(last=False)
             return None
+        if probe.listening(local.port) or probe.listening(remote.port):
+            return None  # a server opened since the last scan
         socks = (_socket(other, local), _socket(event, remote))
         for base in find_loop_pairs(Snapshot(settings, socks), {}):
             if base.key in seen_keys:
@@ -328,8 +348,12 @@ class NamespaceTransients:
         ports = frozenset(port for (proto, port) in result.listening if proto is Protocol.TCP)
         self._scans[ns.inode if ns else 0] = _ScanContext(ports, set(owners), owners, result.snapshot.settings)
 
-    def observe(self, namespace: NamespaceInfo, events: Iterable[DestroyEvent]) -> list[Finding]:
-        """The transient findings ``events`` (of ``namespace``, oldest first) created or updated."""
+    def observe(self, namespace: NamespaceInfo, events: Iterable[DestroyEvent],
+                listening_now: Callable[[], Collection[int] | None] | None = None) -> list[Finding]:
+        """The transient findings ``events`` (of ``namespace``, oldest first) created or updated.
+
+        ``listening_now``: see :meth:`TransientDetector.observe`.
+        """
         ident = namespace.inode
         detector = self._detectors.get(ident)
         if detector is None:
@@ -338,7 +362,8 @@ class NamespaceTransients:
         if ctx is None:
             ctx = self._scans[ident] = _ScanContext(frozenset(), set(), {}, None)
         found = detector.observe(events, listening_ports=ctx.ports, owners=ctx.owners,
-                                 settings=ctx.settings, namespace=namespace.key, covered=ctx.covered)
+                                 settings=ctx.settings, namespace=namespace.key, covered=ctx.covered,
+                                 listening_now=listening_now)
         suffix = f"@{namespace.key}" if self.keyed and namespace.kind is not NamespaceKind.HOST else ""
         found = [replace(f, key=f.key + suffix, namespace=namespace) for f in found]
         config = self.config

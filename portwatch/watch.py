@@ -63,12 +63,14 @@ class WatchOptions:
     quiet_period: float = DEFAULT_WINDOW
 
 
-class _Stopped(Exception):
-    """SIGINT or SIGTERM arrived."""
+class _Stop:
+    """Set by SIGINT or SIGTERM; the loop ends at its next turn (at most half a second)."""
 
+    def __init__(self) -> None:
+        self.signalled = False
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    raise _Stopped(signum)
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signalled = True
 
 
 def finding_line(event: str, at: float, finding: Finding, fmt: str) -> str:
@@ -178,14 +180,18 @@ class _Watch:
                 now = self.clock()
                 ns = got.namespace
                 found = self.transients.observe(ns, got.events, lambda: self.watcher.listening_ports(ns))
-                for f in self.book.add(found, now):
-                    if f.key not in self.shown:
-                        self.emit("found", f, now)
+                self.add(found, now)
         now = self.clock()
+        self.add(self.transients.flush(now, self.watcher.listening_ports), now)
         for f in self.book.expire(now):
             if f.key in self.shown and f.key not in self.scanned:
                 self.emit("resolved", f, now)
         return lost
+
+    def add(self, findings: list[Finding], now: float) -> None:
+        for f in self.book.add(findings, now):
+            if f.key not in self.shown:
+                self.emit("found", f, now)
 
     def summary(self, seconds: float) -> str:
         found = list(self.worst.values())
@@ -208,15 +214,19 @@ def run_watch(config: Config, options: WatchOptions, out: TextIO | None = None,
     interval = options.interval if options.interval is not None else config.interval
     started = monotonic()
     deadline = None if options.duration is None else started + options.duration
-    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = _Stop()
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         namespaces = w.select(first=True)
         if namespaces is None:
             return EXIT_USAGE
         w.sync(namespaces)
         w.after_scan(w.scan(namespaces))
+        keys = ", ".join(ns.key for ns in w.watcher.namespaces) or "none (no event listener)"
+        print(f"portwatch watch: scanning every {interval:g}s; socket-destroy events of {keys}",
+              file=sys.stderr, flush=True)
         next_scan = monotonic() + interval
-        while deadline is None or monotonic() < deadline:
+        while (deadline is None or monotonic() < deadline) and not stop.signalled:
             now = monotonic()
             if now >= next_scan:
                 next_scan = now + interval
@@ -225,8 +235,6 @@ def run_watch(config: Config, options: WatchOptions, out: TextIO | None = None,
             wait = min(next_scan, deadline if deadline is not None else next_scan) - now
             if w.events(min(max(wait, 0.0), 0.5)):
                 next_scan = now
-    except _Stopped:
-        pass
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -244,8 +252,6 @@ def _pass(w: _Watch) -> None:
         namespaces = w.select(first=False) or ()
         w.sync(namespaces)
         w.after_scan(w.scan(namespaces))
-    except _Stopped:
-        raise
     except Exception as exc:  # a failed pass does not end the watch
         print(f"portwatch: scan failed: {exc}", file=sys.stderr, flush=True)
 

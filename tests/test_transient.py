@@ -191,7 +191,11 @@ def test_the_scan_names_the_owner_of_a_tuple_and_its_listeners_make_pairs_ordina
     (f,) = tracker.observe(NS_BLUE, [ev(1, (LO, 40000), (LO, 40000))])
     assert f.processes == (proc,) and "flaky-test[4242]" in f.summary
     pair = [ev(2, (LO, 50000), (LO, 8080), cookie=3), ev(2.1, (LO, 8080), (LO, 50000), cookie=4)]
-    assert tracker.observe(NS_BLUE, pair) == []
+    assert tracker.observe(NS_BLUE, pair) == [] and tracker.flush(T0 + 10) == []
+    loop = [ev(3, (LO, 41000), (LO, 41001), cookie=5), ev(3.1, (LO, 41001), (LO, 41000), cookie=6)]
+    assert tracker.observe(NS_BLUE, loop) == []  # a pair waits for its confirm delay
+    (f,) = tracker.flush(T0 + 10)
+    assert f.kind is Kind.LOOP_PAIR and f.key.endswith("@blue")
 
 
 def test_configured_ignore_rules_and_severities_apply_to_transient_findings() -> None:
@@ -208,6 +212,7 @@ def test_forgotten_namespaces_lose_their_pending_pair_halves() -> None:
     tracker.observe(NS_BLUE, [ev(0, (LO, 41000), (LO, 41001))])
     tracker.retain([NS_HOST])
     assert tracker.observe(NS_BLUE, [ev(0.1, (LO, 41001), (LO, 41000))]) == []
+    assert tracker.flush(T0 + 10) == []
 
 
 # ----------------------------------------------------------------- the book
@@ -263,3 +268,17 @@ def test_a_pair_with_a_listener_opened_after_the_scan_is_an_ordinary_connection(
     (f,) = det.observe([ev(1, (LO, 41000), (LO, 41001)), ev(1.1, (LO, 41001), (LO, 41000))],
                        listening_now=lambda: None)  # cannot tell: reported
     assert f.kind is Kind.LOOP_PAIR
+
+
+def test_a_pair_whose_listener_is_destroyed_just_after_it_is_an_ordinary_connection() -> None:
+    det = TransientDetector(confirm_delay=0.25)
+    # the last connection of a server, then (read in the next batch) its listener
+    assert det.observe([ev(0, (LO, 50000), (LO, 8080)), ev(0, (LO, 8080), (LO, 50000))]) == []
+    assert det.observe([ev(0.001, (LO, 8080), None)]) == []
+    assert det.flush(T0 + 1) == []
+    det.observe([ev(2, (LO, 41000), (LO, 41001)), ev(2, (LO, 41001), (LO, 41000))])
+    assert det.flush(T0 + 2.1) == []  # not due yet
+    (f,) = det.flush(T0 + 2.3, listening_now=lambda: {9999})
+    assert f.kind is Kind.LOOP_PAIR and f.details["occurrences"] == 1
+    det.observe([ev(3, (LO, 41002), (LO, 41003)), ev(3, (LO, 41003), (LO, 41002))])
+    assert det.flush(T0 + 4, listening_now=lambda: {41003}) == []  # a server opened since the scan

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from prometheus_client.core import CounterMetricFamily
@@ -94,7 +95,8 @@ class EventThread:
 
     ``EventThread(on_findings, on_lost, *, config=None, counts=None,
     keyed=True, window=300, pair_window=2, poll_interval=0.2,
-    watcher_factory=EventWatcher)``. ``on_findings(findings)`` gets each
+    watcher_factory=EventWatcher, clock=time.time)`` (``clock``: the one the
+    listeners stamp events with). ``on_findings(findings)`` gets each
     batch of transient findings (namespace set, keyed like the scans with
     ``keyed``, ignore rules and severities of ``config`` applied) and
     ``on_lost(namespace)`` each ENOBUFS; both run on the event thread and
@@ -107,8 +109,10 @@ class EventThread:
     def __init__(self, on_findings: OnFindings, on_lost: OnLost, *, config: Config | None = None,
                  counts: EventCounts | None = None, keyed: bool = True, window: float = DEFAULT_WINDOW,
                  pair_window: float = DEFAULT_PAIR_WINDOW, poll_interval: float = 0.2,
-                 watcher_factory: Callable[[], EventWatcher] = EventWatcher) -> None:
+                 watcher_factory: Callable[[], EventWatcher] = EventWatcher,
+                 clock: Callable[[], float] = time.time) -> None:
         self.on_findings = on_findings
+        self._clock = clock
         self.on_lost = on_lost
         self.counts = counts if counts is not None else EventCounts()
         self.poll_interval = poll_interval
@@ -176,6 +180,7 @@ class EventThread:
                 self._apply(watcher)
                 for got in watcher.poll(self.poll_interval):
                     self._handle(watcher, got)
+                self._found(self._transients.flush(self._clock(), watcher.listening_ports))
             except Exception:  # the thread must go on: log, pause, loop
                 log.exception("event listener error")
                 self._stop.wait(self.poll_interval)
@@ -219,12 +224,16 @@ class EventThread:
                     self._wanted = self._watching
         ns = got.namespace
         findings = self._transients.observe(ns, got.events, lambda: watcher.listening_ports(ns)) if got.events else []
-        self.counts.add(len(got.events), got.dropped, findings)
+        self.counts.add(len(got.events), got.dropped)
         if got.lost:
             log.warning("network namespace %s: socket-destroy events were lost (receive buffer full); "
                         "scanning now", got.namespace.key)
             _call(self.on_lost, got.namespace)
+        self._found(findings)
+
+    def _found(self, findings: list[Finding]) -> None:
         if findings:
+            self.counts.add(findings=findings)
             _call(self.on_findings, findings)
 
 

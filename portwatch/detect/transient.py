@@ -66,11 +66,13 @@ from portwatch.model import (
     iso_time,
 )
 
-__all__ = ["DEFAULT_PAIR_WINDOW", "DEFAULT_WINDOW", "BookEntry", "NamespaceTransients", "Owners", "TransientBook",
+__all__ = ["DEFAULT_CONFIRM_DELAY", "DEFAULT_PAIR_WINDOW", "DEFAULT_WINDOW", "BookEntry", "NamespaceTransients", "Owners", "TransientBook",
            "TransientDetector", "Tuple4"]
 
 #: Seconds a transient finding stays current after its last event (and over which it is counted).
 DEFAULT_WINDOW = 300.0
+#: Seconds a loop pair waits for a listener's destroy event before it is reported (NamespaceTransients).
+DEFAULT_CONFIRM_DELAY = 0.25
 #: Seconds within which the two sockets of a loop pair must both be destroyed.
 DEFAULT_PAIR_WINDOW = 2.0
 #: The kernel's default range: the remediation of a finding when the caller gives no settings.
@@ -114,6 +116,11 @@ def _socket(event: DestroyEvent, remote: Endpoint) -> Socket:
     return Socket(Protocol.TCP, event.family, event.state or SocketState.CLOSE, event.local, remote, 0)
 
 
+def _counted(touched: Mapping[str, Finding], times: Mapping[str, int]) -> list[Finding]:
+    """The findings touched, each with ``details["occurrences"]``."""
+    return [replace(f, details={**f.details, "occurrences": times[k]}) for k, f in touched.items()]
+
+
 def _info(info: TcpInfo | None) -> dict[str, object] | None:
     return info.to_dict() if info is not None else None
 
@@ -128,13 +135,16 @@ class TransientDetector:
     """
 
     def __init__(self, window: float = DEFAULT_WINDOW, pair_window: float = DEFAULT_PAIR_WINDOW, *,
-                 max_pending: int = 100_000, max_findings: int = 10_000) -> None:
+                 max_pending: int = 100_000, max_findings: int = 10_000, confirm_delay: float = 0.0) -> None:
         if window <= 0 or pair_window <= 0 or max_pending < 1 or max_findings < 1:
             raise ValueError("window, pair_window, max_pending and max_findings must be positive")
         self.window = window
         self.pair_window = pair_window
         self.max_pending = max_pending
         self.max_findings = max_findings
+        self.confirm_delay = confirm_delay
+        # loop pairs waiting for confirm_delay: (due, first end, second end, context), oldest first.
+        self._candidates: deque[tuple[float, DestroyEvent, DestroyEvent, _Context]] = deque()
         # (local, remote) -> event of a destroyed connected TCP socket not yet matched, oldest first.
         self._pending: OrderedDict[tuple[Endpoint, Endpoint], DestroyEvent] = OrderedDict()
         # port -> time an unconnected TCP socket (a listener) on it was destroyed, oldest first.
@@ -197,7 +207,27 @@ class TransientDetector:
                 touched[found.key] = found
                 times[found.key] = times.get(found.key, 0) + 1
             self._prune(event.at)
-        return [replace(f, details={**f.details, "occurrences": times[k]}) for k, f in touched.items()]
+        return _counted(touched, times)
+
+    def flush(self, now: float, listening_now: Callable[[], Collection[int] | None] | None = None) -> list[Finding]:
+        """The loop pairs whose ``confirm_delay`` ended by ``now`` and that no listener explains.
+
+        With ``confirm_delay`` (seconds) a matched pair waits, so that the
+        destroy event of a server's listener closed just after its last
+        connections (read later) and ``listening_now`` (as in :meth:`observe`)
+        are both asked before it is called a loop. Returns findings as
+        :meth:`observe` does; nothing without ``confirm_delay``.
+        """
+        probe = _Probe(listening_now)
+        touched: dict[str, Finding] = {}
+        times: dict[str, int] = {}
+        while self._candidates and self._candidates[0][0] <= now:
+            _due, other, event, ctx = self._candidates.popleft()
+            found = self._loop(other, event, (*ctx[:6], probe))
+            if found is not None:
+                touched[found.key] = found
+                times[found.key] = times.get(found.key, 0) + 1
+        return _counted(touched, times)
 
     def current(self, now: float) -> list[Finding]:
         """The findings whose last event is at most ``window`` seconds before ``now``, by first seen."""
@@ -225,7 +255,7 @@ class TransientDetector:
         return None
 
     def _pair(self, event: DestroyEvent, local: Endpoint, remote: Endpoint, ctx: _Context) -> Finding | None:
-        listening_ports, seen_keys, owners, settings, namespace, covered, probe = ctx
+        listening_ports, _keys, _owners, _settings, _namespace, covered, _probe = ctx
         if (local, remote) in covered:
             covered.discard((local, remote))
             return None
@@ -239,8 +269,19 @@ class TransientDetector:
             if len(self._pending) > self.max_pending:
                 self._pending.popitem(last=False)
             return None
-        if probe.listening(local.port) or probe.listening(remote.port):
-            return None  # a server opened since the last scan
+        if self.confirm_delay > 0:
+            if len(self._candidates) < self.max_pending:
+                self._candidates.append((event.at + self.confirm_delay, other, event, ctx))
+            return None
+        return self._loop(other, event, ctx)
+
+    def _loop(self, other: DestroyEvent, event: DestroyEvent, ctx: _Context) -> Finding | None:
+        """The loop pair of two mirrored destroyed sockets, unless a listener shows them ordinary."""
+        _ports, seen_keys, owners, settings, namespace, _covered, probe = ctx
+        local, remote = event.local, other.local
+        if (local.port in self._closed_listeners or remote.port in self._closed_listeners
+                or probe.listening(local.port) or probe.listening(remote.port)):
+            return None  # a server closed just now, or opened since the last scan
         socks = (_socket(other, local), _socket(event, remote))
         for base in find_loop_pairs(Snapshot(settings, socks), {}):
             if base.key in seen_keys:
@@ -323,18 +364,23 @@ class NamespaceTransients:
     (:func:`~portwatch.detect.in_namespace`; give ``keyed=False`` when the
     scans are of the own namespace only, as :func:`~portwatch.scan.run_scan`).
     A socket a scan reported and that then closes is not reported again
-    (its 4-tuple is ``covered`` once). ``config`` (settable, e.g. on a
+    (its 4-tuple is ``covered`` once). Loop pairs wait ``confirm_delay``
+    seconds and come from :meth:`flush`, which the caller calls after each
+    read (self-connects come at once). ``config`` (settable, e.g. on a
     reload): its per-kind severities apply and its ignore rules drop
     findings, as in a scan. Not thread-safe.
     """
 
     def __init__(self, window: float = DEFAULT_WINDOW, pair_window: float = DEFAULT_PAIR_WINDOW, *,
-                 keyed: bool = True, config: Config | None = None) -> None:
+                 keyed: bool = True, config: Config | None = None,
+                 confirm_delay: float = DEFAULT_CONFIRM_DELAY) -> None:
         self.config = config
+        self.confirm_delay = confirm_delay
         self.window = window
         self.pair_window = pair_window
         self.keyed = keyed
         self._detectors: dict[int, TransientDetector] = {}
+        self._namespaces: dict[int, NamespaceInfo] = {}
         self._scans: dict[int, _ScanContext] = {}
 
     def scanned(self, result: ScanResult) -> None:
@@ -355,15 +401,34 @@ class NamespaceTransients:
         ``listening_now``: see :meth:`TransientDetector.observe`.
         """
         ident = namespace.inode
+        self._namespaces[ident] = namespace
         detector = self._detectors.get(ident)
         if detector is None:
-            detector = self._detectors[ident] = TransientDetector(self.window, self.pair_window)
+            detector = self._detectors[ident] = TransientDetector(self.window, self.pair_window,
+                                                                  confirm_delay=self.confirm_delay)
         ctx = self._scans.get(ident) or (self._scans.get(0) if namespace.own else None)
         if ctx is None:
             ctx = self._scans[ident] = _ScanContext(frozenset(), set(), {}, None)
         found = detector.observe(events, listening_ports=ctx.ports, owners=ctx.owners,
                                  settings=ctx.settings, namespace=namespace.key, covered=ctx.covered,
                                  listening_now=listening_now)
+        return self._finish(namespace, found)
+
+    def flush(self, now: float,
+              listening_now: Callable[[NamespaceInfo], Collection[int] | None] | None = None) -> list[Finding]:
+        """The loop pairs confirmed by ``now`` in every namespace (see :meth:`TransientDetector.flush`).
+
+        ``listening_now(namespace)``: the ports with a TCP listener there now.
+        """
+        out: list[Finding] = []
+        for ident, detector in self._detectors.items():
+            ns = self._namespaces[ident]
+            ask = (lambda: listening_now(ns)) if listening_now is not None else None
+            out += self._finish(ns, detector.flush(now, ask))
+        return out
+
+    def _finish(self, namespace: NamespaceInfo, found: list[Finding]) -> list[Finding]:
+        """``found`` keyed and labelled for ``namespace``, with the configuration's severities and ignores."""
         suffix = f"@{namespace.key}" if self.keyed and namespace.kind is not NamespaceKind.HOST else ""
         found = [replace(f, key=f.key + suffix, namespace=namespace) for f in found]
         config = self.config
@@ -376,7 +441,7 @@ class NamespaceTransients:
     def retain(self, namespaces: Iterable[NamespaceInfo]) -> None:
         """Forget the state of every namespace not in ``namespaces`` (they are gone)."""
         keep = {ns.inode for ns in namespaces} | {0}
-        for table in (self._detectors, self._scans):
+        for table in (self._detectors, self._scans, self._namespaces):
             for ident in [i for i in table if i not in keep]:
                 del table[ident]
 

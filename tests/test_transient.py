@@ -194,7 +194,8 @@ def test_the_scan_names_the_owner_of_a_tuple_and_its_listeners_make_pairs_ordina
     assert tracker.observe(NS_BLUE, pair) == [] and tracker.flush(T0 + 10) == []
     loop = [ev(3, (LO, 41000), (LO, 41001), cookie=5), ev(3.1, (LO, 41001), (LO, 41000), cookie=6)]
     assert tracker.observe(NS_BLUE, loop) == []  # a pair waits for its confirm delay
-    (f,) = tracker.flush(T0 + 10)
+    assert tracker.flush(T0 + 10) == []  # first look
+    (f,) = tracker.flush(T0 + 11)
     assert f.kind is Kind.LOOP_PAIR and f.key.endswith("@blue")
 
 
@@ -278,7 +279,14 @@ def test_a_pair_whose_listener_is_destroyed_just_after_it_is_an_ordinary_connect
     assert det.flush(T0 + 1) == []
     det.observe([ev(2, (LO, 41000), (LO, 41001)), ev(2, (LO, 41001), (LO, 41000))])
     assert det.flush(T0 + 2.1) == []  # not due yet
-    (f,) = det.flush(T0 + 2.3, listening_now=lambda: {9999})
+    assert det.flush(T0 + 2.3, listening_now=lambda: {9999}) == []  # first look: no listener
+    (f,) = det.flush(T0 + 2.6)  # second look: still no listener's destroy event
     assert f.kind is Kind.LOOP_PAIR and f.details["occurrences"] == 1
     det.observe([ev(3, (LO, 41002), (LO, 41003)), ev(3, (LO, 41003), (LO, 41002))])
     assert det.flush(T0 + 4, listening_now=lambda: {41003}) == []  # a server opened since the scan
+    assert det.flush(T0 + 9) == []
+    # no listener at the first look, but its destroy event comes before the second
+    det.observe([ev(10, (LO, 50002), (LO, 8081)), ev(10, (LO, 8081), (LO, 50002))])
+    assert det.flush(T0 + 10.3, listening_now=lambda: set()) == []
+    det.observe([ev(10.31, (LO, 8081), None)])
+    assert det.flush(T0 + 11) == []

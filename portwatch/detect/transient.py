@@ -145,6 +145,8 @@ class TransientDetector:
         self.confirm_delay = confirm_delay
         # loop pairs waiting for confirm_delay: (due, first end, second end, context), oldest first.
         self._candidates: deque[tuple[float, DestroyEvent, DestroyEvent, _Context]] = deque()
+        # those no listener explained at their first look: a second look after confirm_delay more.
+        self._second: deque[tuple[float, DestroyEvent, DestroyEvent, _Context]] = deque()
         # (local, remote) -> event of a destroyed connected TCP socket not yet matched, oldest first.
         self._pending: OrderedDict[tuple[Endpoint, Endpoint], DestroyEvent] = OrderedDict()
         # port -> time an unconnected TCP socket (a listener) on it was destroyed, oldest first.
@@ -212,21 +214,30 @@ class TransientDetector:
     def flush(self, now: float, listening_now: Callable[[], Collection[int] | None] | None = None) -> list[Finding]:
         """The loop pairs whose ``confirm_delay`` ended by ``now`` and that no listener explains.
 
-        With ``confirm_delay`` (seconds) a matched pair waits, so that the
-        destroy event of a server's listener closed just after its last
-        connections (read later) and ``listening_now`` (as in :meth:`observe`)
-        are both asked before it is called a loop. Returns findings as
+        With ``confirm_delay`` (seconds) a matched pair waits, then
+        ``listening_now`` (as in :meth:`observe`) and the listeners destroyed
+        meanwhile are asked; when neither explains it, it waits once more
+        (a listener closed just before the question has its destroy event
+        still on the way) and is reported at that second look unless a
+        listener's destroy event came. A pair is reported two
+        ``confirm_delay`` after it was read. Returns findings as
         :meth:`observe` does; nothing without ``confirm_delay``.
         """
         probe = _Probe(listening_now)
         touched: dict[str, Finding] = {}
         times: dict[str, int] = {}
-        while self._candidates and self._candidates[0][0] <= now:
-            _due, other, event, ctx = self._candidates.popleft()
-            found = self._loop(other, event, (*ctx[:6], probe))
+        while self._second and self._second[0][0] <= now:
+            _due, other, event, ctx = self._second.popleft()
+            found = self._loop(other, event, (*ctx[:6], _Probe(None)))
             if found is not None:
                 touched[found.key] = found
                 times[found.key] = times.get(found.key, 0) + 1
+        while self._candidates and self._candidates[0][0] <= now:
+            _due, other, event, ctx = self._candidates.popleft()
+            if self._explained(other.local.port, event.local.port, probe):
+                continue
+            # the listener may have closed just before the probe, its event still on its way
+            self._second.append((now + self.confirm_delay, other, event, ctx))
         return _counted(touched, times)
 
     def current(self, now: float) -> list[Finding]:
@@ -279,9 +290,8 @@ class TransientDetector:
         """The loop pair of two mirrored destroyed sockets, unless a listener shows them ordinary."""
         _ports, seen_keys, owners, settings, namespace, _covered, probe = ctx
         local, remote = event.local, other.local
-        if (local.port in self._closed_listeners or remote.port in self._closed_listeners
-                or probe.listening(local.port) or probe.listening(remote.port)):
-            return None  # a server closed just now, or opened since the last scan
+        if self._explained(local.port, remote.port, probe):
+            return None
         socks = (_socket(other, local), _socket(event, remote))
         for base in find_loop_pairs(Snapshot(settings, socks), {}):
             if base.key in seen_keys:
@@ -291,6 +301,11 @@ class TransientDetector:
             return self._record(base, (other, event), procs, summarize_loop_pair, namespace,
                                 {"tcp_info": by_end})
         return None
+
+    def _explained(self, a: int, b: int, probe: _Probe) -> bool:
+        """True when a listener on port ``a`` or ``b`` closed just now or exists (opened since the scan)."""
+        closed = self._closed_listeners
+        return a in closed or b in closed or probe.listening(a) or probe.listening(b)
 
     # ----------------------------------------------------------------- bookkeeping
 

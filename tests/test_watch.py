@@ -127,3 +127,14 @@ def test_watch_usage_errors_exit_2(netns: NetNS, args: list[str]) -> None:
     run = netns.run([str(PORTWATCH), "watch", "--duration", "1", *args], timeout=60)
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.strip(), "no reason given"
+
+
+def test_a_self_connect_a_scan_saw_is_not_reported_again_when_it_closes(netns: NetNS) -> None:
+    netns.sysctl("net/ipv4/ip_local_port_range", "40000 40009")
+    watch = start_watch(["--format", "json", "--duration", "6", "--interval", "0.5"], netns)
+    in_netns(netns, lambda: self_connect_once(40000, 2.0))  # seen by about four scans, then closed (FIN)
+    status, out, err = watch.finish()
+    docs = [d for d in lines(out) if d["finding"]["kind"] == "self_connect"]
+    assert [(d["event"], d["finding"]["transient"]) for d in docs] == [("found", False), ("resolved", False)], err
+    assert docs[0]["finding"]["key"] == docs[1]["finding"]["key"] == "self_connect:tcp:127.0.0.1:40000"
+    assert status == 1

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from portwatch.collect import discover_namespaces
 from portwatch.collect.eventwatch import EventWatcher
 from portwatch.daemon.events import EventCounts, EventsCollector, EventThread
 from portwatch.model import Finding, Kind, NamespaceInfo
-from tests.conftest import require
-from tests.netns import NetNS, netns_available
+from tests.netns import NetNS
 from tests.test_events import in_netns, self_connect_once, udp_sockets
 
 
@@ -58,19 +56,11 @@ class Received:
             self.lost.append(ns)
 
 
-@pytest.fixture
-def second_netns() -> Iterator[NetNS]:
-    ok, reason = netns_available()
-    require(ok, reason)
-    ns = NetNS()
-    try:
-        yield ns
-    finally:
-        ns.close()
-
-
-def started(received: Received, **kw: object) -> EventThread:
-    thread = EventThread(received.on_findings, received.on_lost, poll_interval=0.05, **kw)  # type: ignore[arg-type]
+def started(received: Received, counts: EventCounts | None = None,
+            watcher_factory: Callable[[], EventWatcher] = EventWatcher) -> EventThread:
+    """A started thread reporting to ``received``, turning every 50 ms."""
+    thread = EventThread(received.on_findings, received.on_lost, poll_interval=0.05, counts=counts,
+                         watcher_factory=watcher_factory)
     thread.start()
     return thread
 
@@ -106,9 +96,7 @@ def test_a_self_connect_living_20_ms_reaches_on_findings_within_2_s_and_is_count
     assert registry.get_sample_value("portwatch_events_dropped_total") == 0
 
 
-def test_a_namespace_added_later_gets_a_listener_and_a_deleted_one_releases_it(
-        netns: NetNS, second_netns: NetNS) -> None:
-    small_range(second_netns)
+def test_a_namespace_added_later_gets_a_listener_and_a_deleted_one_releases_it(netns: NetNS) -> None:
     received = Received()
     watchers: list[EventWatcher] = []
 
@@ -118,22 +106,27 @@ def test_a_namespace_added_later_gets_a_listener_and_a_deleted_one_releases_it(
 
     first = info_of(netns)
     thread = started(received, watcher_factory=factory)
+    later: NetNS | None = None
     try:
         thread.set_namespaces([first])
         assert wait_for(lambda: thread.namespaces == (first,), 2.0)
-        second = info_of(second_netns)  # "created after start": discovered on a later pass
+        later = NetNS()  # created after the thread started, found by the next pass
+        small_range(later)
+        second = info_of(later)
         thread.set_namespaces([first, second])
         assert wait_for(lambda: set(thread.namespaces) == {first, second}, 2.0)
-        in_netns(second_netns, lambda: self_connect_once(40000, 0.02))
+        in_netns(later, lambda: self_connect_once(40000, 0.02))
         assert wait_for(lambda: bool(received.findings), 2.0)
         assert [f.namespace for f in received.findings] == [second]
-        subprocess_del(second_netns)
+        subprocess_del(later)
         thread.set_namespaces([first])  # the next pass no longer finds it
         assert wait_for(lambda: thread.namespaces == (first,), 2.0)
         (watcher,) = watchers
         assert watcher.listener(second) is None and watcher.listener(first) is not None
     finally:
         assert thread.stop(2.0)
+        if later is not None:
+            later.close()
     assert watchers[0].namespaces == ()  # stop closed every listener
 
 

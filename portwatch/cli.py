@@ -3,7 +3,7 @@
 Exit codes (documented in the README):
 
 - 0: success, and no finding reaches ``--fail-on``;
-- 1: ``scan`` found something at or above ``--fail-on``;
+- 1: ``scan`` found (``watch``: saw) something at or above ``--fail-on``;
 - 2: usage error or invalid configuration;
 - 3: the scan itself failed (e.g. the kernel's port settings are unreadable).
 """

@@ -13,22 +13,16 @@ suites live milliseconds. :class:`TransientDetector` reads the
   TCP sockets destroyed in the last ``pair_window`` seconds: a server that just
   stopped).
 
-The findings are the scan's own (built by :mod:`portwatch.detect.self_connect`
-and :mod:`portwatch.detect.loop_pair` from the event's sockets: same kind,
-severity, key, remediation), with ``details["transient"] = True``, when they
-were first and last seen, how often in the window, the kernel's TCP figures,
-and a summary saying the process is not in the event (or naming it when the
-caller knows the 4-tuple). Everything else (ordinary connections, TIME_WAIT
-entries, refused or reset connects, whose tuple the kernel mangles to
-``0.0.0.0:lport -> raddr:0``, UDP) yields nothing.
+The findings are the scan's own (same kind, severity, key, remediation: built
+by the two detectors), with ``details["transient"] = True``, first and last
+seen, how often in the window, the kernel's TCP figures, and a summary saying
+the process is not in the event (or naming a known owner). Ordinary
+connections, TIME_WAIT, refused or reset connects (the kernel mangles their
+tuple to ``0.0.0.0:lport -> raddr:0``) and UDP yield nothing.
 
-:class:`NamespaceTransients` keeps one detector per network namespace, fed
-with what each namespace's latest scan saw (listening ports, settings, the
-4-tuples of its findings' sockets, so that a socket a scan reported and that
-then closes is not reported twice), and keys the findings like the scan's.
-:class:`TransientBook` is the lifecycle of findings that come as events, of
-any kind: new, repeated (count, first and last seen), resolved after a quiet
-period.
+:class:`NamespaceTransients`: one detector per namespace, told what its
+latest scan saw, keying findings like the scan's. :class:`TransientBook`: the
+lifecycle (new, repeated, resolved) of findings that come as events, any kind.
 
 Pure: imports :mod:`portwatch.model` and the two detectors; no I/O, clock or
 logging (times come in the events and in the ``now`` arguments). State is
@@ -66,8 +60,8 @@ from portwatch.model import (
     iso_time,
 )
 
-__all__ = ["DEFAULT_CONFIRM_DELAY", "DEFAULT_PAIR_WINDOW", "DEFAULT_WINDOW", "BookEntry", "NamespaceTransients", "Owners", "TransientBook",
-           "TransientDetector", "Tuple4"]
+__all__ = ["DEFAULT_CONFIRM_DELAY", "DEFAULT_PAIR_WINDOW", "DEFAULT_WINDOW", "BookEntry", "NamespaceTransients",
+           "Owners", "TransientBook", "TransientDetector", "Tuple4"]
 
 #: Seconds a transient finding stays current after its last event (and over which it is counted).
 DEFAULT_WINDOW = 300.0
@@ -116,9 +110,14 @@ def _socket(event: DestroyEvent, remote: Endpoint) -> Socket:
     return Socket(Protocol.TCP, event.family, event.state or SocketState.CLOSE, event.local, remote, 0)
 
 
-def _counted(touched: Mapping[str, Finding], times: Mapping[str, int]) -> list[Finding]:
-    """The findings touched, each with ``details["occurrences"]``."""
-    return [replace(f, details={**f.details, "occurrences": times[k]}) for k, f in touched.items()]
+class _Tally(dict[str, Finding]):
+    """The findings one call touched, by key, and how often (``details["occurrences"]``)."""
+
+    def add(self, found: Finding | None) -> None:
+        if found is not None:
+            old = self.pop(found.key, None)
+            self[found.key] = replace(found, details={
+                **found.details, "occurrences": old.details["occurrences"] + 1 if old else 1})
 
 
 def _info(info: TcpInfo | None) -> dict[str, object] | None:
@@ -129,23 +128,20 @@ class TransientDetector:
     """Turns one namespace's destroy events into transient findings; keeps the window's state.
 
     ``TransientDetector(window=300, pair_window=2, max_pending=100_000,
-    max_findings=10_000)``. Feed it with :meth:`observe` in event order; ask
-    :meth:`current` for the findings still in the window and :meth:`expire`
-    for those that went quiet. Not thread-safe.
+    max_findings=10_000, confirm_delay=0)``. Feed it with :meth:`observe` in
+    event order (and :meth:`flush` with ``confirm_delay``); ask :meth:`current`
+    for the findings still in the window, :meth:`expire` for those that went
+    quiet. Not thread-safe.
     """
 
     def __init__(self, window: float = DEFAULT_WINDOW, pair_window: float = DEFAULT_PAIR_WINDOW, *,
                  max_pending: int = 100_000, max_findings: int = 10_000, confirm_delay: float = 0.0) -> None:
         if window <= 0 or pair_window <= 0 or max_pending < 1 or max_findings < 1:
             raise ValueError("window, pair_window, max_pending and max_findings must be positive")
-        self.window = window
-        self.pair_window = pair_window
-        self.max_pending = max_pending
-        self.max_findings = max_findings
-        self.confirm_delay = confirm_delay
-        # loop pairs waiting for confirm_delay: (due, first end, second end, context), oldest first.
+        self.window, self.pair_window, self.confirm_delay = window, pair_window, confirm_delay
+        self.max_pending, self.max_findings = max_pending, max_findings
+        # loop pairs (due, first end, second end, context) waiting for their first and second look.
         self._candidates: deque[tuple[float, DestroyEvent, DestroyEvent, _Context]] = deque()
-        # those no listener explained at their first look: a second look after confirm_delay more.
         self._second: deque[tuple[float, DestroyEvent, DestroyEvent, _Context]] = deque()
         # (local, remote) -> event of a destroyed connected TCP socket not yet matched, oldest first.
         self._pending: OrderedDict[tuple[Endpoint, Endpoint], DestroyEvent] = OrderedDict()
@@ -153,40 +149,28 @@ class TransientDetector:
         self._closed_listeners: OrderedDict[int, float] = OrderedDict()
         self._seen: dict[str, _Seen] = {}
 
-    def observe(
-        self,
-        events: Iterable[DestroyEvent],
-        *,
-        listening_ports: Collection[int] = (),
-        seen_keys: Collection[str] = (),
-        owners: Owners | None = None,
-        settings: KernelSettings | None = None,
-        namespace: str | None = None,
-        covered: MutableSet[Tuple4] | None = None,
-        listening_now: Callable[[], Collection[int] | None] | None = None,
-    ) -> list[Finding]:
+    def observe(self, events: Iterable[DestroyEvent], *, listening_ports: Collection[int] = (),
+                seen_keys: Collection[str] = (), owners: Owners | None = None,
+                settings: KernelSettings | None = None, namespace: str | None = None,
+                covered: MutableSet[Tuple4] | None = None,
+                listening_now: Callable[[], Collection[int] | None] | None = None) -> list[Finding]:
         """Read ``events`` (oldest first); return the findings they created or updated.
 
-        Takes the events and what the caller knows of the namespace:
-        ``listening_ports`` (TCP ports with a listener, declared services and
-        remembered listeners: a pair with a side there is an ordinary
-        connection), ``seen_keys`` (keys of the findings the last scan
-        reported: those sockets are not reported again), ``owners`` (known
-        processes of 4-tuples), ``settings`` (the namespace's kernel settings,
-        for the remediation; the kernel defaults when None) and ``namespace``
-        (put in ``details["namespace"]`` when given) and ``covered``: the
-        ``(local, remote)`` of sockets a scan already reported (the socket
-        model has no cookie, so the 4-tuple stands for it); the first destroy
-        event of such a tuple is that socket closing: it is taken out of
-        ``covered`` and yields nothing. ``listening_now``: asked (at most
-        once per call, only when two sockets would be a loop pair) for the
-        ports with a TCP listener now (None: unknown), so that a server
-        opened after the last scan is not taken for a loop. Returns one finding per key touched,
-        with its figures as of the last event and ``details["occurrences"]``,
-        how many times it happened in these events. Never raises.
+        Takes what the caller knows of the namespace: ``listening_ports``
+        (TCP listeners, declared services, remembered listeners: a pair with
+        a side there is ordinary), ``seen_keys`` (keys the last scan reported:
+        not reported again), ``owners`` (processes of known 4-tuples),
+        ``settings`` (for the remediation; kernel defaults when None),
+        ``namespace`` (put in ``details["namespace"]``), ``covered`` (the
+        ``(local, remote)`` of sockets a scan reported, the 4-tuple standing
+        for the cookie the socket model lacks: the first event of such a tuple
+        is that socket closing, taken out of ``covered``, yielding nothing)
+        and ``listening_now`` (asked at most once per call, for a would-be
+        loop pair: the TCP listeners' ports now, None when unknown). Returns
+        one finding per key touched, as of its last event, with
+        ``details["occurrences"]`` in these events. Never raises.
         """
-        touched: dict[str, Finding] = {}
-        times: dict[str, int] = {}
+        touched = _Tally()
         ctx = (listening_ports, seen_keys, owners or {}, settings or _DEFAULT_SETTINGS, namespace,
                covered if covered is not None else set(), _Probe(listening_now))
         tcp = Protocol.TCP
@@ -201,44 +185,33 @@ class TransientDetector:
             local = event.local
             if remote.port == 0 or local.port == 0 or is_wildcard(local.ip):
                 continue  # reset, refused or never connected: the kernel mangled the tuple
-            if local == remote:
-                found = self._self_connect(event, remote, ctx)
-            else:
-                found = self._pair(event, local, remote, ctx)
-            if found is not None:
-                touched[found.key] = found
-                times[found.key] = times.get(found.key, 0) + 1
+            touched.add(self._self_connect(event, remote, ctx) if local == remote
+                        else self._pair(event, local, remote, ctx))
             self._prune(event.at)
-        return _counted(touched, times)
+        return list(touched.values())
 
     def flush(self, now: float, listening_now: Callable[[], Collection[int] | None] | None = None) -> list[Finding]:
         """The loop pairs whose ``confirm_delay`` ended by ``now`` and that no listener explains.
 
-        With ``confirm_delay`` (seconds) a matched pair waits, then
-        ``listening_now`` (as in :meth:`observe`) and the listeners destroyed
-        meanwhile are asked; when neither explains it, it waits once more
-        (a listener closed just before the question has its destroy event
-        still on the way) and is reported at that second look unless a
-        listener's destroy event came. A pair is reported two
-        ``confirm_delay`` after it was read. Returns findings as
-        :meth:`observe` does; nothing without ``confirm_delay``.
+        With ``confirm_delay`` a matched pair waits, then ``listening_now``
+        (as in :meth:`observe`) and the listeners destroyed meanwhile are
+        asked; if neither explains it, it waits once more (a listener closed
+        just before has its event on the way) and is reported then unless a
+        listener's destroy event came: ``2 * confirm_delay`` after it was
+        read. Returns findings as :meth:`observe` does.
         """
         probe = _Probe(listening_now)
-        touched: dict[str, Finding] = {}
-        times: dict[str, int] = {}
+        touched = _Tally()
         while self._second and self._second[0][0] <= now:
             _due, other, event, ctx = self._second.popleft()
-            found = self._loop(other, event, (*ctx[:6], _Probe(None)))
-            if found is not None:
-                touched[found.key] = found
-                times[found.key] = times.get(found.key, 0) + 1
+            touched.add(self._loop(other, event, (*ctx[:6], _Probe(None))))
         while self._candidates and self._candidates[0][0] <= now:
             _due, other, event, ctx = self._candidates.popleft()
             if self._explained(other.local.port, event.local.port, probe):
                 continue
             # the listener may have closed just before the probe, its event still on its way
             self._second.append((now + self.confirm_delay, other, event, ctx))
-        return _counted(touched, times)
+        return list(touched.values())
 
     def current(self, now: float) -> list[Finding]:
         """The findings whose last event is at most ``window`` seconds before ``now``, by first seen."""
@@ -363,27 +336,22 @@ class TransientDetector:
             del closed[port]
 
 
-
 # ----------------------------------------------------------------- several namespaces
 
 
 class NamespaceTransients:
     """One :class:`TransientDetector` per namespace, told what the latest scan of it saw.
 
-    ``NamespaceTransients(window, pair_window, keyed=True)``: :meth:`scanned`
-    takes each :class:`~portwatch.model.ScanResult` (its listening TCP ports,
-    kernel settings, the 4-tuples and owners of its findings' sockets);
-    :meth:`observe` turns one namespace's events into findings with
-    ``namespace`` set and, with ``keyed``, keys of a namespace other than the
-    host's ending in ``@<namespace key>`` like the scan's
-    (:func:`~portwatch.detect.in_namespace`; give ``keyed=False`` when the
-    scans are of the own namespace only, as :func:`~portwatch.scan.run_scan`).
-    A socket a scan reported and that then closes is not reported again
-    (its 4-tuple is ``covered`` once). Loop pairs wait ``confirm_delay``
-    seconds and come from :meth:`flush`, which the caller calls after each
-    read (self-connects come at once). ``config`` (settable, e.g. on a
-    reload): its per-kind severities apply and its ignore rules drop
-    findings, as in a scan. Not thread-safe.
+    ``NamespaceTransients(window, pair_window, keyed=True, config=None,
+    confirm_delay=0.25)``: :meth:`scanned` takes each scan result (listening
+    TCP ports, settings, 4-tuples and owners of its findings' sockets: a
+    socket a scan reported that then closes is not reported again);
+    :meth:`observe` gives one namespace's findings, ``namespace`` set and,
+    with ``keyed``, non-host keys ending in ``@<namespace key>`` like the
+    scan's (``keyed=False`` for scans of the own namespace only, as
+    :func:`~portwatch.scan.run_scan`). Loop pairs come from :meth:`flush`
+    (call it after each read). ``config`` (settable): its severities and
+    ignore rules apply, as in a scan. Not thread-safe.
     """
 
     def __init__(self, window: float = DEFAULT_WINDOW, pair_window: float = DEFAULT_PAIR_WINDOW, *,
@@ -474,11 +442,7 @@ class _ScanContext:
 
 @dataclass(frozen=True)
 class BookEntry:
-    """One active finding of a :class:`TransientBook`: the latest report of its key and its figures.
-
-    ``first_seen``/``last_seen``: Unix times of its first and latest report
-    in this active period; ``count``: occurrences reported in it.
-    """
+    """A :class:`TransientBook` entry: latest report, first/last report times (Unix), occurrences."""
 
     finding: Finding
     first_seen: float
@@ -489,14 +453,12 @@ class BookEntry:
 class TransientBook:
     """The lifecycle of findings that come as events (of any kind): found, repeated, resolved.
 
-    ``TransientBook(quiet_period=300, max_entries=10_000)``. :meth:`add`
-    takes findings as they come, merging the reports of one key (count,
-    first and last seen); a finding stays active until ``quiet_period``
-    seconds pass without a report, then :meth:`expire` resolves it. Times
-    are passed in (no clock). A finding's occurrences are its
-    ``details["occurrences"]`` when that is a positive int (the transient
-    detector sets it), else 1. At most ``max_entries`` keys: the one quiet
-    longest is dropped first (not reported as resolved). Not thread-safe.
+    ``TransientBook(quiet_period=300, max_entries=10_000)``: :meth:`add`
+    merges the reports of one key (count, first and last seen); a finding
+    stays active until ``quiet_period`` seconds pass without a report, then
+    :meth:`expire` resolves it. Times are passed in. Occurrences: the
+    finding's positive int ``details["occurrences"]``, else 1. Beyond
+    ``max_entries`` keys the quietest is dropped unreported. Not thread-safe.
     """
 
     def __init__(self, quiet_period: float = DEFAULT_WINDOW, max_entries: int = 10_000) -> None:

@@ -4,10 +4,10 @@ Run through ``benchmarks/run.py --events`` (as root; it creates and removes
 its own network namespace), or directly: ``.venv/bin/python
 benchmarks/events_bench.py [--rates 10000,30000,60000] [--seconds 3] [--json]``.
 
-In a private namespace it starts a *listener* process (a
-:class:`portwatch.collect.events.DestroyListener` read from a selector loop,
-each batch fed to :class:`portwatch.detect.transient.TransientDetector`, as
-the daemon will) and *generator* processes that make destroy events:
+In a private namespace it starts a *listener* process (an
+:class:`portwatch.collect.eventwatch.EventWatcher` on its own namespace, each
+batch fed to :class:`portwatch.detect.transient.NamespaceTransients`, as the
+daemon's event thread and ``portwatch watch`` do) and *generator* processes that make destroy events:
 
 - ``tcp``: loopback connections to a listener on port 8080 (8081, ... for more generators), connected,
   accepted and closed (two events each, with ``tcp_info``), the ordinary
@@ -64,14 +64,18 @@ def cpu_seconds() -> float:
 def listen_role(buffer_bytes: int) -> int:
     """Listener asking for ``buffer_bytes``: a first JSON line, events until stdin says stop, a JSON line."""
     sys.path.insert(0, str(REPO))
-    from portwatch.collect.events import DestroyListener
-    from portwatch.detect.transient import TransientDetector
+    from portwatch.collect import discover_namespaces
+    from portwatch.collect.eventwatch import EventWatcher
+    from portwatch.detect.transient import NamespaceTransients
 
-    listener = DestroyListener(buffer_bytes=buffer_bytes)
-    detector = TransientDetector()
+    own = next(ns for ns in discover_namespaces(capable=False).namespaces if ns.own)
+    watcher = EventWatcher(buffer_bytes, can_enter=False)
+    watcher.sync([own])
+    listener = watcher.listener(own)
+    assert listener is not None, "no event listener"
+    transients = NamespaceTransients(keyed=False)
     print(json.dumps({"forced": listener.forced, "buffer_bytes": listener.buffer_bytes}), flush=True)
     sel = selectors.DefaultSelector()
-    sel.register(listener.fileno(), selectors.EVENT_READ, "events")
     sel.register(sys.stdin.fileno(), selectors.EVENT_READ, "stdin")
     findings = 0
     detect_cpu = 0.0
@@ -80,25 +84,22 @@ def listen_role(buffer_bytes: int) -> int:
     quiet_since = time.monotonic()
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        ready = sel.select(0.05)
-        for key, _ in ready:
-            if key.data == "stdin":
-                sys.stdin.readline()
-                sel.unregister(sys.stdin.fileno())
-                stopping_at = time.monotonic()
-                continue
-            batch = listener.read()
-            if batch.events:
+        if stopping_at is None and sel.select(0):
+            sys.stdin.readline()
+            stopping_at = time.monotonic()
+        for got in watcher.poll(0.05):
+            if got.events:
                 quiet_since = time.monotonic()
                 t0 = time.process_time()
-                findings += len(detector.observe(batch.events, listening_ports=SERVER_PORTS))
+                findings += len(transients.observe(own, got.events, lambda: SERVER_PORTS))
+                findings += len(transients.flush(time.time(), lambda ns: SERVER_PORTS))
                 detect_cpu += time.process_time() - t0
         if stopping_at is not None and time.monotonic() - quiet_since > 0.5:
             break
     cpu = cpu_seconds() - start
     print(json.dumps({"events": listener.events_total, "dropped": listener.dropped_total,
                       "cpu": cpu, "detect_cpu": detect_cpu, "findings": findings}), flush=True)
-    listener.close()
+    watcher.close()
     return 0
 
 

@@ -3,7 +3,7 @@
 Exit codes (documented in the README):
 
 - 0: success, and no finding reaches ``--fail-on``;
-- 1: ``scan`` found something at or above ``--fail-on``;
+- 1: ``scan`` found (``watch``: saw) something at or above ``--fail-on``;
 - 2: usage error or invalid configuration;
 - 3: the scan itself failed (e.g. the kernel's port settings are unreadable).
 """
@@ -117,9 +117,46 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exporter-toolkit web configuration file (TLS, basic auth, headers), re-read when it changes")
     run.add_argument("--web.systemd-socket", dest="web_systemd_socket", action="store_true",
                      help="serve on the sockets systemd passes (socket activation) instead of binding")
-    for command in (scan, check, reserve, run):
+    watch = sub.add_parser("watch", help="follow findings live: scans at the interval plus socket-destroy events",
+                           description="Scan at the interval and listen to the kernel's socket-destroy events; "
+                                       "print each finding when it appears and when it resolves (transient "
+                                       "self-connects and loop pairs included). A summary goes to stderr.")
+    _config_arg(watch, reads_default=True)
+    _namespace_args(watch)
+    _watch_args(watch)
+    for command in (scan, check, reserve, run, watch):
         _log_args(command, top=False)
     return parser
+
+
+def _duration(text: str) -> float:
+    """Seconds of ``--duration``/``--interval``: a number of seconds or a duration such as ``30s``."""
+    from portwatch.config.grammar import parse_duration
+
+    try:
+        seconds = float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+    return seconds
+
+
+def _watch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", "-f", choices=["text", "json"], default="text",
+                   help="one text line, or one JSON object, per finding found or resolved (default: text)")
+    p.add_argument("--duration", type=_duration, metavar="D", help="stop after D seconds, or a duration such as 30s, 5m (default: until SIGINT)")
+    p.add_argument("--interval", type=_duration, metavar="D", help="time between scans (default: the configuration's)")
+    p.add_argument("--fail-on", choices=["info", "warning", "critical", "never"], default="warning",
+                   help="exit 1 when a finding of this severity or worse was seen (default: warning)")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """``portwatch watch``: 0, 1 when a finding reached ``--fail-on``, 2 for a --netns naming none."""
+    from portwatch.watch import parse_options, run_watch
+
+    options = parse_options(args.all_namespaces, args.netns, args.format, args.duration, args.fail_on, args.interval)
+    return run_watch(_load(args.config), options)
 
 
 def _load(path: Path | None, *, preflight: bool = False) -> Config:
@@ -272,7 +309,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _default_config(args: argparse.Namespace, default_config: Path) -> None:
     """``scan``/``reserve`` without ``--config``: use ``default_config`` when it exists, saying so on stderr."""
-    if args.command in ("scan", "reserve") and args.config is None and default_config.exists():
+    if args.command in ("scan", "reserve", "watch") and args.config is None and default_config.exists():
         print(f"portwatch: using {default_config}", file=sys.stderr)
         args.config = default_config
 
@@ -294,7 +331,8 @@ def main(argv: Sequence[str] | None = None, default_config: Path = DEFAULT_CONFI
     args = parser.parse_args(argv)
     configure_stderr(LOG_LEVELS[args.log_level or "warn"], args.log_format)
     _default_config(args, default_config)
-    handlers = {"scan": cmd_scan, "check-config": cmd_check_config, "reserve": cmd_reserve, "run": cmd_run}
+    handlers = {"scan": cmd_scan, "check-config": cmd_check_config, "reserve": cmd_reserve, "run": cmd_run,
+                "watch": cmd_watch}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

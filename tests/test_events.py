@@ -19,10 +19,12 @@ from typing import Callable, TypeVar
 
 import pytest
 
+from portwatch.collect import discover_namespaces
+from portwatch.collect.eventwatch import EventWatcher
 from portwatch.collect.events import DEFAULT_BUFFER_BYTES, DestroyListener, open_destroy_socket, parse_destroy_events
 from portwatch.collect.netlink import NetlinkError
 from portwatch.detect.transient import TransientDetector
-from portwatch.model import DestroyEvent, Endpoint, Kind, Protocol
+from portwatch.model import DestroyEvent, Endpoint, Kind, NamespaceInfo, Protocol
 from tests.netns import NetNS
 
 T = TypeVar("T")
@@ -271,3 +273,58 @@ def test_parser_rejects_truncated_messages() -> None:
 
 def test_parser_skips_control_messages() -> None:
     assert parse_destroy_events(struct.pack("=IHHII", 16, 1, 0, 0, 0), 0.0) == []
+
+
+# ----------------------------------------------------------------- several namespaces
+
+
+def discovered(ns: NetNS) -> NamespaceInfo:
+    """The discovered description of the test namespace ``ns``."""
+    (info,) = [i for i in discover_namespaces().namespaces if f"/run/netns/{ns.name}" in i.paths]
+    return info
+
+
+def test_watcher_reads_each_namespace_on_its_own_and_follows_them(netns: NetNS) -> None:
+    other = NetNS()
+    try:
+        a, b = discovered(netns), discovered(other)
+        with EventWatcher() as watcher:
+            done = watcher.sync([a, b])
+            assert set(done.opened) == {a, b} and not done.failed and not done.skipped
+            in_netns(netns, lambda: udp_sockets(3))
+            in_netns(other, lambda: udp_sockets(5))
+            got: dict[int, int] = {}
+            end = time.monotonic() + 10
+            while sum(got.values()) < 8 and time.monotonic() < end:
+                for batch in watcher.poll(0.2):
+                    assert not batch.lost and batch.error is None and batch.dropped == 0
+                    got[batch.namespace.inode] = got.get(batch.namespace.inode, 0) + len(batch.events)
+            assert got == {a.inode: 3, b.inode: 5}
+            listener_b = watcher.listener(b)
+            assert listener_b is not None
+            done = watcher.sync([a])
+            assert done.closed == (b,) and watcher.namespaces == (a,) and listener_b.fileno() == -1
+            assert watcher.poll(0.05) == []
+    finally:
+        other.close()
+
+
+def test_watcher_that_may_not_enter_namespaces_watches_only_its_own(netns: NetNS) -> None:
+    own = next(i for i in discover_namespaces().namespaces if i.own)
+    with EventWatcher(can_enter=False) as watcher:
+        done = watcher.sync([own, discovered(netns)])
+        assert done.opened == (own,) and done.skipped == (discovered(netns),) and not done.failed
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+        batches = [b for _ in range(20) for b in watcher.poll(0.1) if b.events]
+        assert batches and all(b.namespace == own for b in batches)
+
+
+def test_watcher_tells_the_tcp_listeners_of_a_namespace_now(netns: NetNS) -> None:
+    info = discovered(netns)
+    server, _ = netns.actor("listen", "--port", "8085", "--port", "9095")
+    with EventWatcher() as watcher:
+        assert watcher.listening_ports(info) is None  # not watched
+        watcher.sync([info])
+        assert watcher.listening_ports(info) == frozenset({8085, 9095})
+        netns.stop(server)
+        assert watcher.listening_ports(info) == frozenset()

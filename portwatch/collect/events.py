@@ -33,7 +33,14 @@ import struct
 import time
 from typing import Callable, Final
 
-from portwatch.collect.netlink import NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NetlinkError, fast_ip
+from portwatch.collect.netlink import (
+    NETLINK_SOCK_DIAG,
+    SOCK_DIAG_BY_FAMILY,
+    NetlinkError,
+    build_request,
+    fast_ip,
+    parse_messages,
+)
 from portwatch.model import (
     KERNEL_TCP_STATES,
     DestroyEvent,
@@ -50,7 +57,9 @@ __all__ = [
     "DESTROY_GROUPS",
     "DestroyListener",
     "SocketFactory",
+    "listening_tcp_ports",
     "open_destroy_socket",
+    "open_query_socket",
     "parse_destroy_events",
 ]
 
@@ -100,6 +109,51 @@ def open_destroy_socket() -> socket.socket:
     """
     kind = socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
     return socket.socket(socket.AF_NETLINK, kind, NETLINK_SOCK_DIAG)
+
+
+def open_query_socket() -> socket.socket:
+    """A new close-on-exec ``NETLINK_SOCK_DIAG`` datagram socket for dumps of the calling thread's namespace.
+
+    Raises ``OSError`` when the kernel has no netlink sock_diag.
+    """
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+
+
+_TCP_LISTEN_MASK: Final = 1 << 10
+_query_seq = 0
+
+
+def listening_tcp_ports(sock: socket.socket, timeout: float = 1.0) -> frozenset[int]:
+    """The local ports of every TCP listener (IPv4 and IPv6) of the namespace ``sock`` was made in.
+
+    ``sock`` is an :func:`open_query_socket` socket (it may be kept and used
+    again). A dump of the LISTEN state only: what the transient detector asks
+    before it calls two mirrored sockets a loop pair, since a listener opened
+    after the last scan is not in that scan. Raises ``OSError`` (also
+    ``TimeoutError`` after ``timeout`` seconds) and
+    :class:`~portwatch.collect.netlink.NetlinkError`.
+    """
+    global _query_seq
+    ports: set[int] = set()
+    view = memoryview(bytearray(1 << 16))
+    deadline = time.monotonic() + timeout
+    for family in (socket.AF_INET, socket.AF_INET6):
+        _query_seq = _query_seq % 0x7FFFFFFF + 1
+        seq = _query_seq
+        sock.settimeout(timeout)
+        sock.sendto(build_request(seq, family, socket.IPPROTO_TCP, _TCP_LISTEN_MASK), (0, 0))
+        done = False
+        while not done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"sock_diag dump of TCP listeners took longer than {timeout}s")
+            sock.settimeout(left)
+            n, addr = sock.recvfrom_into(view, len(view))
+            if addr[0] != 0:
+                continue
+            found, done = parse_messages(view, protocol=Protocol.TCP, seq=seq, family=family, length=n)
+            ports.update(s.local.port for s in found)
+    return frozenset(ports)
 
 
 def _tcp_info(data: bytes | bytearray | memoryview, off: int, size: int) -> TcpInfo | None:

@@ -4,13 +4,15 @@ Standard library only, no I/O (like the rest of :mod:`portwatch.model`).
 :class:`DestroyEvent` is built by :mod:`portwatch.collect.events` from the
 sock_diag destroy multicast and read by the pure transient detector
 (:mod:`portwatch.detect.transient`); :class:`EventBatch` is one read of a
-listener.
+listener; :class:`NamespaceEvents` is what a multi-namespace watcher
+(:mod:`portwatch.collect.eventwatch`) read from one namespace in one poll.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from portwatch.model.namespaces import NamespaceInfo
 from portwatch.model.sockets import Endpoint, Family, Protocol, SocketState
 
 
@@ -70,3 +72,21 @@ class EventBatch(NamedTuple):
     lost: bool
     dropped_total: int
     more: bool
+
+
+class NamespaceEvents(NamedTuple):
+    """What one poll of a multi-namespace watcher read from one namespace's listener.
+
+    ``namespace``: whose events; ``events``: oldest first; ``lost``: ENOBUFS
+    was reported during this read (events were dropped: rescan that
+    namespace now); ``dropped``: ENOBUFS counted during this read;
+    ``dropped_total``: counted since the listener was opened; ``error``: why
+    the listener failed and was closed (the next sync reopens it), else None.
+    """
+
+    namespace: NamespaceInfo
+    events: list[DestroyEvent]
+    lost: bool
+    dropped: int
+    dropped_total: int
+    error: str | None = None

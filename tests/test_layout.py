@@ -47,7 +47,7 @@ PURE = ("portwatch.model", "portwatch.detect", "portwatch.alerts.rules",
 IO_MODULES = {"os", "socket", "logging", "time", "subprocess", "threading", "yaml", "psutil",
               "http", "ssl", "random", "select", "selectors", "shutil", "tempfile", "io", "fcntl"}
 IMPURE_PORTWATCH = ("portwatch.collect", "portwatch.daemon", "portwatch.web", "portwatch.scan",
-                    "portwatch.cli")
+                    "portwatch.watch", "portwatch.cli")
 CONFIG_PURE_PART = "portwatch.config.types"
 # The standard-library-only helpers every module may import.
 ALWAYS_ALLOWED = (ROOT, "portwatch.lazy")
@@ -90,7 +90,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "portwatch.scan": (MODEL, "portwatch.collect", "portwatch.detect", "portwatch.config"),
     "portwatch.web": (MODEL, "portwatch.config", "portwatch.output", "portwatch.web"),
     "portwatch.daemon": (*EVERYTHING_BELOW_DAEMON, "portwatch.daemon"),
-    "portwatch.cli": (*EVERYTHING_BELOW_DAEMON, "portwatch.daemon", "portwatch.cli"),
+    "portwatch.watch": (*EVERYTHING_BELOW_DAEMON, "portwatch.watch"),
+    "portwatch.cli": (*EVERYTHING_BELOW_DAEMON, "portwatch.daemon", "portwatch.watch", "portwatch.cli"),
 }
 
 

@@ -14,6 +14,9 @@ scan never runs inside a signal handler. Other threads put messages on the
 same queue (:mod:`portwatch.daemon.messages`): a :class:`Rescan` runs a pass
 at once, :class:`EventFindings` join the active findings through the
 ``book`` until it lets them expire; they are coalesced like signals.
+Side threads (``side_threads``, :class:`~portwatch.daemon.wiring.SideThread`:
+the failure capture) start before the first pass, get every pass's result
+and every new configuration, and stop when the daemon ends, however it ends.
 
 A scan is a pass over every network namespace ``namespaces`` selects (the
 ``pass_`` parameter, :func:`~portwatch.daemon.wiring.default_pass`), found
@@ -89,6 +92,9 @@ from portwatch.daemon.wiring import (
     ScanFunction,
     Server,
     ServerFactory,
+    SideThreadFactory,
+    SideThreads,
+    DEFAULT_SIDE_THREADS,
     default_alerting,
     default_collector,
     default_pass,
@@ -161,7 +167,8 @@ class Daemon:
       expire (default :class:`ExpiringFindings`);
     - ``store``: the state file (None: built from ``config.state_directory``);
     - ``registry``: where the metrics are registered (None: a new registry
-      with the process collector).
+      with the process collector);
+    - ``side_threads``: the factories of the threads run beside the loop.
 
     Raises :class:`WebError` or ``ValueError`` when the HTTP server or the
     collector cannot be built from ``config``.
@@ -188,6 +195,7 @@ class Daemon:
         registry: CollectorRegistry | None = None,
         remember_after: float = REMEMBER_AFTER,
         alerting_factory: AlertingFactory | None = None,
+        side_threads: Sequence[SideThreadFactory] = DEFAULT_SIDE_THREADS,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -216,6 +224,7 @@ class Daemon:
         self.server = server_factory(self._web(config), registry, self.ready, self.healthy, self.index_html)
         # Alerting keeps its own state file in the same directory as ours.
         self.alerting = (alerting_factory or default_alerting)(config, self.store.directory, registry)
+        self.side = SideThreads(side_threads, config, self.events.put, registry)
         self.started = False
         self._lock: DirectoryLock | None = None
         self.scans = 0
@@ -269,6 +278,7 @@ class Daemon:
         try:
             return self._run()
         finally:
+            self.side.stop()
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
@@ -276,6 +286,7 @@ class Daemon:
     def _run(self) -> int:
         self.state = self.store.load()
         self.alerting.start()
+        self.side.start()
         self.scan_once()
         try:
             self.server.start()
@@ -387,6 +398,7 @@ class Daemon:
             log.info("%d finding(s) still active from before the restart", len(active) - len(upd.new))
         log_new_notes(result.notes, self._notes)
         self._notes = result.notes
+        self.side.passed(result)
         self._save_and_alert(active, now)
 
     def record_events(self, found: Sequence[Finding]) -> None:
@@ -454,6 +466,7 @@ class Daemon:
             self.collector = collector
             self.metrics.set_top_destinations(new.metrics.top_destinations)
             self.metrics.set_max_series(new.namespaces.max_series)
+            self.side.reconfigure(new)
             if new.state_directory != old.state_directory:
                 if new_lock is not None:
                     if self._lock is not None:

@@ -3,16 +3,20 @@
 Job: the ``Server`` protocol and the factory types the :class:`~portwatch.daemon.loop.Daemon`
 takes as parameters (so tests hand in their own), and the defaults that build
 the real collector, alerting engine, HTTP server and pass (:func:`default_pass`:
-every selected network namespace, or the own one). May import everything
-below the daemon (collect, scan, alerts, web, config, model) and
-:mod:`portwatch.daemon.records`.
+every selected network namespace, or the own one), and the daemon's side
+threads (:class:`SideThread`, run together by :class:`SideThreads`; the
+default is the failure capture's, :class:`~portwatch.daemon.failures.FailureThread`).
+May import everything below the daemon (collect, scan, alerts, web, config,
+model) and :mod:`portwatch.daemon.records`, ``.messages`` and ``.failures``.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 from pathlib import Path
-from typing import Callable, Collection, Mapping, Protocol as TypingProtocol
+from typing import Callable, Collection, Mapping, Protocol as TypingProtocol, Sequence
 
 from prometheus_client import CollectorRegistry
 
@@ -20,6 +24,8 @@ from portwatch.alerts import Alerting
 from portwatch.collect import CollectError, Collector, Discovery, discover_namespaces
 from portwatch.config import Config, WebConfig
 from portwatch.config.types import namespace_selected
+from portwatch.daemon.failures import FailureThread
+from portwatch.daemon.messages import Message
 from portwatch.daemon.records import HOST_KEY
 from portwatch.model import RememberedPort, ScanResult
 from portwatch.model.results import NamespacesResult
@@ -27,7 +33,7 @@ from portwatch.scan import make_source, namespace_names, run_namespaces_scan, ru
 from portwatch.web import MetricsServer
 
 __all__ = ["ALERTS_STOP_TIMEOUT", "AlertingFactory", "PassFunction", "Remembered", "ScanFunction", "Server",
-           "ServerFactory", "default_alerting", "default_collector", "default_pass", "default_scan",
+           "ServerFactory", "SideThread", "SideThreadFactory", "SideThreads", "DEFAULT_SIDE_THREADS", "default_alerting", "default_collector", "default_pass", "default_scan",
            "default_server", "single_pass"]
 
 
@@ -114,3 +120,68 @@ def default_pass(config: Config, collector: Collector, remembered: Remembered,
     if selected and not result.results and result.skipped:
         raise CollectError("no network namespace could be read: " + "; ".join(result.notes))
     return result
+
+
+class SideThread(TypingProtocol):
+    """A thread the daemon runs beside its loop (event listeners, the failure capture).
+
+    Built by a :data:`SideThreadFactory` when the daemon is built; the loop
+    calls :meth:`start` before the first pass, :meth:`passed` after every
+    successful pass (``result`` is immutable: keep the reference), and
+    :meth:`reconfigure` after every successful reload (start or stop what
+    the new configuration asks for), all from the loop's thread, and
+    :meth:`stop` once when the daemon ends, however it ends. The thread
+    reports by posting messages (:mod:`.messages`) on the daemon's queue.
+    None of the methods may block for long; :meth:`stop` at most ``timeout``.
+    """
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def passed(self, result: NamespacesResult) -> None: ...
+
+    def reconfigure(self, config: Config) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> bool: ...
+
+
+#: Builds a side thread: (configuration, post a message on the daemon's queue, metrics registry) -> thread.
+SideThreadFactory = Callable[[Config, Callable[[Message], None], CollectorRegistry], SideThread]
+
+#: The side threads of ``portwatch run``.
+DEFAULT_SIDE_THREADS: tuple[SideThreadFactory, ...] = (FailureThread,)
+
+#: Seconds all side threads together get to stop when the daemon ends.
+SIDE_THREADS_STOP_TIMEOUT = 5.0
+
+_log = logging.getLogger("portwatch.daemon")
+
+
+class SideThreads:
+    """The daemon's side threads, each call passed to all of them; one thread's error is logged, never raised."""
+
+    def __init__(self, factories: Sequence[SideThreadFactory], config: Config, post: Callable[[Message], None],
+                 registry: CollectorRegistry) -> None:
+        self.threads = [factory(config, post, registry) for factory in factories]
+
+    def _each(self, what: str, call: Callable[[SideThread], object]) -> None:
+        for thread in self.threads:
+            try:
+                call(thread)
+            except Exception:
+                _log.exception("side thread %s: error in %s (the daemon goes on)", thread.name, what)
+
+    def start(self) -> None:
+        self._each("start", lambda t: t.start())
+
+    def passed(self, result: NamespacesResult) -> None:
+        self._each("passed", lambda t: t.passed(result))
+
+    def reconfigure(self, config: Config) -> None:
+        self._each("reconfigure", lambda t: t.reconfigure(config))
+
+    def stop(self, timeout: float = SIDE_THREADS_STOP_TIMEOUT) -> None:
+        """Stop every thread within ``timeout`` seconds in all."""
+        deadline = time.monotonic() + timeout
+        self._each("stop", lambda t: t.stop(max(deadline - time.monotonic(), 0.1)))

@@ -2,7 +2,8 @@
 
 The top of :mod:`portwatch.detect`: imports :mod:`portwatch.detect.registry`,
 :mod:`portwatch.detect.base`, :mod:`portwatch.detect.ephemeral_exhaustion`
-(for the usage it computes), :mod:`portwatch.model` and the configuration
+(for the usage it computes), the two failure kinds (for :func:`failure_findings`),
+:mod:`portwatch.model` and the configuration
 types; nothing imports it but the package's ``__init__``. Pure: no I/O,
 no clock, no logging.
 """
@@ -14,9 +15,22 @@ from typing import Callable, Collection, Iterable, Mapping
 
 from portwatch.config.types import Config, IgnoreRule, ignore_matches
 from portwatch.detect.base import DetectionInput, SocketIndex, index
+from portwatch.detect.bind_failed import find_bind_failures
+from portwatch.detect.connect_failed import find_connect_failures
 from portwatch.detect.ephemeral_exhaustion import destination_usage
 from portwatch.detect.registry import REGISTRY, Registry
-from portwatch.model import Destination, Finding, Listening, Protocol, RememberedPort, Snapshot
+from portwatch.model import (
+    Destination,
+    Finding,
+    Listening,
+    NamespaceInfo,
+    NamespaceKind,
+    Protocol,
+    RememberedPort,
+    ScanResult,
+    Snapshot,
+)
+from portwatch.model.failures import DEFAULT_FAILURE_WINDOW, FailureEvent
 
 
 def detect(
@@ -122,3 +136,33 @@ def listening_ports(listening: Listening) -> set[RememberedPort]:
     into a finding. UDP services are covered when declared.
     """
     return {RememberedPort(p, port) for (p, port) in listening if p is Protocol.TCP}
+
+
+def failure_findings(events: Iterable[FailureEvent], results_by_inode: Mapping[int, ScanResult],
+                     config: Config, window: float = DEFAULT_FAILURE_WINDOW) -> list[Finding]:
+    """The ``connect_failed`` and ``bind_failed`` findings of ``events``, ignore rules applied, sorted.
+
+    Takes the failure events of the window (any namespace), the latest
+    pass's result of each network namespace by its inode, the configuration
+    (severities, ignore rules) and the window's length (seconds, for the
+    wording). Events are grouped by their caller's namespace
+    (``netns_inode``); each group is detected with that namespace's result,
+    so the findings link its exhaustion and ``port_taken`` findings and are
+    keyed like its scan's. A namespace no result covers is named
+    ``netns:INODE`` (a namespace created since the pass, or not selected);
+    an event whose process was gone before its namespace was read (inode
+    ``None``) has no namespace. Returns the kept findings. Pure.
+    """
+    groups: dict[int | None, list[FailureEvent]] = {}
+    for e in events:
+        groups.setdefault(e.netns_inode, []).append(e)
+    found: list[Finding] = []
+    for inode, group in groups.items():
+        result = results_by_inode.get(inode) if inode is not None else None
+        namespace = None
+        if result is None and inode is not None:
+            namespace = NamespaceInfo(inode, 0, NamespaceKind.PROCESS, f"netns:{inode}", stable=False)
+        found += find_connect_failures(group, result, namespace=namespace, config=config, window=window)
+        found += find_bind_failures(group, result, namespace=namespace, config=config, window=window)
+    kept, _ignored = apply_ignores(found, config.ignore)
+    return sort_findings(kept)

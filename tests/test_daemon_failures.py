@@ -213,3 +213,27 @@ def test_without_the_audit_capabilities_one_note_and_scans_go_on(
     assert err.count("failure capture is off: the audit subsystem needs CAP_AUDIT_CONTROL") == 1, err
     assert "Traceback" not in err
     assert portwatch_rules(audit_host) == []
+
+
+def test_sighup_turns_the_capture_on_and_off(netns: NetNS, audit_host: AuditHost, tmp_path: Path) -> None:
+    audit = capture_config(tmp_path, netns)
+    off = audit.replace("failures: audit", "failures: off")
+    daemon = HostDaemon(tmp_path, off)
+    try:
+        m = daemon.wait_metrics("a pass", lambda m: (value(m, "portwatch_scans_total") or 0) >= 1)
+        assert value(m, "portwatch_failure_capture_active") == 0 and portwatch_rules(audit_host) == []
+        daemon.config.write_text(audit)
+        os.kill(daemon.proc.pid, signal.SIGHUP)
+        daemon.wait_metrics("the capture on after SIGHUP", capture_active)
+        assert portwatch_rules(audit_host)
+        daemon.config.write_text(off)
+        os.kill(daemon.proc.pid, signal.SIGHUP)
+        daemon.wait_metrics("the capture off after SIGHUP",
+                            lambda m: value(m, "portwatch_failure_capture_active") == 0)
+        assert portwatch_rules(audit_host) == []
+        assert restored(audit_host)
+    finally:
+        code = daemon.stop()
+    assert code == 0
+    err = daemon.stderr.read_text()
+    assert "failure capture turned on" in err and "failure capture turned off" in err and "Traceback" not in err

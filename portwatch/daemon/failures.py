@@ -53,7 +53,7 @@ from portwatch.output.metrics import HOST_NETNS, netns_label
 
 __all__ = ["FailureThread", "results_by_inode"]
 
-log = logging.getLogger("portwatch.failures")
+log = logging.getLogger("portwatch.daemon.failures")
 
 #: Seconds between two starts of a capture that failed while reading.
 RESTART_PAUSE = 5.0

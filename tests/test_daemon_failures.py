@@ -12,19 +12,31 @@ passed or failed.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from portwatch.collect.capture import FailureCapture
 from portwatch.config import Config, IgnoreRule
+from portwatch.config.types import CaptureConfig
+from portwatch.daemon import EventFindings, Message, Rescan
+from portwatch.daemon.failures import FailureThread
 from portwatch.detect import failure_findings
 from portwatch.model import Kind, Severity
-from portwatch.model.failures import FailedCall
+from portwatch.model.failures import FailedCall, FailureBatch
+from portwatch.model.results import NamespacesResult
 from tests.alertmanager import Alertmanager, free_port, wait_for
 from tests.auditkit import TEST_KEY, AuditHost, audit_host, auditctl_rules, restored
 from tests.conftest import require
@@ -237,3 +249,106 @@ def test_sighup_turns_the_capture_on_and_off(netns: NetNS, audit_host: AuditHost
     assert code == 0
     err = daemon.stderr.read_text()
     assert "failure capture turned on" in err and "failure capture turned off" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------- the thread, with a scripted capture
+
+
+class ScriptedCapture(FailureCapture):
+    """A capture without audit: :meth:`start` answers ``started``; each read returns (or raises) the next item."""
+
+    def __init__(self, script: Sequence[FailureBatch | Exception], started: bool = True,
+                 notes: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.script = list(script)
+        self.started = started
+        self.notes = list(notes)
+        self.stops = 0
+        self._pair = socket.socketpair()
+
+    def start(self) -> bool:
+        self.active = self.started
+        return self.started
+
+    def fileno(self) -> int:
+        return self._pair[0].fileno()
+
+    def read(self, max_messages: int = 4096) -> FailureBatch:
+        if not self.script:
+            return FailureBatch()
+        item = self.script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        self.active = False
+        self.stops += 1
+        for s in self._pair:
+            s.close()
+
+
+class Posted:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.messages: list[Message] = []
+
+    def __call__(self, message: Message) -> None:
+        with self.lock:
+            self.messages.append(message)
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        with self.lock:
+            return [m for m in self.messages if isinstance(m, kind)]
+
+
+def scripted_thread(captures: list[ScriptedCapture], posted: Posted, config: Config,
+                    registry: CollectorRegistry | None = None) -> FailureThread:
+    made = iter(captures)
+    return FailureThread(config, posted, registry or CollectorRegistry(), capture_factory=lambda: next(made),
+                         poll_interval=0.02, restart_pause=0.05, explain_wait=30, clock=lambda: T + 5)
+
+
+AUDIT = Config(capture=CaptureConfig(failures="audit"))
+
+
+def test_the_thread_survives_a_broken_capture_and_waits_for_the_pass_it_asks_for(
+        caplog: pytest.LogCaptureFixture) -> None:
+    event = failure(FailedCall.CONNECT, "127.0.0.1:5001")
+    broken = ScriptedCapture([OSError(errno.EBADF, "Bad file descriptor")])
+    working = ScriptedCapture([FailureBatch((event,))])
+    posted = Posted()
+    registry = CollectorRegistry()
+    thread = scripted_thread([broken, working], posted, AUDIT, registry)
+    caplog.set_level(logging.INFO, logger="portwatch.daemon.failures")
+    thread.start()
+    try:
+        wait_for("the Rescan of the new failure", lambda: posted.of(Rescan))
+        assert broken.stops == 1 and posted.of(EventFindings) == []  # waiting for the pass that names the cause
+        thread.passed(NamespacesResult((exhausted_scan(),)))
+        (got,) = wait_for("the findings", lambda: posted.of(EventFindings))
+    finally:
+        assert thread.stop()
+    (finding,) = got.findings
+    assert finding.key == "connect_failed:127.0.0.1:5001:loadgen@blue" and finding.details["exhaustion"]
+    assert working.stops == 1 and not thread.alive
+    assert any("failure capture error (Bad file descriptor); starting it again" in r.message for r in caplog.records)
+    text = generate_latest(registry).decode()
+    assert 'portwatch_failures_total{kind="connect_failed"} 1.0' in text
+    assert 'portwatch_connect_failures_by_destination_total{netns="netns:4026532999",remote_ip="127.0.0.1",' \
+        'remote_port="5001"} 1.0' in text  # counted when read, before the pass named the namespace
+    assert "portwatch_failure_capture_active 0.0" in text  # stopped
+
+
+def test_a_capture_that_cannot_start_notes_once_and_a_reload_tries_again(
+        caplog: pytest.LogCaptureFixture) -> None:
+    note = "failure capture is off: the audit subsystem needs CAP_AUDIT_CONTROL"
+    captures = [ScriptedCapture([], started=False, notes=[note]) for _ in range(2)]
+    thread = scripted_thread(captures, Posted(), AUDIT)
+    thread.start()
+    wait_for("the first capture to give up", lambda: captures[0].stops == 1 and not thread.alive)
+    thread.reconfigure(Config())
+    thread.reconfigure(AUDIT)
+    wait_for("the second capture to give up", lambda: captures[1].stops == 1 and not thread.alive)
+    assert thread.stop()
+    assert [r.message for r in caplog.records if r.message == note] == [note]

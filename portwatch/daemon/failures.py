@@ -93,7 +93,8 @@ class FailureThread:
     """The failure capture on a thread of its own, for the daemon.
 
     ``FailureThread(config, post, registry, *, capture_factory=FailureCapture,
-    window=300, poll_interval=0.25, explain_wait=5, clock=time.time)``: ``post`` puts a message
+    window=300, poll_interval=0.25, explain_wait=5, restart_pause=5, clock=time.time)``:
+    ``post`` puts a message
     on the daemon's queue (thread-safe); ``registry`` gets the failure
     metrics (once). Nothing runs until :meth:`start`; the thread exists only
     while ``capture.failures`` is ``audit``.
@@ -104,12 +105,14 @@ class FailureThread:
     def __init__(self, config: Config, post: Callable[[Message], None], registry: CollectorRegistry, *,
                  capture_factory: Callable[[], FailureCapture] = FailureCapture,
                  window: float = DEFAULT_FAILURE_WINDOW, poll_interval: float = 0.25,
-                 explain_wait: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+                 explain_wait: float = 5.0, restart_pause: float = RESTART_PAUSE,
+                 clock: Callable[[], float] = time.time) -> None:
         self._post = post
         self._capture_factory = capture_factory
         self._window = window
         self._poll = poll_interval
         self._explain_wait = explain_wait
+        self._restart_pause = restart_pause
         self._clock = clock
         self._own = _own_inode()
         self.metrics = FailureMetrics(top=config.metrics.top_destinations)
@@ -185,9 +188,9 @@ class FailureThread:
                     return  # could not start: the notes said why; a reload may try again
             except Exception as exc:  # noqa: BLE001 - the thread must go on
                 log.error("failure capture error (%s); starting it again in %gs",
-                          os_error_text(exc) if isinstance(exc, OSError) else repr(exc), RESTART_PAUSE)
+                          os_error_text(exc) if isinstance(exc, OSError) else repr(exc), self._restart_pause)
                 log.debug("failure capture error", exc_info=True)
-            stop.wait(RESTART_PAUSE)
+            stop.wait(self._restart_pause)
 
     def _session(self, stop: threading.Event) -> bool:
         """One capture from start to stop; False if it could not start."""

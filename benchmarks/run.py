@@ -1,24 +1,28 @@
-"""Scan-at-scale benchmark: portwatch against psutil and ss on 1,000 .. 100,000 sockets.
+"""The speed benchmark: every figure of portwatch's speed goals, each against its baseline, in one table.
 
-Usage (as root; it creates and removes its own network namespaces)::
+Usage (as root; it creates and removes its own network namespaces and cgroups)::
 
-    .venv/bin/python benchmarks/run.py                         # sizes 1000,10000,100000, 3 repeats
-    .venv/bin/python benchmarks/run.py --sizes 1000,10000 --repeat 5
-    .venv/bin/python benchmarks/run.py --sizes 100000 --json > result.json
-    .venv/bin/python benchmarks/run.py --render result.json      # the table of a saved run
-    .venv/bin/python benchmarks/run.py --sizes 100k --profile    # plus a cProfile of one scan
-    .venv/bin/python benchmarks/run.py --events                  # the destroy-event listener instead
+    .venv/bin/python benchmarks/run.py                      # 100,000 sockets, 100 namespaces, events
+    .venv/bin/python benchmarks/run.py --quick              # CI size: 10,000 sockets, 10 namespaces
+    .venv/bin/python benchmarks/run.py --json > result.json
+    .venv/bin/python benchmarks/run.py --render result.json  # the table of a saved run
+    .venv/bin/python benchmarks/run.py --profile            # plus a cProfile of one first scan
+    .venv/bin/python benchmarks/run.py --details            # plus every tool of every size
+    .venv/bin/python benchmarks/run.py --events             # the destroy-event listener only
 
 For every size N it creates a private network namespace (``ip netns add``)
 with the kernel's default ``ip_local_port_range`` (32768-60999), and starts
 "holder" processes inside it that build the socket population: mostly
 ESTABLISHED loopback pairs (clients on 127.0.0.1, listeners on ports
 8000-8007 of 127.0.0.W, one address per holder) plus about 5 % TIME_WAIT
-sockets (capped at 5,000). Each holder stays below its RLIMIT_NOFILE (raised
-to the hard limit, and the hard limit raised when the privileges allow), so a
-large N uses several holders. A few hundred idle processes with open files
-(``--idle``) run during the whole benchmark so that tools that walk
-``/proc/PID/fd`` pay for it.
+sockets (capped at 5,000). Each holder runs in its own cgroup (as systemd
+runs each service in its own), where a cgroup2 mount allows it. Each holder
+stays below its RLIMIT_NOFILE (raised to the hard limit, and the hard limit
+raised when the privileges allow), so a large N uses several holders. A few
+hundred idle processes with open files (``--idle``) run during the whole
+benchmark so that tools that walk ``/proc/PID/fd`` pay for it. Processes
+enter the namespace with ``nsenter --net`` (``ip netns exec`` would also
+give them a fresh ``/sys`` without the cgroup2 mount).
 
 Then, inside the namespace and interleaved over ``--repeat`` rounds, it
 measures one call of each of:
@@ -28,27 +32,33 @@ measures one call of each of:
   host: nothing to report, so no process attribution;
 - ``scan-findings``: the same scan with the namespace's range widened to
   1024-65535 for the call, which puts the 40 listeners (8 ports) inside it:
-  8 findings whose sockets are attributed by walking the fd tables (the
-  holders' tens of thousands of fds), in a fresh process;
+  8 findings whose sockets are attributed (first among the processes of the
+  sockets' cgroups, then by walking the fd tables), in a fresh process;
 - ``scan-steady``: the same, timing the second scan of one collector, as the
   daemon's every scan after its first (remembered fds are checked, no walk);
 - ``netlink``: ``NetlinkSource().read()`` alone (the socket table part of the scan);
+- ``floor``: the same three sock_diag dumps with a Python loop over the
+  netlink headers only (no field parsed, no object built);
+- ``cli-json``: ``portwatch scan --format json`` as a whole process;
 - ``psutil``: ``psutil.net_connections("inet")``;
-- ``ss -tan`` and ``ss -tanp`` (output to /dev/null).
+- ``ss -tan`` and ``ss -tanp`` (output to /dev/null; ``ss -tan``'s peak RSS from GNU time).
 
 Python calls run in a fresh child process each, timed around the call only
 (imports done before), wall clock and CPU time (user+system), with the
-child's peak RSS (``ru_maxrss``) and its growth during the call; ``ss`` runs
-are timed around fork/exec/wait, CPU and peak RSS from ``wait4``. It prints
-medians, the ratios against ``ss -tan`` and the daemon's CPU share at the
-default 15 s interval (median scan CPU time / interval). TIME_WAIT sockets
-expire after 60 s, so a long run at a large N sees their number fall; "sockets
-seen" shows the range netlink counted over the rounds. Holders linger with
-SO_LINGER 0, so tearing a population down leaves no TIME_WAIT behind; the
-namespace is deleted after each size.
+child's peak RSS (``ru_maxrss``) and its growth during the call; commands
+are timed around fork/exec/wait, CPU from ``wait4``. Then, in an empty
+namespace, ``portwatch scan`` against ``python3 -c pass`` as whole processes;
+the namespaces row (``benchmarks/netns_scale.py``: N namespaces x M sockets,
+portwatch's discovery and snapshots against a loop of ``nsenter ... ss
+-tan``); and the event listener's rows (``benchmarks/events_bench.py``).
+The table (``benchmarks/table.py``) shows each figure, its baseline, their
+ratio (CPU time; the median of the rounds' ratios) and the goal. TIME_WAIT
+sockets expire after 60 s, so a long run at a large N sees their number
+fall. Holders linger with SO_LINGER 0, so tearing a population down leaves
+no TIME_WAIT behind; the namespace and cgroups are deleted after each size.
 
 Exit status: 0 on success, 2 for bad arguments or a missing prerequisite
-(root, ``ip``, ``ss``), 1 when building a population or a measurement fails.
+(root, ``ip``, ``ss``, ``nsenter``), 1 when building a population or a measurement fails.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import sys
 from pathlib import Path
@@ -197,6 +196,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     host = socket.gethostname()
     dry = _alerts_dry_run(config, result.findings) if args.alerts_dry_run else None
     if args.format == "json":
+        import json
+
         document = to_json_document(result, host)
         if dry is not None:
             document["alerts_dry_run"] = [entry.to_dict() for entry in dry]

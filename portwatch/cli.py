@@ -161,7 +161,23 @@ def _scan(args: argparse.Namespace, config: Config) -> ScanResult | NamespacesRe
     Returns an exit code instead, after saying why on stderr: 2 for a
     ``--netns`` that names no namespace, 3 when none of the namespaces asked
     for could be read. Raises what :func:`~portwatch.scan.run_scan` raises.
+    The cyclic garbage collector is paused meanwhile: a scan builds a few
+    objects per socket (hundreds of thousands on a busy host), none in a
+    cycle, and each collection would walk all of them again.
     """
+    import gc
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _scan_paused(args, config)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _scan_paused(args: argparse.Namespace, config: Config) -> ScanResult | NamespacesResult | int:
+    """:func:`_scan`, with the garbage collector paused by the caller."""
     from portwatch.collect import Collector, discover_namespaces
     from portwatch.scan import UnknownNamespace, make_source, run_namespaces_scan, run_scan, select_namespaces
 

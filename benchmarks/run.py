@@ -1,24 +1,28 @@
-"""Scan-at-scale benchmark: portwatch against psutil and ss on 1,000 .. 100,000 sockets.
+"""The speed benchmark: every figure of portwatch's speed goals, each against its baseline, in one table.
 
-Usage (as root; it creates and removes its own network namespaces)::
+Usage (as root; it creates and removes its own network namespaces and cgroups)::
 
-    .venv/bin/python benchmarks/run.py                         # sizes 1000,10000,100000, 3 repeats
-    .venv/bin/python benchmarks/run.py --sizes 1000,10000 --repeat 5
-    .venv/bin/python benchmarks/run.py --sizes 100000 --json > result.json
-    .venv/bin/python benchmarks/run.py --render result.json      # the table of a saved run
-    .venv/bin/python benchmarks/run.py --sizes 100k --profile    # plus a cProfile of one scan
-    .venv/bin/python benchmarks/run.py --events                  # the destroy-event listener instead
+    .venv/bin/python benchmarks/run.py                      # 100,000 sockets, 100 namespaces, events
+    .venv/bin/python benchmarks/run.py --quick              # CI size: 10,000 sockets, 10 namespaces
+    .venv/bin/python benchmarks/run.py --json > result.json
+    .venv/bin/python benchmarks/run.py --render result.json  # the table of a saved run
+    .venv/bin/python benchmarks/run.py --profile            # plus a cProfile of one first scan
+    .venv/bin/python benchmarks/run.py --details            # plus every tool of every size
+    .venv/bin/python benchmarks/run.py --events             # the destroy-event listener only
 
 For every size N it creates a private network namespace (``ip netns add``)
 with the kernel's default ``ip_local_port_range`` (32768-60999), and starts
 "holder" processes inside it that build the socket population: mostly
 ESTABLISHED loopback pairs (clients on 127.0.0.1, listeners on ports
 8000-8007 of 127.0.0.W, one address per holder) plus about 5 % TIME_WAIT
-sockets (capped at 5,000). Each holder stays below its RLIMIT_NOFILE (raised
-to the hard limit, and the hard limit raised when the privileges allow), so a
-large N uses several holders. A few hundred idle processes with open files
-(``--idle``) run during the whole benchmark so that tools that walk
-``/proc/PID/fd`` pay for it.
+sockets (capped at 5,000). Each holder runs in its own cgroup (as systemd
+runs each service in its own), where a cgroup2 mount allows it. Each holder
+stays below its RLIMIT_NOFILE (raised to the hard limit, and the hard limit
+raised when the privileges allow), so a large N uses several holders. A few
+hundred idle processes with open files (``--idle``) run during the whole
+benchmark so that tools that walk ``/proc/PID/fd`` pay for it. Processes
+enter the namespace with ``nsenter --net`` (``ip netns exec`` would also
+give them a fresh ``/sys`` without the cgroup2 mount).
 
 Then, inside the namespace and interleaved over ``--repeat`` rounds, it
 measures one call of each of:
@@ -28,27 +32,33 @@ measures one call of each of:
   host: nothing to report, so no process attribution;
 - ``scan-findings``: the same scan with the namespace's range widened to
   1024-65535 for the call, which puts the 40 listeners (8 ports) inside it:
-  8 findings whose sockets are attributed by walking the fd tables (the
-  holders' tens of thousands of fds), in a fresh process;
+  8 findings whose sockets are attributed (first among the processes of the
+  sockets' cgroups, then by walking the fd tables), in a fresh process;
 - ``scan-steady``: the same, timing the second scan of one collector, as the
   daemon's every scan after its first (remembered fds are checked, no walk);
 - ``netlink``: ``NetlinkSource().read()`` alone (the socket table part of the scan);
+- ``floor``: the same three sock_diag dumps with a Python loop over the
+  netlink headers only (no field parsed, no object built);
+- ``cli-json``: ``portwatch scan --format json`` as a whole process;
 - ``psutil``: ``psutil.net_connections("inet")``;
-- ``ss -tan`` and ``ss -tanp`` (output to /dev/null).
+- ``ss -tan`` and ``ss -tanp`` (output to /dev/null; ``ss -tan``'s peak RSS from GNU time).
 
 Python calls run in a fresh child process each, timed around the call only
 (imports done before), wall clock and CPU time (user+system), with the
-child's peak RSS (``ru_maxrss``) and its growth during the call; ``ss`` runs
-are timed around fork/exec/wait, CPU and peak RSS from ``wait4``. It prints
-medians, the ratios against ``ss -tan`` and the daemon's CPU share at the
-default 15 s interval (median scan CPU time / interval). TIME_WAIT sockets
-expire after 60 s, so a long run at a large N sees their number fall; "sockets
-seen" shows the range netlink counted over the rounds. Holders linger with
-SO_LINGER 0, so tearing a population down leaves no TIME_WAIT behind; the
-namespace is deleted after each size.
+child's peak RSS (``ru_maxrss``) and its growth during the call; commands
+are timed around fork/exec/wait, CPU from ``wait4``. Then, in an empty
+namespace, ``portwatch scan`` against ``python3 -c pass`` as whole processes;
+the namespaces row (``benchmarks/netns_scale.py``: N namespaces x M sockets,
+portwatch's discovery and snapshots against a loop of ``nsenter ... ss
+-tan``); and the event listener's rows (``benchmarks/events_bench.py``).
+The table (``benchmarks/table.py``) shows each figure, its baseline, their
+ratio (CPU time; the median of the rounds' ratios) and the goal. TIME_WAIT
+sockets expire after 60 s, so a long run at a large N sees their number
+fall. Holders linger with SO_LINGER 0, so tearing a population down leaves
+no TIME_WAIT behind; the namespace and cgroups are deleted after each size.
 
 Exit status: 0 on success, 2 for bad arguments or a missing prerequisite
-(root, ``ip``, ``ss``), 1 when building a population or a measurement fails.
+(root, ``ip``, ``ss``, ``nsenter``), 1 when building a population or a measurement fails.
 """
 
 from __future__ import annotations
@@ -89,10 +99,14 @@ TOOLS: dict[str, str] = {
     "scan-findings": "  with 8 findings, first scan",
     "scan-steady": "  with 8 findings, daemon's next",
     "netlink": "NetlinkSource().read()",
+    "floor": "raw dump, headers-only loop",
+    "cli-json": "portwatch scan --format json (process)",
     "psutil": "psutil.net_connections('inet')",
     "ss": "ss -tan",
     "ssp": "ss -tanp",
 }
+#: The probes that run as a Python call in a fresh child; the others are whole commands.
+COMMANDS = ("cli-json", "ss", "ssp")
 
 
 class BenchError(Exception):
@@ -220,7 +234,7 @@ def build_population(address: str, pairs: int, timewait: int) -> list[socket.soc
 def probe(kind: str) -> int:
     """Time one call of ``kind`` (scan, netlink, psutil) in this fresh process; print JSON.
 
-    ``scan-profile`` runs the scan under cProfile instead and prints the top
+    ``scan-profile`` runs a first scan with findings under cProfile instead and prints the top
     functions by own time (the timings then carry the profiler's overhead).
     """
     sys.path.insert(0, str(REPO))
@@ -228,7 +242,7 @@ def probe(kind: str) -> int:
     call: Callable[[], int]
     profile = kind == "scan-profile"
     if profile:
-        kind = "scan"
+        kind = "scan-findings"  # the range is set by the caller
     if kind in ("scan", "scan-findings", "scan-steady"):
         from portwatch.collect import Collector, make_source
         from portwatch.config import Config
@@ -249,6 +263,11 @@ def probe(kind: str) -> int:
 
         def call() -> int:
             return len(source.read().sockets)
+    elif kind == "floor":
+        import portwatch.collect.netlink  # noqa: F401  (imported before the clock starts)
+
+        def call() -> int:
+            return raw_dump_headers()
     elif kind == "psutil":
         import psutil
 
@@ -274,6 +293,56 @@ def probe(kind: str) -> int:
     print(json.dumps({"wall": wall, "cpu": cpu, "maxrss_kib": after,
                       "rss_growth_kib": after - before, "count": count, **extra}))
     return 0
+
+
+def raw_dump_headers() -> int:
+    """The floor of a socket table read in Python: the same three sock_diag dumps as
+    ``NetlinkSource`` (TCP of both families, UDP v4, UDP v6), received into one buffer, with a
+    loop over the netlink message headers only (no field parsed, no object built); returns the
+    number of socket messages."""
+    from portwatch.collect import netlink as nl
+
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, nl.NETLINK_SOCK_DIAG)
+    buf = bytearray(1 << 17)
+    header = struct.Struct("=IH").unpack_from
+    count = 0
+    requests = [nl.build_tcp_request(1, nl.TCP_STATES_MASK),
+                nl.build_request(2, socket.AF_INET, socket.IPPROTO_UDP, nl.UDP_STATES_MASK),
+                nl.build_request(3, socket.AF_INET6, socket.IPPROTO_UDP, nl.UDP_STATES_MASK)]
+    try:
+        for request in requests:
+            sock.sendto(request, (0, 0))
+            done = False
+            while not done:
+                n = sock.recv_into(buf)
+                off = 0
+                while off < n:
+                    length, kind = header(buf, off)
+                    if kind == nl.NLMSG_DONE or kind == nl.NLMSG_ERROR:
+                        done = True
+                        break
+                    count += 1
+                    off += (length + 3) & ~3
+    finally:
+        sock.close()
+    return count
+
+
+def portwatch_command() -> list[str]:
+    """How the ``portwatch`` command is started: the checkout's console script, else ``python -m portwatch``."""
+    script = REPO / ".venv" / "bin" / "portwatch"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "portwatch"]
+
+
+def peak_rss_kib(args: Sequence[str]) -> int | None:
+    """The peak RSS of one run of ``args`` (output discarded), from GNU time; None without it."""
+    time_cmd = shutil.which("time") or "/usr/bin/time"
+    if not Path(time_cmd).exists():
+        return None
+    proc = subprocess.run([time_cmd, "-f", "%M", *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=600)
+    lines = proc.stderr.strip().splitlines()
+    return int(lines[-1]) if proc.returncode == 0 and lines and lines[-1].isdigit() else None
 
 
 @dataclass
@@ -315,6 +384,22 @@ def run_command(args: Sequence[str]) -> Run:
     return Run(wall, usage.ru_utime + usage.ru_stime, None, None, None, {})
 
 
+def startup(rounds: int) -> int:
+    """Inside an empty namespace: ``portwatch scan`` and ``python3 -c pass``, ``rounds`` pairs
+    in turn after one warm-up each, as whole processes; print JSON (medians and every round)."""
+    commands = {"portwatch": [*portwatch_command(), "scan"], "python": [sys.executable, "-c", "pass"]}
+    runs: dict[str, list[Run]] = {k: [] for k in commands}
+    for args in commands.values():
+        run_command(args)  # warm-up: the page cache, the bytecode cache
+    for _ in range(rounds):
+        for key, args in commands.items():
+            runs[key].append(run_command(args))
+    print(json.dumps({key: {"cpu": median([r.cpu for r in rs]), "wall": median([r.wall for r in rs]),
+                            "cpu_runs": [r.cpu for r in rs], "wall_runs": [r.wall for r in rs]}
+                      for key, rs in runs.items()}))
+    return 0
+
+
 def set_range(text: str) -> None:
     """Set this namespace's ``ip_local_port_range`` (we run inside it, as root)."""
     Path("/proc/sys/net/ipv4/ip_local_port_range").write_text(text + "\n")
@@ -339,6 +424,9 @@ def measure(repeat: int, profile: bool) -> int:
                         runs[kind].append(run_probe(kind))
                     finally:
                         set_range(PORT_RANGE)
+                elif kind == "cli-json":
+                    runs[kind].append(run_command(
+                        [*portwatch_command(), "scan", "--format", "json", "--fail-on", "never"]))
                 elif kind == "ss":
                     runs[kind].append(run_command([ss, "-tan"]))
                 elif kind == "ssp":
@@ -349,10 +437,15 @@ def measure(repeat: int, profile: bool) -> int:
                 errors[kind] = str(exc)
     listed = subprocess.run([ss, "-tanH"], capture_output=True, text=True, timeout=600)
     ss_count = listed.stdout.count("\n")
-    out: dict[str, Any] = {"ss_tcp_sockets": ss_count, "tools": {}}
+    out: dict[str, Any] = {"ss_tcp_sockets": ss_count, "ss_maxrss_kib": peak_rss_kib([ss, "-tan"]),
+                           "tools": {}}
     if profile:
-        prof = subprocess.run([sys.executable, str(HERE), "--_probe", "scan-profile"],
-                              capture_output=True, text=True, timeout=600, cwd=REPO)
+        set_range(FINDINGS_RANGE)
+        try:
+            prof = subprocess.run([sys.executable, str(HERE), "--_probe", "scan-profile"],
+                                  capture_output=True, text=True, timeout=600, cwd=REPO)
+        finally:
+            set_range(PORT_RANGE)
         out["scan_profile"] = prof.stdout if prof.returncode == 0 else prof.stderr
     for kind, label in TOOLS.items():
         rs = runs[kind]
@@ -397,8 +490,10 @@ class Namespace:
             raise
 
     def wrap(self, args: Sequence[str]) -> list[str]:
-        """``args`` run inside the namespace."""
-        return ["ip", "netns", "exec", self.name, *args]
+        """``args`` run inside the namespace: ``nsenter --net``, which changes the network namespace
+        only (``ip netns exec`` also makes a mount namespace with a fresh ``/sys``, which hides
+        the cgroup2 mount a scan narrows its owner search with, as the daemon never is)."""
+        return ["nsenter", f"--net=/run/netns/{self.name}", *args]
 
     def env(self) -> dict[str, str]:
         """Environment with the repository importable."""
@@ -415,11 +510,17 @@ class Namespace:
                              f"{proc.stderr.strip()[-500:]}")
         return proc.stdout
 
-    def start_holder(self, address: str, pairs: int, timewait: int) -> subprocess.Popen[str]:
-        """Start one holder inside (not waiting for it)."""
+    def start_holder(self, address: str, pairs: int, timewait: int,
+                     cgroup: Path | None = None) -> subprocess.Popen[str]:
+        """Start one holder inside (not waiting for it), in ``cgroup`` when given (it joins before exec)."""
+        def join() -> None:  # in the child, before exec: "0" is the writing process
+            if cgroup is not None:
+                (cgroup / "cgroup.procs").write_text("0")
+
         proc = subprocess.Popen(
             self.wrap([sys.executable, str(HERE), "--_holder", address, str(pairs), str(timewait)]),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self.env(), cwd=REPO)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self.env(), cwd=REPO,
+            preexec_fn=join if cgroup is not None else None)
         self.procs.append(proc)
         return proc
 
@@ -428,6 +529,48 @@ class Namespace:
         for proc in self.procs:
             stop(proc)
         subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True)
+
+
+class HolderCgroups:
+    """One cgroup per holder under the cgroup2 mount, as systemd gives each service its own
+    (the first scan finds a listener's owner among its cgroup's processes); none where there
+    is no writable cgroup2 mount (``base`` is then None and every holder stays in ours)."""
+
+    def __init__(self) -> None:
+        self.base: Path | None = None
+        mount = next((Path(line.split()[4]) for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                      if " - cgroup2 " in line), None)
+        if mount is None:
+            return
+        base = mount / f"pwbench-{uuid.uuid4().hex[:8]}"
+        try:
+            base.mkdir()
+        except OSError:
+            return
+        self.base = base
+
+    def make(self, index: int) -> Path | None:
+        """The cgroup of holder ``index`` (created), or None without cgroups."""
+        if self.base is None:
+            return None
+        path = self.base / f"holder-{index}"
+        path.mkdir()
+        return path
+
+    def close(self) -> None:
+        """Move what is left to the mount's root cgroup, then remove every directory, deepest first."""
+        if self.base is None:
+            return
+        for path in sorted(self.base.glob("holder-*")) + [self.base]:
+            for pid in (path / "cgroup.procs").read_text().split():
+                try:
+                    (self.base.parent / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass  # exited meanwhile
+            try:
+                path.rmdir()
+            except OSError:
+                pass
 
 
 def stop(proc: subprocess.Popen[str], grace: float = 10) -> None:
@@ -513,11 +656,13 @@ def bench_size(n: int, repeat: int, fd_limit: int, log: Callable[[str], None],
     """Build one population in a fresh namespace, measure, tear down; returns the results."""
     p = plan(n, fd_limit)
     ns = Namespace()
+    cgroups = HolderCgroups()
     try:
         log(f"N={n:,}: building {p.established:,} ESTABLISHED + {p.timewait:,} TIME_WAIT "
-            f"with {p.holders} holder(s) in {ns.name}")
+            f"with {p.holders} holder(s) in {ns.name}"
+            + (", each in its own cgroup" if cgroups.base is not None else ""))
         t0 = time.monotonic()
-        procs = [ns.start_holder(f"127.0.0.{i + 1}", pairs, tw)
+        procs = [ns.start_holder(f"127.0.0.{i + 1}", pairs, tw, cgroups.make(i))
                  for i, (pairs, tw) in enumerate(zip(p.pairs_per_holder, p.timewait_per_holder))]
         held = wait_ready(procs, timeout=600)
         log(f"N={n:,}: built in {time.monotonic() - t0:.1f}s; measuring ({repeat} rounds)")
@@ -526,10 +671,11 @@ def bench_size(n: int, repeat: int, fd_limit: int, log: Callable[[str], None],
                     "profile" if profile else "-"]))
         result.update({"requested": n, "established": p.established, "timewait": p.timewait,
                        "listeners": p.holders * len(LISTEN_PORTS), "holders": p.holders,
-                       "held_with_fds": held})
+                       "held_with_fds": held, "holder_cgroups": cgroups.base is not None})
         return result
     finally:
         ns.close()
+        cgroups.close()
 
 
 def add_ratios(size: dict[str, Any], interval: float) -> None:
@@ -544,14 +690,24 @@ def add_ratios(size: dict[str, Any], interval: float) -> None:
     size["daemon_cpu_share"] = scan["cpu"] / interval if "cpu" in scan else None
 
 
-def render(doc: dict[str, Any]) -> str:
-    """The neat table."""
+def render(doc: dict[str, Any], details: bool = False) -> str:
+    """The one table (every figure against its baseline), then with ``details`` each population's tools."""
     env = doc["environment"]
-    lines = [f"portwatch scan benchmark - {env['kernel']}, {env['cpus']} CPUs, Python "
+    load = env.get("load") or []
+    lines = [f"portwatch benchmark - {env['kernel']}, {env['cpus']} CPUs, Python "
              f"{env['python']}, psutil {env['psutil']}, {env['ss']}",
-             f"medians of {doc['repeat']} rounds; {doc['idle_processes']} idle processes with "
-             f"7 open files each; RLIMIT_NOFILE per holder {doc['fd_limit']:,}", ""]
-    for size in doc["sizes"]:
+             f"medians of {doc['repeat']} interleaved rounds; {doc['idle_processes']} idle processes with "
+             f"7 open files each; RLIMIT_NOFILE per holder {doc['fd_limit']:,}"
+             + (f"; load average {load[0]:.1f} at the start, {doc.get('load_end', [0])[0]:.1f} at the end"
+                if load else ""), ""]
+    lines += table_module().render(doc)
+    lines.append("")
+    for size in doc["sizes"] if details or doc.get("profile") else []:
+        if not details:
+            if size.get("scan_profile"):
+                lines.append(f"profile of one first scan with findings, N = {size['requested']:,}:")
+                lines.extend("    " + line for line in size["scan_profile"].strip().splitlines())
+            continue
         seen = size["tools"].get("netlink", {}).get("count_runs") or []
         seen_text = (f"{min(seen):,}" if seen and min(seen) == max(seen)
                      else f"{min(seen):,}-{max(seen):,} over the rounds" if seen else "?")
@@ -588,10 +744,17 @@ def render(doc: dict[str, Any]) -> str:
             lines.append("  profile of one scan:")
             lines.extend("    " + line for line in size["scan_profile"].strip().splitlines())
         lines.append("")
-    if doc.get("namespaces"):
+    if details and doc.get("namespaces"):
         lines.extend(netns_scale().render(doc["namespaces"]))
         lines.append("")
     return "\n".join(lines)
+
+
+def table_module() -> Any:
+    """``benchmarks/table.py`` (the one table)."""
+    sys.path.insert(0, str(HERE.parent))
+    import table
+    return table
 
 
 def netns_scale() -> Any:
@@ -613,7 +776,8 @@ def environment() -> dict[str, Any]:
         psutil_version = "missing"
     ss = subprocess.run(["ss", "-V"], capture_output=True, text=True).stdout.strip()
     return {"kernel": f"Linux {platform.release()}", "cpus": os.cpu_count(),
-            "python": platform.python_version(), "psutil": psutil_version, "ss": ss}
+            "python": platform.python_version(), "psutil": psutil_version, "ss": ss,
+            "load": list(os.getloadavg())}
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -631,6 +795,36 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def bench_startup(rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The start-up row: :func:`startup` run inside a fresh, empty namespace."""
+    ns = Namespace()
+    try:
+        log(f"start-up: portwatch scan and python3 -c pass in the empty {ns.name}, {rounds} rounds")
+        doc: dict[str, Any] = json.loads(ns.run([sys.executable, str(HERE), "--_startup", str(rounds)]))
+        return doc
+    finally:
+        ns.close()
+
+
+def events_doc(quick: bool) -> dict[str, Any]:
+    """The event listener's rows (``benchmarks/events_bench.py``'s :func:`bench`): the full
+    rates, or with ``quick`` one short paced rate and a small burst."""
+    sys.path.insert(0, str(HERE.parent))
+    import events_bench
+
+    if quick:
+        doc: dict[str, Any] = events_bench.bench([5_000], 1.0, 5_000)
+    else:
+        doc = events_bench.bench(TABLE_EVENT_RATES, 2.0, 30_000)
+    return doc
+
+
+#: The paced rates of ``--events`` (events/s), as ``events_bench.py`` uses them.
+EVENT_RATES = [10_000, 20_000, 30_000, 45_000, 60_000, 90_000]
+#: Those of the table's event rows: fewer, shorter (each variant stops at its first drop).
+TABLE_EVENT_RATES = [10_000, 30_000, 90_000]
+
+
 def bench_events(as_json: bool) -> int:
     """The ``--events`` rows: the destroy-event listener (``benchmarks/events_bench.py``); exit status.
 
@@ -640,7 +834,7 @@ def bench_events(as_json: bool) -> int:
     sys.path.insert(0, str(HERE.parent))
     import events_bench
 
-    doc = events_bench.bench([10_000, 20_000, 30_000, 45_000, 60_000, 90_000], 3.0, 30_000)
+    doc = events_bench.bench(EVENT_RATES, 3.0, 30_000)
     print(json.dumps(doc, indent=2) if as_json else events_bench.render(doc))
     return 0
 
@@ -655,6 +849,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return probe(args_list[1])
     if args_list[:1] == ["--_measure"] and len(args_list) == 3:
         return measure(int(args_list[1]), args_list[2] == "profile")
+    if args_list[:1] == ["--_startup"] and len(args_list) == 2:
+        return startup(int(args_list[1]))
     if args_list[:1] == ["--_ns_holder"] and len(args_list) == 3:
         return int(netns_scale().ns_holder(int(args_list[1]), args_list[2].split(",")))
     if args_list[:1] == ["--_ns_probe"] and len(args_list) == 2:
@@ -664,12 +860,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="benchmarks/run.py",
         description="Measure one portwatch scan against psutil and ss on large socket "
                     "populations built in private network namespaces (needs root).")
-    parser.add_argument("--sizes", default="1000,10000,100000",
-                        help="comma-separated socket counts (default: %(default)s; '10k' works)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="rounds per size; medians are reported (default: %(default)s)")
-    parser.add_argument("--idle", type=int, default=300,
-                        help="idle processes with open files (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a CI-size run: 10,000 sockets, 10 namespaces x 200, a short event run, "
+                             "fewer idle processes (other flags given still apply)")
+    parser.add_argument("--sizes", default=None,
+                        help="comma-separated socket counts (default: 100000, --quick 10000; '10k' works; "
+                             "the table shows the largest)")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="rounds per measurement; medians are reported (default: %(default)s)")
+    parser.add_argument("--idle", type=int, default=None,
+                        help="idle processes with open files (default: 300, --quick 50)")
+    parser.add_argument("--details", action="store_true",
+                        help="after the table, every population's tools and the namespace rows")
+    parser.add_argument("--no-events", action="store_true",
+                        help="leave out the event listener's rows")
     parser.add_argument("--interval", type=float, default=15.0,
                         help="daemon scan interval for the CPU share, seconds (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -677,21 +881,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="print the table of an earlier --json output and exit")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one scan per size (cProfile, top 20 by own time)")
-    parser.add_argument("--namespaces", type=int, default=0, metavar="N",
-                        help="also measure N namespaces against a loop of nsenter + ss -tan "
-                             "(opt-in; see benchmarks/netns_scale.py; '--sizes none' skips "
-                             "the other rows)")
-    parser.add_argument("--ns-sockets", type=int, default=1000, metavar="M",
-                        help="sockets per namespace for --namespaces (default: %(default)s)")
+    parser.add_argument("--namespaces", type=int, default=None, metavar="N",
+                        help="namespaces measured against a loop of nsenter + ss -tan (default: 100, "
+                             "--quick 10; 0 leaves the row out; see benchmarks/netns_scale.py)")
+    parser.add_argument("--ns-sockets", type=int, default=None, metavar="M",
+                        help="sockets per namespace for --namespaces (default: 1000, --quick 200)")
     parser.add_argument("--events", action="store_true",
-                        help="measure the socket-destroy event listener instead of scans "
+                        help="measure only the socket-destroy event listener "
                              "(CPU per 10,000 events, sustained events/s before drops)")
     args = parser.parse_args(args_list)
+    quick = args.quick
+    if args.sizes is None:
+        args.sizes = "10000" if quick else "100000"
+    if args.idle is None:
+        args.idle = 50 if quick else 300
+    if args.namespaces is None:
+        args.namespaces = 10 if quick else 100
+    if args.ns_sockets is None:
+        args.ns_sockets = 200 if quick else 1000
     if args.events and os.geteuid() == 0:
         return bench_events(args.json)
     if args.render is not None:
         try:
-            print(render(json.loads(args.render.read_text())))
+            print(render(json.loads(args.render.read_text()), args.details))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"benchmarks/run.py: cannot render {args.render}: {exc}", file=sys.stderr)
             return 2
@@ -711,7 +923,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("benchmarks/run.py: needs root (it creates network namespaces)", file=sys.stderr)
         return 2
-    for tool in ("ip", "ss") + (("nsenter",) if args.namespaces else ()):
+    for tool in ("ip", "ss", "nsenter"):
         if shutil.which(tool) is None:
             print(f"benchmarks/run.py: needs {tool} (iproute2)", file=sys.stderr)
             return 2
@@ -731,9 +943,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             size = bench_size(n, args.repeat, fd_limit, log, args.profile)
             add_ratios(size, args.interval)
             doc["sizes"].append(size)
+        doc["startup"] = bench_startup(args.repeat * 2, log)
         if args.namespaces:
             doc["namespaces"] = netns_scale().bench(args.namespaces, args.ns_sockets,
                                                     args.repeat, fd_limit, log)
+        if not args.no_events:
+            log("events: the destroy-event listener's rows")
+            doc["events"] = events_doc(quick)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         print(f"benchmarks/run.py: {exc}", file=sys.stderr)
         return 1
@@ -746,7 +962,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 proc.send_signal(signal.SIGTERM)
         for proc in idle:
             stop(proc, grace=5)
-    print(json.dumps(doc, indent=2) if args.json else render(doc))
+    doc["load_end"] = list(os.getloadavg())
+    doc["profile"] = args.profile
+    print(json.dumps(doc, indent=2) if args.json else render(doc, args.details))
     return 0
 
 

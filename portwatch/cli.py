@@ -11,7 +11,6 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import sys
 from pathlib import Path
@@ -64,6 +63,23 @@ def _log_args(p: argparse.ArgumentParser, *, top: bool) -> None:
                         "(default: `portwatch: LEVEL: message`; the journal under systemd keeps its fields)")
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: prints :func:`portwatch.version_text` and exits 0.
+
+    Unlike argparse's ``version`` action, the text is made only when the flag
+    is given: making it imports :mod:`platform`, which no other command needs.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``portwatch`` command."""
     parser = argparse.ArgumentParser(
@@ -71,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Catch the failures caused by the Linux ephemeral port range: listeners inside it, "
                     "ports taken by outgoing connections, self-connects, exhaustion, CLOSE_WAIT build-up.",
     )
-    parser.add_argument("--version", action="version", version=version_text(),
+    parser.add_argument("--version", action=_VersionAction,
                         help="print the version, the build's git revision and the Python version, and exit")
     _log_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -166,6 +182,11 @@ def _load(path: Path | None, *, preflight: bool = False) -> Config:
     are not checked: ``scan`` and ``reserve`` never use them, so a server's
     configuration can be scanned with on a workstation.
     """
+    if path is None:
+        # What load_config(None) returns, without importing the YAML loader and the sink registry.
+        from portwatch.config.types import Config
+
+        return Config()
     from portwatch.config import load_config
 
     return load_config(path, preflight=preflight)
@@ -177,7 +198,23 @@ def _scan(args: argparse.Namespace, config: Config) -> ScanResult | NamespacesRe
     Returns an exit code instead, after saying why on stderr: 2 for a
     ``--netns`` that names no namespace, 3 when none of the namespaces asked
     for could be read. Raises what :func:`~portwatch.scan.run_scan` raises.
+    The cyclic garbage collector is paused meanwhile: a scan builds a few
+    objects per socket (hundreds of thousands on a busy host), none in a
+    cycle, and each collection would walk all of them again.
     """
+    import gc
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _scan_paused(args, config)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _scan_paused(args: argparse.Namespace, config: Config) -> ScanResult | NamespacesResult | int:
+    """:func:`_scan`, with the garbage collector paused by the caller."""
     from portwatch.collect import Collector, discover_namespaces
     from portwatch.scan import UnknownNamespace, make_source, run_namespaces_scan, run_scan, select_namespaces
 
@@ -212,6 +249,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     host = socket.gethostname()
     dry = _alerts_dry_run(config, result.findings) if args.alerts_dry_run else None
     if args.format == "json":
+        import json
+
         document = to_json_document(result, host)
         if dry is not None:
             document["alerts_dry_run"] = [entry.to_dict() for entry in dry]
@@ -229,10 +268,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def _terminal_width() -> int | None:
     """The columns of the terminal stdout is (``COLUMNS`` first), or None when stdout is no terminal."""
-    import shutil
-
     if not sys.stdout.isatty():
         return None
+    import shutil
+
     return shutil.get_terminal_size().columns
 
 
@@ -297,7 +336,7 @@ def cmd_reserve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``portwatch run``: the daemon; returns its exit code."""
-    from portwatch.daemon import main as run_daemon
+    from portwatch.daemon.main import main as run_daemon
     from portwatch.web import WebOptions
 
     addresses = ([args.listen_address] if args.listen_address else []) + list(args.web_listen_address or [])
@@ -314,17 +353,24 @@ def _default_config(args: argparse.Namespace, default_config: Path) -> None:
         args.config = default_config
 
 
+def _scan_errors() -> tuple[type[Exception], ...]:
+    """The errors of a failed scan (exit 3). Imported when one is being handled, so that a
+    command that never scans (``check-config``) does not import the collector."""
+    from portwatch.collect import CollectError
+    from portwatch.collect.netlink import NetlinkError
+    from portwatch.model import SourceUnavailable
+
+    return CollectError, SourceUnavailable, NetlinkError
+
+
 def main(argv: Sequence[str] | None = None, default_config: Path = DEFAULT_CONFIG_PATH) -> int:
     """Entry point of the ``portwatch`` console script; returns the exit code.
 
     ``default_config`` is the file ``scan`` and ``reserve`` read when no
     ``--config`` is given and it exists (a parameter so tests use another).
     """
-    from portwatch.collect import CollectError
     from portwatch.config import ConfigError
-    from portwatch.model import SourceUnavailable
     from portwatch.model.text import os_error_text
-    from portwatch.collect.netlink import NetlinkError
     from portwatch.daemon.logs import LOG_LEVELS, configure_stderr
 
     parser = build_parser()
@@ -338,7 +384,7 @@ def main(argv: Sequence[str] | None = None, default_config: Path = DEFAULT_CONFI
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
-    except (CollectError, SourceUnavailable, NetlinkError) as exc:
+    except _scan_errors() as exc:  # evaluated only when an exception gets here
         print(f"portwatch: cannot scan: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:

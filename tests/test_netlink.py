@@ -112,6 +112,22 @@ def test_valid_messages_parse_despite_attributes_and_alignment_until_done() -> N
     assert all(type(s) is Socket and type(s.local) is Endpoint for s in sockets)
 
 
+def test_ports_whose_bytes_mirror_each_other_stay_apart_and_endpoints_are_shared() -> None:
+    # 258 is 0x0102 and 513 is 0x0201: the parser caches endpoints by the raw (network order)
+    # port, so the two must not be confused on either side, in one buffer.
+    data = (diag(sport=258, dport=513, src=v4("10.0.0.1"), dst=v4("10.0.0.1"), inode=1)
+            + diag(sport=513, dport=258, src=v4("10.0.0.1"), dst=v4("10.0.0.1"), inode=2)
+            + diag(sport=258, dport=0, src=v4("10.0.0.1"), dst=bytes(16), state=10, inode=3)
+            + done())
+    sockets, _ = parse_messages(data, protocol=TCP, seq=1, family=AF4)
+    a, b, listener = sockets
+    assert (a.local, a.remote) == (Endpoint("10.0.0.1", 258), Endpoint("10.0.0.1", 513))
+    assert (b.local, b.remote) == (Endpoint("10.0.0.1", 513), Endpoint("10.0.0.1", 258))
+    assert listener.local == Endpoint("10.0.0.1", 258) and listener.remote is None
+    # one object per endpoint within the buffer, whichever side it was seen on first
+    assert a.local is b.remote is listener.local and a.remote is b.local
+
+
 def test_ipv6_addresses_parse_and_ipv4_mapped_ones_become_ipv4() -> None:
     data = (diag(AF6, state=1, src=v6("::ffff:127.0.0.1"), dst=v6("::ffff:10.0.0.9"),
                  sport=8443, dport=50000)

@@ -11,6 +11,8 @@ asked for (:mod:`~portwatch.collect.owners`) and describes their processes
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 import socket
 import time
 from pathlib import Path
@@ -261,8 +263,9 @@ class Collector:
             walk = self._walk_for(snapshot)
             missing &= walk.interesting
             reads, walks = walk.reads, walk.full_walks
-            self._narrow(snapshot, walk, missing)
-            uids = {s.uid for s in snapshot.sockets if s.uid is not None and s.inode in missing}
+            wanted = [s for s in snapshot.sockets if s.inode in missing]  # one pass over the table
+            self._narrow(wanted, walk, missing)
+            uids = {s.uid for s in wanted if s.uid is not None}
             walk.run(missing, stop_early=True, uids=uids)
             owners.update(walk.owners_of(missing))
             self._memory.remember_fds(walk, missing)
@@ -284,10 +287,11 @@ class Collector:
         processes.update(describe_processes(new_pids, self.proc_root, self.process_factory))
         return dataclasses.replace(snapshot, owners=owners, processes=processes, notes=notes)
 
-    def _narrow(self, snapshot: Snapshot, walk: OwnerWalk, missing: set[int]) -> None:
-        """Look for ``missing`` inodes in the fd tables of their cgroups' processes first."""
+    def _narrow(self, sockets: list[Socket], walk: OwnerWalk, missing: set[int]) -> None:
+        """Look for ``missing`` inodes (those of ``sockets``) in the fd tables of their cgroups'
+        processes first."""
         by_cgroup: dict[int, set[int]] = {}
-        for sock in snapshot.sockets:
+        for sock in sockets:
             if sock.cgroup_id is not None and sock.inode in missing:
                 by_cgroup.setdefault(sock.cgroup_id, set()).add(sock.inode)
         if not by_cgroup:
@@ -312,7 +316,10 @@ class Collector:
             return self._walk
         if not self._in_pass(snapshot):
             self._walk_keys = (_key(snapshot),)
-        interesting = frozenset(s.inode for key in self._walk_keys for s in key[1] if s.inode > 0)
+        # Every inode of the pass's tables (map/attrgetter: C speed over 100,000 sockets); the
+        # non-positive ones (mini sockets' 0, psutil's stand-ins) match no ``socket:[N]`` link.
+        inode = operator.attrgetter("inode")
+        interesting = frozenset(itertools.chain.from_iterable(map(inode, key[1]) for key in self._walk_keys))
         self._walk = OwnerWalk(self.proc_root, interesting)
         return self._walk
 

@@ -105,8 +105,10 @@ _NLMSGHDR: Final = struct.Struct("=IHHII")
 _REQUEST: Final = struct.Struct("=IHHII" "BBBxI" "48x")
 # nlmsghdr + inet_diag_req (family, src_len, dst_len, ext, 48-byte sockid, states, dbs)
 _TCP_REQUEST: Final = struct.Struct("=IHHII" "BBBB" "48x" "II")
-# nlmsghdr + inet_diag_msg up to inode; ports are read in host order and swapped below.
-_MSG: Final = struct.Struct("=IHHII" "BBxx" "HH16s16s" "24x" "II")
+# nlmsghdr (without flags and port id) + inet_diag_msg up to inode (without timer,
+# retrans, interface, cookie, expires and queues: no detector reads them); ports
+# are read in host order and swapped below.
+_MSG: Final = struct.Struct("=IH2xI4x" "BBxx" "HH16s16s" "24x" "II")
 _HDR_LEN: Final = _NLMSGHDR.size  # 16
 _MSG_LEN: Final = _MSG.size  # 16 + 72 = 88
 _INT: Final = struct.Struct("=i")
@@ -341,10 +343,10 @@ def parse_messages(
     while off < end:
         left = end - off
         if left >= full_len:
-            (nlen, ntype, _flags, nseq, _pid, fam, st, sport, dport, src, dst, uid,
+            (nlen, ntype, nseq, fam, st, sport, dport, src, dst, uid,
              inode, tag, cgid) = unpack_full(data, off)
         elif left >= _MSG_LEN:
-            (nlen, ntype, _flags, nseq, _pid, fam, st, sport, dport, src, dst, uid,
+            (nlen, ntype, nseq, fam, st, sport, dport, src, dst, uid,
              inode) = unpack_msg(data, off)
             tag = 0
         else:
@@ -370,15 +372,16 @@ def parse_messages(
             if state is None:
                 raise NetlinkError(
                     f"unknown {proto_name} state {st} in inet_diag_msg", off + _HDR_LEN + 1)
-            if swap:
-                sport = ((sport & 0xFF) << 8) | (sport >> 8)
-                dport = ((dport & 0xFF) << 8) | (dport >> 8)
+            # Endpoints are cached by the raw (network order) port: the byte
+            # swap is paid once per endpoint built, not once per socket.
             key = (src, sport)
             local = eps.get(key)
             if local is None:
                 ip = ips.get(src)
                 if ip is None:
                     ip = ips[src] = fast_ip(src, fam)
+                if swap:
+                    sport = ((sport & 0xFF) << 8) | (sport >> 8)
                 local = eps[key] = new(Endpoint, (ip, sport))
             if dport == 0 and dst == zero16:
                 remote = None
@@ -389,6 +392,8 @@ def parse_messages(
                     ip = ips.get(dst)
                     if ip is None:
                         ip = ips[dst] = fast_ip(dst, fam)
+                    if swap:
+                        dport = ((dport & 0xFF) << 8) | (dport >> 8)
                     remote = eps[key] = new(Endpoint, (ip, dport))
             if tag != cg_tag or nlen < cg_end:
                 if nlen > _MSG_LEN:

@@ -13,7 +13,6 @@ I/O, cheap to import: :mod:`portwatch.config.types` and the sink modules use it)
 from __future__ import annotations
 
 import datetime as _dt
-import difflib
 import ipaddress
 import re
 from pathlib import Path
@@ -82,6 +81,8 @@ def suggest(word: object, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
     if not isinstance(word, str):
         return ""
+    import difflib  # here: only a misspelt word needs it
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

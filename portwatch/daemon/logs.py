@@ -13,7 +13,6 @@ only when present.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import sys
 from typing import Mapping
@@ -110,6 +109,8 @@ class JsonFormatter(_FieldsFormatter):
     """One JSON object per line: ``ts``, ``level``, ``caller``, ``msg`` and the event's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        import json  # here: only --log.format json needs it (every command imports this module)
+
         return json.dumps(self.fields(record), ensure_ascii=True)
 
 

@@ -33,7 +33,7 @@ from portwatch.config import Config, IgnoreRule
 from portwatch.config.types import CaptureConfig
 from portwatch.daemon import EventFindings, Message, Rescan
 from portwatch.daemon.failures import FailureThread
-from portwatch.detect import failure_findings
+from portwatch.detect import FAILURE_FINDERS, failure_findings
 from portwatch.model import Kind, Severity
 from portwatch.model.failures import FailedCall, FailureBatch
 from portwatch.model.results import NamespacesResult
@@ -54,7 +54,8 @@ def test_failure_findings_group_by_namespace_link_its_scan_and_apply_ignores() -
     blue = [failure(FailedCall.CONNECT, "127.0.0.1:5001", serial=i, at=T + i) for i in range(2)]
     elsewhere = replace(failure(FailedCall.CONNECT, "127.0.0.1:5001", serial=5), netns_inode=77)
     gone = replace(failure(FailedCall.BIND, "0.0.0.0:8080", comm="web", serial=6), netns_inode=None)
-    found = failure_findings([*blue, elsewhere, gone], {BLUE.inode: result}, Config(), window=60)
+    found = failure_findings([*blue, elsewhere, gone], {BLUE.inode: result}, Config(), window=60,
+                             finders=FAILURE_FINDERS)
     by_key = {f.key: f for f in found}
     assert set(by_key) == {"connect_failed:127.0.0.1:5001:loadgen@blue", "connect_failed:127.0.0.1:5001:loadgen@netns:77",
                            "bind_failed:8080:web"}
@@ -67,7 +68,7 @@ def test_failure_findings_group_by_namespace_link_its_scan_and_apply_ignores() -
     assert by_key["bind_failed:8080:web"].namespace is None
 
     config = Config(ignore=(IgnoreRule(kind=Kind.BIND_FAILED),), severities={Kind.CONNECT_FAILED: Severity.WARNING})
-    kept = failure_findings([*blue, gone], {BLUE.inode: result}, config)
+    kept = failure_findings([*blue, gone], {BLUE.inode: result}, config, finders=FAILURE_FINDERS)
     assert [(f.key, f.severity) for f in kept] == [("connect_failed:127.0.0.1:5001:loadgen@blue", Severity.WARNING)]
 
 

@@ -36,15 +36,15 @@ import os
 import selectors
 import threading
 import time
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 
 from portwatch.collect.capture import FailureCapture
 from portwatch.config import Config
 from portwatch.daemon.messages import EventFindings, Message, Rescan
-from portwatch.detect import failure_findings
-from portwatch.model import ScanResult
+from portwatch.detect import FAILURE_FINDERS, failure_findings
+from portwatch.model import Finding, ScanResult
 from portwatch.model.failures import DEFAULT_FAILURE_WINDOW, FailureEvent, FailureWindow
 from portwatch.model.results import NamespacesResult
 from portwatch.model.text import os_error_text
@@ -248,10 +248,12 @@ class FailureThread:
             config, results, passes = self._config, self._results, self._passes
         if passes <= pending.after_pass and time.monotonic() < pending.deadline:
             return
-        touched = {f.key for f in failure_findings(pending.events, results, config, self._window)}
+        def findings(events: Sequence[FailureEvent]) -> list[Finding]:
+            return failure_findings(events, results, config, self._window, finders=FAILURE_FINDERS)
+
+        touched = {f.key for f in findings(pending.events)}
         pending.events = []
-        found = [f for f in failure_findings(pending.window.current(self._clock()), results, config, self._window)
-                 if f.key in touched]
+        found = [f for f in findings(pending.window.current(self._clock())) if f.key in touched]
         if found:
             self._post(EventFindings(tuple(found)))
 

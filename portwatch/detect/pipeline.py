@@ -2,8 +2,7 @@
 
 The top of :mod:`portwatch.detect`: imports :mod:`portwatch.detect.registry`,
 :mod:`portwatch.detect.base`, :mod:`portwatch.detect.ephemeral_exhaustion`
-(for the usage it computes), the two failure kinds (for :func:`failure_findings`),
-:mod:`portwatch.model` and the configuration
+(for the usage it computes), :mod:`portwatch.model` and the configuration
 types; nothing imports it but the package's ``__init__``. Pure: no I/O,
 no clock, no logging.
 """
@@ -11,12 +10,10 @@ no clock, no logging.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Collection, Iterable, Mapping
+from typing import Callable, Collection, Iterable, Mapping, Protocol as TypingProtocol, Sequence
 
 from portwatch.config.types import Config, IgnoreRule, ignore_matches
 from portwatch.detect.base import DetectionInput, SocketIndex, index
-from portwatch.detect.bind_failed import find_bind_failures
-from portwatch.detect.connect_failed import find_connect_failures
 from portwatch.detect.ephemeral_exhaustion import destination_usage
 from portwatch.detect.registry import REGISTRY, Registry
 from portwatch.model import (
@@ -138,14 +135,25 @@ def listening_ports(listening: Listening) -> set[RememberedPort]:
     return {RememberedPort(p, port) for (p, port) in listening if p is Protocol.TCP}
 
 
+class FailureFinder(TypingProtocol):
+    """What turns one namespace's failure events into findings (:func:`~portwatch.detect.find_connect_failures`)."""
+
+    def __call__(self, events: Iterable[FailureEvent], result: ScanResult | None = None, *,
+                 namespace: NamespaceInfo | None = None, config: Config | None = None,
+                 window: float = DEFAULT_FAILURE_WINDOW) -> list[Finding]: ...
+
+
 def failure_findings(events: Iterable[FailureEvent], results_by_inode: Mapping[int, ScanResult],
-                     config: Config, window: float = DEFAULT_FAILURE_WINDOW) -> list[Finding]:
-    """The ``connect_failed`` and ``bind_failed`` findings of ``events``, ignore rules applied, sorted.
+                     config: Config, window: float = DEFAULT_FAILURE_WINDOW, *,
+                     finders: Sequence[FailureFinder]) -> list[Finding]:
+    """The failure findings of ``events`` (``connect_failed``, ``bind_failed``), ignore rules applied, sorted.
 
     Takes the failure events of the window (any namespace), the latest
     pass's result of each network namespace by its inode, the configuration
-    (severities, ignore rules) and the window's length (seconds, for the
-    wording). Events are grouped by their caller's namespace
+    (severities, ignore rules), the window's length (seconds, for the
+    wording) and the detectors of the failure kinds
+    (:data:`~portwatch.detect.FAILURE_FINDERS`; the kinds' modules sit beside
+    this one, not below it). Events are grouped by their caller's namespace
     (``netns_inode``); each group is detected with that namespace's result,
     so the findings link its exhaustion and ``port_taken`` findings and are
     keyed like its scan's. A namespace no result covers is named
@@ -162,7 +170,7 @@ def failure_findings(events: Iterable[FailureEvent], results_by_inode: Mapping[i
         namespace = None
         if result is None and inode is not None:
             namespace = NamespaceInfo(inode, 0, NamespaceKind.PROCESS, f"netns:{inode}", stable=False)
-        found += find_connect_failures(group, result, namespace=namespace, config=config, window=window)
-        found += find_bind_failures(group, result, namespace=namespace, config=config, window=window)
+        for find in finders:
+            found += find(group, result, namespace=namespace, config=config, window=window)
     kept, _ignored = apply_ignores(found, config.ignore)
     return sort_findings(kept)

@@ -138,6 +138,22 @@ def test_records_of_other_rules_and_strays_are_left_out() -> None:
     assert joiner.flush(force=True) == []
 
 
+def test_the_collect_package_exports_the_capture_without_importing_netlink_or_audit_eagerly() -> None:
+    code = ("import sys\nimport portwatch.collect as c\n"
+            "heavy = lambda: sorted(m for m in sys.modules if 'netlink' in m or 'audit' in m)\n"
+            "print(heavy())\n"
+            "from portwatch.collect.capture import FailureCapture\nfrom portwatch.collect.holders import port_holders\n"
+            "print(c.FailureCapture is FailureCapture and c.port_holders is port_holders)\nprint(heavy())\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "[]", "True", "['portwatch.collect.audit', 'portwatch.collect.auditlog', 'portwatch.collect.netlink']"]
+    import portwatch.collect
+    assert {"FailureCapture", "port_holders"} <= set(portwatch.collect.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'FailureCaptur'"):
+        getattr(portwatch.collect, "FailureCaptur")
+
+
 # ----------------------------------------------------------------- the targeted dump
 
 

@@ -8,15 +8,19 @@ Rules are checked with ``auditctl -l``, independently of portwatch's parser.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from portwatch.collect.audit import AuditControl, AuditRule, failure_rules
+from portwatch.collect.audit import AuditControl, AuditError, AuditRule, failure_rules
 from portwatch.collect.auditlog import (
     AUDIT_EOE,
     AUDIT_SOCKADDR,
@@ -56,6 +60,8 @@ EXPECTED_RULES = {
 #: A rule of someone else's selecting the same calls: portwatch must neither reuse nor remove it.
 FOREIGN = ["-a", "always,exit", "-F", "arch=b64", "-S", "connect", "-F", "exit=-EADDRNOTAVAIL", "-k", TEST_KEY]
 FOREIGN_LISTED = f"-a always,exit -F arch=b64 -S connect -F exit=-EADDRNOTAVAIL -F key={TEST_KEY}"
+OUTSIDE_NOTE = ("failure capture is off: the kernel sends audit records only to readers in the host network "
+                "namespace, and portwatch runs in another one")
 
 
 def expected_rules() -> list[str]:
@@ -240,6 +246,89 @@ def test_two_captures_share_the_rules_and_the_last_to_stop_removes_them(audit_ho
     assert restored(host)
 
 
+def _refused() -> AuditControl:
+    raise AuditError(errno.EPERM, "audit control refused")
+
+
+@pytest.mark.parametrize("host_only_sysctl", [True, False])
+def test_the_host_namespace_is_told_by_its_sysctls_when_pid_1_cannot_be_read(
+        tmp_path: Path, host_only_sysctl: bool) -> None:
+    # A /proc where pid 1 is hidden (hidepid, a sandbox) and the own namespace has an ordinary inode,
+    # as the initial namespace has on kernels before the fixed PROC_NET_INIT_INO.
+    proc = tmp_path / "proc"
+    (proc / "self" / "ns").mkdir(parents=True)
+    (proc / "self" / "ns" / "net").write_text("")
+    (proc / "sys" / "net" / "core").mkdir(parents=True)
+    if host_only_sysctl:
+        (proc / "sys" / "net" / "core" / "netdev_max_backlog").write_text("1000\n")
+    capture = FailureCapture(proc_root=proc, lock_path=tmp_path / "lock", control_factory=_refused)
+    assert capture.start() is False
+    if host_only_sysctl:  # the host's: the capture went on to the audit control, which refused
+        assert capture.notes == [NO_CAPABILITY_NOTE]
+    else:
+        assert capture.notes == [OUTSIDE_NOTE]
+    assert not (tmp_path / "lock").exists()
+
+
+def _waiting_for_lock(lock: Path) -> bool:
+    """True if some process waits for a flock on ``lock`` (``/proc/locks`` lists waiters with ``->``)."""
+    inode = os.stat(lock).st_ino
+    return any("->" in line and line.split()[-3].endswith(f":{inode}")
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_a_capture_starting_while_another_stops_reads_the_audit_state_after_the_lock(
+        audit_host: AuditHost) -> None:
+    host = audit_host
+    with AuditControl() as control:
+        control.set_enabled(1)  # as the stopping capture had it (the fixture restores the state)
+    fd = os.open(host.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    capture = host.capture()
+    started: list[bool] = []
+    thread = threading.Thread(target=lambda: started.append(capture.start()))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a capture that is stopping holds the lock exclusively ...
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not _waiting_for_lock(host.lock):
+            assert time.monotonic() < deadline, "the starting capture never waited for the lock"
+            time.sleep(0.02)
+        with AuditControl() as control:
+            control.set_enabled(0)  # ... and disables auditing (it had enabled it) before letting go
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        thread.join(timeout=30)
+        assert started == [True], capture.notes
+        assert auditctl_status(host.auditctl) == 1  # the new capture saw auditing off and enabled it
+        assert capture.enabled_by_portwatch
+    finally:
+        os.close(fd)
+        thread.join(timeout=30)
+        capture.stop()
+    assert auditctl_status(host.auditctl) == 0 and portwatch_lines(host) == []
+
+
+class _GarbledRules(AuditControl):
+    """The real audit control, but the kernel's rule list comes back malformed."""
+
+    def list_rules(self) -> list[AuditRule]:
+        raise ValueError("audit_rule_data of 12 bytes, need 1040")
+
+
+def test_a_malformed_kernel_answer_turns_the_capture_off_and_leaves_nothing_behind(
+        audit_host: AuditHost) -> None:
+    host = audit_host
+    capture = FailureCapture(lock_path=host.lock, control_factory=_GarbledRules)
+    assert capture.start() is False
+    assert capture.notes[-1] == ("failure capture is off: the kernel's audit answer could not be read "
+                                 "(audit_rule_data of 12 bytes, need 1040)")
+    assert portwatch_lines(host) == [] and restored(host)
+    with host.lock.open("rb") as f:  # the lock is free, and says nothing about auditing
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert f.read() == b""
+    capture.stop()  # idempotent after a failed start
+    assert restored(host)
+
+
 def _run_without(caps: str, lock: Path) -> subprocess.CompletedProcess[str]:
     code = ("import sys\nfrom portwatch.collect.capture import FailureCapture\n"
             "cap = FailureCapture(lock_path=sys.argv[1])\nok = cap.start()\nprint(ok)\n"
@@ -267,9 +356,7 @@ def test_a_capture_outside_the_host_namespace_says_it_cannot_see_records(netns: 
             "cap = FailureCapture(lock_path=sys.argv[1])\nprint(cap.start())\nprint(cap.notes[0])\ncap.stop()\n")
     run = netns.run([sys.executable, "-c", code, str(audit_host.lock)])
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == [
-        "False", "failure capture is off: the kernel sends audit records only to readers in the host network "
-                 "namespace, and portwatch runs in another one"]
+    assert run.stdout.splitlines() == ["False", OUTSIDE_NOTE]
     assert FailureCapture(lock_path=audit_host.lock).read().events == ()
     assert portwatch_lines(audit_host) == []
 

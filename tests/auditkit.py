@@ -3,7 +3,8 @@
 :func:`audit_host` (a fixture) skips without root, auditctl or kernel audit
 support (fails under CI=true), and after the test, passed or failed, deletes
 every rule keyed ``portwatch`` or ``pwtest-*`` and puts the enabled state
-back. :func:`auditctl_rules` lists the rules as ``auditctl -l`` prints them;
+and the backlog limit back (:func:`restore_audit`, which the benchmark uses
+too). :func:`auditctl_rules` lists the rules as ``auditctl -l`` prints them;
 :func:`wait_events` reads a capture until the failures a test waits for came.
 """
 
@@ -61,15 +62,24 @@ def audit_host(tmp_path: Path) -> Iterator[AuditHost]:
     try:
         yield AuditHost(auditctl, tmp_path / "audit.lock", before, status.backlog_limit)
     finally:
-        with AuditControl() as control:
-            for rule in control.list_rules():
-                if _ours(rule):
-                    control.delete_rule(rule)
-            now = control.status()
-            if now.enabled not in (before, 2):
-                control.set_enabled(before)
-            if now.backlog_limit != status.backlog_limit:
-                control.set_backlog_limit(status.backlog_limit)
+        restore_audit(before, status.backlog_limit)
+
+
+def restore_audit(enabled: int, backlog_limit: int) -> None:
+    """Delete every rule keyed ``portwatch`` or ``pwtest-*``; put back ``enabled`` (unless locked) and the limit.
+
+    For the fixture and the benchmark (benchmarks/failures_bench.py). Raises
+    :class:`AuditError` when the kernel refuses.
+    """
+    with AuditControl() as control:
+        for rule in control.list_rules():
+            if _ours(rule):
+                control.delete_rule(rule)
+        now = control.status()
+        if now.enabled not in (enabled, 2):
+            control.set_enabled(enabled)
+        if now.backlog_limit != backlog_limit:
+            control.set_backlog_limit(backlog_limit)
 
 
 def auditctl_rules(auditctl: str) -> list[str]:

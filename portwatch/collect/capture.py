@@ -55,7 +55,8 @@ DEFAULT_LOCK_PATH = Path("/run/portwatch-audit.lock")
 _ENABLED_MARK = "enabled-by-portwatch"
 #: The backlog limit portwatch sets when it enables auditing itself (auditd's usual ``-b 8192``). The
 #: kernel default, 64, makes a burst of failing calls wait in the kernel (backlog_wait_time) for the
-#: records to drain: measured, 2,000 failing connect() calls took 3.9 s at 64 and 0.17 s at 8192.
+#: records to drain: 2,000 failing connect() calls take 0.1-0.2 s at 8192, and at 64 up to 1.2 s
+#: when the reader is busy (3.9 s measured once); benchmarks/failures_bench.py measures it.
 BACKLOG_LIMIT = 8192
 
 NO_CAPABILITY_NOTE = (

@@ -12,15 +12,17 @@ import errno
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from portwatch.collect.audit import AuditControl, AuditError, AuditRule, failure_rules
+from portwatch.collect.audit import AuditControl, AuditError, AuditRule, AuditStatus, failure_rules
 from portwatch.collect.auditlog import (
     AUDIT_EOE,
     AUDIT_SOCKADDR,
@@ -250,17 +252,25 @@ def _refused() -> AuditControl:
     raise AuditError(errno.EPERM, "audit control refused")
 
 
-@pytest.mark.parametrize("host_only_sysctl", [True, False])
-def test_the_host_namespace_is_told_by_its_sysctls_when_pid_1_cannot_be_read(
-        tmp_path: Path, host_only_sysctl: bool) -> None:
-    # A /proc where pid 1 is hidden (hidepid, a sandbox) and the own namespace has an ordinary inode,
-    # as the initial namespace has on kernels before the fixed PROC_NET_INIT_INO.
-    proc = tmp_path / "proc"
+def _host_proc(root: Path, host_only_sysctl: bool = True) -> Path:
+    """A /proc where pid 1 is hidden (hidepid, a sandbox) and the own namespace has an ordinary inode.
+
+    As the initial namespace has on kernels before the fixed PROC_NET_INIT_INO; with
+    ``host_only_sysctl`` the sysctl only the initial namespace has is there.
+    """
+    proc = root / "proc"
     (proc / "self" / "ns").mkdir(parents=True)
     (proc / "self" / "ns" / "net").write_text("")
     (proc / "sys" / "net" / "core").mkdir(parents=True)
     if host_only_sysctl:
         (proc / "sys" / "net" / "core" / "netdev_max_backlog").write_text("1000\n")
+    return proc
+
+
+@pytest.mark.parametrize("host_only_sysctl", [True, False])
+def test_the_host_namespace_is_told_by_its_sysctls_when_pid_1_cannot_be_read(
+        tmp_path: Path, host_only_sysctl: bool) -> None:
+    proc = _host_proc(tmp_path, host_only_sysctl)
     capture = FailureCapture(proc_root=proc, lock_path=tmp_path / "lock", control_factory=_refused)
     assert capture.start() is False
     if host_only_sysctl:  # the host's: the capture went on to the audit control, which refused
@@ -268,6 +278,71 @@ def test_the_host_namespace_is_told_by_its_sysctls_when_pid_1_cannot_be_read(
     else:
         assert capture.notes == [OUTSIDE_NOTE]
     assert not (tmp_path / "lock").exists()
+
+
+@dataclass
+class _Kernel:
+    """The audit state a fake control changes: what the kernel would hold."""
+
+    enabled: int = 0
+    pid: int = 0
+    backlog_limit: int = 64
+    rules: list[AuditRule] = field(default_factory=list)
+
+
+def _route_socket() -> socket.socket:
+    """A netlink socket any user may open and bind (NETLINK_ROUTE), standing in for the audit one."""
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+
+
+def _fake_capture(kernel: _Kernel, root: Path) -> FailureCapture:
+    """A capture whose audit control changes ``kernel`` instead of the host, reading a silent socket."""
+
+    class FakeControl(AuditControl):
+        def __init__(self) -> None:
+            super().__init__(factory=_route_socket)
+
+        def status(self) -> AuditStatus:
+            return AuditStatus(kernel.enabled, kernel.pid, 0, kernel.backlog_limit)
+
+        def set_enabled(self, enabled: int) -> None:
+            kernel.enabled = enabled
+
+        def set_backlog_limit(self, limit: int) -> None:
+            kernel.backlog_limit = limit
+
+        def list_rules(self) -> list[AuditRule]:
+            return list(kernel.rules)
+
+        def add_rule(self, rule: AuditRule) -> None:
+            kernel.rules.append(rule)
+
+        def delete_rule(self, rule: AuditRule) -> None:
+            kernel.rules.remove(rule)
+
+    return FailureCapture(proc_root=_host_proc(root), lock_path=root / "lock", control_factory=FakeControl,
+                          reader_factory=lambda joiner: AuditReader(joiner, factory=_route_socket),
+                          machine="x86_64")
+
+
+def test_auditing_enabled_by_portwatch_stays_enabled_when_an_audit_daemon_registered_meanwhile(
+        tmp_path: Path) -> None:
+    kernel = _Kernel()
+    capture = _fake_capture(kernel, tmp_path)
+    assert capture.start(), capture.notes
+    assert (kernel.enabled, kernel.backlog_limit, len(kernel.rules)) == (1, 8192, 6)
+    assert capture.enabled_by_portwatch
+    kernel.pid = 4242  # auditd started: auditing is its own now
+    capture.stop()
+    assert (kernel.enabled, kernel.rules) == (1, [])
+    assert capture.notes[-1] == "an audit daemon runs now: auditing stays enabled as it set it"
+    assert (tmp_path / "lock").read_text() == ""  # nothing left for a later run to "restore"
+
+    kernel.enabled, kernel.pid, kernel.backlog_limit = 0, 0, 64
+    again = _fake_capture(kernel, tmp_path / "again")
+    assert again.start(), again.notes
+    again.stop()  # no audit daemon: portwatch's enabling is undone
+    assert (kernel.enabled, kernel.backlog_limit, kernel.rules) == (0, 64, [])
 
 
 def _waiting_for_lock(lock: Path) -> bool:

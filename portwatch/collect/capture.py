@@ -13,7 +13,8 @@ auditing when it is off (remembering that portwatch did), adds portwatch's
 rules or reuses the equal ones a crashed run left, and joins the multicast
 group; :meth:`~FailureCapture.read` returns a :class:`FailureBatch`;
 :meth:`~FailureCapture.stop` removes the rules and, if portwatch enabled
-auditing, disables it again. Several captures on one host (a daemon and a
+auditing, disables it again (unless an audit daemon registered since: then
+auditing is its own). Several captures on one host (a daemon and a
 ``watch``) share the rules: each holds a shared ``flock`` on a lock file in
 ``/run``; the one that stops last (it gets the exclusive lock) removes them.
 The lock file also records that portwatch enabled auditing, so a run that
@@ -278,9 +279,12 @@ class FailureCapture:
                 self.rules = []
             backlog = self._marked()
             if backlog is not None:
-                control.set_enabled(0)
-                if backlog != BACKLOG_LIMIT:
-                    control.set_backlog_limit(backlog)
+                if control.status().pid:  # an audit daemon registered since: auditing is its own now
+                    self._note("an audit daemon runs now: auditing stays enabled as it set it")
+                else:
+                    control.set_enabled(0)
+                    if backlog != BACKLOG_LIMIT:
+                        control.set_backlog_limit(backlog)
                 os.ftruncate(self._lock_fd, 0)
         except (OSError, *_BAD_ANSWER) as exc:
             self._note(f"could not restore the audit state: {exc}")

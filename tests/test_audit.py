@@ -295,7 +295,7 @@ def _route_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
 
 
-def _fake_capture(kernel: _Kernel, root: Path) -> FailureCapture:
+def _fake_capture(kernel: _Kernel, root: Path, lock: Path | None = None) -> FailureCapture:
     """A capture whose audit control changes ``kernel`` instead of the host, reading a silent socket."""
 
     class FakeControl(AuditControl):
@@ -320,7 +320,7 @@ def _fake_capture(kernel: _Kernel, root: Path) -> FailureCapture:
         def delete_rule(self, rule: AuditRule) -> None:
             kernel.rules.remove(rule)
 
-    return FailureCapture(proc_root=_host_proc(root), lock_path=root / "lock", control_factory=FakeControl,
+    return FailureCapture(proc_root=_host_proc(root), lock_path=lock or root / "lock", control_factory=FakeControl,
                           reader_factory=lambda joiner: AuditReader(joiner, factory=_route_socket),
                           machine="x86_64")
 
@@ -343,6 +343,15 @@ def test_auditing_enabled_by_portwatch_stays_enabled_when_an_audit_daemon_regist
     assert again.start(), again.notes
     again.stop()  # no audit daemon: portwatch's enabling is undone
     assert (kernel.enabled, kernel.backlog_limit, kernel.rules) == (0, 64, [])
+
+
+def test_a_lock_file_that_cannot_be_made_is_named_in_the_note_not_taken_for_missing_audit(tmp_path: Path) -> None:
+    kernel = _Kernel()
+    capture = _fake_capture(kernel, tmp_path, lock=tmp_path / "no-such-dir" / "portwatch-audit.lock")
+    assert capture.start() is False
+    assert capture.notes == [f"failure capture is off: cannot open its lock file {tmp_path}/no-such-dir/"
+                             "portwatch-audit.lock: No such file or directory"]
+    assert (kernel.enabled, kernel.rules) == (0, [])  # nothing changed in the kernel
 
 
 def _waiting_for_lock(lock: Path) -> bool:

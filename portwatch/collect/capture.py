@@ -187,7 +187,12 @@ class FailureCapture:
                optional: tuple[AuditRule, ...]) -> bool:
         # The lock first, then the status: a capture that is stopping (it holds the lock exclusively)
         # may disable auditing before it lets go, and a status read before that would be stale.
-        self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # not the audit subsystem's refusal: say which file
+            self._note(f"failure capture is off: cannot open its lock file {self._lock_path}: "
+                       f"{os.strerror(exc.errno or 0)}")
+            return False
         fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
         status = control.status()
         if status.enabled == 2:

@@ -55,30 +55,11 @@ if str(REPO) not in sys.path:
 from portwatch.collect.audit import AuditControl  # noqa: E402
 from portwatch.collect.auditlog import AuditReader, RecordJoiner  # noqa: E402
 from portwatch.collect.capture import FailureCapture  # noqa: E402
-from tests.auditkit import restore_audit  # noqa: E402
-
-#: The child: hold the range's only port, then fail ``count`` connect() calls; print the timing as JSON.
-CHILD = """
-import json, os, socket, sys, time
-count = int(sys.argv[1])
-listener = socket.socket(); listener.bind(("127.0.0.1", 5001)); listener.listen(8)
-held = socket.socket(); held.connect(("127.0.0.1", 5001))
-failed = 0
-start = time.perf_counter()
-for _ in range(count):
-    s = socket.socket()
-    try:
-        s.connect(("127.0.0.1", 5001))
-    except OSError:
-        failed += 1
-    s.close()
-print(json.dumps({"pid": os.getpid(), "seconds": time.perf_counter() - start, "failed": failed}))
-"""
-
+from tests.auditkit import FAILING_CONNECTS, restore_audit  # noqa: E402
 
 def run_child(ns: str, count: int) -> dict[str, Any]:
     """Run the failing-connect child in namespace ``ns``; its JSON line (pid, seconds, failed)."""
-    done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CHILD, str(count)],
+    done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", FAILING_CONNECTS, str(count)],
                           capture_output=True, text=True, timeout=600, check=True)
     result: dict[str, Any] = json.loads(done.stdout)
     return result

@@ -25,6 +25,25 @@ from portwatch.collect.capture import FailureCapture
 from portwatch.model.failures import FailureEvent
 from tests.conftest import require, require_binary
 
+#: A program for a namespace whose ip_local_port_range is one port: it holds that port with a connection to
+#: 127.0.0.1:5001, then fails ``argv[1]`` connect() calls (EADDRNOTAVAIL); prints ``{"pid", "seconds", "failed"}``.
+FAILING_CONNECTS = """
+import json, os, socket, sys, time
+count = int(sys.argv[1])
+listener = socket.socket(); listener.bind(("127.0.0.1", 5001)); listener.listen(8)
+held = socket.socket(); held.connect(("127.0.0.1", 5001))
+failed = 0
+start = time.perf_counter()
+for _ in range(count):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", 5001))
+    except OSError:
+        failed += 1
+    s.close()
+print(json.dumps({"pid": os.getpid(), "seconds": time.perf_counter() - start, "failed": failed}))
+"""
+
 #: The key of rules a test adds itself (never portwatch's): removed after the test too.
 TEST_KEY = "pwtest-other"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -37,7 +38,16 @@ from portwatch.collect.holders import dump_port, port_holders
 from portwatch.collect.namespaces import discover_namespaces
 from portwatch.model import Endpoint, Protocol, SocketState
 from portwatch.model.failures import FailedCall, FailureEvent
-from tests.auditkit import TEST_KEY, AuditHost, audit_host, auditctl_rules, auditctl_status, restored, wait_events
+from tests.auditkit import (
+    FAILING_CONNECTS,
+    TEST_KEY,
+    AuditHost,
+    audit_host,
+    auditctl_rules,
+    auditctl_status,
+    restored,
+    wait_events,
+)
 from tests.netns import REPO, NetNS
 
 __all__ = ["audit_host"]  # the fixture, imported to be found by pytest
@@ -445,22 +455,6 @@ def test_a_capture_outside_the_host_namespace_says_it_cannot_see_records(netns: 
     assert portwatch_lines(audit_host) == []
 
 
-BURST = """
-import os, socket
-listener = socket.socket(); listener.bind(("127.0.0.1", 5001)); listener.listen(8)
-held = socket.socket(); held.connect(("127.0.0.1", 5001))  # the range's only port
-failed = 0
-for _ in range(300):
-    s = socket.socket()
-    try:
-        s.connect(("127.0.0.1", 5001))
-    except OSError:
-        failed += 1
-    s.close()
-print(os.getpid(), failed)
-"""
-
-
 def test_a_burst_overflowing_a_small_buffer_is_counted_and_reads_are_bounded(
         netns: NetNS, audit_host: AuditHost) -> None:
     netns.sysctl("net/ipv4/ip_local_port_range", "40000 40000")
@@ -469,8 +463,9 @@ def test_a_burst_overflowing_a_small_buffer_is_counted_and_reads_are_bounded(
     try:
         assert capture.start(), capture.notes
         small = AuditReader(RecordJoiner(), buffer_bytes=4096)
-        run = netns.run([sys.executable, "-c", BURST])
-        pid, failed = map(int, run.stdout.split())
+        run = netns.run([sys.executable, "-c", FAILING_CONNECTS, "300"])
+        done = json.loads(run.stdout)
+        pid, failed = done["pid"], done["failed"]
         assert failed == 300, run.stderr
         lost = small.read()
         assert lost.lost and small.dropped_total >= 1  # ENOBUFS: the kernel dropped records for it

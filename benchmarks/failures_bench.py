@@ -55,7 +55,7 @@ if str(REPO) not in sys.path:
 from portwatch.collect.audit import AuditControl  # noqa: E402
 from portwatch.collect.auditlog import AuditReader, RecordJoiner  # noqa: E402
 from portwatch.collect.capture import FailureCapture  # noqa: E402
-from tests.auditkit import FAILING_CONNECTS, restore_audit  # noqa: E402
+from tests.auditkit import FAILING_CONNECTS, host_audit_turn, restore_audit  # noqa: E402
 
 def run_child(ns: str, count: int) -> dict[str, Any]:
     """Run the failing-connect child in namespace ``ns``; its JSON line (pid, seconds, failed)."""
@@ -178,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root: it adds audit rules and creates a network namespace")
-    doc = bench(args.count)
+    with host_audit_turn():  # not while audit tests run: the rules and the audit state are host-wide
+        doc = bench(args.count)
     print(json.dumps(doc, indent=2) if args.json else render(doc))
     return 0
 

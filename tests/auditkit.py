@@ -6,10 +6,14 @@ every rule keyed ``portwatch`` or ``pwtest-*`` and puts the enabled state
 and the backlog limit back (:func:`restore_audit`, which the benchmark uses
 too). :func:`auditctl_rules` lists the rules as ``auditctl -l`` prints them;
 :func:`wait_events` reads a capture until the failures a test waits for came.
+Tests of every checkout on the host (and the benchmark) take turns through
+:func:`host_audit_turn`, a host-wide lock: the state they change is host-wide.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import selectors
 import subprocess
@@ -44,6 +48,10 @@ for _ in range(count):
 print(json.dumps({"pid": os.getpid(), "seconds": time.perf_counter() - start, "failed": failed}))
 """
 
+#: Host-wide: every test touching audit (any checkout) and the benchmark hold it exclusively, in turn.
+HOST_TEST_LOCK = Path("/run/portwatch-audit-tests.lock")
+HOST_TURN_TIMEOUT = 600.0
+
 #: The key of rules a test adds itself (never portwatch's): removed after the test too.
 TEST_KEY = "pwtest-other"
 
@@ -66,22 +74,48 @@ def _ours(rule: AuditRule) -> bool:
     return is_portwatch_rule(rule) or any(k.startswith("pwtest") for k in rule.keys)
 
 
+@contextlib.contextmanager
+def host_audit_turn(timeout: float = HOST_TURN_TIMEOUT) -> Iterator[None]:
+    """Hold :data:`HOST_TEST_LOCK` exclusively: audit tests of every checkout on the host take turns.
+
+    Audit rules and the enabled state are host-wide, and each test's capture
+    uses a private lock file, so two test runs at once (two worktrees, the
+    benchmark) would remove each other's rules. Fails the test after ``timeout``
+    seconds of waiting.
+    """
+    fd = os.open(HOST_TEST_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another audit test held {HOST_TEST_LOCK} for {timeout:.0f}s")
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture
 def audit_host(tmp_path: Path) -> Iterator[AuditHost]:
-    """The host's audit subsystem, restored after the test (rules removed, enabled state put back)."""
+    """The host's audit subsystem, for this test alone, restored after it (rules removed, state put back)."""
     require(os.geteuid() == 0, "needs root (CAP_AUDIT_CONTROL) to change audit rules")
     auditctl = require_binary("auditctl")
-    try:
-        with AuditControl() as control:
-            status = control.status()
-        before = status.enabled
-    except AuditError as exc:
-        require(False, f"the kernel's audit subsystem is not usable here: {exc}")
-        raise
-    try:
-        yield AuditHost(auditctl, tmp_path / "audit.lock", before, status.backlog_limit)
-    finally:
-        restore_audit(before, status.backlog_limit)
+    with host_audit_turn():
+        try:
+            with AuditControl() as control:
+                status = control.status()
+            before = status.enabled
+        except AuditError as exc:
+            require(False, f"the kernel's audit subsystem is not usable here: {exc}")
+            raise
+        try:
+            yield AuditHost(auditctl, tmp_path / "audit.lock", before, status.backlog_limit)
+        finally:
+            restore_audit(before, status.backlog_limit)
 
 
 def restore_audit(enabled: int, backlog_limit: int) -> None:

@@ -357,10 +357,11 @@ def test_auditing_enabled_by_portwatch_stays_enabled_when_an_audit_daemon_regist
 
 def test_a_lock_file_that_cannot_be_made_is_named_in_the_note_not_taken_for_missing_audit(tmp_path: Path) -> None:
     kernel = _Kernel()
-    capture = _fake_capture(kernel, tmp_path, lock=tmp_path / "no-such-dir" / "portwatch-audit.lock")
+    (tmp_path / "a-file").write_text("")  # its directory cannot be made: a file is in the way
+    capture = _fake_capture(kernel, tmp_path, lock=tmp_path / "a-file" / "audit.lock")
     assert capture.start() is False
-    assert capture.notes == [f"failure capture is off: cannot open its lock file {tmp_path}/no-such-dir/"
-                             "portwatch-audit.lock: No such file or directory"]
+    assert capture.notes == [f"failure capture is off: cannot open its lock file {tmp_path}/a-file/"
+                             "audit.lock: Not a directory"]
     assert (kernel.enabled, kernel.rules) == (0, [])  # nothing changed in the kernel
 
 

@@ -50,7 +50,9 @@ HOST_ONLY_SYSCTL = ("sys", "net", "core", "netdev_max_backlog")
 #: What start() survives from the kernel's answers, besides OSError: malformed data (short structs).
 _BAD_ANSWER = (ValueError, struct.error)
 #: Where the captures of one host coordinate (tmpfs: gone at boot, as the kernel's audit state is).
-DEFAULT_LOCK_PATH = Path("/run/portwatch-audit.lock")
+#: Its directory is the unit's ``RuntimeDirectory=portwatch`` (writable under ``ProtectSystem=strict``);
+#: made when missing (``portwatch watch --failures`` without the service).
+DEFAULT_LOCK_PATH = Path("/run/portwatch/audit.lock")
 #: What the lock file holds while portwatch has auditing enabled: ``enabled-by-portwatch backlog_limit=N``
 #: (N: the backlog limit before portwatch raised it).
 _ENABLED_MARK = "enabled-by-portwatch"
@@ -84,7 +86,7 @@ def _default_holders(port: int, namespace: NamespaceInfo | None) -> tuple[Holder
 class FailureCapture:
     """Failed ``connect()`` (EADDRNOTAVAIL) and ``bind()`` (EADDRINUSE) calls of every process on the host.
 
-    ``FailureCapture(proc_root=/proc, lock_path=/run/portwatch-audit.lock,
+    ``FailureCapture(proc_root=/proc, lock_path=/run/portwatch/audit.lock,
     control_factory=AuditControl, reader_factory=AuditReader,
     holders=port_holders, machine=None, pair_timeout=0.5)``: every part is a
     parameter so tests can point it elsewhere. Must run in the host network
@@ -188,6 +190,10 @@ class FailureCapture:
         # The lock first, then the status: a capture that is stopping (it holds the lock exclusively)
         # may disable auditing before it lets go, and a status read before that would be stale.
         try:
+            try:
+                self._lock_path.parent.mkdir(mode=0o755)
+            except FileExistsError:  # the usual case (a file in the way: the open below says so)
+                pass
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:  # not the audit subsystem's refusal: say which file
             self._note(f"failure capture is off: cannot open its lock file {self._lock_path}: "

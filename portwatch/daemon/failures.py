@@ -11,7 +11,9 @@ turns them into ``connect_failed``/``bind_failed`` findings with the latest
 pass's result of each namespace (:func:`~portwatch.detect.failure_findings`)
 and posts them to the daemon's queue as
 :class:`~portwatch.daemon.messages.EventFindings`; it counts them in a
-:class:`~portwatch.output.failures.FailureMetrics` registered once. It never
+:class:`~portwatch.output.failures.FailureMetrics`, registered in the daemon's
+registry only while ``capture.failures`` is ``audit`` (then
+``portwatch_failure_capture_active`` 0 means asked for, not running). It never
 dies: an error is logged, the capture restarted after a pause. Each note of
 the capture (no capability, auditing enabled late...) is logged once.
 
@@ -96,7 +98,8 @@ class FailureThread:
     window=300, poll_interval=0.25, explain_wait=5, restart_pause=5, clock=time.time)``:
     ``post`` puts a message
     on the daemon's queue (thread-safe); ``registry`` gets the failure
-    metrics (once). Nothing runs until :meth:`start`; the thread exists only
+    metrics while the capture is configured (their counts survive an off and
+    on again). Nothing runs until :meth:`start`; the thread exists only
     while ``capture.failures`` is ``audit``.
     """
 
@@ -116,7 +119,8 @@ class FailureThread:
         self._clock = clock
         self._own = _own_inode()
         self.metrics = FailureMetrics(top=config.metrics.top_destinations)
-        registry.register(self.metrics)
+        self._registry = registry
+        self._exported = False
         self._lock = threading.Lock()
         self._config = config
         self._results: Mapping[int, ScanResult] = {}
@@ -130,6 +134,7 @@ class FailureThread:
     def start(self) -> None:
         """Start the capture's thread when the configuration asks for it."""
         if self._config.capture.failures == "audit":
+            self._export(True)
             self._start_thread()
 
     def passed(self, result: NamespacesResult) -> None:
@@ -148,10 +153,12 @@ class FailureThread:
             return
         if config.capture.failures == "audit":
             log.info("failure capture turned on")
+            self._export(True)
             self._start_thread()
         else:
             log.info("failure capture turned off")
             self.stop()
+            self._export(False)
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop the thread (which removes portwatch's audit rules); True if it ended within ``timeout``."""
@@ -169,6 +176,14 @@ class FailureThread:
     def alive(self) -> bool:
         """True while the capture's thread runs."""
         return self._thread is not None and self._thread.is_alive()
+
+    def _export(self, on: bool) -> None:
+        """Register the failure metrics (``on``) or take them out of the registry."""
+        if on and not self._exported:
+            self._registry.register(self.metrics)
+        elif not on and self._exported:
+            self._registry.unregister(self.metrics)
+        self._exported = on
 
     def _start_thread(self) -> None:
         if self.alive:

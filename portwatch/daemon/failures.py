@@ -24,7 +24,8 @@ capture when ``capture.failures`` changed); the capture itself is only
 touched by the thread.
 
 New failures make the thread post a :class:`~portwatch.daemon.messages.Rescan`
-and wait for the pass it causes (at most ``explain_wait`` seconds) before
+and wait for the pass it causes (one that began after they were read, not one
+already running then; at most ``explain_wait`` seconds) before
 posting their findings: the pass made right after a failure is what names
 its cause (the exhaustion of that destination, the holder's ``port_taken``),
 and a finding's first notification is the one alerting sends. May import everything below the daemon and
@@ -87,7 +88,7 @@ class _Pending:
     def __init__(self, window: FailureWindow) -> None:
         self.window = window
         self.events: list[FailureEvent] = []
-        self.after_pass = 0
+        self.read_at = 0.0  # time.monotonic() when the first of them was read
         self.deadline = 0.0
 
 
@@ -124,7 +125,9 @@ class FailureThread:
         self._lock = threading.Lock()
         self._config = config
         self._results: Mapping[int, ScanResult] = {}
-        self._passes = 0  # how many passes were handed over (the thread waits for a newer one)
+        # when the latest pass handed over began (time.monotonic()): the pending failures wait
+        # for a pass that began after they were read, not one already running then
+        self._pass_began = float("-inf")
         self._noted: set[str] = set()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -140,9 +143,10 @@ class FailureThread:
     def passed(self, result: NamespacesResult) -> None:
         """The latest pass's results: what the next findings are explained with."""
         mapping = results_by_inode(result, self._own)
+        began = time.monotonic() - max(result.duration, 0.0)
         with self._lock:
             self._results = mapping
-            self._passes += 1
+            self._pass_began = began
 
     def reconfigure(self, config: Config) -> None:
         """Use ``config`` from now on; start or stop the capture when ``capture.failures`` changed."""
@@ -246,12 +250,13 @@ class FailureThread:
         if not fresh:
             return
         with self._lock:
-            results, passes = self._results, self._passes
+            results = self._results
         for inode in {e.netns_inode for e in fresh}:
             self.metrics.record([e for e in fresh if e.netns_inode == inode], netns=self._label(inode, results))
         pending.window.add(sorted(fresh, key=lambda e: (e.at, e.serial)))
         if not pending.events:
-            pending.after_pass, pending.deadline = passes, time.monotonic() + self._explain_wait
+            pending.read_at = time.monotonic()
+            pending.deadline = pending.read_at + self._explain_wait
             self._post(Rescan("failed connect()/bind() calls"))
         pending.events += fresh
 
@@ -260,8 +265,8 @@ class FailureThread:
         if not pending.events:
             return
         with self._lock:
-            config, results, passes = self._config, self._results, self._passes
-        if passes <= pending.after_pass and time.monotonic() < pending.deadline:
+            config, results, began = self._config, self._results, self._pass_began
+        if began < pending.read_at and time.monotonic() < pending.deadline:
             return
         def findings(events: Sequence[FailureEvent]) -> list[Finding]:
             return failure_findings(events, results, config, self._window, finders=FAILURE_FINDERS)

@@ -7,7 +7,10 @@ sends: TCP of both families in one walk of the kernel's socket hash, which is
 shared by every network namespace, so a dump costs what the host's sockets
 cost, not only the namespace's) and :func:`parse_messages`, the pure parser of one receive buffer, which
 turns each ``struct inet_diag_msg`` into a :class:`portwatch.model.Socket`; it
-is public so that tests can feed it crafted bytes. No I/O here: the socket
+is public so that tests can feed it crafted bytes. :func:`count_messages` is
+the classifying parser of a counted read: it counts every TCP socket of a
+buffer (per state, per destination in a :class:`Tally`) and builds a
+``Socket`` only for those a detector looks at. No I/O here: the socket
 source that sends the requests and receives the answers is
 :class:`portwatch.collect.sources.netlink.NetlinkSource` (it reads 100,000
 sockets in about the CPU time ``ss -tan`` takes; ``benchmarks/run.py``

@@ -2,7 +2,10 @@
 
 Job: :class:`NetlinkSource`, which sends three dump requests (TCP of both
 families in one, as ``ss -t`` asks; UDP IPv4; UDP IPv6), receives the answers within a time limit and hands each
-buffer to the parser, :func:`portwatch.collect.netlink.parse_messages`. It
+buffer to the parser, :func:`portwatch.collect.netlink.parse_messages`;
+:meth:`NetlinkSource.read_counted` is the counted read a scan makes (the
+listeners first, then the other TCP states through
+:func:`portwatch.collect.netlink.count_messages`). It
 does not walk processes, so its table has no owners; it reads 100,000 sockets
 in about the CPU time ``ss -tan`` takes, some 7 times less than
 ``psutil.net_connections``. No privilege is needed to dump the sockets of the

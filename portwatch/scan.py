@@ -27,7 +27,7 @@ from portwatch.config.types import Config, service_applies
 from portwatch.model import NamespaceInfo, NamespaceKind, RememberedPort, ScanResult, Snapshot
 from portwatch.model.results import NamespacesResult
 
-__all__ = ["FallbackSource", "UnknownNamespace", "make_source", "namespace_names", "run_namespaces_scan",
+__all__ = ["FallbackSource", "UnknownNamespace", "interest_ports", "make_source", "namespace_names", "run_namespaces_scan",
            "run_scan", "scan_snapshot", "select_namespaces"]
 
 
@@ -55,10 +55,17 @@ def run_scan(
     :class:`~portwatch.collect.netlink.NetlinkError` for malformed kernel data.
     """
     started = clock()
-    snapshot = collector.snapshot()
+    snapshot = collector.snapshot(interest_ports(config, remembered))
     if namespace is not None:
         snapshot = dataclasses.replace(snapshot, namespace=namespace)
     return scan_snapshot(config, collector, snapshot, remembered, clock, started, keyed=False)
+
+
+def interest_ports(config: Config, remembered: Iterable[RememberedPort] = ()) -> frozenset[int]:
+    """The ports whose holders a scan must see one by one: every declared service's (of any
+    namespace) and every remembered listener's. What the collector's counted read keeps
+    besides the sockets detectors always look at (reserved ports it adds itself)."""
+    return frozenset(s.port for s in config.services) | frozenset(r.port for r in remembered)
 
 
 def namespace_names(namespace: NamespaceInfo) -> tuple[str, ...]:
@@ -102,10 +109,13 @@ def scan_snapshot(
     host = ns is None or ns.kind is NamespaceKind.HOST
     config = _services_for(config, ns, host or not keyed)
     idx = detect.index(snapshot)
+    usage = detect.destination_usage(snapshot, idx.listening)
+    if snapshot.counts is not None:  # a counted snapshot: the exhausted destinations' sockets
+        snapshot = snapshot.with_destination_sockets(
+            [dest for _share, dest in detect.flagged_destinations(snapshot, config, usage)])
     needed = detect.owners_needed(snapshot, config, idx)
     if needed:
         snapshot = collector.attribute(snapshot, needed)
-    usage = detect.destination_usage(snapshot, idx.listening)
     findings = detect.detect(snapshot, config, remembered, usage, idx)
     involved = detect.involved_inodes(findings)
     if involved:
@@ -193,7 +203,8 @@ def run_namespaces_scan(
     results: list[ScanResult] = []
     notes: list[str] = list(discovery.notes)
     skipped: list[NamespaceInfo] = []
-    for scanned in collector.snapshot_namespaces(selected):
+    every_remembered = [r for ports in (remembered or {}).values() for r in ports]
+    for scanned in collector.snapshot_namespaces(selected, interest_ports(config, every_remembered)):
         ns = scanned.namespace
         if scanned.outcome == "ok" and scanned.snapshot is not None:
             before = (remembered or {}).get(ns.key, ())

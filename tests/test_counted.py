@@ -55,14 +55,15 @@ def test_counted_and_full_snapshots_give_the_same_findings_json_report_and_metri
     cfg = tmp_path / "portwatch.yml"
     cfg.write_text("services:\n  - name: api\n    port: 40100\n"
                    "thresholds:\n  close_wait: 2\n  exhaustion_warning: 0.4\n  exhaustion_critical: 0.9\n")
-    netns.actor("exhaust", "--to", "127.0.0.1:8080", "--count", "30",
-                "--also", "127.0.0.1:8081", "--count-also", "3")
-    netns.actor("close-wait", "--count", "4")
+    # the in-range listeners first: later connections could take their ports
     netns.actor("listen", "--proto", "tcp", "--port", "40058")
     netns.actor("listen", "--proto", "udp", "--port", "40057")
     netns.actor("hold-port", "--port", "40100", "--to", "127.0.0.1:2379", "--serve")
     netns.actor("loop-pair")
     netns.actor("self-connect")
+    netns.actor("exhaust", "--to", "127.0.0.1:8080", "--count", "30",
+                "--also", "127.0.0.1:8081", "--count-also", "3")
+    netns.actor("close-wait", "--count", "4", "--port", "8082")
     res = netns.run([sys.executable, "-c", _COMPARE, str(cfg)], timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)

@@ -99,3 +99,15 @@ def test_daemon_package_names_still_import_on_first_use() -> None:
                           "print('ok')"],
                          capture_output=True, text=True, timeout=WAIT, cwd=REPO)
     assert res.stdout.strip() == "ok", res.stderr
+
+
+def test_config_shapes_and_collect_package_load_no_collector() -> None:
+    # config.shapes takes SOURCE_NAMES from collect.sources: that must not pull in the collector
+    code = ("import sys, portwatch.config.shapes, portwatch.collect as c\n"
+            "assert c.SOURCE_NAMES\n"
+            "print(' '.join(sorted(sys.modules)))\n")
+    res = subprocess.run([str(PYTHON), "-c", code], capture_output=True, text=True, timeout=WAIT, check=True)
+    names = set(res.stdout.split())
+    assert "portwatch.collect.sources" in names
+    assert forbidden(names, ("portwatch.collect.collector", "portwatch.collect.owners",
+                             "portwatch.collect.namespaces", "psutil")) == []

@@ -651,3 +651,44 @@ def test_a_kernel_refusing_the_two_family_tcp_request_is_asked_per_family(netns:
     out = json.loads(netns.run([sys.executable, "-c", code], check=True).stdout)
     assert out["ports"] == [[21020, 21021], [21020, 21021]]
     assert out["types"] == [[18, 20, 20, 20, 20], [20, 20, 20, 20]]  # asked once, then per family
+
+
+# --- the classifying parser (counted reads) ---
+
+def test_classifying_parser_counts_every_socket_and_builds_only_those_detectors_look_at() -> None:
+    server = v4("127.0.0.9")
+    tally = netlink.Tally((40000, 40009), frozenset({40005}), frozenset({2379}),
+                          frozenset({(bytes(16), 8080), (server, 9000)}))
+    data = (diag(state=1, sport=40001, dport=8080, inode=1)           # client of a wildcard listener
+            + diag(state=1, sport=8080, dport=40001, inode=2)         # its accepted end
+            + diag(state=1, sport=40002, dport=9000, dst=server, inode=3)  # client of a specific one
+            + diag(state=6, sport=40003, dport=8080, inode=0, uid=0)  # TIME_WAIT: counted only
+            + diag(state=8, sport=40004, dport=8080, inode=4)         # CLOSE_WAIT: kept
+            + diag(state=1, sport=40006, dport=40006, dst=v4("127.0.0.1"), inode=5)  # self-connect
+            + diag(state=1, sport=2379, dport=8080, inode=6)          # port of interest: kept
+            + diag(state=1, sport=40007, dport=40008, inode=7)        # no listener either end: kept
+            + diag(state=6, sport=40008, dport=40009, inode=0, uid=0)  # mini socket: counted only
+            + done())
+    assert netlink.count_messages(data, tally, seq=1, length=len(data))
+    assert sorted(s.inode for s in tally.kept) == [4, 5, 6, 7]
+    assert tally.states[1] == 6 and tally.states[6] == 2 and tally.states[8] == 1
+    assert sum(tally.states) == 9
+    # usage: local port in 40000-40009 and not 40005; keyed by raw fields
+    used = {(socket.inet_ntoa(src[:4]), socket.inet_ntoa(dst[:4]), netlink.raw_port(dport)): n
+            for (_fam, src, dst, dport), n in tally.usage.items()}
+    assert used == {("127.0.0.1", "127.0.0.2", 8080): 3, ("127.0.0.1", "127.0.0.9", 9000): 1,
+                    ("127.0.0.1", "127.0.0.1", 40006): 1, ("127.0.0.1", "127.0.0.2", 40008): 1,
+                    ("127.0.0.1", "127.0.0.2", 40009): 1}
+    members = tally.members(frozenset({("127.0.0.1", "127.0.0.2", 8080)}))
+    assert [s.inode for s in members] == [1, 0, 4, 6]  # every socket towards it, in dump order
+
+
+def test_classifying_parser_rejects_what_the_full_parser_rejects() -> None:
+    tally = netlink.Tally((40000, 40009), frozenset(), frozenset(), frozenset())
+    data = diag(state=1) + diag(state=99) + done()
+    with pytest.raises(NetlinkError, match="unknown tcp state 99"):
+        netlink.count_messages(data, tally, seq=1, length=len(data))
+    data = diag(seq=7) + done(seq=7)
+    with pytest.raises(NetlinkError, match="unexpected sequence number 7"):
+        netlink.count_messages(data, netlink.Tally((1, 2), frozenset(), frozenset(), frozenset()),
+                               seq=1, length=len(data))

@@ -12,10 +12,10 @@ unit, container, pod), ``mounts`` (the mount table), and the failure capture:
 ``audit`` (the audit control protocol and portwatch's rules), ``auditlog``
 (the passive reader of the records), ``holders`` (the targeted dump of one
 port's sockets) and ``capture`` (:class:`FailureCapture`, putting them
-together). This package exports their public names; importing it imports
+together). This package exports their public names, each imported on first
+use (``_LAZY``): importing the package imports none of its modules, so
 neither psutil (loaded at the first psutil read or process description) nor
-the netlink or audit modules: :class:`FailureCapture` and
-:func:`port_holders` are imported at their first use. Every function
+the netlink or audit modules. Every function
 takes the root it reads (``proc_root``) and the functions it calls
 (``net_connections``, ``process_factory``, ``clock``) as parameters, so tests
 can point it at fixture trees or replace a function without monkeypatching.
@@ -47,40 +47,39 @@ from typing import TYPE_CHECKING
 
 from portwatch.lazy import lazy_getattr
 
-from portwatch.collect.cgroups import (
-    CgroupIndex,
-    cgroup2_mount,
-    cgroup_of_pid,
-    identity_from_path,
-)
-from portwatch.collect.collector import (
-    PARTIAL_ATTRIBUTION_NOTE,
-    AttributionCounters,
-    Collector,
-    NamespaceScan,
-)
-from portwatch.collect.errors import CollectError, SourceReadError
-from portwatch.collect.kernel import (
-    DEFAULT_UNPRIVILEGED_PORT_START,
-    parse_port_range,
-    parse_reserved_ports,
-    read_kernel_settings,
-)
-from portwatch.collect.mounts import Mount, parse_mountinfo, read_mountinfo
-from portwatch.collect.namespaces import (
-    OWN_NAMESPACE_NOTE,
-    Discovery,
-    NamespaceVanished,
-    can_enter_namespaces,
-    discover_namespaces,
-    run_in_namespace,
-)
-from portwatch.collect.owners import FD_CACHE_SIZE, OwnerScan, find_socket_owners
-from portwatch.collect.processes import describe_processes, systemd_unit_from_cgroup
-from portwatch.collect.sources import SOURCE_NAMES, FallbackSource, make_source
-from portwatch.collect.sources.psutil import PsutilSource
-
 if TYPE_CHECKING:
+    from portwatch.collect.cgroups import CgroupIndex as CgroupIndex
+    from portwatch.collect.cgroups import cgroup2_mount as cgroup2_mount
+    from portwatch.collect.cgroups import cgroup_of_pid as cgroup_of_pid
+    from portwatch.collect.cgroups import identity_from_path as identity_from_path
+    from portwatch.collect.collector import PARTIAL_ATTRIBUTION_NOTE as PARTIAL_ATTRIBUTION_NOTE
+    from portwatch.collect.collector import AttributionCounters as AttributionCounters
+    from portwatch.collect.collector import Collector as Collector
+    from portwatch.collect.collector import NamespaceScan as NamespaceScan
+    from portwatch.collect.errors import CollectError as CollectError
+    from portwatch.collect.errors import SourceReadError as SourceReadError
+    from portwatch.collect.kernel import DEFAULT_UNPRIVILEGED_PORT_START as DEFAULT_UNPRIVILEGED_PORT_START
+    from portwatch.collect.kernel import parse_port_range as parse_port_range
+    from portwatch.collect.kernel import parse_reserved_ports as parse_reserved_ports
+    from portwatch.collect.kernel import read_kernel_settings as read_kernel_settings
+    from portwatch.collect.mounts import Mount as Mount
+    from portwatch.collect.mounts import parse_mountinfo as parse_mountinfo
+    from portwatch.collect.mounts import read_mountinfo as read_mountinfo
+    from portwatch.collect.namespaces import OWN_NAMESPACE_NOTE as OWN_NAMESPACE_NOTE
+    from portwatch.collect.namespaces import Discovery as Discovery
+    from portwatch.collect.namespaces import NamespaceVanished as NamespaceVanished
+    from portwatch.collect.namespaces import can_enter_namespaces as can_enter_namespaces
+    from portwatch.collect.namespaces import discover_namespaces as discover_namespaces
+    from portwatch.collect.namespaces import run_in_namespace as run_in_namespace
+    from portwatch.collect.owners import FD_CACHE_SIZE as FD_CACHE_SIZE
+    from portwatch.collect.owners import OwnerScan as OwnerScan
+    from portwatch.collect.owners import find_socket_owners as find_socket_owners
+    from portwatch.collect.processes import describe_processes as describe_processes
+    from portwatch.collect.processes import systemd_unit_from_cgroup as systemd_unit_from_cgroup
+    from portwatch.collect.sources import SOURCE_NAMES as SOURCE_NAMES
+    from portwatch.collect.sources import FallbackSource as FallbackSource
+    from portwatch.collect.sources import make_source as make_source
+    from portwatch.collect.sources.psutil import PsutilSource as PsutilSource
     from portwatch.collect.capture import FailureCapture as FailureCapture
     from portwatch.collect.holders import port_holders as port_holders
 
@@ -121,10 +120,44 @@ __all__ = [
     "port_holders",
 ]
 
-#: Names imported on first use (they import the netlink parser and the audit modules): name -> module.
+#: Names imported on first use: name -> the module that defines it. Importing the
+#: package imports none of them (``config.shapes`` takes ``SOURCE_NAMES`` from
+#: :mod:`.sources`, which must not pull in the collector).
 _LAZY = {
     "FailureCapture": "portwatch.collect.capture",
     "port_holders": "portwatch.collect.holders",
+    "CgroupIndex": "portwatch.collect.cgroups",
+    "cgroup2_mount": "portwatch.collect.cgroups",
+    "cgroup_of_pid": "portwatch.collect.cgroups",
+    "identity_from_path": "portwatch.collect.cgroups",
+    "PARTIAL_ATTRIBUTION_NOTE": "portwatch.collect.collector",
+    "AttributionCounters": "portwatch.collect.collector",
+    "Collector": "portwatch.collect.collector",
+    "NamespaceScan": "portwatch.collect.collector",
+    "CollectError": "portwatch.collect.errors",
+    "SourceReadError": "portwatch.collect.errors",
+    "DEFAULT_UNPRIVILEGED_PORT_START": "portwatch.collect.kernel",
+    "parse_port_range": "portwatch.collect.kernel",
+    "parse_reserved_ports": "portwatch.collect.kernel",
+    "read_kernel_settings": "portwatch.collect.kernel",
+    "Mount": "portwatch.collect.mounts",
+    "parse_mountinfo": "portwatch.collect.mounts",
+    "read_mountinfo": "portwatch.collect.mounts",
+    "OWN_NAMESPACE_NOTE": "portwatch.collect.namespaces",
+    "Discovery": "portwatch.collect.namespaces",
+    "NamespaceVanished": "portwatch.collect.namespaces",
+    "can_enter_namespaces": "portwatch.collect.namespaces",
+    "discover_namespaces": "portwatch.collect.namespaces",
+    "run_in_namespace": "portwatch.collect.namespaces",
+    "FD_CACHE_SIZE": "portwatch.collect.owners",
+    "OwnerScan": "portwatch.collect.owners",
+    "find_socket_owners": "portwatch.collect.owners",
+    "describe_processes": "portwatch.collect.processes",
+    "systemd_unit_from_cgroup": "portwatch.collect.processes",
+    "SOURCE_NAMES": "portwatch.collect.sources",
+    "FallbackSource": "portwatch.collect.sources",
+    "make_source": "portwatch.collect.sources",
+    "PsutilSource": "portwatch.collect.sources.psutil",
 }
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -25,6 +25,7 @@ from portwatch.collect.errors import CollectError
 from portwatch.collect.namespaces import NamespaceVanished, run_in_namespace
 from portwatch.collect.owners import OwnerMemory, OwnerWalk
 from portwatch.collect.processes import ProcessFactory, describe_processes
+from portwatch.collect.sources import read_counted
 from portwatch.model import (
     CgroupIdentity,
     KernelSettings,
@@ -116,12 +117,17 @@ class Collector:
         # the sockets a complete walk found nobody holding.
         self._memory = OwnerMemory(self.proc_root)
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, ports: Collection[int] | None = None) -> Snapshot:
         """Read the kernel settings and the socket table.
 
         Returns a :class:`Snapshot` with the source's owners (if any), no
         process descriptions (see :meth:`attribute`), ``taken_at`` from the
-        clock and ``source`` set to the source's name. Raises
+        clock and ``source`` set to the source's name. With ``ports`` (the
+        ports of interest: declared services' and remembered listeners'), a
+        source that can count (netlink) returns a counted snapshot
+        (``Snapshot.counts``: only the sockets detectors look at are built,
+        see :func:`~portwatch.collect.sources.read_counted`); without, or
+        from another source, a full one. Raises
         :class:`CollectError` for unreadable sysctls, and whatever the source
         raises (:class:`~portwatch.model.SourceUnavailable`, ``OSError``,
         ``ValueError``).
@@ -131,9 +137,14 @@ class Collector:
         self._walk = None
         self._walk_keys = ()
         settings = read_kernel_settings(self.proc_root)
-        table = self.source.read()
+        counts = None
+        if ports is None:
+            table = self.source.read()
+        else:
+            table, counts = read_counted(self.source, settings, frozenset(ports))
         return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
-                        owners=dict(table.owners), processes={}, source=self.source.name)
+                        owners=dict(table.owners), processes={}, source=self.source.name,
+                        counts=counts)
 
     @property
     def cgroups(self) -> CgroupIndex:
@@ -143,7 +154,7 @@ class Collector:
             self._cgroups = CgroupIndex(cgroup2_mount(mounts))
         return self._cgroups
 
-    def snapshot_namespace(self, namespace: NamespaceInfo) -> Snapshot:
+    def snapshot_namespace(self, namespace: NamespaceInfo, ports: Collection[int] | None = None) -> Snapshot:
         """Read the kernel settings and socket table of another network namespace.
 
         The sysctls are read, and the NETLINK_SOCK_DIAG socket is created,
@@ -158,9 +169,10 @@ class Collector:
         without the privilege to enter it, :class:`CollectError` for
         unreadable sysctls and what :class:`NetlinkSource` raises
         (:class:`~portwatch.model.SourceUnavailable` without sock_diag there).
+        ``ports``: as for :meth:`snapshot` (a netlink read is then counted).
         """
         if namespace.own:
-            return dataclasses.replace(self.snapshot(), namespace=namespace)
+            return dataclasses.replace(self.snapshot(ports), namespace=namespace)
         # Here, not at module level: importing the package loads no netlink module.
         from portwatch.collect.netlink import UNAVAILABLE_ERRNOS
         from portwatch.collect.sources.netlink import NetlinkSource, default_socket_factory
@@ -180,17 +192,24 @@ class Collector:
 
         settings, sock, table = run_in_namespace(namespace, inside, self.proc_root)
         source_name = ProcNetSource.name
+        counts = None
         if sock is not None:
             try:
-                table = NetlinkSource(socket_factory=lambda: sock).read()
+                netlink = NetlinkSource(socket_factory=lambda: sock)
+                if ports is None:
+                    table = netlink.read()
+                else:
+                    table, counts = netlink.read_counted(settings, frozenset(ports))
                 source_name = NetlinkSource.name
             except SourceUnavailable:
                 table = run_in_namespace(namespace, ProcNetSource().read, self.proc_root)
         assert table is not None
         return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
-                        owners={}, processes={}, source=source_name, namespace=namespace)
+                        owners={}, processes={}, source=source_name, namespace=namespace,
+                        counts=counts)
 
-    def snapshot_namespaces(self, namespaces: Collection[NamespaceInfo]) -> list[NamespaceScan]:
+    def snapshot_namespaces(self, namespaces: Collection[NamespaceInfo],
+                            ports: Collection[int] | None = None) -> list[NamespaceScan]:
         """:meth:`snapshot_namespace` of each of ``namespaces``, in order, never raising for one.
 
         Returns one :class:`NamespaceScan` per namespace: a namespace that
@@ -199,12 +218,12 @@ class Collector:
         :class:`CollectError` ``failed`` with its message. The snapshots
         of one call share one walk of ``/proc/PID/fd`` in :meth:`attribute`:
         a process read for one namespace's sockets is not read again for
-        another's.
+        another's. ``ports``: as for :meth:`snapshot`, for every namespace.
         """
         scans: list[NamespaceScan] = []
         for namespace in namespaces:
             try:
-                snap = self.snapshot_namespace(namespace)
+                snap = self.snapshot_namespace(namespace, ports)
             except NamespaceVanished as exc:
                 scans.append(NamespaceScan(namespace, "vanished", message=str(exc)))
             except PermissionError as exc:

@@ -7,7 +7,10 @@ sends: TCP of both families in one walk of the kernel's socket hash, which is
 shared by every network namespace, so a dump costs what the host's sockets
 cost, not only the namespace's) and :func:`parse_messages`, the pure parser of one receive buffer, which
 turns each ``struct inet_diag_msg`` into a :class:`portwatch.model.Socket`; it
-is public so that tests can feed it crafted bytes. No I/O here: the socket
+is public so that tests can feed it crafted bytes. :func:`count_messages` is
+the classifying parser of a counted read: it counts every TCP socket of a
+buffer (per state, per destination in a :class:`Tally`) and builds a
+``Socket`` only for those a detector looks at. No I/O here: the socket
 source that sends the requests and receives the answers is
 :class:`portwatch.collect.sources.netlink.NetlinkSource` (it reads 100,000
 sockets in about the CPU time ``ss -tan`` takes; ``benchmarks/run.py``
@@ -68,6 +71,9 @@ __all__ = [
     "find_cgroup_id",
     "fast_ip",
     "parse_messages",
+    "Tally",
+    "count_messages",
+    "raw_port",
 ]
 
 # --- kernel constants (include/uapi/linux/netlink.h, sock_diag.h, inet_diag.h) ---
@@ -443,6 +449,163 @@ def parse_messages(
             raise NetlinkError(f"unexpected netlink message type {ntype}", off)
         off += (nlen + 3) & ~3
     return sockets, False
+
+
+def raw_port(port: int) -> int:
+    """``port`` as the parser reads an inet_diag port field: network order, read in host order."""
+    return ((port & 0xFF) << 8) | (port >> 8) if not _BIG_ENDIAN else port
+
+
+#: TCP state numbers (include/net/tcp_states.h) the classifying parser tests.
+_TCP_LISTEN: Final = 10
+_TCP_CLOSE_WAIT: Final = 8
+_TCP_ORPHAN: Final = (6, 12)  # TIME_WAIT, NEW_SYN_RECV: no detector but the counts looks at them
+
+
+class Tally:
+    """What :func:`count_messages` adds up, and the look-up tables it classifies with.
+
+    Made once per read, after the listeners are known. Takes the usable
+    ephemeral ports as the range (low, high) and the ports of it that are
+    not usable (reserved, or with a TCP listener: what is left is what
+    :func:`portwatch.detect.destination_usage` counts), the ports of
+    interest (any socket holding one is kept), and the TCP listeners' local
+    endpoints as (raw 16-byte address, port) — all-zero address for a
+    wildcard listener.
+
+    After the dump: ``states[n]`` is the number of sockets in kernel state
+    ``n``; ``usage`` maps (family, raw local address, raw remote address,
+    raw remote port) to the sockets counted there; ``connected[p]`` is 1 when
+    a socket with a remote end has raw local port ``p``; ``kept`` the
+    sockets built; ``buffers`` the (bytes, sequence number, family, message
+    type) of every buffer read, for :meth:`members`.
+    """
+
+    def __init__(self, port_range: tuple[int, int], unusable: frozenset[int], interest: frozenset[int],
+                 listeners: frozenset[tuple[bytes, int]]) -> None:
+        low, high = max(port_range[0], 0), min(port_range[1], 0xFFFF)
+        host = bytearray(65536)
+        if low <= high:
+            host[low:high + 1] = b"\x01" * (high - low + 1)
+        for port in unusable:
+            if 0 <= port <= 0xFFFF:
+                host[port] = 0
+        self.usable = _raw_order(host)
+        self.interest = _port_table(interest)
+        wildcard = {port for addr, port in listeners if addr == _ZERO16}
+        self.wildcard = _port_table(frozenset(wildcard))
+        self.specific = frozenset((addr, raw_port(port)) for addr, port in listeners if addr != _ZERO16)
+        self.states = [0] * 256
+        self.usage: dict[tuple[int, bytes, bytes, int], int] = {}
+        self.connected = bytearray(65536)
+        self.kept: list[Socket] = []
+        self.buffers: list[tuple[bytes, int, int | None, int]] = []
+
+    def members(self, keys: frozenset[tuple[str, str, int]]) -> tuple[Socket, ...]:
+        """Every TCP socket of the buffers read whose (local ip, remote ip, remote port) is in ``keys``.
+
+        Re-parses the buffers with :func:`parse_messages`; dump order. Pure.
+        """
+        out: list[Socket] = []
+        for data, seq, family, msg_type in self.buffers:
+            for s in parse_messages(data, protocol=Protocol.TCP, seq=seq, family=family,
+                                    msg_type=msg_type)[0]:
+                remote = s.remote
+                if remote is not None and (s.local.ip, remote.ip, remote.port) in keys:
+                    out.append(s)
+        return tuple(out)
+
+
+def _port_table(ports: frozenset[int]) -> bytes:
+    """A 65536-byte table: 1 at the raw (network order) number of each of ``ports``."""
+    table = bytearray(65536)
+    for port in ports:
+        if 0 <= port <= 0xFFFF:
+            table[raw_port(port)] = 1
+    return bytes(table)
+
+
+def _raw_order(host: bytearray) -> bytes:
+    """A 65536-byte table indexed by port number, re-indexed by raw (network order) number."""
+    if _BIG_ENDIAN:
+        return bytes(host)
+    # raw number of port hi*256+lo is lo*256+hi: the 256x256 table transposed
+    return b"".join(host[lo::256] for lo in range(256))
+
+
+def count_messages(
+    data: bytes | bytearray | memoryview,
+    tally: Tally,
+    *,
+    seq: int,
+    length: int,
+    family: int | None = None,
+    msg_type: int = SOCK_DIAG_BY_FAMILY,
+) -> bool:
+    """Classify one receive buffer of a TCP dump: count every socket, build only those kept.
+
+    Like :func:`parse_messages` (same arguments, same checks and errors: a
+    message the fast path does not take is handed to it) but for TCP, and
+    instead of a list it fills ``tally``: every socket is counted by state,
+    and by destination when its local port is usable
+    (``tally.usage``); a :class:`~portwatch.model.Socket` is built (into
+    ``tally.kept``, by :func:`parse_messages`) only for a socket some
+    detector looks at: CLOSE_WAIT, connected to itself, holding a port of
+    interest, or connected with no TCP listener on either end and not a
+    TIME_WAIT or NEW_SYN_RECV mini socket. A copy of the buffer goes to
+    ``tally.buffers``. Returns whether ``NLMSG_DONE`` ended the dump.
+    """
+    end = length
+    if end > len(data) or end < 0:
+        raise NetlinkError(f"length {end} outside a buffer of {len(data)} bytes", 0)
+    chunk = bytes(data[:end])
+    tally.buffers.append((chunk, seq, family, msg_type))
+    valid = _STATE_TABLES[Protocol.TCP]
+    states, usage, connected = tally.states, tally.usage, tally.connected
+    usable, interest, wildcard, specific = tally.usable, tally.interest, tally.wildcard, tally.specific
+    kept = tally.kept
+    get = usage.get
+    unpack_msg = _MSG.unpack_from
+    af_inet, af_inet6 = int(socket.AF_INET), int(socket.AF_INET6)
+    zero16 = _ZERO16
+    cw, tw, nsr = _TCP_CLOSE_WAIT, _TCP_ORPHAN[0], _TCP_ORPHAN[1]
+    view = memoryview(chunk)
+    off = 0
+    while off < end:
+        left = end - off
+        if left >= _MSG_LEN:
+            (nlen, ntype, nseq, fam, st, sport, dport, src, dst, _uid, _inode) = unpack_msg(chunk, off)
+            if (ntype == msg_type and _MSG_LEN <= nlen <= left and nseq == seq
+                    and (fam == af_inet or fam == af_inet6) and (family is None or fam == family)
+                    and valid[st] is not None):
+                states[st] += 1
+                if dport != 0 or dst != zero16:
+                    connected[sport] = 1
+                    if usable[sport]:
+                        key = (fam, src, dst, dport)
+                        usage[key] = get(key, 0) + 1
+                    if (st == cw or interest[sport] or (sport == dport and src == dst)
+                            or (st != tw and st != nsr and not wildcard[sport] and not wildcard[dport]
+                                and (src, sport) not in specific and (dst, dport) not in specific)):
+                        parse_messages(view[off:off + nlen], protocol=Protocol.TCP, seq=seq,
+                                       family=family, out=kept, msg_type=msg_type)
+                off += (nlen + 3) & ~3
+                continue
+        # anything else (control messages, malformed data): one message, or the rest, parsed fully
+        step = left
+        if left >= _HDR_LEN:
+            (nlen,) = struct.unpack_from("=I", chunk, off)
+            if _HDR_LEN <= nlen <= left:
+                step = min((nlen + 3) & ~3, left)
+        try:
+            _, done = parse_messages(view[off:off + step], protocol=Protocol.TCP, seq=seq,
+                                     family=family, out=kept, msg_type=msg_type)
+        except NetlinkError as exc:
+            raise NetlinkError(str(exc).rsplit(" (at offset", 1)[0], off + exc.offset) from None
+        if done:
+            return True
+        off += step
+    return False
 
 
 def family_name(family: int) -> str:

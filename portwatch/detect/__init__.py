@@ -49,7 +49,7 @@ from portwatch.detect.base import (
 from portwatch.detect.bind_failed import find_bind_failures
 from portwatch.detect.close_wait_buildup import find_close_wait
 from portwatch.detect.connect_failed import find_connect_failures
-from portwatch.detect.ephemeral_exhaustion import destination_usage, find_exhaustion
+from portwatch.detect.ephemeral_exhaustion import destination_usage, find_exhaustion, flagged_destinations
 from portwatch.detect.listener_in_ephemeral_range import find_listeners_in_range
 from portwatch.detect.loop_pair import find_loop_pairs
 from portwatch.detect.pipeline import (
@@ -78,7 +78,8 @@ __all__ = [
     "ALERTNAMES", "DEFAULT_SEVERITY", "FAILURE_FINDERS", "MAX_EXAMPLE_SOCKETS", "REGISTRY", "SYSCTL_RANGE", "SYSCTL_RESERVED",
     "Destination", "DetectionInput", "Detector", "Listening", "Registry", "RememberedPort", "SocketIndex",
     "alertname", "apply_ignores", "default_severity", "destination_usage", "detect", "explain", "explain_one",
-    "failure_findings", "find_bind_failures", "find_close_wait", "find_connect_failures", "find_exhaustion", "find_listeners_in_range", "find_loop_pairs", "find_ports_taken",
+    "failure_findings", "find_bind_failures", "find_close_wait", "find_connect_failures", "find_exhaustion",
+    "find_listeners_in_range", "find_loop_pairs", "find_ports_taken", "flagged_destinations",
     "find_range_problems", "find_self_connects", "find_services_at_risk", "in_namespace", "index",
     "involved_inodes",
     "listeners", "listening_ports", "owners_needed", "sort_findings",

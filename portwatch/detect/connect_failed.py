@@ -45,8 +45,7 @@ def _shortage(result: ScanResult | None, ip: str, port: int) -> dict[str, object
         return {}
     settings = result.snapshot.settings
     rng = settings.port_range
-    in_use = {s.local.port for s in result.snapshot.sockets
-              if s.remote is not None and settings.is_ephemeral(s.local.port)}
+    in_use = {port for port in result.snapshot.connected_local_ports() if settings.is_ephemeral(port)}
     towards = sum(n for d, n in result.usage.items() if (d.remote_ip, d.remote_port) == (ip, port))
     return {"range": str(rng), "usable": settings.usable_ports,
             "reserved_in_range": sum(1 for p in settings.reserved if rng.low <= p <= rng.high),

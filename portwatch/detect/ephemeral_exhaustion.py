@@ -43,7 +43,11 @@ def destination_usage(snapshot: Snapshot, listening: Listening | None = None) ->
     not reserved, and not a listener's port (accepted connections share their
     listener's port and take no ephemeral port). ``listening`` is
     :func:`~portwatch.detect.base.listeners` of the snapshot, if the caller has it already.
+    A counted snapshot (``snapshot.counts``) brings these counts with it, made
+    by the same rule while its source read the table.
     """
+    if snapshot.counts is not None:
+        return dict(snapshot.counts.usage)
     settings = snapshot.settings
     low, high = settings.port_range.low, settings.port_range.high
     reserved = settings.reserved
@@ -67,15 +71,28 @@ def destination_usage(snapshot: Snapshot, listening: Listening | None = None) ->
     return {Destination(*key): n for key, n in counts.items()}
 
 
-def find_exhaustion(snapshot: Snapshot, config: Config, usage: Mapping[Destination, int],
-                    listening: Listening) -> list[Finding]:
-    """Destinations whose share of the usable range reaches the warning threshold."""
+def flagged_destinations(snapshot: Snapshot, config: Config,
+                         usage: Mapping[Destination, int]) -> list[tuple[float, Destination]]:
+    """(share of the usable range, destination) of each destination at or above the warning
+    threshold, the highest share first."""
     usable = snapshot.settings.usable_ports
     if usable <= 0:
         return []
+    warning = config.thresholds.exhaustion_warning
+    return sorted(((n / usable, dest) for dest, n in usage.items() if n / usable >= warning),
+                  key=lambda x: (-x[0], x[1]))
+
+
+def find_exhaustion(snapshot: Snapshot, config: Config, usage: Mapping[Destination, int],
+                    listening: Listening) -> list[Finding]:
+    """Destinations whose share of the usable range reaches the warning threshold.
+
+    The sockets of each such destination must be in ``snapshot.sockets``
+    (a counted snapshot gets them with :meth:`~portwatch.model.Snapshot.with_destination_sockets`).
+    """
+    usable = snapshot.settings.usable_ports
     t = config.thresholds
-    flagged = sorted(((n / usable, dest) for dest, n in usage.items() if n / usable >= t.exhaustion_warning),
-                     key=lambda x: (-x[0], x[1]))
+    flagged = flagged_destinations(snapshot, config, usage)
     if not flagged:
         return []
     members: dict[Destination, list[Socket]] = {dest: [] for _ratio, dest in flagged}

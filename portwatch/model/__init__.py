@@ -16,7 +16,7 @@ from portwatch.model.findings import Finding, Kind, ProcessInfo, Severity
 from portwatch.model.kernel import KernelSettings, PortRange, format_port_set
 from portwatch.model.namespaces import CgroupIdentity, NamespaceInfo, NamespaceKind
 from portwatch.model.results import ScanResult
-from portwatch.model.snapshot import Destination, Listening, RememberedPort, Snapshot
+from portwatch.model.snapshot import Destination, Listening, RememberedPort, Snapshot, SocketCounts, count_states
 from portwatch.model.text import host_port, iso_time, os_error_text, printable
 from portwatch.model.values import brief, finite_number
 from portwatch.model.sockets import (
@@ -39,7 +39,7 @@ __all__ = [
     "CgroupIdentity", "Destination", "Endpoint", "Family", "Finding", "KERNEL_TCP_STATES",
     "KernelSettings", "Kind", "Listening", "NamespaceInfo", "NamespaceKind", "PortRange",
     "ProcessInfo", "Protocol", "RememberedPort", "ScanResult", "Severity",
-    "Snapshot", "Socket", "SocketSource", "SocketState", "SocketTable", "SourceUnavailable",
+    "Snapshot", "Socket", "SocketCounts", "count_states", "SocketSource", "SocketState", "SocketTable", "SourceUnavailable",
     "WILDCARDS", "brief", "finite_number", "format_port_set", "host_port", "is_wildcard", "iso_time", "normalize_ip",
     "os_error_text", "printable", "socket_to_dict",
 ]

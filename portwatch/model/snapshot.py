@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, NamedTuple
+from typing import Callable, Collection, Iterable, Mapping, NamedTuple
 
 from portwatch.model.findings import ProcessInfo
 from portwatch.model.kernel import KernelSettings
@@ -23,6 +24,13 @@ class Snapshot:
     to trust the result (e.g. "attribution is partial: not running as root").
     ``namespace`` is the network namespace it was taken in, when the
     collector was asked for one (``None``: its own, not looked up).
+
+    ``counts`` is ``None`` for a full snapshot. A *counted* snapshot (what
+    a source that classifies while it reads returns, see
+    :class:`SocketCounts`) keeps in ``sockets`` only the sockets some
+    detector looks at, and in ``counts`` the totals of all of them; read
+    totals through :attr:`socket_total`, :meth:`state_counts` and
+    :meth:`connected_local_ports`, which answer alike for both kinds.
     """
 
     settings: KernelSettings
@@ -33,6 +41,39 @@ class Snapshot:
     source: str = "unknown"
     notes: tuple[str, ...] = ()
     namespace: NamespaceInfo | None = None
+    counts: SocketCounts | None = None
+
+    @property
+    def socket_total(self) -> int:
+        """How many inet sockets the namespace had (kept or only counted)."""
+        return len(self.sockets) if self.counts is None else self.counts.total
+
+    def state_counts(self) -> dict[tuple[str, str], int]:
+        """Sockets per (protocol value, state value), e.g. ``("tcp", "ESTABLISHED")``: all of them."""
+        if self.counts is not None:
+            return dict(self.counts.by_state)
+        return count_states(self.sockets)
+
+    def connected_local_ports(self) -> frozenset[int]:
+        """The local ports of every socket with a remote end (any protocol, any state)."""
+        if self.counts is not None:
+            return self.counts.local_ports
+        return frozenset(s.local.port for s in self.sockets if s.remote is not None)
+
+    def with_destination_sockets(self, destinations: Collection[Destination]) -> Snapshot:
+        """This snapshot, with every TCP socket connected towards ``destinations`` among ``sockets``.
+
+        A full snapshot has them already and is returned as it is; a counted
+        one gets the ones it did not keep appended (from
+        :attr:`SocketCounts.members`), in dump order. Pure.
+        """
+        if self.counts is None or not destinations:
+            return self
+        kept = set(self.sockets)
+        extra = tuple(s for s in self.counts.members(destinations) if s not in kept)
+        if not extra:
+            return self
+        return dataclasses.replace(self, sockets=self.sockets + extra)
 
     def processes_of(self, sock: Socket) -> tuple[ProcessInfo, ...]:
         """The known owners of ``sock`` (empty when unknown)."""
@@ -49,6 +90,36 @@ class Destination(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.local_ip} -> {Endpoint(self.remote_ip, self.remote_port)}"
+
+
+def count_states(sockets: Iterable[Socket]) -> dict[tuple[str, str], int]:
+    """Sockets per (protocol value, state value)."""
+    counts: dict[tuple[str, str], int] = {}
+    for s in sockets:
+        key = (s.protocol.value, s.state.value)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+@dataclass(frozen=True)
+class SocketCounts:
+    """The totals of a counted read: what every socket added up to, kept or not.
+
+    ``total``: how many sockets; ``by_state``: how many per (protocol
+    value, state value); ``usage``: TCP sockets holding a usable ephemeral
+    port per destination, exactly as
+    :func:`portwatch.detect.destination_usage` counts a full table;
+    ``local_ports``: the local port of every socket with a remote end;
+    ``members``: takes destinations and returns every TCP socket connected
+    towards one of them (kept or not) in dump order, pure (it re-reads what
+    the source kept of the dump).
+    """
+
+    total: int
+    by_state: Mapping[tuple[str, str], int]
+    usage: Mapping[Destination, int]
+    local_ports: frozenset[int]
+    members: Callable[[Collection[Destination]], tuple[Socket, ...]]
 
 
 class RememberedPort(NamedTuple):

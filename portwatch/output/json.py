@@ -26,7 +26,7 @@ JSON_SCHEMA_VERSION = 1
 
 def socket_counts(snapshot: Snapshot) -> dict[str, dict[str, int]]:
     """Sockets per protocol and state: ``{"tcp": {"ESTABLISHED": 3, ...}, "udp": {...}}``."""
-    counts: Counter[tuple[str, str]] = Counter((s.protocol.value, s.state.value) for s in snapshot.sockets)
+    counts = snapshot.state_counts()
     out: dict[str, dict[str, int]] = {}
     for (proto, state), n in sorted(counts.items()):
         out.setdefault(proto, {})[state] = n
@@ -52,7 +52,7 @@ def kernel_document(settings: KernelSettings) -> dict[str, Any]:
 
 def sockets_document(snapshot: Snapshot) -> dict[str, Any]:
     """The ``sockets`` object: the total and the counts per protocol and state."""
-    return {"total": len(snapshot.sockets), "by_protocol_state": socket_counts(snapshot)}
+    return {"total": snapshot.socket_total, "by_protocol_state": socket_counts(snapshot)}
 
 
 def namespace_ref(namespace: NamespaceInfo) -> dict[str, Any]:

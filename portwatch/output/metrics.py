@@ -175,7 +175,7 @@ def scan_figures(result: ScanResult, top_destinations: int,
     """
     snap = result.snapshot
     st = snap.settings
-    counts: Counter[tuple[str, str]] = Counter((s.protocol.value, s.state.value) for s in snap.sockets)
+    counts = snap.state_counts()
     socket_keys = [(p.value, s.value) for p, s in SOCKET_SERIES]
     socket_keys += sorted(set(counts) - set(socket_keys))
     sockets = tuple((p, s, counts.get((p, s), 0)) for p, s in socket_keys)

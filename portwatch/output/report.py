@@ -52,7 +52,7 @@ def _settings_lines(result: ScanResult, pad: str) -> list[str]:
         f"{proto} " + ", ".join(f"{n} {state}" for state, n in sorted(states.items(), key=lambda kv: -kv[1]))
         for proto, states in per_proto.items()
     )
-    lines.append(f"{pad}sockets                {len(snap.sockets)}" + (f" ({sock_desc})" if sock_desc else ""))
+    lines.append(f"{pad}sockets                {snap.socket_total}" + (f" ({sock_desc})" if sock_desc else ""))
     counts = severity_counts(result.findings)
     summary = ", ".join(f"{n} {sev}" for sev, n in reversed(list(counts.items())))
     if result.ignored:

@@ -29,7 +29,7 @@ def status_line(result: ScanResult) -> str:
     critical = sum(1 for f in result.findings if f.severity is Severity.CRITICAL)
     warning = sum(1 for f in result.findings if f.severity is Severity.WARNING)
     ms = max(result.duration, 0.0) * 1000
-    return (f"{len(result.snapshot.sockets)} sockets, {critical} critical, {warning} warning; "
+    return (f"{result.snapshot.socket_total} sockets, {critical} critical, {warning} warning; "
             f"last scan {ms:.0f} ms")
 
 
@@ -47,7 +47,7 @@ def pass_status_line(result: NamespacesResult, own_only: bool = False) -> str:
     else:
         critical = sum(1 for f in result.findings if f.severity is Severity.CRITICAL)
         warning = sum(1 for f in result.findings if f.severity is Severity.WARNING)
-        sockets = sum(len(r.snapshot.sockets) for r in result.results)
+        sockets = sum(r.snapshot.socket_total for r in result.results)
         ms = max(result.duration, 0.0) * 1000
         text = (f"{sockets} sockets in {len(result.results)} namespaces, {critical} critical, {warning} warning;"
                 f" last scan {ms:.0f} ms")

@@ -15,9 +15,9 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from portwatch.model import SocketSource, SocketTable, SourceUnavailable
+from portwatch.model import KernelSettings, SocketCounts, SocketSource, SocketTable, SourceUnavailable
 
-__all__ = ["SOURCES", "SOURCE_NAMES", "FallbackSource", "SourceEntry", "make_source"]
+__all__ = ["SOURCES", "SOURCE_NAMES", "FallbackSource", "SourceEntry", "make_source", "read_counted"]
 
 # The logger the fallback warning has always been logged under.
 log = logging.getLogger("portwatch.scan")
@@ -60,6 +60,33 @@ class FallbackSource:
                            f"using {self._fallback.name} from now on")
                 self._primary = None
         return self._fallback.read()
+
+    def read_counted(self, settings: KernelSettings,
+                     ports: frozenset[int]) -> tuple[SocketTable, SocketCounts | None]:
+        """:func:`read_counted` of the source in use: the primary's counted read while it
+        works, else the fallback's full table (``None``: no counts). Raises as :meth:`read`."""
+        if self._primary is not None:
+            try:
+                return read_counted(self._primary, settings, ports)
+            except SourceUnavailable as exc:
+                self._warn(f"{self._primary.name} socket source unavailable ({exc}); "
+                           f"using {self._fallback.name} from now on")
+                self._primary = None
+        return read_counted(self._fallback, settings, ports)
+
+
+def read_counted(source: SocketSource, settings: KernelSettings,
+                 ports: frozenset[int]) -> tuple[SocketTable, SocketCounts | None]:
+    """Read ``source`` counting what no detector keeps, when it can (its ``read_counted``, e.g.
+    :meth:`~portwatch.collect.sources.netlink.NetlinkSource.read_counted`: ``settings`` and the
+    ports of interest ``ports`` decide what is kept); else its full table and ``None``.
+    Raises what the source raises."""
+    counted: Callable[[KernelSettings, frozenset[int]], tuple[SocketTable, SocketCounts | None]] | None
+    counted = getattr(source, "read_counted", None)
+    if counted is None:
+        return source.read(), None
+    table, counts = counted(settings, ports)
+    return table, counts
 
 
 def _netlink() -> SocketSource:

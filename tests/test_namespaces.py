@@ -324,3 +324,35 @@ def test_proc_net_source_in_a_namespace_reads_what_netlink_reads(netns: NetNS) -
     assert {s._replace(cgroup_id=None) for s in from_netlink} == set(from_proc)
     ports = {s.local.port for s in from_proc}
     assert {21030, 21031, 21032, 21033} <= ports
+
+
+def test_a_pid_refusing_its_namespace_while_it_ends_is_a_vanished_namespace_not_a_denial() -> None:
+    # An exiting or exec-ing process can refuse /proc/PID/ns/net for a moment (EACCES, even
+    # to root; seen with `unshare -n sleep` churning). Reproduced without a race: as nobody, a
+    # pid directory of our own whose ns/net we may not open; the retry finds it gone, or not.
+    code = (
+        "import json, os, shutil, tempfile\n"
+        "from pathlib import Path\n"
+        "from portwatch.collect.namespaces import NamespaceVanished, open_namespace\n"
+        "from portwatch.model import NamespaceInfo, NamespaceKind\n"
+        "root = Path(tempfile.mkdtemp())\n"
+        "out = {}\n"
+        "for case in ('ends', 'stays'):\n"
+        "    (root / '4242' / 'ns').mkdir(parents=True, exist_ok=True)\n"
+        "    (root / '4242' / 'ns' / 'net').write_text('')\n"
+        "    os.chmod(root / '4242' / 'ns' / 'net', 0)\n"
+        "    ns = NamespaceInfo(inode=7, dev=3, kind=NamespaceKind.PROCESS, name='x', pids=(4242,))\n"
+        "    pause = (lambda: shutil.rmtree(root / '4242')) if case == 'ends' else (lambda: None)\n"
+        "    try:\n"
+        "        open_namespace(ns, root, retry_pause=pause)\n"
+        "        out[case] = 'opened'\n"
+        "    except NamespaceVanished:\n"
+        "        out[case] = 'vanished'\n"
+        "    except PermissionError as exc:\n"
+        "        out[case] = f'denied {exc.filename}'\n"
+        "shutil.rmtree(root)\n"
+        "print(json.dumps(out))\n"
+    )
+    out = run_as_nobody(code)
+    assert out["ends"] == "vanished"
+    assert out["stays"].startswith("denied ") and out["stays"].endswith("/4242/ns/net")

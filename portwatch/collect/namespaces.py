@@ -17,6 +17,7 @@ import dataclasses
 import errno
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
@@ -262,31 +263,53 @@ _SETNS: Callable[[int, int], int] | None = None
 _VANISHED_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
 
 
-def open_namespace(ns: NamespaceInfo, proc_root: Path = Path("/proc")) -> int:
+def open_namespace(ns: NamespaceInfo, proc_root: Path = Path("/proc"),
+                   retry_pause: Callable[[], None] = lambda: time.sleep(0.01)) -> int:
     """Open a handle (fd, close-on-exec) on ``ns``: one of its mounts, else one of its pids.
 
     The handle keeps the namespace alive while open; it is checked to be the
     same namespace (device and inode), so a reused pid is not mistaken for
-    it. Raises :class:`NamespaceVanished` when no mount or pid leads to it
-    any more, ``PermissionError`` when they exist but cannot be opened.
+    it. A process that is exiting or exec-ing can refuse the open for a
+    moment (EACCES, even to root): a refused pid is tried once more after
+    ``retry_pause()``, and one whose process is gone by then does not count
+    as a refusal. Raises :class:`NamespaceVanished` when no mount or pid
+    leads to it any more, ``PermissionError`` when they exist but cannot be
+    opened.
     """
     candidates = [*ns.paths, *(f"{proc_root}/{pid}/ns/net" for pid in ns.pids)]
-    denied: OSError | None = None
+    refused: list[str] = []
     for path in candidates:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except PermissionError as exc:
-            denied = exc
-            continue
-        except OSError:
-            continue
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) == (ns.dev, ns.inode):
+        fd = _open_same(path, ns, refused)
+        if fd is not None:
             return fd
-        os.close(fd)
-    if denied is not None:
-        raise denied
+    if refused:
+        retry_pause()
+        again: list[str] = []
+        for path in refused:
+            fd = _open_same(path, ns, again)
+            if fd is not None:
+                return fd
+        # a pid path (.../PID/ns/net) whose process has ended since was not a refusal
+        still = [p for p in again if not p.endswith("/ns/net") or os.path.exists(p[:-len("/ns/net")])]
+        if still:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), still[0])
     raise NamespaceVanished(f"network namespace {ns.name} (inode {ns.inode}) no longer exists")
+
+
+def _open_same(path: str, ns: NamespaceInfo, refused: list[str]) -> int | None:
+    """An fd on ``path`` when it is ``ns`` (None otherwise; ``path`` added to ``refused`` on EACCES/EPERM)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        refused.append(path)
+        return None
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) == (ns.dev, ns.inode):
+        return fd
+    os.close(fd)
+    return None
 
 
 def run_in_namespace(ns: NamespaceInfo, fn: Callable[[], T], proc_root: Path = Path("/proc"),

@@ -13,7 +13,10 @@ next scan (or watchdog ping) as timeout, so a signal is handled at once and a
 scan never runs inside a signal handler. Other threads put messages on the
 same queue (:mod:`portwatch.daemon.messages`): a :class:`Rescan` runs a pass
 at once, :class:`EventFindings` join the active findings through the
-``book`` until it lets them expire; they are coalesced like signals.
+``book`` until it lets them expire (the loop wakes when one goes quiet);
+they are coalesced like signals. The sides (:class:`~portwatch.daemon.wiring.Side`,
+e.g. the socket-destroy listeners) start with the daemon, hear of each
+pass and reload, and stop at shutdown.
 
 A scan is a pass over every network namespace ``namespaces`` selects (the
 ``pass_`` parameter, :func:`~portwatch.daemon.wiring.default_pass`), found
@@ -83,37 +86,17 @@ from portwatch.collect import OWN_NAMESPACE_NOTE, Collector
 from portwatch.config import Config, ConfigError, WebConfig, load_config
 from portwatch.daemon.lock import DirectoryLock, LockHeld, lock_moved_directory
 from portwatch.daemon.wiring import (
-    ALERTS_STOP_TIMEOUT,
-    AlertingFactory,
-    PassFunction,
-    ScanFunction,
-    Server,
-    ServerFactory,
-    default_alerting,
-    default_collector,
-    default_pass,
-    default_server,
-    single_pass,
+    ALERTS_STOP_TIMEOUT, SIDE_STOP_TIMEOUT, AlertingFactory, PassFunction, ScanFunction, Server, ServerFactory,
+    SidesFactory, default_alerting, default_collector, default_pass, default_server, default_sides,
+    single_pass
 )
 from portwatch.daemon.messages import (
-    HANDLED_SIGNALS,
-    MAX_EVENTS_AT_ONCE,
-    EventFindings,
-    ExpiringFindings,
-    FindingsBook,
-    Message,
-    Rescan,
-    install_signal_handlers,
-    take_queued,
+    HANDLED_SIGNALS, MAX_EVENTS_AT_ONCE, EventFindings, ExpiringFindings, FindingsBook, Message, Rescan,
+    book_due, install_signal_handlers, take_queued
 )
 from portwatch.daemon.notify import Notify, no_notify
 from portwatch.daemon.record import (
-    active_findings,
-    log_changes,
-    log_new_notes,
-    log_scan_failure,
-    merge_findings,
-    pass_state,
+    active_findings, log_changes, log_new_notes, log_scan_failure, merge_findings, pass_state
 )
 from portwatch.daemon.state import REMEMBER_AFTER, State, StateStore, remembered_by_namespace, update_findings
 from portwatch.model import Finding
@@ -158,7 +141,8 @@ class Daemon:
       own namespace, given the host's remembered ports) replaces ``pass_``
       when given;
     - ``book``: keeps the findings of :class:`EventFindings` until they
-      expire (default :class:`ExpiringFindings`);
+      expire (default :class:`ExpiringFindings` over ``events.quiet_period``);
+    - ``sides_factory``: the parts beside the loop (default: the socket-destroy listeners);
     - ``store``: the state file (None: built from ``config.state_directory``);
     - ``registry``: where the metrics are registered (None: a new registry
       with the process collector).
@@ -188,6 +172,7 @@ class Daemon:
         registry: CollectorRegistry | None = None,
         remember_after: float = REMEMBER_AFTER,
         alerting_factory: AlertingFactory | None = None,
+        sides_factory: SidesFactory = default_sides,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -200,7 +185,7 @@ class Daemon:
         self._load = load
         self._collector_factory = collector_factory
         self._pass = single_pass(scan) if scan is not None else pass_
-        self.book: FindingsBook = book if book is not None else ExpiringFindings()
+        self.book: FindingsBook = book if book is not None else ExpiringFindings(config.events.quiet_period)
         self.remember_after = remember_after
         if registry is None:
             registry = CollectorRegistry()
@@ -216,6 +201,7 @@ class Daemon:
         self.server = server_factory(self._web(config), registry, self.ready, self.healthy, self.index_html)
         # Alerting keeps its own state file in the same directory as ours.
         self.alerting = (alerting_factory or default_alerting)(config, self.store.directory, registry)
+        self.sides = tuple(sides_factory(config, self.events, registry))
         self.started = False
         self._lock: DirectoryLock | None = None
         self.scans = 0
@@ -276,6 +262,8 @@ class Daemon:
     def _run(self) -> int:
         self.state = self.store.load()
         self.alerting.start()
+        for side in self.sides:
+            side.start()
         self.scan_once()
         try:
             self.server.start()
@@ -306,7 +294,8 @@ class Daemon:
     def _take_messages(self, events: Sequence[Message]) -> None:
         """Act on the messages of one look: event findings recorded at once; any Rescan makes a pass due now."""
         found = [f for e in events if isinstance(e, EventFindings) for f in e.findings]
-        if found:
+        due = book_due(self.book, self._wall())
+        if found or (due is not None and due <= self._wall()):  # new ones, or some went quiet
             try:
                 self.record_events(found)
             except Exception:
@@ -324,6 +313,9 @@ class Daemon:
         deadline = self._next_scan
         if self._watchdog is not None:
             deadline = min(deadline, self._next_ping)
+        due = book_due(self.book, self._wall())
+        if due is not None:
+            deadline = min(deadline, self._monotonic() + due - self._wall())
         return take_queued(self.events, max(deadline - self._monotonic(), 0.0))
 
     def _ping(self) -> None:
@@ -388,6 +380,8 @@ class Daemon:
         log_new_notes(result.notes, self._notes)
         self._notes = result.notes
         self._save_and_alert(active, now)
+        for side in self.sides:
+            side.after_pass(result)
 
     def record_events(self, found: Sequence[Finding]) -> None:
         """Findings found between passes: into the book, then active with the latest pass's (logged, saved, alerted)."""
@@ -454,6 +448,10 @@ class Daemon:
             self.collector = collector
             self.metrics.set_top_destinations(new.metrics.top_destinations)
             self.metrics.set_max_series(new.namespaces.max_series)
+            if isinstance(self.book, ExpiringFindings):
+                self.book.window = new.events.quiet_period
+            for side in self.sides:
+                side.reload(new)
             if new.state_directory != old.state_directory:
                 if new_lock is not None:
                     if self._lock is not None:
@@ -474,6 +472,8 @@ class Daemon:
         """Stop (SIGTERM/SIGINT): ``STOPPING=1``, stop the server, save the state. Returns EXIT_OK."""
         log.info("stopping (%s)", signal.Signals(signum).name)
         self._notify("STOPPING=1\nSTATUS=stopping")
+        for side in self.sides:
+            side.stop(SIDE_STOP_TIMEOUT)
         try:
             self.server.stop()
         except Exception:

@@ -3,16 +3,18 @@
 Job: the ``Server`` protocol and the factory types the :class:`~portwatch.daemon.loop.Daemon`
 takes as parameters (so tests hand in their own), and the defaults that build
 the real collector, alerting engine, HTTP server and pass (:func:`default_pass`:
-every selected network namespace, or the own one). May import everything
-below the daemon (collect, scan, alerts, web, config, model) and
-:mod:`portwatch.daemon.records`.
+every selected network namespace, or the own one), and the daemon's side
+parts (:class:`Side`, :func:`default_sides`: the socket-destroy listeners).
+May import everything below the daemon (collect, scan, alerts, web, config,
+model) and :mod:`portwatch.daemon.records`, ``.messages`` and ``.events``.
 """
 
 from __future__ import annotations
 
+import queue
 import socket
 from pathlib import Path
-from typing import Callable, Collection, Mapping, Protocol as TypingProtocol
+from typing import Callable, Collection, Mapping, Protocol as TypingProtocol, Sequence
 
 from prometheus_client import CollectorRegistry
 
@@ -20,15 +22,17 @@ from portwatch.alerts import Alerting
 from portwatch.collect import CollectError, Collector, Discovery, discover_namespaces
 from portwatch.config import Config, WebConfig
 from portwatch.config.types import namespace_selected
+from portwatch.daemon.events import DaemonEvents
+from portwatch.daemon.messages import Message
 from portwatch.daemon.records import HOST_KEY
 from portwatch.model import RememberedPort, ScanResult
 from portwatch.model.results import NamespacesResult
 from portwatch.scan import make_source, namespace_names, run_namespaces_scan, run_scan
 from portwatch.web import MetricsServer
 
-__all__ = ["ALERTS_STOP_TIMEOUT", "AlertingFactory", "PassFunction", "Remembered", "ScanFunction", "Server",
-           "ServerFactory", "default_alerting", "default_collector", "default_pass", "default_scan",
-           "default_server", "single_pass"]
+__all__ = ["ALERTS_STOP_TIMEOUT", "SIDE_STOP_TIMEOUT", "AlertingFactory", "PassFunction", "Remembered",
+           "ScanFunction", "Server", "ServerFactory", "Side", "SidesFactory", "default_alerting", "default_collector", "default_pass", "default_scan",
+           "default_server", "default_sides", "single_pass"]
 
 
 class Server(TypingProtocol):
@@ -52,6 +56,36 @@ ScanFunction = Callable[[Config, Collector, Collection[RememberedPort]], ScanRes
 Remembered = Mapping[str, Collection[RememberedPort]]
 #: One pass: (config, collector, remembered ports by namespace) -> every namespace's result.
 PassFunction = Callable[[Config, Collector, Remembered], NamespacesResult]
+
+
+class Side(TypingProtocol):
+    """A part running beside the loop on threads of its own (e.g. the socket-destroy listeners).
+
+    The loop calls, from its thread: :meth:`start` once before the first
+    pass, :meth:`after_pass` after each successful pass, :meth:`reload`
+    with a configuration that applies, :meth:`stop` at shutdown. A side
+    speaks to the loop only by putting messages on the daemon's queue.
+    None of them raises.
+    """
+
+    def start(self) -> None: ...
+
+    def after_pass(self, result: NamespacesResult) -> None: ...
+
+    def reload(self, config: Config) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> bool: ...
+
+
+#: The daemon's sides for a configuration: (config, the daemon's queue, its registry) -> sides.
+SidesFactory = Callable[[Config, "queue.SimpleQueue[Message]", CollectorRegistry], Sequence[Side]]
+#: Seconds each side gets at SIGTERM to stop.
+SIDE_STOP_TIMEOUT = 5.0
+
+
+def default_sides(config: Config, events: queue.SimpleQueue[Message], registry: CollectorRegistry) -> list[Side]:
+    """The real sides: the socket-destroy listeners (:class:`~portwatch.daemon.events.DaemonEvents`)."""
+    return [DaemonEvents(config, events, registry)]
 
 
 def default_collector(config: Config) -> Collector:

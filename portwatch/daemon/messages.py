@@ -101,6 +101,7 @@ class ExpiringFindings:
     def __init__(self, window: float = DEFAULT_EVENT_WINDOW, limit: int = 10_000) -> None:
         """Take the window (seconds, positive) and the most findings kept. Raises ValueError."""
         self._book = TransientBook(window, limit)
+        self._keys: set[str] = set()  # added, not yet expired
 
     @property
     def window(self) -> float:
@@ -113,16 +114,17 @@ class ExpiringFindings:
 
     def add(self, findings: Sequence[Finding], now: float) -> None:
         self._book.add(findings, now)
+        self._keys.update(f.key for f in findings)
 
     def current(self, now: float) -> tuple[Finding, ...]:
-        self._book.expire(now)
+        self._keys.difference_update(f.key for f in self._book.expire(now))
         return tuple(e.finding for e in self._book.active(now))
 
     def due(self, now: float) -> float | None:
         """The Unix time just after the quietest finding's window ends (None: no finding)."""
-        last = [e.last_seen for e in self._book.active(now)]
+        entries = [e for e in map(self._book.get, self._keys) if e is not None]
         # just past the window: TransientBook expires what is strictly older than it
-        return min(last) + self.window + 0.001 if last else None
+        return min(e.last_seen for e in entries) + self.window + 0.001 if entries else None
 
 
 def take_queued(events: queue.SimpleQueue[Message], timeout: float) -> list[Message]:

@@ -26,12 +26,14 @@ from typing import Any, Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
+from portwatch.alerts.notification import Notification, Reason, Status
+from portwatch.alerts.sinks.alertmanager import labels_for
 from portwatch.collect.eventwatch import EventWatcher
 from portwatch.config import Config, WebConfig, load_yaml, parse_config
 from portwatch.daemon import Daemon, Message
 from portwatch.daemon.events import DaemonEvents, EventCounts, EventThread, OnFindings, OnLost
 from portwatch.daemon.wiring import Side
-from portwatch.model import NamespaceInfo
+from portwatch.model import NamespaceInfo, Severity
 from tests.alertmanager import Receiver, receiver, wait_for  # noqa: F401 (fixture)
 from tests.netns import NetNS
 from tests.test_daemon import parse_exposition, value
@@ -240,5 +242,32 @@ def test_a_burst_into_a_small_buffer_is_counted_and_a_pass_runs_at_once(
         events = value(m, "portwatch_events_total")
         assert dropped is not None and dropped >= 1
         assert events is not None and events < 30_000
+    finally:
+        assert run.stop() == 0
+
+
+def test_alertmanager_labels_say_transient_only_for_a_transient_finding() -> None:
+    def note(details: dict[str, Any]) -> Notification:
+        return Notification(id="n1", sink="am", alert_key="page/self_connect:tcp:127.0.0.1:40000", rule="page",
+                            status=Status.FIRING, reason=Reason.NEW, severity=Severity.CRITICAL, starts_at=1.0,
+                            created_at=1.0, host="h", finding={"kind": "self_connect", "details": details})
+    assert labels_for(note({"transient": True}), {})["transient"] == "true"
+    assert "transient" not in labels_for(note({}), {})
+    assert "transient" not in labels_for(note({"transient": "yes"}), {})  # only the JSON true
+
+
+def test_events_listen_false_runs_no_listener_and_a_reload_turning_it_on_starts_one(
+        tmp_path: Path, receiver: Receiver, made: list[NetNS]) -> None:
+    ns = tiny(made)
+    on = config_for(tmp_path, receiver.url, [ns.name])
+    off = replace(on, events=replace(on.events, listen=False))
+    configs = [on]
+    run = Running(Daemon(off, load=lambda _path: configs[0]))
+    try:
+        assert run.events.thread is None and run.watching() == ()
+        run.daemon.events.put(signal.SIGHUP)  # listen: true from now on
+        wait_for("a listener after the reload", lambda: run.events.thread is not None or None)
+        info = info_of(ns)
+        wait_for("its namespace watched at once (the last pass's)", lambda: info in run.watching() or None)
     finally:
         assert run.stop() == 0

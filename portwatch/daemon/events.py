@@ -284,6 +284,7 @@ class DaemonEvents:
         self._factory = thread_factory
         self._discover = discover
         self._own: tuple[NamespaceInfo, ...] | None = None
+        self._last: NamespacesResult | None = None  # the latest pass: what a restarted thread starts with
         self.thread: EventThread | None = None
         registry.register(EventsCollector(self.counts))
 
@@ -291,7 +292,7 @@ class DaemonEvents:
         return config.events.listen, config.namespaces.scan == "all", config.events.quiet_period
 
     def start(self) -> None:
-        """Start the thread when ``events.listen`` is on (nothing is watched before the first pass)."""
+        """Start the thread when ``events.listen`` is on, watching what the latest pass read (if any)."""
         listen, keyed, window = self._shape(self.config)
         if not listen or self.thread is not None:
             return
@@ -301,9 +302,12 @@ class DaemonEvents:
         except Exception:
             log.exception("cannot start the socket-destroy listeners; scans go on without them")
             self.thread = None
+        if self._last is not None:
+            self.after_pass(self._last)
 
     def after_pass(self, result: NamespacesResult) -> None:
         """Watch the namespaces ``result`` read (and only those), told what their scans saw."""
+        self._last = result
         thread = self.thread
         if thread is None:
             return
@@ -329,11 +333,8 @@ class DaemonEvents:
             if self.thread is not None:
                 self.thread.set_config(config)
             return
-        watched = self.thread.namespaces if self.thread is not None else ()
         self.stop()
         self.start()
-        if self.thread is not None and watched:
-            self.thread.set_namespaces(watched)
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop the thread and close its listeners; True when it ended within ``timeout`` seconds."""

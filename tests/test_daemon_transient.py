@@ -21,9 +21,8 @@ import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from portwatch.alerts.notification import Notification, Reason, Status
@@ -37,7 +36,9 @@ from portwatch.model import NamespaceInfo, Severity
 from tests.alertmanager import Receiver, receiver, wait_for  # noqa: F401 (fixture)
 from tests.netns import NetNS
 from tests.test_daemon import parse_exposition, value
+from tests.test_alerts_webhook import webhook_config
 from tests.test_daemon_events import info_of, subprocess_del
+from tests.test_daemon_namespaces import made, token  # noqa: F401 (fixtures)
 from tests.test_events import in_netns, self_connect_once, udp_sockets
 
 TINY = "40000 40009"
@@ -56,19 +57,9 @@ namespaces:
 events:
   listen: true
   quiet_period: {quiet}
-alerts:
-  sinks:
-    hook:
-      type: webhook
-      url: {url}/hook
-      retry_initial_delay: 10ms
-      retry_max_delay: 50ms
-  rules:
-    - name: page
-      sinks: [hook]
-      send_resolved: true
 """))
-    return replace(config, web=WebConfig(listen_address="127.0.0.1:0"))  # any free port
+    return replace(config, web=WebConfig(listen_address="127.0.0.1:0"),  # any free port
+                   alerts=webhook_config(url, rule="      send_resolved: true"))
 
 
 class Running:
@@ -101,17 +92,6 @@ class Running:
         self.thread.join(60)
         assert not self.thread.is_alive(), "the daemon did not stop"
         return self.codes[0]
-
-
-@pytest.fixture
-def made() -> Iterator[list[NetNS]]:
-    """Namespaces a test adds (each removed afterwards, also when it fails)."""
-    namespaces: list[NetNS] = []
-    try:
-        yield namespaces
-    finally:
-        for ns in namespaces:
-            ns.close()
 
 
 def tiny(made: list[NetNS]) -> NetNS:

@@ -286,6 +286,7 @@ def run_watch(config: Config, options: WatchOptions, out: TextIO | None = None,
             now = monotonic()
             if now >= next_scan:
                 next_scan = now + interval
+                w.events(0.0)  # what closed before this scan is matched against the scan that saw it
                 _pass(w)
                 continue
             wait = min(next_scan, deadline if deadline is not None else next_scan) - now

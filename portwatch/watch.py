@@ -18,8 +18,8 @@ With ``failures`` (``watch --failures``) the run also turns the failure
 capture on for itself (:class:`~portwatch.collect.capture.FailureCapture`:
 audit rules tagged ``portwatch``, removed at the end; it must run as root in
 the host namespace): each failed ``connect()``/``bind()`` is attributed to
-its process's namespace (one the watch selected), told what that
-namespace's latest scan saw, and printed as a ``connect_failed`` or
+its process's namespace, told what that namespace's latest scan saw
+(:func:`~portwatch.detect.failure_findings`), and printed as a ``connect_failed`` or
 ``bind_failed`` finding, through the ignore rules, like a transient one.
 Without the capabilities: one note, and the watch goes on.
 
@@ -36,13 +36,13 @@ import sys
 import time
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
+from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from portwatch.collect import Collector, discover_namespaces
 from portwatch.collect.capture import FailureCapture
 from portwatch.collect.eventwatch import EventWatcher
-from portwatch.config.types import Config, ignore_matches
-from portwatch.detect import find_bind_failures, find_connect_failures
+from portwatch.config.types import Config
+from portwatch.detect import FAILURE_FINDERS, failure_findings
 from portwatch.detect.transient import DEFAULT_WINDOW, NamespaceTransients, TransientBook
 from portwatch.model import Finding, FailureEvent, FailureWindow, NamespaceInfo, ScanResult, Severity, iso_time
 from portwatch.output.json import namespace_ref
@@ -238,10 +238,12 @@ class _Watch:
         """The findings of the failures read since the last scan, counted over the window."""
         if not self.pending:
             return []
-        args = (self.selected, self.results, self.config, self.failures.window)
-        touched = {f.key for f in failure_findings(self.pending, *args)}
+        window = self.failures.window
+        touched = {f.key for f in failure_findings(self.pending, self.results, self.config, window,
+                                                   finders=FAILURE_FINDERS)}
         self.pending = []
-        return [f for f in failure_findings(self.failures.current(now), *args) if f.key in touched]
+        return [f for f in failure_findings(self.failures.current(now), self.results, self.config, window,
+                                            finders=FAILURE_FINDERS) if f.key in touched]
 
     def add(self, findings: list[Finding], now: float) -> None:
         for f in self.book.add(findings, now):
@@ -322,28 +324,3 @@ def parse_options(all_namespaces: bool, netns: Sequence[str], fmt: str, duration
                         fail_on=None if fail_on == "never" else Severity(fail_on), interval=interval,
                         failures=failures)
 
-
-def failure_findings(events: Iterable[FailureEvent], namespaces: Iterable[NamespaceInfo],
-                     results: Mapping[int, ScanResult], config: Config, window: float) -> list[Finding]:
-    """The ``connect_failed``/``bind_failed`` findings of ``events``, namespace by namespace.
-
-    Each event belongs to its process's namespace (``netns_inode``): one of
-    ``namespaces`` (others are left out), told what that namespace's latest
-    scan saw (``results``, by inode: the exhaustion or ``port_taken`` it
-    links, the settings); an event whose process was gone before its
-    namespace could be read goes without a namespace. ``config``'s
-    severities and ignore rules apply; ``window``: the seconds counted over.
-    Pure.
-    """
-    known = {ns.inode: ns for ns in namespaces}
-    groups: dict[int | None, list[FailureEvent]] = {}
-    for e in events:
-        if e.netns_inode is None or e.netns_inode in known:
-            groups.setdefault(e.netns_inode, []).append(e)
-    out: list[Finding] = []
-    for inode, group in groups.items():
-        result = results.get(inode) if inode is not None else None
-        ns = known.get(inode) if inode is not None else None
-        for find in (find_connect_failures, find_bind_failures):
-            out += find(group, result, namespace=ns, config=config, window=window)
-    return [f for f in out if not any(ignore_matches(rule, f) for rule in config.ignore)]

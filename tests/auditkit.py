@@ -3,12 +3,17 @@
 :func:`audit_host` (a fixture) skips without root, auditctl or kernel audit
 support (fails under CI=true), and after the test, passed or failed, deletes
 every rule keyed ``portwatch`` or ``pwtest-*`` and puts the enabled state
-back. :func:`auditctl_rules` lists the rules as ``auditctl -l`` prints them;
+and the backlog limit back (:func:`restore_audit`, which the benchmark uses
+too). :func:`auditctl_rules` lists the rules as ``auditctl -l`` prints them;
 :func:`wait_events` reads a capture until the failures a test waits for came.
+Tests of every checkout on the host (and the benchmark) take turns through
+:func:`host_audit_turn`, a host-wide lock: the state they change is host-wide.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import selectors
 import subprocess
@@ -23,6 +28,29 @@ from portwatch.collect.audit import AuditControl, AuditError, AuditRule, is_port
 from portwatch.collect.capture import FailureCapture
 from portwatch.model.failures import FailureEvent
 from tests.conftest import require, require_binary
+
+#: A program for a namespace whose ip_local_port_range is one port: it holds that port with a connection to
+#: 127.0.0.1:5001, then fails ``argv[1]`` connect() calls (EADDRNOTAVAIL); prints ``{"pid", "seconds", "failed"}``.
+FAILING_CONNECTS = """
+import json, os, socket, sys, time
+count = int(sys.argv[1])
+listener = socket.socket(); listener.bind(("127.0.0.1", 5001)); listener.listen(8)
+held = socket.socket(); held.connect(("127.0.0.1", 5001))
+failed = 0
+start = time.perf_counter()
+for _ in range(count):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", 5001))
+    except OSError:
+        failed += 1
+    s.close()
+print(json.dumps({"pid": os.getpid(), "seconds": time.perf_counter() - start, "failed": failed}))
+"""
+
+#: Host-wide: every test touching audit (any checkout) and the benchmark hold it exclusively, in turn.
+HOST_TEST_LOCK = Path("/run/portwatch-audit-tests.lock")
+HOST_TURN_TIMEOUT = 600.0
 
 #: The key of rules a test adds itself (never portwatch's): removed after the test too.
 TEST_KEY = "pwtest-other"
@@ -46,30 +74,65 @@ def _ours(rule: AuditRule) -> bool:
     return is_portwatch_rule(rule) or any(k.startswith("pwtest") for k in rule.keys)
 
 
+@contextlib.contextmanager
+def host_audit_turn(timeout: float = HOST_TURN_TIMEOUT) -> Iterator[None]:
+    """Hold :data:`HOST_TEST_LOCK` exclusively: audit tests of every checkout on the host take turns.
+
+    Audit rules and the enabled state are host-wide, and each test's capture
+    uses a private lock file, so two test runs at once (two worktrees, the
+    benchmark) would remove each other's rules. Fails the test after ``timeout``
+    seconds of waiting.
+    """
+    fd = os.open(HOST_TEST_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another audit test held {HOST_TEST_LOCK} for {timeout:.0f}s")
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture
 def audit_host(tmp_path: Path) -> Iterator[AuditHost]:
-    """The host's audit subsystem, restored after the test (rules removed, enabled state put back)."""
+    """The host's audit subsystem, for this test alone, restored after it (rules removed, state put back)."""
     require(os.geteuid() == 0, "needs root (CAP_AUDIT_CONTROL) to change audit rules")
     auditctl = require_binary("auditctl")
-    try:
-        with AuditControl() as control:
-            status = control.status()
-        before = status.enabled
-    except AuditError as exc:
-        require(False, f"the kernel's audit subsystem is not usable here: {exc}")
-        raise
-    try:
-        yield AuditHost(auditctl, tmp_path / "audit.lock", before, status.backlog_limit)
-    finally:
-        with AuditControl() as control:
-            for rule in control.list_rules():
-                if _ours(rule):
-                    control.delete_rule(rule)
-            now = control.status()
-            if now.enabled not in (before, 2):
-                control.set_enabled(before)
-            if now.backlog_limit != status.backlog_limit:
-                control.set_backlog_limit(status.backlog_limit)
+    with host_audit_turn():
+        try:
+            with AuditControl() as control:
+                status = control.status()
+            before = status.enabled
+        except AuditError as exc:
+            require(False, f"the kernel's audit subsystem is not usable here: {exc}")
+            raise
+        try:
+            yield AuditHost(auditctl, tmp_path / "audit.lock", before, status.backlog_limit)
+        finally:
+            restore_audit(before, status.backlog_limit)
+
+
+def restore_audit(enabled: int, backlog_limit: int) -> None:
+    """Delete every rule keyed ``portwatch`` or ``pwtest-*``; put back ``enabled`` (unless locked) and the limit.
+
+    For the fixture and the benchmark (benchmarks/failures_bench.py). Raises
+    :class:`AuditError` when the kernel refuses.
+    """
+    with AuditControl() as control:
+        for rule in control.list_rules():
+            if _ours(rule):
+                control.delete_rule(rule)
+        now = control.status()
+        if now.enabled not in (enabled, 2):
+            control.set_enabled(enabled)
+        if now.backlog_limit != backlog_limit:
+            control.set_backlog_limit(backlog_limit)
 
 
 def auditctl_rules(auditctl: str) -> list[str]:

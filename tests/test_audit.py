@@ -8,15 +8,22 @@ Rules are checked with ``auditctl -l``, independently of portwatch's parser.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from portwatch.collect.audit import AuditControl, AuditRule, failure_rules
+from portwatch.collect.audit import AuditControl, AuditError, AuditRule, AuditStatus, failure_rules
 from portwatch.collect.auditlog import (
     AUDIT_EOE,
     AUDIT_SOCKADDR,
@@ -31,7 +38,16 @@ from portwatch.collect.holders import dump_port, port_holders
 from portwatch.collect.namespaces import discover_namespaces
 from portwatch.model import Endpoint, Protocol, SocketState
 from portwatch.model.failures import FailedCall, FailureEvent
-from tests.auditkit import TEST_KEY, AuditHost, audit_host, auditctl_rules, auditctl_status, restored, wait_events
+from tests.auditkit import (
+    FAILING_CONNECTS,
+    TEST_KEY,
+    AuditHost,
+    audit_host,
+    auditctl_rules,
+    auditctl_status,
+    restored,
+    wait_events,
+)
 from tests.netns import REPO, NetNS
 
 __all__ = ["audit_host"]  # the fixture, imported to be found by pytest
@@ -56,6 +72,8 @@ EXPECTED_RULES = {
 #: A rule of someone else's selecting the same calls: portwatch must neither reuse nor remove it.
 FOREIGN = ["-a", "always,exit", "-F", "arch=b64", "-S", "connect", "-F", "exit=-EADDRNOTAVAIL", "-k", TEST_KEY]
 FOREIGN_LISTED = f"-a always,exit -F arch=b64 -S connect -F exit=-EADDRNOTAVAIL -F key={TEST_KEY}"
+OUTSIDE_NOTE = ("failure capture is off: the kernel sends audit records only to readers in the host network "
+                "namespace, and portwatch runs in another one")
 
 
 def expected_rules() -> list[str]:
@@ -136,6 +154,22 @@ def test_records_of_other_rules_and_strays_are_left_out() -> None:
     assert joiner.feed(AUDIT_SOCKADDR, "audit(1.0:1): saddr=020013897F0000010000000000000000") == []
     assert joiner.feed(AUDIT_SYSCALL, "garbage") == [] and joiner.orphans == 1
     assert joiner.flush(force=True) == []
+
+
+def test_the_collect_package_exports_the_capture_without_importing_netlink_or_audit_eagerly() -> None:
+    code = ("import sys\nimport portwatch.collect as c\n"
+            "heavy = lambda: sorted(m for m in sys.modules if 'netlink' in m or 'audit' in m)\n"
+            "print(heavy())\n"
+            "from portwatch.collect.capture import FailureCapture\nfrom portwatch.collect.holders import port_holders\n"
+            "print(c.FailureCapture is FailureCapture and c.port_holders is port_holders)\nprint(heavy())\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "[]", "True", "['portwatch.collect.audit', 'portwatch.collect.auditlog', 'portwatch.collect.netlink']"]
+    import portwatch.collect
+    assert {"FailureCapture", "port_holders"} <= set(portwatch.collect.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'FailureCaptur'"):
+        getattr(portwatch.collect, "FailureCaptur")
 
 
 # ----------------------------------------------------------------- the targeted dump
@@ -224,6 +258,172 @@ def test_two_captures_share_the_rules_and_the_last_to_stop_removes_them(audit_ho
     assert restored(host)
 
 
+def _refused() -> AuditControl:
+    raise AuditError(errno.EPERM, "audit control refused")
+
+
+def _host_proc(root: Path, host_only_sysctl: bool = True) -> Path:
+    """A /proc where pid 1 is hidden (hidepid, a sandbox) and the own namespace has an ordinary inode.
+
+    As the initial namespace has on kernels before the fixed PROC_NET_INIT_INO; with
+    ``host_only_sysctl`` the sysctl only the initial namespace has is there.
+    """
+    proc = root / "proc"
+    (proc / "self" / "ns").mkdir(parents=True)
+    (proc / "self" / "ns" / "net").write_text("")
+    (proc / "sys" / "net" / "core").mkdir(parents=True)
+    if host_only_sysctl:
+        (proc / "sys" / "net" / "core" / "netdev_max_backlog").write_text("1000\n")
+    return proc
+
+
+@pytest.mark.parametrize("host_only_sysctl", [True, False])
+def test_the_host_namespace_is_told_by_its_sysctls_when_pid_1_cannot_be_read(
+        tmp_path: Path, host_only_sysctl: bool) -> None:
+    proc = _host_proc(tmp_path, host_only_sysctl)
+    capture = FailureCapture(proc_root=proc, lock_path=tmp_path / "lock", control_factory=_refused)
+    assert capture.start() is False
+    if host_only_sysctl:  # the host's: the capture went on to the audit control, which refused
+        assert capture.notes == [NO_CAPABILITY_NOTE]
+    else:
+        assert capture.notes == [OUTSIDE_NOTE]
+    assert not (tmp_path / "lock").exists()
+
+
+@dataclass
+class _Kernel:
+    """The audit state a fake control changes: what the kernel would hold."""
+
+    enabled: int = 0
+    pid: int = 0
+    backlog_limit: int = 64
+    rules: list[AuditRule] = field(default_factory=list)
+
+
+def _route_socket() -> socket.socket:
+    """A netlink socket any user may open and bind (NETLINK_ROUTE), standing in for the audit one."""
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+
+
+def _fake_capture(kernel: _Kernel, root: Path, lock: Path | None = None) -> FailureCapture:
+    """A capture whose audit control changes ``kernel`` instead of the host, reading a silent socket."""
+
+    class FakeControl(AuditControl):
+        def __init__(self) -> None:
+            super().__init__(factory=_route_socket)
+
+        def status(self) -> AuditStatus:
+            return AuditStatus(kernel.enabled, kernel.pid, 0, kernel.backlog_limit)
+
+        def set_enabled(self, enabled: int) -> None:
+            kernel.enabled = enabled
+
+        def set_backlog_limit(self, limit: int) -> None:
+            kernel.backlog_limit = limit
+
+        def list_rules(self) -> list[AuditRule]:
+            return list(kernel.rules)
+
+        def add_rule(self, rule: AuditRule) -> None:
+            kernel.rules.append(rule)
+
+        def delete_rule(self, rule: AuditRule) -> None:
+            kernel.rules.remove(rule)
+
+    return FailureCapture(proc_root=_host_proc(root), lock_path=lock or root / "lock", control_factory=FakeControl,
+                          reader_factory=lambda joiner: AuditReader(joiner, factory=_route_socket),
+                          machine="x86_64")
+
+
+def test_auditing_enabled_by_portwatch_stays_enabled_when_an_audit_daemon_registered_meanwhile(
+        tmp_path: Path) -> None:
+    kernel = _Kernel()
+    capture = _fake_capture(kernel, tmp_path)
+    assert capture.start(), capture.notes
+    assert (kernel.enabled, kernel.backlog_limit, len(kernel.rules)) == (1, 8192, 6)
+    assert capture.enabled_by_portwatch
+    kernel.pid = 4242  # auditd started: auditing is its own now
+    capture.stop()
+    assert (kernel.enabled, kernel.rules) == (1, [])
+    assert capture.notes[-1] == "an audit daemon runs now: auditing stays enabled as it set it"
+    assert (tmp_path / "lock").read_text() == ""  # nothing left for a later run to "restore"
+
+    kernel.enabled, kernel.pid, kernel.backlog_limit = 0, 0, 64
+    again = _fake_capture(kernel, tmp_path / "again")
+    assert again.start(), again.notes
+    again.stop()  # no audit daemon: portwatch's enabling is undone
+    assert (kernel.enabled, kernel.backlog_limit, kernel.rules) == (0, 64, [])
+
+
+def test_a_lock_file_that_cannot_be_made_is_named_in_the_note_not_taken_for_missing_audit(tmp_path: Path) -> None:
+    kernel = _Kernel()
+    (tmp_path / "a-file").write_text("")  # its directory cannot be made: a file is in the way
+    capture = _fake_capture(kernel, tmp_path, lock=tmp_path / "a-file" / "audit.lock")
+    assert capture.start() is False
+    assert capture.notes == [f"failure capture is off: cannot open its lock file {tmp_path}/a-file/"
+                             "audit.lock: Not a directory"]
+    assert (kernel.enabled, kernel.rules) == (0, [])  # nothing changed in the kernel
+
+
+def _waiting_for_lock(lock: Path) -> bool:
+    """True if some process waits for a flock on ``lock`` (``/proc/locks`` lists waiters with ``->``)."""
+    inode = os.stat(lock).st_ino
+    return any("->" in line and line.split()[-3].endswith(f":{inode}")
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_a_capture_starting_while_another_stops_reads_the_audit_state_after_the_lock(
+        audit_host: AuditHost) -> None:
+    host = audit_host
+    with AuditControl() as control:
+        control.set_enabled(1)  # as the stopping capture had it (the fixture restores the state)
+    fd = os.open(host.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    capture = host.capture()
+    started: list[bool] = []
+    thread = threading.Thread(target=lambda: started.append(capture.start()))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a capture that is stopping holds the lock exclusively ...
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not _waiting_for_lock(host.lock):
+            assert time.monotonic() < deadline, "the starting capture never waited for the lock"
+            time.sleep(0.02)
+        with AuditControl() as control:
+            control.set_enabled(0)  # ... and disables auditing (it had enabled it) before letting go
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        thread.join(timeout=30)
+        assert started == [True], capture.notes
+        assert auditctl_status(host.auditctl) == 1  # the new capture saw auditing off and enabled it
+        assert capture.enabled_by_portwatch
+    finally:
+        os.close(fd)
+        thread.join(timeout=30)
+        capture.stop()
+    assert auditctl_status(host.auditctl) == 0 and portwatch_lines(host) == []
+
+
+class _GarbledRules(AuditControl):
+    """The real audit control, but the kernel's rule list comes back malformed."""
+
+    def list_rules(self) -> list[AuditRule]:
+        raise ValueError("audit_rule_data of 12 bytes, need 1040")
+
+
+def test_a_malformed_kernel_answer_turns_the_capture_off_and_leaves_nothing_behind(
+        audit_host: AuditHost) -> None:
+    host = audit_host
+    capture = FailureCapture(lock_path=host.lock, control_factory=_GarbledRules)
+    assert capture.start() is False
+    assert capture.notes[-1] == ("failure capture is off: the kernel's audit answer could not be read "
+                                 "(audit_rule_data of 12 bytes, need 1040)")
+    assert portwatch_lines(host) == [] and restored(host)
+    with host.lock.open("rb") as f:  # the lock is free, and says nothing about auditing
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert f.read() == b""
+    capture.stop()  # idempotent after a failed start
+    assert restored(host)
+
+
 def _run_without(caps: str, lock: Path) -> subprocess.CompletedProcess[str]:
     code = ("import sys\nfrom portwatch.collect.capture import FailureCapture\n"
             "cap = FailureCapture(lock_path=sys.argv[1])\nok = cap.start()\nprint(ok)\n"
@@ -251,27 +451,9 @@ def test_a_capture_outside_the_host_namespace_says_it_cannot_see_records(netns: 
             "cap = FailureCapture(lock_path=sys.argv[1])\nprint(cap.start())\nprint(cap.notes[0])\ncap.stop()\n")
     run = netns.run([sys.executable, "-c", code, str(audit_host.lock)])
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == [
-        "False", "failure capture is off: the kernel sends audit records only to readers in the host network "
-                 "namespace, and portwatch runs in another one"]
+    assert run.stdout.splitlines() == ["False", OUTSIDE_NOTE]
     assert FailureCapture(lock_path=audit_host.lock).read().events == ()
     assert portwatch_lines(audit_host) == []
-
-
-BURST = """
-import os, socket
-listener = socket.socket(); listener.bind(("127.0.0.1", 5001)); listener.listen(8)
-held = socket.socket(); held.connect(("127.0.0.1", 5001))  # the range's only port
-failed = 0
-for _ in range(300):
-    s = socket.socket()
-    try:
-        s.connect(("127.0.0.1", 5001))
-    except OSError:
-        failed += 1
-    s.close()
-print(os.getpid(), failed)
-"""
 
 
 def test_a_burst_overflowing_a_small_buffer_is_counted_and_reads_are_bounded(
@@ -282,8 +464,9 @@ def test_a_burst_overflowing_a_small_buffer_is_counted_and_reads_are_bounded(
     try:
         assert capture.start(), capture.notes
         small = AuditReader(RecordJoiner(), buffer_bytes=4096)
-        run = netns.run([sys.executable, "-c", BURST])
-        pid, failed = map(int, run.stdout.split())
+        run = netns.run([sys.executable, "-c", FAILING_CONNECTS, "300"])
+        done = json.loads(run.stdout)
+        pid, failed = done["pid"], done["failed"]
         assert failed == 300, run.stderr
         lost = small.read()
         assert lost.lost and small.dropped_total >= 1  # ENOBUFS: the kernel dropped records for it

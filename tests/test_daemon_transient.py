@@ -14,14 +14,13 @@ CI load allows.
 
 from __future__ import annotations
 
-import queue
 import signal
 import threading
 import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -31,7 +30,7 @@ from portwatch.collect.eventwatch import EventWatcher
 from portwatch.config import Config, WebConfig, load_yaml, parse_config
 from portwatch.daemon import Daemon, Message
 from portwatch.daemon.events import DaemonEvents, EventCounts, EventThread, OnFindings, OnLost
-from portwatch.daemon.wiring import Side
+from portwatch.daemon.wiring import SideThread
 from portwatch.model import NamespaceInfo, Severity
 from tests.alertmanager import Receiver, receiver, wait_for  # noqa: F401 (fixture)
 from tests.netns import NetNS
@@ -74,8 +73,7 @@ class Running:
 
     @property
     def events(self) -> DaemonEvents:
-        (side,) = self.daemon.sides
-        assert isinstance(side, DaemonEvents)
+        (side,) = [t for t in self.daemon.side.threads if isinstance(t, DaemonEvents)]
         return side
 
     def watching(self) -> tuple[NamespaceInfo, ...]:
@@ -196,20 +194,19 @@ def test_a_namespace_created_after_the_start_gets_its_listener_and_a_deleted_one
         assert run.stop() == 0
 
 
-def small_buffer_sides(config: Config, events: queue.SimpleQueue[Message],
-                       registry: CollectorRegistry) -> list[Side]:
-    """The real event side, its listeners with a 4 KiB receive buffer."""
+def small_buffer_events(config: Config, post: Callable[[Message], None], registry: CollectorRegistry) -> SideThread:
+    """The real event side thread, its listeners with a 4 KiB receive buffer."""
     def thread(on_findings: OnFindings, on_lost: OnLost, config: Config, counts: EventCounts, keyed: bool,
                window: float) -> EventThread:
         return EventThread(on_findings, on_lost, config=config, counts=counts, keyed=keyed, window=window,
                            watcher_factory=lambda: EventWatcher(buffer_bytes=4096))
-    return [DaemonEvents(config, events, registry, thread_factory=thread)]
+    return DaemonEvents(config, post, registry, thread_factory=thread)
 
 
 def test_a_burst_into_a_small_buffer_is_counted_and_a_pass_runs_at_once(
         tmp_path: Path, receiver: Receiver, made: list[NetNS]) -> None:
     ns = tiny(made)
-    run = start(tmp_path, receiver, [ns], sides_factory=small_buffer_sides)
+    run = start(tmp_path, receiver, [ns], side_threads=(small_buffer_events,))
     try:
         wait_for("the listener", lambda: info_of(ns) in run.watching() or None)
         before = value(run.metrics(), "portwatch_scans_total") or 0.0

@@ -42,8 +42,12 @@ PER_NAMESPACE = {"portwatch_ephemeral_port_range_low", "portwatch_ephemeral_port
                  "portwatch_ephemeral_ports_usable", "portwatch_reserved_ports", "portwatch_sockets",
                  "portwatch_findings", "portwatch_destination_ephemeral_usage_ratio"}
 #: Metrics the dashboard names that the daemon does not export yet (each with the change
-#: that will add it); the scrape check tolerates exactly these. Empty: every one is exported.
-NOT_YET_EXPORTED: set[str] = set()
+#: that will add it); the scrape check tolerates exactly these. The failure capture's
+#: (docs/failures.md) are exported once the capture is wired into the daemon, and then only
+#: with `capture.failures: audit`: remove them when this test's daemon configures the capture.
+NOT_YET_EXPORTED = {"portwatch_failures_total", "portwatch_connect_failures_by_destination_total",
+                    "portwatch_bind_failures_by_port_total", "portwatch_failure_capture_active",
+                    "portwatch_failure_capture_lost_total"}
 
 
 def _dashboard() -> dict[str, Any]:

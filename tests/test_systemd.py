@@ -272,6 +272,24 @@ def test_unit_sandbox_has_low_exposure_and_four_capabilities(unit_container: Con
     assert sorted(ambient) == UNIT_CAPABILITIES, ambient
 
 
+def test_failures_drop_in_adds_exactly_the_two_audit_capabilities_and_the_lock_directory(
+        unit_container: Container) -> None:
+    """``systemd/failures.conf`` (capture.failures: audit) adds the audit capabilities to the four."""
+    c = unit_container
+    c.write_file(f"{DROPIN_DIR}/90-failures.conf", (REPO / "systemd" / "failures.conf").read_text())
+    try:
+        c.systemctl("daemon-reload", check=True)
+        wanted = sorted([*UNIT_CAPABILITIES, "cap_audit_control", "cap_audit_read"])
+        assert sorted(c.unit_property(UNIT, "CapabilityBoundingSet").split()) == wanted
+        assert sorted(c.unit_property(UNIT, "AmbientCapabilities").split()) == wanted
+        assert c.unit_property(UNIT, "RuntimeDirectory") == "portwatch"
+        assert c.unit_property(UNIT, "RuntimeDirectoryPreserve") == "yes"
+    finally:
+        c.run(["rm", "-f", f"{DROPIN_DIR}/90-failures.conf"], check=True)
+        c.systemctl("daemon-reload", check=True)
+    assert sorted(c.unit_property(UNIT, "AmbientCapabilities").split()) == UNIT_CAPABILITIES
+
+
 #: Runs as portwatch.service's ExecStart (a drop-in makes the unit a oneshot), so it
 #: sees exactly the daemon's sandbox. Prints one JSON document.
 PROBE_PY = r"""

@@ -8,9 +8,14 @@ registry of socket sources, and one module per source: ``sources.netlink``,
 ``/proc/PID/fd`` walk and its caches), ``processes`` (process descriptions),
 ``collector`` (:class:`Collector`), ``errors``, ``namespaces`` (finding,
 naming and entering network namespaces), ``cgroups`` (cgroup id -> path ->
-unit, container, pod), ``mounts`` (the mount table). This package exports their
-public names; importing it imports neither psutil (loaded at the first psutil
-read or process description) nor the netlink modules. Every function
+unit, container, pod), ``mounts`` (the mount table), and the failure capture:
+``audit`` (the audit control protocol and portwatch's rules), ``auditlog``
+(the passive reader of the records), ``holders`` (the targeted dump of one
+port's sockets) and ``capture`` (:class:`FailureCapture`, putting them
+together). This package exports their public names; importing it imports
+neither psutil (loaded at the first psutil read or process description) nor
+the netlink or audit modules: :class:`FailureCapture` and
+:func:`port_holders` are imported at their first use. Every function
 takes the root it reads (``proc_root``) and the functions it calls
 (``net_connections``, ``process_factory``, ``clock``) as parameters, so tests
 can point it at fixture trees or replace a function without monkeypatching.
@@ -37,6 +42,10 @@ Errors: a file that cannot be read or holds garbage raises
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from portwatch.lazy import lazy_getattr
 
 from portwatch.collect.cgroups import (
     CgroupIndex,
@@ -71,6 +80,10 @@ from portwatch.collect.processes import describe_processes, systemd_unit_from_cg
 from portwatch.collect.sources import SOURCE_NAMES, FallbackSource, make_source
 from portwatch.collect.sources.psutil import PsutilSource
 
+if TYPE_CHECKING:
+    from portwatch.collect.capture import FailureCapture as FailureCapture
+    from portwatch.collect.holders import port_holders as port_holders
+
 __all__ = [
     "CollectError",
     "SourceReadError",
@@ -104,4 +117,14 @@ __all__ = [
     "can_enter_namespaces",
     "discover_namespaces",
     "run_in_namespace",
+    "FailureCapture",
+    "port_holders",
 ]
+
+#: Names imported on first use (they import the netlink parser and the audit modules): name -> module.
+_LAZY = {
+    "FailureCapture": "portwatch.collect.capture",
+    "port_holders": "portwatch.collect.holders",
+}
+
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -244,8 +244,12 @@ class AuditControl:
         except OSError as exc:
             raise AuditError(exc.errno or errno.EPROTONOSUPPORT,
                              f"cannot open a NETLINK_AUDIT socket: {os.strerror(exc.errno or 0)}") from exc
-        self._sock.settimeout(timeout)
-        self._sock.bind((0, 0))
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.bind((0, 0))
+        except BaseException:
+            self._sock.close()
+            raise
         self._seq = 0
         self._buf = bytearray(1 << 16)
 

@@ -13,7 +13,8 @@ auditing when it is off (remembering that portwatch did), adds portwatch's
 rules or reuses the equal ones a crashed run left, and joins the multicast
 group; :meth:`~FailureCapture.read` returns a :class:`FailureBatch`;
 :meth:`~FailureCapture.stop` removes the rules and, if portwatch enabled
-auditing, disables it again. Several captures on one host (a daemon and a
+auditing, disables it again (unless an audit daemon registered since: then
+auditing is its own). Several captures on one host (a daemon and a
 ``watch``) share the rules: each holds a shared ``flock`` on a lock file in
 ``/run``; the one that stops last (it gets the exclusive lock) removes them.
 The lock file also records that portwatch enabled auditing, so a run that
@@ -27,6 +28,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
 from pathlib import Path
 from typing import Callable
 
@@ -39,16 +41,25 @@ from portwatch.model.failures import FailedCall, FailureBatch, FailureEvent, Hol
 
 __all__ = ["DEFAULT_LOCK_PATH", "NO_CAPABILITY_NOTE", "FailureCapture"]
 
-#: The inode of the initial network namespace on Linux 6.x (include/linux/proc_ns.h, PROC_NET_INIT_INO).
+#: The inode of the initial network namespace on recent kernels (include/linux/proc_ns.h, PROC_NET_INIT_INO);
+#: older kernels number it like any other namespace (from 0xF0000000 up, so never this value).
 NET_INIT_INO = 0xEFFFFFF9
+#: A sysctl the kernel registers in the initial network namespace only (net/core/sysctl_net_core.c,
+#: ``net_core_table``), on every kernel: ``/proc/sys/net`` shows the reader's own namespace.
+HOST_ONLY_SYSCTL = ("sys", "net", "core", "netdev_max_backlog")
+#: What start() survives from the kernel's answers, besides OSError: malformed data (short structs).
+_BAD_ANSWER = (ValueError, struct.error)
 #: Where the captures of one host coordinate (tmpfs: gone at boot, as the kernel's audit state is).
-DEFAULT_LOCK_PATH = Path("/run/portwatch-audit.lock")
+#: Its directory is the unit's ``RuntimeDirectory=portwatch`` (writable under ``ProtectSystem=strict``);
+#: made when missing (``portwatch watch --failures`` without the service).
+DEFAULT_LOCK_PATH = Path("/run/portwatch/audit.lock")
 #: What the lock file holds while portwatch has auditing enabled: ``enabled-by-portwatch backlog_limit=N``
 #: (N: the backlog limit before portwatch raised it).
 _ENABLED_MARK = "enabled-by-portwatch"
 #: The backlog limit portwatch sets when it enables auditing itself (auditd's usual ``-b 8192``). The
 #: kernel default, 64, makes a burst of failing calls wait in the kernel (backlog_wait_time) for the
-#: records to drain: measured, 2,000 failing connect() calls took 3.9 s at 64 and 0.17 s at 8192.
+#: records to drain: 2,000 failing connect() calls take 0.1-0.2 s at 8192, and at 64 up to 1.2 s
+#: when the reader is busy (3.9 s measured once); benchmarks/failures_bench.py measures it.
 BACKLOG_LIMIT = 8192
 
 NO_CAPABILITY_NOTE = (
@@ -75,7 +86,7 @@ def _default_holders(port: int, namespace: NamespaceInfo | None) -> tuple[Holder
 class FailureCapture:
     """Failed ``connect()`` (EADDRNOTAVAIL) and ``bind()`` (EADDRINUSE) calls of every process on the host.
 
-    ``FailureCapture(proc_root=/proc, lock_path=/run/portwatch-audit.lock,
+    ``FailureCapture(proc_root=/proc, lock_path=/run/portwatch/audit.lock,
     control_factory=AuditControl, reader_factory=AuditReader,
     holders=port_holders, machine=None, pair_timeout=0.5)``: every part is a
     parameter so tests can point it elsewhere. Must run in the host network
@@ -120,21 +131,28 @@ class FailureCapture:
             self.notes.append(text)
 
     def _own_netns(self) -> tuple[int, bool]:
-        """``(own netns inode, whether it is the host's)``: pid 1's namespace, else the kernel's fixed init inode.
+        """``(own netns inode or 0, whether it is the host's)``.
 
-        Linux 6.x gives the initial network namespace the fixed inode
-        :data:`NET_INIT_INO`; when ``/proc/1/ns/net`` cannot be read (a
-        sandbox), that is what tells. An unreadable own namespace counts as
-        the host's (nothing better is known).
+        The host's when the own namespace has the kernel's fixed init inode
+        :data:`NET_INIT_INO` (recent kernels), or when ``/proc/sys/net``
+        (which shows the reader's own namespace) has :data:`HOST_ONLY_SYSCTL`,
+        which every kernel registers in the initial namespace only. Without
+        ``/proc/sys``: the same namespace as pid 1's; when that cannot be read
+        either, unknown, and counted as the host's (nothing better is known;
+        the records then simply never come).
         """
         try:
             own = os.stat(self._proc / "self" / "ns" / "net").st_ino
         except OSError:
-            return 0, True
+            own = 0
+        if own == NET_INIT_INO:
+            return own, True
+        if (self._proc / "sys" / "net" / "core").is_dir():
+            return own, self._proc.joinpath(*HOST_ONLY_SYSCTL).exists()
         try:
             return own, own == os.stat(self._proc / "1" / "ns" / "net").st_ino
         except OSError:
-            return own, own == NET_INIT_INO
+            return own, True
 
     def start(self) -> bool:
         """Start capturing; True on success. On failure: False, nothing left behind, :attr:`notes` says why."""
@@ -151,7 +169,7 @@ class FailureCapture:
             return False
         try:
             control = self._control_factory()
-        except AuditError as exc:
+        except OSError as exc:
             self._note(self._why(exc))
             return False
         try:
@@ -160,17 +178,33 @@ class FailureCapture:
             self._note(self._why(exc))
             self._release(control, remove=False)
             return False
+        except _BAD_ANSWER as exc:  # a malformed answer of the kernel: off, and nothing left behind
+            self._note(f"failure capture is off: the kernel's audit answer could not be read ({exc})")
+            self._release(control, remove=True)
+            return False
         finally:
             control.close()
 
     def _start(self, control: AuditControl, wanted: tuple[AuditRule, ...],
                optional: tuple[AuditRule, ...]) -> bool:
+        # The lock first, then the status: a capture that is stopping (it holds the lock exclusively)
+        # may disable auditing before it lets go, and a status read before that would be stale.
+        try:
+            try:
+                self._lock_path.parent.mkdir(mode=0o755)
+            except FileExistsError:  # the usual case (a file in the way: the open below says so)
+                pass
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # not the audit subsystem's refusal: say which file
+            self._note(f"failure capture is off: cannot open its lock file {self._lock_path}: "
+                       f"{os.strerror(exc.errno or 0)}")
+            return False
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
         status = control.status()
         if status.enabled == 2:
             self._note("failure capture is off: auditing is locked (enabled 2): no rule can be added until reboot")
+            self._unlock()
             return False
-        self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
         if status.enabled == 0:
             mark = f"{_ENABLED_MARK} backlog_limit={status.backlog_limit}\n"
             os.ftruncate(self._lock_fd, 0)
@@ -226,7 +260,7 @@ class FailureCapture:
             return
         try:
             control = self._control_factory()
-        except AuditError as exc:
+        except OSError as exc:
             self._note(f"could not remove the audit rules at stop: {exc}")
             self._unlock()
             return
@@ -256,11 +290,14 @@ class FailureCapture:
                 self.rules = []
             backlog = self._marked()
             if backlog is not None:
-                control.set_enabled(0)
-                if backlog != BACKLOG_LIMIT:
-                    control.set_backlog_limit(backlog)
+                if control.status().pid:  # an audit daemon registered since: auditing is its own now
+                    self._note("an audit daemon runs now: auditing stays enabled as it set it")
+                else:
+                    control.set_enabled(0)
+                    if backlog != BACKLOG_LIMIT:
+                        control.set_backlog_limit(backlog)
                 os.ftruncate(self._lock_fd, 0)
-        except (AuditError, TimeoutError) as exc:
+        except (OSError, *_BAD_ANSWER) as exc:
             self._note(f"could not restore the audit state: {exc}")
         finally:
             self._unlock()

@@ -12,7 +12,7 @@ everything below the daemon (collect, detect, config, model) and
 prometheus_client.
 
 The daemon owns the thread through :class:`DaemonEvents` (one of its side
-parts, :data:`~portwatch.daemon.wiring.Side`): started with the daemon when
+threads, :class:`~portwatch.daemon.wiring.SideThread`): started with the daemon when
 ``events.listen`` is on, told each pass's namespaces and results
 (:meth:`EventThread.set_namespaces`, :meth:`EventThread.set_scans`), the new
 configuration at a reload, stopped (within a bound) at shutdown; its
@@ -23,7 +23,6 @@ callbacks only put :class:`~portwatch.daemon.messages.EventFindings` and
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -263,24 +262,27 @@ def _event_thread(on_findings: OnFindings, on_lost: OnLost, config: Config, coun
 
 
 class DaemonEvents:
-    """The daemon's side of the event thread: what it starts, tells after each pass, reloads and stops.
+    """The daemon's side thread of socket-destroy listeners: started, told each pass, reconfigured, stopped.
 
-    ``DaemonEvents(config, events, registry, *, thread_factory=..., discover=discover_namespaces)``
-    registers one :class:`EventsCollector` in ``registry`` (its counts
-    outlive threads). With ``config.events.listen`` a thread runs, keyed as
-    the pass is (``namespaces.scan: all``) and counting repeats over
-    ``events.quiet_period``; its findings go on ``events`` as
+    ``DaemonEvents(config, post, registry, *, thread_factory=..., discover=discover_namespaces)``
+    (a :data:`~portwatch.daemon.wiring.SideThreadFactory`) registers one
+    :class:`EventsCollector` in ``registry`` (its counts outlive threads).
+    With ``config.events.listen`` a thread runs, keyed as the pass is
+    (``namespaces.scan: all``) and counting repeats over
+    ``events.quiet_period``; its findings are posted as
     :class:`EventFindings`, each loss as a :class:`Rescan`. With ``scan:
     own`` the own namespace is found once (``discover``). Called from the
     loop's thread; never raises (failures are logged).
     """
 
-    def __init__(self, config: Config, events: queue.SimpleQueue[Message], registry: CollectorRegistry, *,
+    name = "events"
+
+    def __init__(self, config: Config, post: Callable[[Message], None], registry: CollectorRegistry, *,
                  thread_factory: ThreadFactory = _event_thread,
                  discover: Callable[[], Discovery] = discover_namespaces) -> None:
         self.config = config
         self.counts = EventCounts()
-        self._queue = events
+        self._post = post
         self._factory = thread_factory
         self._discover = discover
         self._own: tuple[NamespaceInfo, ...] | None = None
@@ -303,9 +305,9 @@ class DaemonEvents:
             log.exception("cannot start the socket-destroy listeners; scans go on without them")
             self.thread = None
         if self._last is not None:
-            self.after_pass(self._last)
+            self.passed(self._last)
 
-    def after_pass(self, result: NamespacesResult) -> None:
+    def passed(self, result: NamespacesResult) -> None:
         """Watch the namespaces ``result`` read (and only those), told what their scans saw."""
         self._last = result
         thread = self.thread
@@ -326,7 +328,7 @@ class DaemonEvents:
                 self._own = ()
         return self._own
 
-    def reload(self, config: Config) -> None:
+    def reconfigure(self, config: Config) -> None:
         """Apply ``config``: new ignores and severities at once; a changed ``events`` or scope restarts the thread."""
         old, self.config = self.config, config
         if self._shape(old) == self._shape(config):
@@ -347,7 +349,7 @@ class DaemonEvents:
         return done
 
     def _found(self, findings: list[Finding]) -> None:
-        self._queue.put(EventFindings(tuple(findings)))
+        self._post(EventFindings(tuple(findings)))
 
     def _lost(self, namespace: NamespaceInfo) -> None:
-        self._queue.put(Rescan(f"socket-destroy events of network namespace {namespace.key} were lost"))
+        self._post(Rescan(f"socket-destroy events of network namespace {namespace.key} were lost"))

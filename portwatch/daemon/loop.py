@@ -14,9 +14,10 @@ scan never runs inside a signal handler. Other threads put messages on the
 same queue (:mod:`portwatch.daemon.messages`): a :class:`Rescan` runs a pass
 at once, :class:`EventFindings` join the active findings through the
 ``book`` until it lets them expire (the loop wakes when one goes quiet);
-they are coalesced like signals. The sides (:class:`~portwatch.daemon.wiring.Side`,
-e.g. the socket-destroy listeners) start with the daemon, hear of each
-pass and reload, and stop at shutdown.
+they are coalesced like signals.
+Side threads (``side_threads``, :class:`~portwatch.daemon.wiring.SideThread`:
+the failure capture) start before the first pass, get every pass's result
+and every new configuration, and stop when the daemon ends, however it ends.
 
 A scan is a pass over every network namespace ``namespaces`` selects (the
 ``pass_`` parameter, :func:`~portwatch.daemon.wiring.default_pass`), found
@@ -86,8 +87,8 @@ from portwatch.collect import OWN_NAMESPACE_NOTE, Collector
 from portwatch.config import Config, ConfigError, WebConfig, load_config
 from portwatch.daemon.lock import DirectoryLock, LockHeld, lock_moved_directory
 from portwatch.daemon.wiring import (
-    ALERTS_STOP_TIMEOUT, SIDE_STOP_TIMEOUT, AlertingFactory, PassFunction, ScanFunction, Server, ServerFactory,
-    SidesFactory, default_alerting, default_collector, default_pass, default_server, default_sides,
+    ALERTS_STOP_TIMEOUT, AlertingFactory, PassFunction, ScanFunction, Server, ServerFactory, SideThreadFactory,
+    SideThreads, DEFAULT_SIDE_THREADS, default_alerting, default_collector, default_pass, default_server,
     single_pass
 )
 from portwatch.daemon.messages import (
@@ -142,10 +143,10 @@ class Daemon:
       when given;
     - ``book``: keeps the findings of :class:`EventFindings` until they
       expire (default :class:`ExpiringFindings` over ``events.quiet_period``);
-    - ``sides_factory``: the parts beside the loop (default: the socket-destroy listeners);
     - ``store``: the state file (None: built from ``config.state_directory``);
     - ``registry``: where the metrics are registered (None: a new registry
-      with the process collector).
+      with the process collector);
+    - ``side_threads``: the factories of the threads run beside the loop.
 
     Raises :class:`WebError` or ``ValueError`` when the HTTP server or the
     collector cannot be built from ``config``.
@@ -172,7 +173,7 @@ class Daemon:
         registry: CollectorRegistry | None = None,
         remember_after: float = REMEMBER_AFTER,
         alerting_factory: AlertingFactory | None = None,
-        sides_factory: SidesFactory = default_sides,
+        side_threads: Sequence[SideThreadFactory] = DEFAULT_SIDE_THREADS,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -201,7 +202,7 @@ class Daemon:
         self.server = server_factory(self._web(config), registry, self.ready, self.healthy, self.index_html)
         # Alerting keeps its own state file in the same directory as ours.
         self.alerting = (alerting_factory or default_alerting)(config, self.store.directory, registry)
-        self.sides = tuple(sides_factory(config, self.events, registry))
+        self.side = SideThreads(side_threads, config, self.events.put, registry)
         self.started = False
         self._lock: DirectoryLock | None = None
         self.scans = 0
@@ -255,6 +256,7 @@ class Daemon:
         try:
             return self._run()
         finally:
+            self.side.stop()
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
@@ -262,8 +264,7 @@ class Daemon:
     def _run(self) -> int:
         self.state = self.store.load()
         self.alerting.start()
-        for side in self.sides:
-            side.start()
+        self.side.start()
         self.scan_once()
         try:
             self.server.start()
@@ -379,9 +380,8 @@ class Daemon:
             log.info("%d finding(s) still active from before the restart", len(active) - len(upd.new))
         log_new_notes(result.notes, self._notes)
         self._notes = result.notes
+        self.side.passed(result)
         self._save_and_alert(active, now)
-        for side in self.sides:
-            side.after_pass(result)
 
     def record_events(self, found: Sequence[Finding]) -> None:
         """Findings found between passes: into the book, then active with the latest pass's (logged, saved, alerted)."""
@@ -450,8 +450,7 @@ class Daemon:
             self.metrics.set_max_series(new.namespaces.max_series)
             if isinstance(self.book, ExpiringFindings):
                 self.book.window = new.events.quiet_period
-            for side in self.sides:
-                side.reload(new)
+            self.side.reconfigure(new)
             if new.state_directory != old.state_directory:
                 if new_lock is not None:
                     if self._lock is not None:
@@ -472,8 +471,6 @@ class Daemon:
         """Stop (SIGTERM/SIGINT): ``STOPPING=1``, stop the server, save the state. Returns EXIT_OK."""
         log.info("stopping (%s)", signal.Signals(signum).name)
         self._notify("STOPPING=1\nSTATUS=stopping")
-        for side in self.sides:
-            side.stop(SIDE_STOP_TIMEOUT)
         try:
             self.server.stop()
         except Exception:

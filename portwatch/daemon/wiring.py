@@ -4,15 +4,18 @@ Job: the ``Server`` protocol and the factory types the :class:`~portwatch.daemon
 takes as parameters (so tests hand in their own), and the defaults that build
 the real collector, alerting engine, HTTP server and pass (:func:`default_pass`:
 every selected network namespace, or the own one), and the daemon's side
-parts (:class:`Side`, :func:`default_sides`: the socket-destroy listeners).
+threads (:class:`SideThread`, run together by :class:`SideThreads`; the
+defaults are the failure capture's, :class:`~portwatch.daemon.failures.FailureThread`,
+and the socket-destroy listeners, :class:`~portwatch.daemon.events.DaemonEvents`).
 May import everything below the daemon (collect, scan, alerts, web, config,
-model) and :mod:`portwatch.daemon.records`, ``.messages`` and ``.events``.
+model) and :mod:`portwatch.daemon.records`, ``.messages``, ``.failures`` and ``.events``.
 """
 
 from __future__ import annotations
 
-import queue
+import logging
 import socket
+import time
 from pathlib import Path
 from typing import Callable, Collection, Mapping, Protocol as TypingProtocol, Sequence
 
@@ -23,6 +26,7 @@ from portwatch.collect import CollectError, Collector, Discovery, discover_names
 from portwatch.config import Config, WebConfig
 from portwatch.config.types import namespace_selected
 from portwatch.daemon.events import DaemonEvents
+from portwatch.daemon.failures import FailureThread
 from portwatch.daemon.messages import Message
 from portwatch.daemon.records import HOST_KEY
 from portwatch.model import RememberedPort, ScanResult
@@ -30,9 +34,9 @@ from portwatch.model.results import NamespacesResult
 from portwatch.scan import make_source, namespace_names, run_namespaces_scan, run_scan
 from portwatch.web import MetricsServer
 
-__all__ = ["ALERTS_STOP_TIMEOUT", "SIDE_STOP_TIMEOUT", "AlertingFactory", "PassFunction", "Remembered",
-           "ScanFunction", "Server", "ServerFactory", "Side", "SidesFactory", "default_alerting", "default_collector", "default_pass", "default_scan",
-           "default_server", "default_sides", "single_pass"]
+__all__ = ["ALERTS_STOP_TIMEOUT", "AlertingFactory", "PassFunction", "Remembered", "ScanFunction", "Server",
+           "ServerFactory", "SideThread", "SideThreadFactory", "SideThreads", "DEFAULT_SIDE_THREADS", "default_alerting", "default_collector", "default_pass", "default_scan",
+           "default_server", "single_pass"]
 
 
 class Server(TypingProtocol):
@@ -56,36 +60,6 @@ ScanFunction = Callable[[Config, Collector, Collection[RememberedPort]], ScanRes
 Remembered = Mapping[str, Collection[RememberedPort]]
 #: One pass: (config, collector, remembered ports by namespace) -> every namespace's result.
 PassFunction = Callable[[Config, Collector, Remembered], NamespacesResult]
-
-
-class Side(TypingProtocol):
-    """A part running beside the loop on threads of its own (e.g. the socket-destroy listeners).
-
-    The loop calls, from its thread: :meth:`start` once before the first
-    pass, :meth:`after_pass` after each successful pass, :meth:`reload`
-    with a configuration that applies, :meth:`stop` at shutdown. A side
-    speaks to the loop only by putting messages on the daemon's queue.
-    None of them raises.
-    """
-
-    def start(self) -> None: ...
-
-    def after_pass(self, result: NamespacesResult) -> None: ...
-
-    def reload(self, config: Config) -> None: ...
-
-    def stop(self, timeout: float = 5.0) -> bool: ...
-
-
-#: The daemon's sides for a configuration: (config, the daemon's queue, its registry) -> sides.
-SidesFactory = Callable[[Config, "queue.SimpleQueue[Message]", CollectorRegistry], Sequence[Side]]
-#: Seconds each side gets at SIGTERM to stop.
-SIDE_STOP_TIMEOUT = 5.0
-
-
-def default_sides(config: Config, events: queue.SimpleQueue[Message], registry: CollectorRegistry) -> list[Side]:
-    """The real sides: the socket-destroy listeners (:class:`~portwatch.daemon.events.DaemonEvents`)."""
-    return [DaemonEvents(config, events, registry)]
 
 
 def default_collector(config: Config) -> Collector:
@@ -148,3 +122,68 @@ def default_pass(config: Config, collector: Collector, remembered: Remembered,
     if selected and not result.results and result.skipped:
         raise CollectError("no network namespace could be read: " + "; ".join(result.notes))
     return result
+
+
+class SideThread(TypingProtocol):
+    """A thread the daemon runs beside its loop (event listeners, the failure capture).
+
+    Built by a :data:`SideThreadFactory` when the daemon is built; the loop
+    calls :meth:`start` before the first pass, :meth:`passed` after every
+    successful pass (``result`` is immutable: keep the reference), and
+    :meth:`reconfigure` after every successful reload (start or stop what
+    the new configuration asks for), all from the loop's thread, and
+    :meth:`stop` once when the daemon ends, however it ends. The thread
+    reports by posting messages (:mod:`.messages`) on the daemon's queue.
+    None of the methods may block for long; :meth:`stop` at most ``timeout``.
+    """
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def passed(self, result: NamespacesResult) -> None: ...
+
+    def reconfigure(self, config: Config) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> bool: ...
+
+
+#: Builds a side thread: (configuration, post a message on the daemon's queue, metrics registry) -> thread.
+SideThreadFactory = Callable[[Config, Callable[[Message], None], CollectorRegistry], SideThread]
+
+#: The side threads of ``portwatch run``.
+DEFAULT_SIDE_THREADS: tuple[SideThreadFactory, ...] = (FailureThread, DaemonEvents)
+
+#: Seconds all side threads together get to stop when the daemon ends.
+SIDE_THREADS_STOP_TIMEOUT = 5.0
+
+_log = logging.getLogger("portwatch.daemon")
+
+
+class SideThreads:
+    """The daemon's side threads, each call passed to all of them; one thread's error is logged, never raised."""
+
+    def __init__(self, factories: Sequence[SideThreadFactory], config: Config, post: Callable[[Message], None],
+                 registry: CollectorRegistry) -> None:
+        self.threads = [factory(config, post, registry) for factory in factories]
+
+    def _each(self, what: str, call: Callable[[SideThread], object]) -> None:
+        for thread in self.threads:
+            try:
+                call(thread)
+            except Exception:
+                _log.exception("side thread %s: error in %s (the daemon goes on)", thread.name, what)
+
+    def start(self) -> None:
+        self._each("start", lambda t: t.start())
+
+    def passed(self, result: NamespacesResult) -> None:
+        self._each("passed", lambda t: t.passed(result))
+
+    def reconfigure(self, config: Config) -> None:
+        self._each("reconfigure", lambda t: t.reconfigure(config))
+
+    def stop(self, timeout: float = SIDE_THREADS_STOP_TIMEOUT) -> None:
+        """Stop every thread within ``timeout`` seconds in all."""
+        deadline = time.monotonic() + timeout
+        self._each("stop", lambda t: t.stop(max(deadline - time.monotonic(), 0.1)))

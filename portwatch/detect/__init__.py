@@ -57,6 +57,7 @@ from portwatch.detect.pipeline import (
     detect,
     explain,
     explain_one,
+    failure_findings,
     in_namespace,
     involved_inodes,
     listening_ports,
@@ -70,11 +71,14 @@ from portwatch.detect.self_connect import find_self_connects
 from portwatch.detect.service_port_at_risk import find_services_at_risk
 from portwatch.model import Destination, Listening, RememberedPort
 
+#: The detectors of the failure events (what :func:`failure_findings` is given).
+FAILURE_FINDERS = (find_connect_failures, find_bind_failures)
+
 __all__ = [
-    "ALERTNAMES", "DEFAULT_SEVERITY", "MAX_EXAMPLE_SOCKETS", "REGISTRY", "SYSCTL_RANGE", "SYSCTL_RESERVED",
+    "ALERTNAMES", "DEFAULT_SEVERITY", "FAILURE_FINDERS", "MAX_EXAMPLE_SOCKETS", "REGISTRY", "SYSCTL_RANGE", "SYSCTL_RESERVED",
     "Destination", "DetectionInput", "Detector", "Listening", "Registry", "RememberedPort", "SocketIndex",
     "alertname", "apply_ignores", "default_severity", "destination_usage", "detect", "explain", "explain_one",
-    "find_bind_failures", "find_close_wait", "find_connect_failures", "find_exhaustion", "find_listeners_in_range", "find_loop_pairs", "find_ports_taken",
+    "failure_findings", "find_bind_failures", "find_close_wait", "find_connect_failures", "find_exhaustion", "find_listeners_in_range", "find_loop_pairs", "find_ports_taken",
     "find_range_problems", "find_self_connects", "find_services_at_risk", "in_namespace", "index",
     "involved_inodes",
     "listeners", "listening_ports", "owners_needed", "sort_findings",

@@ -10,13 +10,24 @@ no clock, no logging.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Collection, Iterable, Mapping
+from typing import Callable, Collection, Iterable, Mapping, Protocol as TypingProtocol, Sequence
 
 from portwatch.config.types import Config, IgnoreRule, ignore_matches
 from portwatch.detect.base import DetectionInput, SocketIndex, index
 from portwatch.detect.ephemeral_exhaustion import destination_usage
 from portwatch.detect.registry import REGISTRY, Registry
-from portwatch.model import Destination, Finding, Listening, Protocol, RememberedPort, Snapshot
+from portwatch.model import (
+    Destination,
+    Finding,
+    Listening,
+    NamespaceInfo,
+    NamespaceKind,
+    Protocol,
+    RememberedPort,
+    ScanResult,
+    Snapshot,
+)
+from portwatch.model.failures import DEFAULT_FAILURE_WINDOW, FailureEvent
 
 
 def detect(
@@ -122,3 +133,44 @@ def listening_ports(listening: Listening) -> set[RememberedPort]:
     into a finding. UDP services are covered when declared.
     """
     return {RememberedPort(p, port) for (p, port) in listening if p is Protocol.TCP}
+
+
+class FailureFinder(TypingProtocol):
+    """What turns one namespace's failure events into findings (:func:`~portwatch.detect.find_connect_failures`)."""
+
+    def __call__(self, events: Iterable[FailureEvent], result: ScanResult | None = None, *,
+                 namespace: NamespaceInfo | None = None, config: Config | None = None,
+                 window: float = DEFAULT_FAILURE_WINDOW) -> list[Finding]: ...
+
+
+def failure_findings(events: Iterable[FailureEvent], results_by_inode: Mapping[int, ScanResult],
+                     config: Config, window: float = DEFAULT_FAILURE_WINDOW, *,
+                     finders: Sequence[FailureFinder]) -> list[Finding]:
+    """The failure findings of ``events`` (``connect_failed``, ``bind_failed``), ignore rules applied, sorted.
+
+    Takes the failure events of the window (any namespace), the latest
+    pass's result of each network namespace by its inode, the configuration
+    (severities, ignore rules), the window's length (seconds, for the
+    wording) and the detectors of the failure kinds
+    (:data:`~portwatch.detect.FAILURE_FINDERS`; the kinds' modules sit beside
+    this one, not below it). Events are grouped by their caller's namespace
+    (``netns_inode``); each group is detected with that namespace's result,
+    so the findings link its exhaustion and ``port_taken`` findings and are
+    keyed like its scan's. A namespace no result covers is named
+    ``netns:INODE`` (a namespace created since the pass, or not selected);
+    an event whose process was gone before its namespace was read (inode
+    ``None``) has no namespace. Returns the kept findings. Pure.
+    """
+    groups: dict[int | None, list[FailureEvent]] = {}
+    for e in events:
+        groups.setdefault(e.netns_inode, []).append(e)
+    found: list[Finding] = []
+    for inode, group in groups.items():
+        result = results_by_inode.get(inode) if inode is not None else None
+        namespace = None
+        if result is None and inode is not None:
+            namespace = NamespaceInfo(inode, 0, NamespaceKind.PROCESS, f"netns:{inode}", stable=False)
+        for find in finders:
+            found += find(group, result, namespace=namespace, config=config, window=window)
+    kept, _ignored = apply_ignores(found, config.ignore)
+    return sort_findings(kept)

@@ -165,13 +165,17 @@ def _watch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=_duration, metavar="D", help="time between scans (default: the configuration's)")
     p.add_argument("--fail-on", choices=["info", "warning", "critical", "never"], default="warning",
                    help="exit 1 when a finding of this severity or worse was seen (default: warning)")
+    p.add_argument("--failures", action="store_true",
+                   help="also capture failed connect() (EADDRNOTAVAIL) and bind() (EADDRINUSE) calls through "
+                        "audit for this run (root, host namespace; the rules are removed at the end)")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """``portwatch watch``: 0, 1 when a finding reached ``--fail-on``, 2 for a --netns naming none."""
     from portwatch.watch import parse_options, run_watch
 
-    options = parse_options(args.all_namespaces, args.netns, args.format, args.duration, args.fail_on, args.interval)
+    options = parse_options(args.all_namespaces, args.netns, args.format, args.duration, args.fail_on, args.interval,
+                            args.failures)
     return run_watch(_load(args.config), options)
 
 

@@ -14,6 +14,15 @@ stderr (stdout stays parseable) and returns 1 when a finding reached
 ``fail_on``, else 0. May import collect, detect, config, output, scan and
 model; not the daemon.
 
+With ``failures`` (``watch --failures``) the run also turns the failure
+capture on for itself (:class:`~portwatch.collect.capture.FailureCapture`:
+audit rules tagged ``portwatch``, removed at the end; it must run as root in
+the host namespace): each failed ``connect()``/``bind()`` is attributed to
+its process's namespace, told what that namespace's latest scan saw
+(:func:`~portwatch.detect.failure_findings`), and printed as a ``connect_failed`` or
+``bind_failed`` finding, through the ignore rules, like a transient one.
+Without the capabilities: one note, and the watch goes on.
+
 A finding is active while the latest scan reports it or, for a transient
 one, until ``quiet_period`` passes without a repeat; a key active both ways
 is printed once.
@@ -30,10 +39,12 @@ from types import FrameType
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from portwatch.collect import Collector, discover_namespaces
+from portwatch.collect.capture import FailureCapture
 from portwatch.collect.eventwatch import EventWatcher
 from portwatch.config.types import Config
+from portwatch.detect import FAILURE_FINDERS, failure_findings
 from portwatch.detect.transient import DEFAULT_WINDOW, NamespaceTransients, TransientBook
-from portwatch.model import Finding, NamespaceInfo, ScanResult, Severity, iso_time
+from portwatch.model import Finding, FailureEvent, FailureWindow, NamespaceInfo, ScanResult, Severity, iso_time
 from portwatch.output.json import namespace_ref
 from portwatch.scan import UnknownNamespace, make_source, run_namespaces_scan, run_scan, select_namespaces
 
@@ -61,6 +72,7 @@ class WatchOptions:
     fail_on: Severity | None = Severity.WARNING
     interval: float | None = None
     quiet_period: float = DEFAULT_WINDOW
+    failures: bool = False
 
 
 class _Stop:
@@ -104,6 +116,10 @@ class _Watch:
         self.worst: dict[str, Finding] = {}  # every finding ever shown, by key
         self.selected: tuple[NamespaceInfo, ...] = ()
         self.notes: set[str] = set()
+        self.capture = FailureCapture() if options.failures else None
+        self.failures = FailureWindow()
+        self.pending: list[FailureEvent] = []  # failures read, waiting for the scan that follows
+        self.results: dict[int, ScanResult] = {}  # the latest scan of each namespace, by inode
 
     def emit(self, event: str, finding: Finding, at: float) -> None:
         if event == "found":
@@ -154,9 +170,14 @@ class _Watch:
     def after_scan(self, results: Iterable[ScanResult]) -> None:
         now = self.clock()
         self.scanned = {}
+        self.results = {}
         for result in results:
+            ns = result.snapshot.namespace
+            if ns is not None:
+                self.results[ns.inode] = result
             self.transients.scanned(result)
             self.scanned.update((f.key, f) for f in result.findings)
+        self.add(self.failure_findings(now), now)
         active = {e.finding.key for e in self.book.active(now)}
         for key, f in self.scanned.items():
             if key not in self.shown:
@@ -183,10 +204,46 @@ class _Watch:
                 self.add(found, now)
         now = self.clock()
         self.add(self.transients.flush(now, self.watcher.listening_ports), now)
+        if self.capture is not None and self.capture.active and self.failed_calls():
+            lost = True  # scan now: the findings then link what the namespace looks like at the failure
         for f in self.book.expire(now):
             if f.key in self.shown and f.key not in self.scanned:
                 self.emit("resolved", f, now)
         return lost
+
+    def start_capture(self) -> None:
+        """Turn the failure capture on (``--failures``); why it could not, or its caveats, as notes."""
+        if self.capture is None:
+            return
+        self.capture.start()
+        for text in self.capture.notes:
+            self.note(text)
+
+    def failed_calls(self) -> bool:
+        """Read the capture; True when failures came (they wait for the scan that follows: :meth:`after_scan`)."""
+        assert self.capture is not None
+        try:
+            batch = self.capture.read()
+        except OSError as exc:
+            self.note(f"failure capture stopped: {exc}")
+            self.capture.stop()
+            return False
+        if batch.lost:
+            self.note("the kernel dropped audit records (failures may be missing)")
+        self.failures.add(batch.events)
+        self.pending.extend(batch.events)
+        return bool(batch.events)
+
+    def failure_findings(self, now: float) -> list[Finding]:
+        """The findings of the failures read since the last scan, counted over the window."""
+        if not self.pending:
+            return []
+        window = self.failures.window
+        touched = {f.key for f in failure_findings(self.pending, self.results, self.config, window,
+                                                   finders=FAILURE_FINDERS)}
+        self.pending = []
+        return [f for f in failure_findings(self.failures.current(now), self.results, self.config, window,
+                                            finders=FAILURE_FINDERS) if f.key in touched]
 
     def add(self, findings: list[Finding], now: float) -> None:
         for f in self.book.add(findings, now):
@@ -222,6 +279,7 @@ def run_watch(config: Config, options: WatchOptions, out: TextIO | None = None,
             return EXIT_USAGE
         w.sync(namespaces)
         w.after_scan(w.scan(namespaces))
+        w.start_capture()
         keys = ", ".join(ns.key for ns in w.watcher.namespaces) or "none (no event listener)"
         print(f"portwatch watch: scanning every {interval:g}s; socket-destroy events of {keys}",
               file=sys.stderr, flush=True)
@@ -230,6 +288,7 @@ def run_watch(config: Config, options: WatchOptions, out: TextIO | None = None,
             now = monotonic()
             if now >= next_scan:
                 next_scan = now + interval
+                w.events(0.0)  # what closed before this scan is matched against the scan that saw it
                 _pass(w)
                 continue
             wait = min(next_scan, deadline if deadline is not None else next_scan) - now
@@ -239,6 +298,8 @@ def run_watch(config: Config, options: WatchOptions, out: TextIO | None = None,
         for sig, handler in old.items():
             signal.signal(sig, handler)
         w.watcher.close()
+        if w.capture is not None:
+            w.capture.stop()
     print(w.summary(monotonic() - started), file=sys.stderr, flush=True)
     if options.fail_on is None:
         return EXIT_OK
@@ -257,7 +318,9 @@ def _pass(w: _Watch) -> None:
 
 
 def parse_options(all_namespaces: bool, netns: Sequence[str], fmt: str, duration: float | None,
-                  fail_on: str, interval: float | None) -> WatchOptions:
+                  fail_on: str, interval: float | None, failures: bool = False) -> WatchOptions:
     """The :class:`WatchOptions` of the command line's values (``fail_on`` ``never``: None)."""
     return WatchOptions(all_namespaces=all_namespaces, netns=tuple(netns), format=fmt, duration=duration,
-                        fail_on=None if fail_on == "never" else Severity(fail_on), interval=interval)
+                        fail_on=None if fail_on == "never" else Severity(fail_on), interval=interval,
+                        failures=failures)
+

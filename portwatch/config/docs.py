@@ -131,6 +131,7 @@ _TABLES: Mapping[str, Callable[[], _Table]] = {
     "metrics": lambda: _key_table("metrics"),
     "capture": lambda: _key_table("capture"),
     "namespaces": lambda: _key_table("namespaces"),
+    "events": lambda: _key_table("events"),
     "alerts": lambda: _key_table("alerts"),
     "alerts.sinks": _sinks_table,
     "alerts.rules": lambda: _key_table("alerts.rules[]"),
@@ -189,6 +190,8 @@ MAN_SECTIONS: Sequence[tuple[str, str, str]] = (
     ("namespaces", "NAMESPACES", "The keys of `namespaces`: which network namespaces the daemon scans."),
     ("capture", "CAPTURE", "The keys of `capture`: what portwatch records besides scans (the failed "
                            "`connect()` and `bind()` calls, through Linux audit; see docs/failures.md)."),
+    ("events", "EVENTS", "The keys of `events`: the daemon's socket-destroy listeners, which report "
+                         "self-connects and loop pairs that live too briefly for a scan (transient findings)."),
     ("alerts", "ALERTS", "The keys of `alerts`."),
     ("alerts.sinks", "ALERT SINKS", "`alerts.sinks` maps a sink name of your choice (NAME) to a sink; "
                                     "its `type` says which kind of sink, and which keys apply."),

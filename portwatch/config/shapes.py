@@ -25,6 +25,7 @@ from portwatch.config.types import (
     AlertsConfig,
     CaptureConfig,
     Config,
+    EventsConfig,
     IgnoreRule,
     NAMESPACE_SCOPES,
     MetricsConfig,
@@ -35,7 +36,7 @@ from portwatch.config.types import (
 )
 from portwatch.model import Kind, Protocol, Severity
 
-__all__ = ["ALERT_RULE", "CAPTURE", "IGNORE_RULE", "METRICS", "NAMESPACES", "SERVICE", "THRESHOLDS", "WEB",
+__all__ = ["ALERT_RULE", "CAPTURE", "EVENTS", "IGNORE_RULE", "METRICS", "NAMESPACES", "SERVICE", "THRESHOLDS", "WEB",
            "config_shape"]
 
 
@@ -201,6 +202,14 @@ CAPTURE = Section(CaptureConfig, [
         " CAP_AUDIT_READ; see docs/failures.md)"),
 ])
 
+EVENTS = Section(EventsConfig, [
+    Key("listen", s.boolean(), "`true` or `false`",
+        "listen to the socket-destroy events of every scanned namespace between passes, to report"
+        " self-connects and loop pairs however short they live (transient findings)"),
+    Key("quiet_period", s.duration(1.0), "duration, at least `1s`",
+        "a transient finding resolves (its alert too) after this long without a repeat"),
+])
+
 _PATTERNS = "list of fnmatch patterns"
 _NAMES = ("a name of the namespace: its name or key (`host`, `netns:INODE`), `ip netns` name, container id,"
           " pod uid, or systemd unit")
@@ -313,4 +322,5 @@ def config_shape(sinks: Mapping[str, Section]) -> Section:
         Key("alerts", alerts_shape(sinks), "mapping", "where findings are sent: sinks and rules",
             default="see below"),
         Key("namespaces", NAMESPACES, "mapping", "which network namespaces the daemon scans"),
+        Key("events", EVENTS, "mapping", "the daemon's socket-destroy listeners (transient findings)"),
     ])

@@ -151,7 +151,7 @@ def namespace_selected(config: NamespacesConfig, names: Collection[str]) -> bool
 # --------------------------------------------------------------------------
 # Failure capture (the ``capture`` section; the backend is portwatch.collect.capture)
 
-__all__ += ["FAILURE_CAPTURES", "CaptureConfig"]
+__all__ += ["FAILURE_CAPTURES", "CaptureConfig", "EventsConfig"]
 
 #: The values of ``capture.failures``: off, or the audit subsystem.
 FAILURE_CAPTURES: tuple[str, ...] = ("off", "audit")
@@ -166,6 +166,19 @@ class CaptureConfig:
     """
 
     failures: str = "off"
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """The socket-destroy listeners of the daemon (the ``events`` section).
+
+    ``listen``: listen to every scanned namespace's destroy events between
+    passes (transient self-connects and loop pairs). ``quiet_period``:
+    seconds without a repeat after which a transient finding resolves.
+    """
+
+    listen: bool = True
+    quiet_period: float = 300.0
 
 
 # --------------------------------------------------------------------------
@@ -265,6 +278,7 @@ class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     namespaces: NamespacesConfig = field(default_factory=NamespacesConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
 
 
 class ConfigError(Exception):

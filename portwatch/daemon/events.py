@@ -11,9 +11,13 @@ It never dies: every exception is logged and the loop goes on. May import
 everything below the daemon (collect, detect, config, model) and
 prometheus_client.
 
-The daemon owns the thread: it calls :meth:`EventThread.set_namespaces`
-and :meth:`EventThread.set_scans` after each pass, :meth:`EventThread.set_config`
-on a reload, and :meth:`EventThread.stop` when it stops.
+The daemon owns the thread through :class:`DaemonEvents` (one of its side
+threads, :class:`~portwatch.daemon.wiring.SideThread`): started with the daemon when
+``events.listen`` is on, told each pass's namespaces and results
+(:meth:`EventThread.set_namespaces`, :meth:`EventThread.set_scans`), the new
+configuration at a reload, stopped (within a bound) at shutdown; its
+callbacks only put :class:`~portwatch.daemon.messages.EventFindings` and
+:class:`~portwatch.daemon.messages.Rescan` on the daemon's queue.
 """
 
 from __future__ import annotations
@@ -23,16 +27,20 @@ import threading
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from portwatch.collect import Discovery, discover_namespaces
 from portwatch.collect.eventwatch import EventWatcher
 from portwatch.config.types import Config
+from portwatch.daemon.messages import EventFindings, Message, Rescan
 from portwatch.detect.transient import DEFAULT_PAIR_WINDOW, DEFAULT_WINDOW, NamespaceTransients
 from portwatch.model import Finding, Kind, NamespaceInfo, ScanResult
 from portwatch.model.events import NamespaceEvents
+from portwatch.model.results import NamespacesResult
 
-__all__ = ["EventCounts", "EventThread", "EventsCollector", "TRANSIENT_KINDS"]
+__all__ = ["DaemonEvents", "EventCounts", "EventThread", "EventsCollector", "TRANSIENT_KINDS"]
 
 log = logging.getLogger("portwatch.events")
 A = TypeVar("A")
@@ -242,3 +250,106 @@ def _call(fn: Callable[[A], None], arg: A) -> None:
         fn(arg)
     except Exception:
         log.exception("event callback error")
+
+
+#: A factory of event threads: ``(on_findings, on_lost, config, counts, keyed, window) -> EventThread``.
+ThreadFactory = Callable[[OnFindings, OnLost, Config, EventCounts, bool, float], EventThread]
+
+
+def _event_thread(on_findings: OnFindings, on_lost: OnLost, config: Config, counts: EventCounts,
+                  keyed: bool, window: float) -> EventThread:
+    return EventThread(on_findings, on_lost, config=config, counts=counts, keyed=keyed, window=window)
+
+
+class DaemonEvents:
+    """The daemon's side thread of socket-destroy listeners: started, told each pass, reconfigured, stopped.
+
+    ``DaemonEvents(config, post, registry, *, thread_factory=..., discover=discover_namespaces)``
+    (a :data:`~portwatch.daemon.wiring.SideThreadFactory`) registers one
+    :class:`EventsCollector` in ``registry`` (its counts outlive threads).
+    With ``config.events.listen`` a thread runs, keyed as the pass is
+    (``namespaces.scan: all``) and counting repeats over
+    ``events.quiet_period``; its findings are posted as
+    :class:`EventFindings`, each loss as a :class:`Rescan`. With ``scan:
+    own`` the own namespace is found once (``discover``). Called from the
+    loop's thread; never raises (failures are logged).
+    """
+
+    name = "events"
+
+    def __init__(self, config: Config, post: Callable[[Message], None], registry: CollectorRegistry, *,
+                 thread_factory: ThreadFactory = _event_thread,
+                 discover: Callable[[], Discovery] = discover_namespaces) -> None:
+        self.config = config
+        self.counts = EventCounts()
+        self._post = post
+        self._factory = thread_factory
+        self._discover = discover
+        self._own: tuple[NamespaceInfo, ...] | None = None
+        self._last: NamespacesResult | None = None  # the latest pass: what a restarted thread starts with
+        self.thread: EventThread | None = None
+        registry.register(EventsCollector(self.counts))
+
+    def _shape(self, config: Config) -> tuple[bool, bool, float]:
+        return config.events.listen, config.namespaces.scan == "all", config.events.quiet_period
+
+    def start(self) -> None:
+        """Start the thread when ``events.listen`` is on, watching what the latest pass read (if any)."""
+        listen, keyed, window = self._shape(self.config)
+        if not listen or self.thread is not None:
+            return
+        try:
+            self.thread = self._factory(self._found, self._lost, self.config, self.counts, keyed, window)
+            self.thread.start()
+        except Exception:
+            log.exception("cannot start the socket-destroy listeners; scans go on without them")
+            self.thread = None
+        if self._last is not None:
+            self.passed(self._last)
+
+    def passed(self, result: NamespacesResult) -> None:
+        """Watch the namespaces ``result`` read (and only those), told what their scans saw."""
+        self._last = result
+        thread = self.thread
+        if thread is None:
+            return
+        namespaces = [r.snapshot.namespace for r in result.results if r.snapshot.namespace is not None]
+        if not namespaces and result.results:  # scan: own, unlabelled: the own namespace
+            namespaces = list(self._own_namespace())
+        thread.set_namespaces(namespaces)
+        thread.set_scans(result.results)
+
+    def _own_namespace(self) -> tuple[NamespaceInfo, ...]:
+        if self._own is None:
+            try:
+                self._own = tuple(ns for ns in self._discover().namespaces if ns.own)[:1]
+            except Exception:
+                log.exception("cannot find the own network namespace; no socket-destroy listener")
+                self._own = ()
+        return self._own
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply ``config``: new ignores and severities at once; a changed ``events`` or scope restarts the thread."""
+        old, self.config = self.config, config
+        if self._shape(old) == self._shape(config):
+            if self.thread is not None:
+                self.thread.set_config(config)
+            return
+        self.stop()
+        self.start()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread and close its listeners; True when it ended within ``timeout`` seconds."""
+        thread, self.thread = self.thread, None
+        if thread is None:
+            return True
+        done = thread.stop(timeout)
+        if not done:
+            log.warning("the socket-destroy listener thread did not stop within %gs", timeout)
+        return done
+
+    def _found(self, findings: list[Finding]) -> None:
+        self._post(EventFindings(tuple(findings)))
+
+    def _lost(self, namespace: NamespaceInfo) -> None:
+        self._post(Rescan(f"socket-destroy events of network namespace {namespace.key} were lost"))

@@ -13,7 +13,8 @@ next scan (or watchdog ping) as timeout, so a signal is handled at once and a
 scan never runs inside a signal handler. Other threads put messages on the
 same queue (:mod:`portwatch.daemon.messages`): a :class:`Rescan` runs a pass
 at once, :class:`EventFindings` join the active findings through the
-``book`` until it lets them expire; they are coalesced like signals.
+``book`` until it lets them expire (the loop wakes when one goes quiet);
+they are coalesced like signals.
 Side threads (``side_threads``, :class:`~portwatch.daemon.wiring.SideThread`:
 the failure capture) start before the first pass, get every pass's result
 and every new configuration, and stop when the daemon ends, however it ends.
@@ -86,40 +87,17 @@ from portwatch.collect import OWN_NAMESPACE_NOTE, Collector
 from portwatch.config import Config, ConfigError, WebConfig, load_config
 from portwatch.daemon.lock import DirectoryLock, LockHeld, lock_moved_directory
 from portwatch.daemon.wiring import (
-    ALERTS_STOP_TIMEOUT,
-    AlertingFactory,
-    PassFunction,
-    ScanFunction,
-    Server,
-    ServerFactory,
-    SideThreadFactory,
-    SideThreads,
-    DEFAULT_SIDE_THREADS,
-    default_alerting,
-    default_collector,
-    default_pass,
-    default_server,
-    single_pass,
+    ALERTS_STOP_TIMEOUT, AlertingFactory, PassFunction, ScanFunction, Server, ServerFactory, SideThreadFactory,
+    SideThreads, DEFAULT_SIDE_THREADS, default_alerting, default_collector, default_pass, default_server,
+    single_pass
 )
 from portwatch.daemon.messages import (
-    HANDLED_SIGNALS,
-    MAX_EVENTS_AT_ONCE,
-    EventFindings,
-    ExpiringFindings,
-    FindingsBook,
-    Message,
-    Rescan,
-    install_signal_handlers,
-    take_queued,
+    HANDLED_SIGNALS, MAX_EVENTS_AT_ONCE, EventFindings, ExpiringFindings, FindingsBook, Message, Rescan,
+    book_due, install_signal_handlers, take_queued
 )
 from portwatch.daemon.notify import Notify, no_notify
 from portwatch.daemon.record import (
-    active_findings,
-    log_changes,
-    log_new_notes,
-    log_scan_failure,
-    merge_findings,
-    pass_state,
+    active_findings, log_changes, log_new_notes, log_scan_failure, merge_findings, pass_state
 )
 from portwatch.daemon.state import REMEMBER_AFTER, State, StateStore, remembered_by_namespace, update_findings
 from portwatch.model import Finding
@@ -164,7 +142,7 @@ class Daemon:
       own namespace, given the host's remembered ports) replaces ``pass_``
       when given;
     - ``book``: keeps the findings of :class:`EventFindings` until they
-      expire (default :class:`ExpiringFindings`);
+      expire (default :class:`ExpiringFindings` over ``events.quiet_period``);
     - ``store``: the state file (None: built from ``config.state_directory``);
     - ``registry``: where the metrics are registered (None: a new registry
       with the process collector);
@@ -208,7 +186,7 @@ class Daemon:
         self._load = load
         self._collector_factory = collector_factory
         self._pass = single_pass(scan) if scan is not None else pass_
-        self.book: FindingsBook = book if book is not None else ExpiringFindings()
+        self.book: FindingsBook = book if book is not None else ExpiringFindings(config.events.quiet_period)
         self.remember_after = remember_after
         if registry is None:
             registry = CollectorRegistry()
@@ -317,7 +295,8 @@ class Daemon:
     def _take_messages(self, events: Sequence[Message]) -> None:
         """Act on the messages of one look: event findings recorded at once; any Rescan makes a pass due now."""
         found = [f for e in events if isinstance(e, EventFindings) for f in e.findings]
-        if found:
+        due = book_due(self.book, self._wall())
+        if found or (due is not None and due <= self._wall()):  # new ones, or some went quiet
             try:
                 self.record_events(found)
             except Exception:
@@ -335,6 +314,9 @@ class Daemon:
         deadline = self._next_scan
         if self._watchdog is not None:
             deadline = min(deadline, self._next_ping)
+        due = book_due(self.book, self._wall())
+        if due is not None:
+            deadline = min(deadline, self._monotonic() + due - self._wall())
         return take_queued(self.events, max(deadline - self._monotonic(), 0.0))
 
     def _ping(self) -> None:
@@ -466,6 +448,8 @@ class Daemon:
             self.collector = collector
             self.metrics.set_top_destinations(new.metrics.top_destinations)
             self.metrics.set_max_series(new.namespaces.max_series)
+            if isinstance(self.book, ExpiringFindings):
+                self.book.window = new.events.quiet_period
             self.side.reconfigure(new)
             if new.state_directory != old.state_directory:
                 if new_lock is not None:

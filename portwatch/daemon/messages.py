@@ -13,7 +13,8 @@ coalesced like signals: however many :class:`Rescan` came, one pass runs.
 :func:`install_signal_handlers` makes the handled signals only put their
 number on the queue; :func:`take_queued` takes what is queued in one look.
 
-May import the standard library and :mod:`portwatch.model`.
+May import the standard library, :mod:`portwatch.model` and
+:mod:`portwatch.detect.transient` (pure: the book's lifecycle).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import signal
 from dataclasses import dataclass
 from typing import Protocol, Sequence, Union
 
+from portwatch.detect.transient import TransientBook
 from portwatch.model import Finding
 
 __all__ = ["DEFAULT_EVENT_WINDOW", "HANDLED_SIGNALS", "MAX_EVENTS_AT_ONCE", "EventFindings", "ExpiringFindings",
-           "FindingsBook", "Message", "Rescan", "install_signal_handlers", "take_queued"]
+           "FindingsBook", "Message", "Rescan", "book_due", "install_signal_handlers", "take_queued"]
 
 #: The signals the daemon handles (everything else keeps its default action).
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
@@ -73,25 +75,56 @@ class FindingsBook(Protocol):
         """The findings still active at Unix time ``now``."""
 
 
+
+def book_due(book: FindingsBook, now: float) -> float | None:
+    """When ``book``'s :meth:`~FindingsBook.current` next changes by itself (a finding goes quiet).
+
+    A book may say so with a ``due(now) -> float | None`` method (Unix time;
+    :class:`ExpiringFindings` has one); without it, None: its findings then
+    leave the active set at the next pass or add only.
+    """
+    due = getattr(book, "due", None)
+    value = due(now) if callable(due) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 class ExpiringFindings:
-    """The default book: a finding stays active ``window`` seconds after it was last added (by key)."""
+    """The daemon's book: a finding stays active ``window`` seconds after it was last added (by key).
+
+    A :class:`~portwatch.detect.transient.TransientBook` underneath (the
+    lifecycle ``portwatch watch`` uses too): one entry per key with its
+    first and last report and how often it came; the latest report is the
+    finding shown. ``window`` may be changed (a reload). At most ``limit``
+    keys (the quietest go first).
+    """
 
     def __init__(self, window: float = DEFAULT_EVENT_WINDOW, limit: int = 10_000) -> None:
-        """Take the window (seconds) and the most findings kept (the least recently added go first)."""
-        self.window = window
-        self.limit = limit
-        self._seen: dict[str, tuple[Finding, float]] = {}
+        """Take the window (seconds, positive) and the most findings kept. Raises ValueError."""
+        self._book = TransientBook(window, limit)
+        self._keys: set[str] = set()  # added, not yet expired
+
+    @property
+    def window(self) -> float:
+        """Seconds a finding stays active after its last report."""
+        return self._book.quiet_period
+
+    @window.setter
+    def window(self, seconds: float) -> None:
+        self._book.quiet_period = seconds
 
     def add(self, findings: Sequence[Finding], now: float) -> None:
-        for f in findings:
-            self._seen.pop(f.key, None)
-            self._seen[f.key] = (f, now)
-        while len(self._seen) > self.limit:
-            del self._seen[next(iter(self._seen))]
+        self._book.add(findings, now)
+        self._keys.update(f.key for f in findings)
 
     def current(self, now: float) -> tuple[Finding, ...]:
-        self._seen = {k: (f, t) for k, (f, t) in self._seen.items() if now - t <= self.window}
-        return tuple(f for f, _t in self._seen.values())
+        self._keys.difference_update(f.key for f in self._book.expire(now))
+        return tuple(e.finding for e in self._book.active(now))
+
+    def due(self, now: float) -> float | None:
+        """The Unix time just after the quietest finding's window ends (None: no finding)."""
+        entries = [e for e in map(self._book.get, self._keys) if e is not None]
+        # just past the window: TransientBook expires what is strictly older than it
+        return min(e.last_seen for e in entries) + self.window + 0.001 if entries else None
 
 
 def take_queued(events: queue.SimpleQueue[Message], timeout: float) -> list[Message]:

@@ -5,9 +5,10 @@ takes as parameters (so tests hand in their own), and the defaults that build
 the real collector, alerting engine, HTTP server and pass (:func:`default_pass`:
 every selected network namespace, or the own one), and the daemon's side
 threads (:class:`SideThread`, run together by :class:`SideThreads`; the
-default is the failure capture's, :class:`~portwatch.daemon.failures.FailureThread`).
+defaults are the failure capture's, :class:`~portwatch.daemon.failures.FailureThread`,
+and the socket-destroy listeners, :class:`~portwatch.daemon.events.DaemonEvents`).
 May import everything below the daemon (collect, scan, alerts, web, config,
-model) and :mod:`portwatch.daemon.records`, ``.messages`` and ``.failures``.
+model) and :mod:`portwatch.daemon.records`, ``.messages``, ``.failures`` and ``.events``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from portwatch.alerts import Alerting
 from portwatch.collect import CollectError, Collector, Discovery, discover_namespaces
 from portwatch.config import Config, WebConfig
 from portwatch.config.types import namespace_selected
+from portwatch.daemon.events import DaemonEvents
 from portwatch.daemon.failures import FailureThread
 from portwatch.daemon.messages import Message
 from portwatch.daemon.records import HOST_KEY
@@ -150,7 +152,7 @@ class SideThread(TypingProtocol):
 SideThreadFactory = Callable[[Config, Callable[[Message], None], CollectorRegistry], SideThread]
 
 #: The side threads of ``portwatch run``.
-DEFAULT_SIDE_THREADS: tuple[SideThreadFactory, ...] = (FailureThread,)
+DEFAULT_SIDE_THREADS: tuple[SideThreadFactory, ...] = (FailureThread, DaemonEvents)
 
 #: Seconds all side threads together get to stop when the daemon ends.
 SIDE_THREADS_STOP_TIMEOUT = 5.0

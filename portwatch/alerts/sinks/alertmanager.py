@@ -6,8 +6,9 @@ Each notification becomes one alert (two for a severity change)::
                  instance (this host, unless ``labels`` overrides it), port (when the
                  finding has one), key (the finding's key), rule, netns (the namespace's
                  key, as the metrics' ``netns`` label), container and pod (its container
-                 id and pod uid) when the finding's network namespace is known, and the
-                 sink's ``labels``
+                 id and pod uid) when the finding's network namespace is known,
+                 transient ("true" for a finding seen only in socket-destroy events), and
+                 the sink's ``labels``
     annotations: summary, remediation (when known), processes (``name[pid] user=... unit=...``)
     startsAt:    when the alert fired
     endsAt:      firing: now + 4 x resend_interval; resolved: when it resolved
@@ -134,6 +135,8 @@ def labels_for(note: Notification, extra: Mapping[str, str]) -> dict[str, str]:
     for label, field_name in (("netns", "key"), ("container", "container"), ("pod", "pod")):
         value = ns.get(field_name)
         labels[label] = value if isinstance(value, str) else ""
+    details = note.finding.get("details")
+    labels["transient"] = "true" if isinstance(details, Mapping) and details.get("transient") is True else ""
     labels.update(extra)
     return {k: v for k, v in labels.items() if v}
 

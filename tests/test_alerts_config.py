@@ -172,7 +172,7 @@ BAD = [
         """,
         ["alerts.sinks.am.resend_interval: must be at least 1s, got '100ms'",
          "alerts.sinks.am.labels: label 'alertname' is set by portwatch (reserved: alertname, key, kind, port,"
-         " rule, severity)",
+         " rule, severity, transient)",
          "alerts.sinks.am.labels: label names match [a-zA-Z_][a-zA-Z0-9_]* and do not start with '__', got '__meta'",
          "alerts.sinks.am.labels.team: must be a string, got 5",
          "alerts.sinks.am2.urls[1]: listed twice",

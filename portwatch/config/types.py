@@ -189,7 +189,7 @@ DEFAULT_REPEAT_INTERVAL = 4 * 3600.0
 #: The sink every configuration has, whether or not ``alerts.sinks`` names it.
 BUILTIN_SINK = "journal"
 #: Alertmanager labels portwatch sets itself (``instance`` may be overridden).
-RESERVED_ALERT_LABELS: frozenset[str] = frozenset({"alertname", "severity", "kind", "port", "key", "rule"})
+RESERVED_ALERT_LABELS: frozenset[str] = frozenset({"alertname", "severity", "kind", "port", "key", "rule", "transient"})
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ SHAPE = sink_section(AlertmanagerSinkConfig, "alertmanager", [
         " again; its `endsAt` is four intervals ahead, so Alertmanager resolves it by itself only if portwatch"
         " is gone that long"),
     Key("labels", MapOf(_label, s.string()), "mapping label → string", "labels added to every alert;"
-        " `instance` may be overridden, `alertname`, `severity`, `kind`, `port`, `key` and `rule` are"
+        " `instance` may be overridden, `alertname`, `severity`, `kind`, `port`, `key`, `rule` and `transient` are"
         " portwatch's"),
     TIMEOUT_KEY,
     *HTTP_KEYS,

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Final, Mapping
 
 from portwatch.collect.audit import AUDIT_NLGRP_READLOG, PORTWATCH_KEY, open_audit_socket
+from portwatch.collect.netlink import OVERRUN, recv_nowait
 from portwatch.model import Endpoint, normalize_ip
 from portwatch.model.failures import FailedCall
 
@@ -292,15 +293,10 @@ class AuditReader:
         reads = 0
         while reads < max_messages:
             reads += 1
-            try:
-                n = self._sock.recv_into(self._buf)
-            except BlockingIOError:
+            n = recv_nowait(self._sock.recv_into, self._buf)
+            if n is None:
                 break
-            except InterruptedError:
-                continue
-            except OSError as err:
-                if err.errno != errno.ENOBUFS:
-                    raise
+            if n == OVERRUN:
                 self.dropped_total += 1
                 lost = True
                 continue

@@ -27,13 +27,14 @@ microseconds (``benchmarks/run.py --events`` measures it).
 
 from __future__ import annotations
 
-import errno
 import socket
 import struct
 import time
 from typing import Callable, Final
 
 from portwatch.collect.netlink import (
+    OVERRUN,
+    recv_nowait,
     NETLINK_SOCK_DIAG,
     SOCK_DIAG_BY_FAMILY,
     NetlinkError,
@@ -308,15 +309,10 @@ class DestroyListener:
         reads = 0
         while reads < max_events:
             reads += 1
-            try:
-                n = recv_into(buf)
-            except BlockingIOError:
+            n = recv_nowait(recv_into, buf)
+            if n is None:
                 return EventBatch(self._count(events), lost, self.dropped_total, False)
-            except InterruptedError:
-                continue
-            except OSError as err:
-                if err.errno != errno.ENOBUFS:
-                    raise
+            if n == OVERRUN:
                 self.dropped_total += 1
                 lost = True
                 continue

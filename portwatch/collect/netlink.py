@@ -42,7 +42,7 @@ import errno as _errno
 import os
 import socket
 import struct
-from typing import Any, Final
+from typing import Any, Callable, Final
 
 from portwatch.model import (
     KERNEL_TCP_STATES,
@@ -56,6 +56,8 @@ from portwatch.model import (
 )
 
 __all__ = [
+    "OVERRUN",
+    "recv_nowait",
     "INET_DIAG_CGROUP_ID",
     "NETLINK_SOCK_DIAG",
     "SOCK_DIAG_BY_FAMILY",
@@ -612,3 +614,25 @@ def family_name(family: int) -> str:
     """'ipv4' / 'ipv6' / 'family N'."""
     known = _FAMILIES.get(family)
     return known.value if known is not None else f"family {family}"
+
+
+#: What :func:`recv_nowait` returns when the kernel dropped messages for want of buffer (ENOBUFS).
+OVERRUN: Final = -1
+
+
+def recv_nowait(recv_into: Callable[[Any], int], buf: Any) -> int | None:
+    """One read of a non-blocking netlink socket into ``buf``, the way every listener reads.
+
+    Returns the number of bytes read, ``None`` when nothing is queued
+    (EAGAIN), or :data:`OVERRUN` when the kernel reports lost messages
+    (ENOBUFS: the socket stays usable, the caller counts the loss). EINTR is
+    retried by Python itself (PEP 475). Raises ``OSError`` for any other error.
+    """
+    try:
+        return recv_into(buf)
+    except BlockingIOError:
+        return None
+    except OSError as err:
+        if err.errno != _errno.ENOBUFS:
+            raise
+        return OVERRUN

@@ -113,6 +113,11 @@ def by_protocol_and_port(item: tuple[tuple[Protocol, int], object]) -> tuple[str
 # --------------------------------------------------------------------------- wording
 
 
+def configured_severity(kind: Kind, default: Severity, config: Config | None) -> Severity:
+    """The severity of ``kind``'s findings: ``config.severities``' override, else ``default``."""
+    return config.severities.get(kind, default) if config is not None else default
+
+
 def who(processes: tuple[ProcessInfo, ...]) -> str:
     """``a[1], b[2]`` or ``owner unknown``."""
     if not processes:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable
 
-from portwatch.detect.base import Config, Detector, reserve_hint, who
+from portwatch.detect.base import Config, Detector, configured_severity, reserve_hint, who
 from portwatch.model import (
     Finding,
     Kind,
@@ -72,8 +72,7 @@ def find_bind_failures(events: Iterable[FailureEvent], result: ScanResult | None
     for a namespace other than the host's. Ignore rules are the caller's.
     """
     ns, suffix = keyed_namespace(result, namespace)
-    severity = (config.severities.get(Kind.BIND_FAILED, DETECTOR.severity) if config is not None
-                else DETECTOR.severity)
+    severity = configured_severity(Kind.BIND_FAILED, DETECTOR.severity, config)
 
     def key(e: FailureEvent) -> str | None:
         if e.call is not FailedCall.BIND:

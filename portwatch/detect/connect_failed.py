@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable
 
-from portwatch.detect.base import SYSCTL_RANGE, Config, Detector, who
+from portwatch.detect.base import SYSCTL_RANGE, Config, Detector, configured_severity, who
 from portwatch.model import Finding, Kind, NamespaceInfo, ProcessInfo, Protocol, ScanResult, Severity
 from portwatch.model.failures import (
     DEFAULT_FAILURE_WINDOW,
@@ -66,8 +66,7 @@ def find_connect_failures(events: Iterable[FailureEvent], result: ScanResult | N
     a namespace other than the host's. Ignore rules are the caller's.
     """
     ns, suffix = keyed_namespace(result, namespace)
-    severity = (config.severities.get(Kind.CONNECT_FAILED, DETECTOR.severity) if config is not None
-                else DETECTOR.severity)
+    severity = configured_severity(Kind.CONNECT_FAILED, DETECTOR.severity, config)
 
     def key(e: FailureEvent) -> str | None:
         if e.call is not FailedCall.CONNECT:

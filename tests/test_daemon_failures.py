@@ -354,3 +354,18 @@ def test_a_capture_that_cannot_start_notes_once_and_a_reload_tries_again(
     wait_for("the second capture to give up", lambda: captures[1].stops == 1 and not thread.alive)
     assert thread.stop()
     assert [r.message for r in caplog.records if r.message == note] == [note]
+
+
+def test_a_reload_with_the_capture_still_asked_for_starts_one_that_could_not_start() -> None:
+    note = "failure capture is off: /run/portwatch/audit.lock stayed locked by another process for 10s"
+    refused = ScriptedCapture([], started=False, notes=[note])
+    working = ScriptedCapture([])
+    thread = scripted_thread([refused, working], Posted(), AUDIT)
+    thread.start()
+    try:
+        wait_for("the first capture to give up", lambda: refused.stops == 1 and not thread.alive)
+        thread.reconfigure(AUDIT)  # the same configuration: SIGHUP
+        wait_for("the second capture to run", lambda: working.active)
+    finally:
+        assert thread.stop()
+    assert working.stops == 1

@@ -149,11 +149,17 @@ class FailureThread:
             self._pass_began = began
 
     def reconfigure(self, config: Config) -> None:
-        """Use ``config`` from now on; start or stop the capture when ``capture.failures`` changed."""
+        """Use ``config`` from now on; start or stop the capture when ``capture.failures`` changed.
+
+        With ``audit`` unchanged, a capture that could not start (its thread ended) is tried again.
+        """
         with self._lock:
             old, self._config = self._config, config
         self.metrics.set_top(config.metrics.top_destinations)
         if old.capture.failures == config.capture.failures:
+            if config.capture.failures == "audit" and not self.alive:
+                log.info("failure capture: trying to start it again")  # it could not start before
+                self._start_thread()
             return
         if config.capture.failures == "audit":
             log.info("failure capture turned on")

@@ -3,9 +3,10 @@
 Job: :func:`discover_namespaces` (``/proc/*/ns/net`` deduplicated by device
 and inode, plus the nsfs bind mounts of the mount table, each named: the
 pod uid, the ``ip netns`` name, the container id, the systemd unit, else the
-lowest pid's command; a pod's namespace/name from its OCI bundle), :func:`run_in_namespace` (a callable run in a
-short-lived thread that ``setns()``-es into the namespace; the calling
-thread never changes namespace) and :func:`can_enter_namespaces`. A
+lowest pid's command; a pod's Kubernetes namespace/name from its OCI
+bundle), :func:`run_in_namespace` (a callable run in a short-lived thread
+that ``setns()``-es into the namespace; the calling thread never changes
+namespace) and :func:`can_enter_namespaces`. A
 namespace that is gone by the time it is entered raises
 :class:`NamespaceVanished`. May import the standard library,
 :mod:`portwatch.model` and the modules of :mod:`portwatch.collect`.
@@ -221,8 +222,9 @@ def discover_namespaces(proc_root: Path = Path("/proc"),
     ``process`` named by the systemd unit, or (not ``stable``) by the lowest
     pid's command. A pod's Kubernetes namespace and name (and its
     container's name) come from the runtimes' OCI bundles under ``run_root``
-    (:class:`~portwatch.collect.oci.BundleReader`), when readable. Without the capability only the own namespace is returned,
-    with :data:`OWN_NAMESPACE_NOTE`. Returns a :class:`Discovery`. Never
+    (:class:`~portwatch.collect.oci.BundleReader`), when readable. Without
+    the capability only the own namespace is returned, with
+    :data:`OWN_NAMESPACE_NOTE`. Returns a :class:`Discovery`. Never
     raises for what it reads.
     """
     proc_root = Path(proc_root)

@@ -40,6 +40,7 @@ from portwatch.collect.netlink import (
     TCP_STATES_MASK,
     UDP_STATES_MASK,
     parse_messages,
+    run_dump,
 )
 from portwatch.collect.owners import find_socket_owners
 from portwatch.collect.processes import describe_processes
@@ -99,25 +100,20 @@ def dump_port(port: int, protocols: Sequence[Protocol] = (Protocol.TCP, Protocol
     """
     out: list[Socket] = []
     deadline = time.monotonic() + timeout
+    late = f"sock_diag dump of port {port}: no answer after {timeout}s"
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as sock:
-        buf = bytearray(1 << 16)
+        view = memoryview(bytearray(1 << 16))
         seq = 0
         for protocol in protocols:
             for family in (socket.AF_INET, socket.AF_INET6):
                 seq += 1
-                sock.send(build_port_request(seq, family, protocol, port))
-                done = False
-                while not done:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError(f"sock_diag dump of port {port}: no answer after {timeout}s")
-                    sock.settimeout(left)
-                    try:
-                        n = sock.recv_into(buf)
-                    except socket.timeout:
-                        raise TimeoutError(f"sock_diag dump of port {port}: no answer after {timeout}s") from None
-                    _sockets, done = parse_messages(memoryview(buf)[:n], protocol=protocol, seq=seq,
-                                                    family=family, out=out)
+
+                def parse(n: int) -> bool:  # called within this iteration
+                    return parse_messages(view, protocol=protocol, seq=seq, family=family, out=out,
+                                          length=n)[1]
+
+                run_dump(sock, build_port_request(seq, family, protocol, port), parse, view,
+                         deadline=deadline, late=late)
     return [s for s in out if s.local.port == port]
 
 

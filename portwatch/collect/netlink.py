@@ -10,9 +10,12 @@ turns each ``struct inet_diag_msg`` into a :class:`portwatch.model.Socket`; it
 is public so that tests can feed it crafted bytes. :func:`count_messages` is
 the classifying parser of a counted read: it counts every TCP socket of a
 buffer (per state, per destination in a :class:`Tally`) and builds a
-``Socket`` only for those a detector looks at. No I/O here: the socket
-source that sends the requests and receives the answers is
-:class:`portwatch.collect.sources.netlink.NetlinkSource` (it reads 100,000
+``Socket`` only for those a detector looks at. No I/O of its own: the
+two reading helpers at the end work on a socket their caller made —
+:func:`run_dump` (one dump request and its answers within a deadline, what
+every dump of portwatch runs) and :func:`recv_nowait` (one non-blocking read
+of a listener). The socket source that sends the requests and receives the
+answers is :class:`portwatch.collect.sources.netlink.NetlinkSource` (it reads 100,000
 sockets in about the CPU time ``ss -tan`` takes; ``benchmarks/run.py``
 measures it). May import the standard library and :mod:`portwatch.model`.
 
@@ -42,6 +45,7 @@ import errno as _errno
 import os
 import socket
 import struct
+import time
 from typing import Any, Callable, Final
 
 from portwatch.model import (
@@ -58,6 +62,7 @@ from portwatch.model import (
 __all__ = [
     "OVERRUN",
     "recv_nowait",
+    "run_dump",
     "INET_DIAG_CGROUP_ID",
     "NETLINK_SOCK_DIAG",
     "SOCK_DIAG_BY_FAMILY",
@@ -636,3 +641,48 @@ def recv_nowait(recv_into: Callable[[Any], int], buf: Any) -> int | None:
         if err.errno != _errno.ENOBUFS:
             raise
         return OVERRUN
+
+
+def run_dump(sock: socket.socket, request: bytes, parse: Callable[[int], bool], view: memoryview, *,
+             deadline: float, late: str, what: str | None = None) -> None:
+    """Send one sock_diag dump ``request`` on ``sock`` and hand its answers to ``parse`` until it says done.
+
+    Takes a ``NETLINK_SOCK_DIAG`` socket, the request bytes, ``parse(n)``
+    (called once per datagram from the kernel, held in ``view[:n]``; returns
+    whether ``NLMSG_DONE`` ended the dump), the receive buffer, the
+    ``time.monotonic()`` deadline of the dump and ``late``, the message of
+    the ``TimeoutError`` raised when the deadline passes before the request
+    is sent or while an answer is awaited. Datagrams not from the kernel
+    (port id 0) are skipped. With ``what`` (the dump's name in messages), a
+    request refused with an errno of :data:`UNAVAILABLE_ERRNOS` raises
+    :func:`errno_failure`'s exception. Raises :class:`NetlinkError` for a
+    datagram longer than ``view``, ``OSError`` from the socket and whatever
+    ``parse`` raises.
+    """
+    size = len(view)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(late)
+    sock.settimeout(remaining)
+    try:
+        sock.sendto(request, (0, 0))
+    except OSError as exc:
+        if what is not None and exc.errno in UNAVAILABLE_ERRNOS:
+            raise errno_failure(exc.errno or 0, what) from exc
+        raise
+    recv = sock.recvfrom_into
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(late)
+        sock.settimeout(remaining)
+        try:
+            n, addr = recv(view, size, socket.MSG_TRUNC)
+        except socket.timeout as exc:
+            raise TimeoutError(late) from exc
+        if n > size:
+            raise NetlinkError(f"datagram of {n} bytes truncated to the {size}-byte receive buffer", size)
+        if addr[0] != 0:  # not from the kernel (port id 0): not ours to read
+            continue
+        if parse(n):
+            return

@@ -34,11 +34,9 @@ from typing import Callable, Final, Sequence
 from portwatch.collect.namespaces import run_in_namespace
 from portwatch.collect.netlink import (
     NETLINK_SOCK_DIAG,
-    NLM_F_DUMP,
-    NLM_F_REQUEST,
-    SOCK_DIAG_BY_FAMILY,
     TCP_STATES_MASK,
     UDP_STATES_MASK,
+    build_request,
     parse_messages,
     run_dump,
 )
@@ -62,8 +60,6 @@ INET_DIAG_BC_S_EQ: Final = 11
 
 _BC_OP: Final = struct.Struct("=BBH")
 _NLA: Final = struct.Struct("=HH")
-# nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, 48-byte sockid of zeros)
-_REQUEST: Final = struct.Struct("=IHHII" "BBBxI" "48x")
 _PROTO_NUMBERS: Final = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
 _STATES: Final = {Protocol.TCP: TCP_STATES_MASK, Protocol.UDP: UDP_STATES_MASK}
 
@@ -82,10 +78,7 @@ def build_port_request(seq: int, family: int, protocol: Protocol, port: int) -> 
     """
     program = port_filter(port)
     attr = _NLA.pack(_NLA.size + len(program), INET_DIAG_REQ_BYTECODE) + program
-    total = _REQUEST.size + len(attr)
-    head = _REQUEST.pack(total, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
-                         family, _PROTO_NUMBERS[protocol], 0, _STATES[protocol])
-    return head + attr
+    return build_request(seq, family, _PROTO_NUMBERS[protocol], _STATES[protocol], attr)
 
 
 def dump_port(port: int, protocols: Sequence[Protocol] = (Protocol.TCP, Protocol.UDP),

@@ -60,6 +60,9 @@ from portwatch.model import (
 )
 
 __all__ = [
+    "NLMSG_DONE",
+    "NLMSG_ERROR",
+    "NLM_F_REQUEST",
     "OVERRUN",
     "recv_nowait",
     "run_dump",
@@ -233,18 +236,19 @@ def find_cgroup_id(data: bytes | bytearray | memoryview, start: int, end: int) -
     return None, -1
 
 
-def build_request(seq: int, family: int, protocol: int, states: int) -> bytes:
+def build_request(seq: int, family: int, protocol: int, states: int, attributes: bytes = b"") -> bytes:
     """The bytes of one ``SOCK_DIAG_BY_FAMILY`` dump request.
 
     Takes the netlink sequence number, the address family (``AF_INET`` or
-    ``AF_INET6``), the IP protocol number and the state bitmask. Returns a
-    72-byte ``nlmsghdr`` + ``inet_diag_req_v2`` (no extensions, no filter).
-    Raises ``struct.error`` for out-of-range numbers.
+    ``AF_INET6``), the IP protocol number, the state bitmask and the request
+    attributes (packed, e.g. a filter program; none by default). Returns a
+    72-byte ``nlmsghdr`` + ``inet_diag_req_v2`` (no extensions), then the
+    attributes. Raises ``struct.error`` for out-of-range numbers.
     """
     return _REQUEST.pack(
-        _REQUEST.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
+        _REQUEST.size + len(attributes), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
         family, protocol, 0, states,
-    )
+    ) + attributes
 
 
 def build_tcp_request(seq: int, states: int) -> bytes:
@@ -286,6 +290,19 @@ def _status_failure(status: int, what: str, off: int) -> Exception:
     if not -_MAX_ERRNO <= status < 0:
         return NetlinkError(f"netlink error status {status} is not a negative errno", off)
     return errno_failure(-status, what)
+
+
+def _new_endpoint(eps: dict[tuple[bytes, int], Endpoint], ips: dict[bytes, str], raw: bytes, port: int,
+                  family: int) -> Endpoint:
+    """The :class:`Endpoint` of a raw inet_diag address and port (network order, read in host order),
+    built and put in :func:`parse_messages`' caches ``eps`` (by (raw, port)) and ``ips`` (by raw)."""
+    ip = ips.get(raw)
+    if ip is None:
+        ip = ips[raw] = fast_ip(raw, family)
+    host_port = port if _BIG_ENDIAN else ((port & 0xFF) << 8) | (port >> 8)
+    endpoint: Endpoint = tuple.__new__(Endpoint, (ip, host_port))
+    eps[(raw, port)] = endpoint
+    return endpoint
 
 
 def parse_messages(
@@ -337,7 +354,6 @@ def parse_messages(
     v4_ok, v6_ok = family in (None, af_inet), family in (None, af_inet6)
     fam_v4, fam_v6 = Family.IPV4, Family.IPV6
     zero16 = _ZERO16
-    swap = not _BIG_ENDIAN
     # Endpoints repeat (a listener's port on every accepted socket, a server's
     # address on every client socket): build each (raw address, port) once per
     # buffer, and convert each raw address once. One pair of caches per family,
@@ -387,27 +403,15 @@ def parse_messages(
                     f"unknown {proto_name} state {st} in inet_diag_msg", off + _HDR_LEN + 1)
             # Endpoints are cached by the raw (network order) port: the byte
             # swap is paid once per endpoint built, not once per socket.
-            key = (src, sport)
-            local = eps.get(key)
+            local = eps.get((src, sport))
             if local is None:
-                ip = ips.get(src)
-                if ip is None:
-                    ip = ips[src] = fast_ip(src, fam)
-                if swap:
-                    sport = ((sport & 0xFF) << 8) | (sport >> 8)
-                local = eps[key] = new(Endpoint, (ip, sport))
+                local = _new_endpoint(eps, ips, src, sport, fam)
             if dport == 0 and dst == zero16:
                 remote = None
             else:
-                key = (dst, dport)
-                remote = eps.get(key)
+                remote = eps.get((dst, dport))
                 if remote is None:
-                    ip = ips.get(dst)
-                    if ip is None:
-                        ip = ips[dst] = fast_ip(dst, fam)
-                    if swap:
-                        dport = ((dport & 0xFF) << 8) | (dport >> 8)
-                    remote = eps[key] = new(Endpoint, (ip, dport))
+                    remote = _new_endpoint(eps, ips, dst, dport, fam)
             if tag != cg_tag or nlen < cg_end:
                 if nlen > _MSG_LEN:
                     cgid, found_at = find_cgroup_id(data, off + _MSG_LEN, off + nlen)

@@ -293,16 +293,19 @@ def _status_failure(status: int, what: str, off: int) -> Exception:
 
 
 def _new_endpoint(eps: dict[tuple[bytes, int], Endpoint], ips: dict[bytes, str], raw: bytes, port: int,
-                  family: int) -> Endpoint:
+                  family: int, new: Any = tuple.__new__, endpoint: type[Endpoint] = Endpoint,
+                  to_ip: Callable[[bytes, int], str] = fast_ip) -> Endpoint:
     """The :class:`Endpoint` of a raw inet_diag address and port (network order, read in host order),
-    built and put in :func:`parse_messages`' caches ``eps`` (by (raw, port)) and ``ips`` (by raw)."""
+    built and put in :func:`parse_messages`' caches ``eps`` (by (raw, port)) and ``ips`` (by raw).
+
+    (``new``, ``endpoint``, ``to_ip``: bound once, this runs for every endpoint of a dump.)
+    """
     ip = ips.get(raw)
     if ip is None:
-        ip = ips[raw] = fast_ip(raw, family)
-    host_port = port if _BIG_ENDIAN else ((port & 0xFF) << 8) | (port >> 8)
-    endpoint: Endpoint = tuple.__new__(Endpoint, (ip, host_port))
-    eps[(raw, port)] = endpoint
-    return endpoint
+        ip = ips[raw] = to_ip(raw, family)
+    built: Endpoint = new(endpoint, (ip, port if _BIG_ENDIAN else ((port & 0xFF) << 8) | (port >> 8)))
+    eps[(raw, port)] = built
+    return built
 
 
 def parse_messages(

@@ -417,7 +417,8 @@ class NamespaceTransients:
         config = self.config
         if config is None:
             return found
-        return [f for f in with_configured_severities(found, config) if not any(ignore_matches(rule, f) for rule in config.ignore)]
+        found = with_configured_severities(found, config)
+        return [f for f in found if not any(ignore_matches(rule, f) for rule in config.ignore)]
 
     def retain(self, namespaces: Iterable[NamespaceInfo]) -> None:
         """Forget the state of every namespace not in ``namespaces`` (they are gone)."""

@@ -31,16 +31,15 @@ from portwatch.collect.netlink import (
     UDP_STATES_MASK,
     TCPDIAG_GETSOCK,
     UNAVAILABLE_ERRNOS,
-    NetlinkError,
     Tally,
     build_request,
     build_tcp_request,
     count_messages,
-    errno_failure,
     family_name,
     fast_ip,
     parse_messages,
     raw_port,
+    run_dump,
 )
 from portwatch.model import (
     KERNEL_TCP_STATES,
@@ -232,41 +231,17 @@ class NetlinkSource:
         else:
             request = build_request(seq, family, _PROTO_NUMBERS[protocol], states)
             msg_type = SOCK_DIAG_BY_FAMILY
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if deadline - time.monotonic() <= 0:
             raise TimeoutError(f"sock_diag read took longer than {self._timeout}s")
-        sock.settimeout(remaining)
-        try:
-            sock.sendto(request, (0, 0))
-        except OSError as exc:
-            if exc.errno in UNAVAILABLE_ERRNOS:
-                raise errno_failure(exc.errno or 0, what) from exc
-            raise
-        size = len(view)
-        recv = sock.recvfrom_into
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"sock_diag dump of {what} took longer than {self._timeout}s")
-            sock.settimeout(remaining)
-            try:
-                n, addr = recv(view, size, socket.MSG_TRUNC)
-            except socket.timeout as exc:
-                raise TimeoutError(
-                    f"sock_diag dump of {what} took longer than {self._timeout}s") from exc
-            if n > size:
-                raise NetlinkError(
-                    f"datagram of {n} bytes truncated to the {size}-byte receive buffer", size)
-            if addr[0] != 0:  # not from the kernel (port id 0): not ours to read
-                continue
+
+        def parse(n: int) -> bool:
             if tally is not None:
-                done = count_messages(view, tally, seq=seq, length=n, family=family,
-                                      msg_type=msg_type)
-            else:
-                _, done = parse_messages(view, protocol=protocol, seq=seq, family=family,
-                                         out=out, length=n, msg_type=msg_type)
-            if done:
-                return
+                return count_messages(view, tally, seq=seq, length=n, family=family, msg_type=msg_type)
+            return parse_messages(view, protocol=protocol, seq=seq, family=family, out=out, length=n,
+                                  msg_type=msg_type)[1]
+
+        run_dump(sock, request, parse, view, deadline=deadline, what=what,
+                 late=f"sock_diag dump of {what} took longer than {self._timeout}s")
 
 
 @contextlib.contextmanager

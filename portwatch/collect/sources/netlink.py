@@ -87,7 +87,7 @@ class NetlinkSource:
     Implements :class:`portwatch.model.SocketSource`. The table it returns
     has no owners (netlink does not know processes). ``uid`` and ``inode``
     come from the kernel; they are 0 for TIME_WAIT and NEW_SYN_RECV mini
-    sockets.
+    sockets. One read at a time: the reads share one receive buffer.
     """
 
     name = "netlink"
@@ -113,6 +113,7 @@ class NetlinkSource:
         self._timeout = timeout
         self._seq = 0
         self._tcp_compat = True  # until the kernel refuses TCPDIAG_GETSOCK
+        self._view: memoryview | None = None  # the receive buffer, made on the first read
 
     def read(self) -> SocketTable:
         """Dump every TCP and UDP, IPv4 and IPv6 socket of the current namespace.
@@ -127,7 +128,7 @@ class NetlinkSource:
         sock = self._open()
         deadline = time.monotonic() + self._timeout
         sockets: list[Socket] = []
-        with _reading(sock, self._bufsize) as view:
+        with _reading(sock, self._buffer()) as view:
             self._dump_tcp(sock, view, TCP_STATES_MASK, sockets, None, deadline)
             self._dump_udp(sock, view, sockets, deadline)
         return SocketTable(sockets=tuple(sockets))
@@ -153,7 +154,7 @@ class NetlinkSource:
         deadline = time.monotonic() + self._timeout
         listeners: list[Socket] = []
         udp: list[Socket] = []
-        with _reading(sock, self._bufsize) as view:
+        with _reading(sock, self._buffer()) as view:
             self._dump_tcp(sock, view, _LISTEN_MASK, listeners, None, deadline)
             listen_ports = {s.local.port for s in listeners if s.state is SocketState.LISTEN}
             rng = settings.port_range
@@ -200,6 +201,12 @@ class NetlinkSource:
             if protocol is Protocol.UDP:
                 self._dump(sock, view, protocol, family, self._next_seq(), out, deadline,
                            UDP_STATES_MASK)
+
+    def _buffer(self) -> memoryview:
+        """The receive buffer, ``bufsize`` bytes, made once and used by every read of this source."""
+        if self._view is None:
+            self._view = memoryview(bytearray(self._bufsize))
+        return self._view
 
     def _open(self) -> socket.socket:
         """A new netlink socket from the factory; :class:`SourceUnavailable` when the kernel has no
@@ -271,14 +278,13 @@ class NetlinkSource:
 
 
 @contextlib.contextmanager
-def _reading(sock: socket.socket, bufsize: int) -> Iterator[memoryview]:
-    """A receive buffer of ``bufsize`` bytes for the dumps on ``sock``; closes ``sock`` at the end.
+def _reading(sock: socket.socket, view: memoryview) -> Iterator[memoryview]:
+    """The dumps on ``sock`` into the receive buffer ``view``; closes ``sock`` at the end.
 
     Hundreds of thousands of new tuples would trigger the cyclic garbage
     collector again and again (each pass walking everything built so far);
     they cannot form cycles, so it is paused meanwhile.
     """
-    view = memoryview(bytearray(bufsize))
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -286,7 +292,6 @@ def _reading(sock: socket.socket, bufsize: int) -> Iterator[memoryview]:
     finally:
         if gc_was_enabled:
             gc.enable()
-        view.release()
         sock.close()
 
 

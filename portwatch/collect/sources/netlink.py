@@ -320,8 +320,12 @@ def _marked_ports(raw: bytearray) -> set[int]:
     if len(raw) - raw.count(0) <= _SPARSE_PORTS:
         find, add = raw.find, ports.add
         at = find(1)
+        if sys.byteorder == "big":
+            while at >= 0:
+                add(at)
+                at = find(1, at + 1)
         while at >= 0:
-            add(raw_port(at))
+            add(((at & 0xFF) << 8) | (at >> 8))  # raw_port(at), without a call per port
             at = find(1, at + 1)
         return ports
     host = raw if sys.byteorder == "big" else b"".join(raw[lo::256] for lo in range(256))

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, TypeVar, cast
 
 from portwatch.collect.cgroups import cgroup_of_pid, identity_from_path
 from portwatch.collect.mounts import Mount, read_mountinfo
@@ -387,7 +387,7 @@ class NamespaceThread:
         finally:
             os.close(fd)
         if ok:
-            return value  # type: ignore[return-value]  # what fn returned
+            return cast(T, value)  # what fn returned
         assert isinstance(value, BaseException)
         if isinstance(value, OSError) and value.errno in _VANISHED_ERRNOS:
             raise NamespaceVanished(f"network namespace {ns.name} vanished: {value}") from value

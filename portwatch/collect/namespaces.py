@@ -17,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, TypeVar, cast
 
 from portwatch.collect.cgroups import cgroup_of_pid, identity_from_path
 from portwatch.collect.mounts import Mount, read_mountinfo
@@ -31,6 +32,7 @@ from portwatch.model import CgroupIdentity, NamespaceInfo, NamespaceKind
 __all__ = [
     "CLONE_NEWNET",
     "NETNS_DIRS",
+    "NamespaceThread",
     "OWN_NAMESPACE_NOTE",
     "Discovery",
     "NamespaceVanished",
@@ -356,38 +358,90 @@ def run_in_namespace(ns: NamespaceInfo, fn: Callable[[], T], proc_root: Path = P
     show the namespace's own values (``/proc/self/net`` does not), and a
     socket created there (e.g. NETLINK_SOCK_DIAG) keeps working in that
     namespace after the thread ends. The own namespace runs ``fn`` in a
-    thread too, without ``setns``. Raises :class:`NamespaceVanished` when the
+    thread too. Raises :class:`NamespaceVanished` when the
     namespace is gone, ``PermissionError`` without CAP_SYS_ADMIN or access to
     its ``/proc/PID/ns/net``, ``TimeoutError`` when ``fn`` takes longer than
     ``timeout`` seconds (the thread is left to finish), and whatever ``fn``
-    raises.
+    raises. :class:`NamespaceThread` does the same for many namespaces with one thread.
     """
-    global _SETNS
-    fd = open_namespace(ns, proc_root)
-    if _SETNS is None:
-        _SETNS = _libc_setns()
-    setns = _SETNS
-    result: list[T] = []
-    failure: list[BaseException] = []
+    with NamespaceThread(proc_root, timeout) as thread:
+        return thread.run(ns, fn)
 
-    def body() -> None:
+
+class NamespaceThread:
+    """One thread that enters network namespaces in turn and runs a callable in each.
+
+    :meth:`run` has the contract of :func:`run_in_namespace`, for one pass
+    over many namespaces without a thread per namespace: the thread is made
+    on the first :meth:`run`, ``setns()``-es into each namespace asked for
+    before running its callable, and ends on :meth:`close` (or the end of a
+    ``with`` block). Only that thread ever changes namespace. One caller at
+    a time; a callable that times out leaves its thread to finish, and the
+    next :meth:`run` makes a new one.
+    """
+
+    def __init__(self, proc_root: Path = Path("/proc"), timeout: float = 30.0) -> None:
+        """Take the proc mount (``PID/ns/net``) and the time limit of one callable, in seconds."""
+        self.proc_root = Path(proc_root)
+        self.timeout = timeout
+        self._requests: queue.SimpleQueue[tuple[int, Callable[[], object]] | None] | None = None
+        self._answers: queue.SimpleQueue[tuple[bool, object]] = queue.SimpleQueue()
+
+    def __enter__(self) -> NamespaceThread:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def run(self, ns: NamespaceInfo, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` inside ``ns`` in the thread and return its result (see :func:`run_in_namespace`).
+
+        Raises :class:`NamespaceVanished`, ``PermissionError``, ``TimeoutError``
+        and what ``fn`` raises, as :func:`run_in_namespace` does.
+        """
+        global _SETNS
+        fd = open_namespace(ns, self.proc_root)
+        try:
+            if _SETNS is None:
+                _SETNS = _libc_setns()
+            if self._requests is None:
+                self._requests = queue.SimpleQueue()
+                threading.Thread(target=_serve, args=(self._requests, self._answers, _SETNS),
+                                 name="netns", daemon=True).start()
+            self._requests.put((fd, fn))
+            try:
+                ok, value = self._answers.get(timeout=self.timeout)
+            except BaseException as exc:  # no answer (time out, interrupt): that thread is let go
+                self.close()
+                self._answers = queue.SimpleQueue()  # what it answers later goes nowhere
+                if isinstance(exc, queue.Empty):
+                    raise TimeoutError(
+                        f"network namespace {ns.name}: no answer after {self.timeout}s") from None
+                raise
+        finally:
+            os.close(fd)
+        if ok:
+            return cast(T, value)  # what fn returned
+        assert isinstance(value, BaseException)
+        if isinstance(value, OSError) and value.errno in _VANISHED_ERRNOS:
+            raise NamespaceVanished(f"network namespace {ns.name} vanished: {value}") from value
+        raise value
+
+    def close(self) -> None:
+        """End the thread (it finishes what it runs first); a later :meth:`run` makes a new one."""
+        if self._requests is not None:
+            self._requests.put(None)
+            self._requests = None
+
+
+def _serve(requests: queue.SimpleQueue[tuple[int, Callable[[], object]] | None],
+           answers: queue.SimpleQueue[tuple[bool, object]], setns: Callable[[int, int], int]) -> None:
+    """The body of a :class:`NamespaceThread`: enter each namespace asked for and run its callable,
+    until ``None``; answers (True, result) or (False, exception)."""
+    while (request := requests.get()) is not None:
+        fd, fn = request
         try:
             setns(fd, CLONE_NEWNET)
-            result.append(fn())
+            answers.put((True, fn()))
         except BaseException as exc:  # handed to the caller
-            failure.append(exc)
-
-    try:
-        thread = threading.Thread(target=body, name=f"netns-{ns.inode}", daemon=True)
-        thread.start()
-        thread.join(timeout)
-        if thread.is_alive():
-            raise TimeoutError(f"network namespace {ns.name}: no answer after {timeout}s")
-    finally:
-        os.close(fd)
-    if failure:
-        exc = failure[0]
-        if isinstance(exc, OSError) and exc.errno in _VANISHED_ERRNOS:
-            raise NamespaceVanished(f"network namespace {ns.name} vanished: {exc}") from exc
-        raise exc
-    return result[0]
+            answers.put((False, exc))

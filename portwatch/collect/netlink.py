@@ -42,6 +42,7 @@ kept (TIME_WAIT counts for port exhaustion).
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import os
 import socket
 import struct
@@ -497,14 +498,11 @@ class Tally:
 
     def __init__(self, port_range: tuple[int, int], unusable: frozenset[int], interest: frozenset[int],
                  listeners: frozenset[tuple[bytes, int]]) -> None:
-        low, high = max(port_range[0], 0), min(port_range[1], 0xFFFF)
-        host = bytearray(65536)
-        if low <= high:
-            host[low:high + 1] = b"\x01" * (high - low + 1)
+        usable = bytearray(_range_table(max(port_range[0], 0), min(port_range[1], 0xFFFF)))
         for port in unusable:
             if 0 <= port <= 0xFFFF:
-                host[port] = 0
-        self.usable = _raw_order(host)
+                usable[raw_port(port)] = 0
+        self.usable = usable
         self.interest = _port_table(interest)
         wildcard = {port for addr, port in listeners if addr == _ZERO16}
         self.wildcard = _port_table(frozenset(wildcard))
@@ -530,6 +528,17 @@ class Tally:
         return tuple(out)
 
 
+@functools.lru_cache(maxsize=4)
+def _range_table(low: int, high: int) -> bytes:
+    """A 65536-byte table indexed by raw (network order) port number: 1 for the ports low..high."""
+    host = bytearray(65536)
+    if low <= high:
+        host[low:high + 1] = b"\x01" * (high - low + 1)
+    return _raw_order(host)
+
+
+# Cached (this and the range's table): the scan of many namespaces asks for the same ones again
+@functools.lru_cache(maxsize=16)
 def _port_table(ports: frozenset[int]) -> bytes:
     """A 65536-byte table: 1 at the raw (network order) number of each of ``ports``."""
     table = bytearray(65536)

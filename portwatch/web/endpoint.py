@@ -31,6 +31,7 @@ from portwatch.output.status import index_page
 from portwatch.web.activation import listen_fds
 from portwatch.web.address import BACKLOG, WebError, bind_error, bind_listener, raise_descriptor_limit, resolve
 from portwatch.web.auth import Auth, FailureLimit
+from portwatch.web.render import RenderCache
 from portwatch.web.routes import handler_for
 from portwatch.web.server import CONNECTION_TIMEOUT, MAX_CONNECTIONS, WORKERS, ConnectionServer
 from portwatch.web.settings import WebOptions, WebSettings, settings_from_config
@@ -267,6 +268,7 @@ class _Site:
                  health: Callable[[], bool], index_extra: Callable[[], str] | None) -> None:
         self._owner = owner
         self._registry = registry
+        self._rendered = RenderCache(registry)
         self._ready = ready
         self._health = health
         self._index_extra = index_extra
@@ -285,6 +287,10 @@ class _Site:
     def registry(self) -> CollectorRegistry:
         """The registry ``/metrics`` renders."""
         return self._registry
+
+    def exposition(self, encoder: Callable[[CollectorRegistry], bytes], content_type: str, gzipped: bool) -> bytes:
+        """The registry's body, shared by the scrapes of :data:`~portwatch.web.render.RENDER_MAX_AGE` seconds."""
+        return self._rendered.body(encoder, content_type, gzipped)
 
     def ready(self) -> bool:
         """The readiness check given to the server."""

@@ -3,8 +3,9 @@
 Job: answer one request. ``/metrics`` renders the registry in the text format,
 or OpenMetrics when ``Accept`` asks for it, gzip-compressed when
 ``Accept-Encoding`` allows it, restricted by ``name[]`` query parameters (as
-prometheus_client's own handler does); a scrape never triggers or waits for a
-scan. ``/`` is the index page; ``/-/healthy`` and ``/-/ready`` answer 200 ``OK``
+prometheus_client's own handler does); the whole registry's body is shared by
+the scrapes of half a second (:mod:`.render`); a scrape never triggers or waits
+for a scan. ``/`` is the index page; ``/-/healthy`` and ``/-/ready`` answer 200 ``OK``
 while the checks return true, 503 otherwise. Other paths get 404, methods
 other than GET and HEAD 405; with basic-auth users every request needs valid
 credentials (401 otherwise; 429 with ``Retry-After`` when the client address
@@ -12,7 +13,7 @@ failed too often, see :mod:`.auth`). HTTP/1.1 connections stay open (keep-alive)
 unless the client says ``Connection: close``; HTTP/1.0 ones close unless they ask for keep-alive. Requests
 are logged at DEBUG on ``portwatch.web`` only. What the routes serve comes from
 a :class:`Site`. May import the standard library, prometheus_client,
-:mod:`portwatch.web.auth` and :mod:`portwatch.web.server`.
+:mod:`portwatch.web.auth`, :mod:`portwatch.web.render` and :mod:`portwatch.web.server`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class Site(Protocol):
     @property
     def registry(self) -> CollectorRegistry:
         """The registry ``/metrics`` renders."""
+        ...
+
+    def exposition(self, encoder: Callable[[CollectorRegistry], bytes], content_type: str, gzipped: bool) -> bytes:
+        """The whole registry rendered by ``encoder`` (gzip-compressed if ``gzipped``), shared by the
+        scrapes of a short moment (:class:`~portwatch.web.render.RenderCache`); raises what ``encoder`` raises."""
         ...
 
     @property
@@ -151,20 +157,21 @@ class Handler(RequestHandler):
 
     def _metrics(self, params: dict[str, list[str]]) -> None:
         """Renders the registry (text format or OpenMetrics; gzip when accepted)."""
-        registry = self.site.registry
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        gzipped = gzip_accepted(self.headers.get("Accept-Encoding", ""))
         try:
-            target: Any = registry
-            if "name[]" in params:
-                target = registry.restricted_registry(params["name[]"])
-            body = encoder(target)
+            if "name[]" in params:  # a few families: rendered for this request alone
+                body = encoder(self.site.registry.restricted_registry(params["name[]"]))
+                if gzipped:
+                    body = gzip.compress(body)
+            else:
+                body = self.site.exposition(encoder, content_type, gzipped)
         except Exception:
             log.exception("error rendering /metrics")
             self._respond(HTTPStatus.INTERNAL_SERVER_ERROR, b"error collecting metrics\n")
             return
         headers = {"Vary": "Accept-Encoding"}
-        if gzip_accepted(self.headers.get("Accept-Encoding", "")):
-            body = gzip.compress(body)
+        if gzipped:
             headers["Content-Encoding"] = "gzip"
         self._respond(HTTPStatus.OK, body, content_type=content_type, headers=headers)
 

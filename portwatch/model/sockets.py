@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field
+from portwatch.model.records import dataclass, field
 from typing import Any, Mapping, NamedTuple, Protocol as TypingProtocol
 
 from portwatch.model.text import host_port

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import pickle
+import types
+import typing
 import subprocess
 import sys
 from collections import deque
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import pytest
 
@@ -72,15 +75,28 @@ def _shapes(dataclass: Callable[..., Any], field: Callable[..., Any]) -> dict[st
 STANDARD = _shapes(dataclasses.dataclass, dataclasses.field)
 OWN = _shapes(records.dataclass, records.field)
 
+#: Arguments that make one instance of each shape.
+VALID: dict[str, tuple[Any, ...]] = {"Point": (1,), "Options": (), "Window": (), "Empty": (), "Custom": (1,)}
 
-def _same(make: Callable[[dict[str, Any]], Any]) -> None:
-    """``make`` gives the same outcome (value or exception type and text) with both kinds of classes."""
+
+def _same(make: Callable[[dict[str, Any]], Any], compiled: bool) -> None:
+    """``make`` gives the same outcome (value or exception type and text) with both kinds of classes.
+
+    Records' classes are made anew; with ``compiled``, each has made enough
+    instances first that its ``__init__`` is the compiled one.
+    """
+    own = _shapes(records.dataclass, records.field)
+    if compiled:
+        for name, args in VALID.items():
+            for _ in range(records._GENERIC_CALLS + 1):
+                own[name](*args)
+
     def outcome(shapes: dict[str, Any]) -> Any:
         try:
             return ("ok", make(shapes))
         except Exception as exc:  # the outcome compared
             return ("raised", type(exc).__name__, str(exc))
-    assert outcome(OWN) == outcome(STANDARD)
+    assert outcome(own) == outcome(STANDARD)
 
 
 def test_the_classes_here_are_made_by_records_not_by_the_standard_decorator() -> None:
@@ -129,8 +145,9 @@ def test_the_classes_here_are_made_by_records_not_by_the_standard_decorator() ->
     lambda s: s["Point"].__dataclass_params__.frozen,
     lambda s: repr(copy.deepcopy(s["Point"](1, 2, {"k": "v"}))),
 ])
-def test_behaves_as_the_standard_decorator(make: Callable[[dict[str, Any]], Any]) -> None:
-    _same(make)
+@pytest.mark.parametrize("compiled", [False, True], ids=["first-instances", "compiled-init"])
+def test_behaves_as_the_standard_decorator(make: Callable[[dict[str, Any]], Any], compiled: bool) -> None:
+    _same(make, compiled)
 
 
 def test_a_frozen_instance_raises_the_standard_error() -> None:
@@ -178,3 +195,45 @@ def test_importing_the_model_does_not_import_dataclasses() -> None:
     out = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", code], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+class _StdPair(NamedTuple):
+    """A pair with a default, from typing."""
+
+    a: int
+    b: str = "x"
+
+    def both(self) -> str:
+        return f"{self.a}{self.b}"
+
+
+class _OwnPair(records.NamedTuple):
+    """A pair with a default, from typing."""
+
+    a: int
+    b: str = "x"
+
+    def both(self) -> str:
+        return f"{self.a}{self.b}"
+
+
+def test_its_named_tuple_is_typings_but_for_the_annotations() -> None:
+    for pair in (_StdPair, _OwnPair):
+        made = pair(1)
+        assert (made, made.both(), made._replace(b="y"), made._asdict()) == ((1, "x"), "1x", (1, "y"), {"a": 1, "b": "x"})
+        assert (pair._fields, pair._field_defaults, pair.__doc__) == (("a", "b"), {"b": "x"}, "A pair with a default, from typing.")
+        assert pair.__mro__[1:] == (tuple, object)
+        assert pickle.loads(pickle.dumps(made)) == made
+        assert typing.get_type_hints(pair) == {"a": int, "b": str}
+        assert repr(made) == f"{pair.__name__}(a=1, b='x')"
+    assert _OwnPair.__annotations__ == {"a": "int", "b": "str"}  # as written, not compiled
+
+
+def test_its_named_tuple_refuses_what_typing_refuses() -> None:
+    for base in (NamedTuple, records.NamedTuple):
+        with pytest.raises(TypeError, match="Non-default namedtuple field b cannot follow default field a"):
+            types.new_class("Bad", (base,), exec_body=lambda ns: ns.update(
+                {"__annotations__": {"a": "int", "b": "int"}, "a": 1, "__module__": __name__}))
+        with pytest.raises(AttributeError, match="Cannot overwrite NamedTuple attribute _make"):
+            types.new_class("Bad", (base,), exec_body=lambda ns: ns.update(
+                {"__annotations__": {"a": "int"}, "_make": 1, "__module__": __name__}))

@@ -13,18 +13,17 @@ namespace that is gone by the time it is entered raises
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 from portwatch.collect.cgroups import cgroup_of_pid, identity_from_path
 from portwatch.collect.mounts import Mount, read_mountinfo
 from portwatch.model import NamespaceInfo, NamespaceKind
+from portwatch.model.records import dataclass, replace
 
 __all__ = [
     "CLONE_NEWNET",
@@ -168,7 +167,7 @@ def _unique_keys(infos: list[NamespaceInfo]) -> list[NamespaceInfo]:
     for ns in infos:
         if ns.stable:
             counts[ns.name] = counts.get(ns.name, 0) + 1
-    return [dataclasses.replace(ns, stable=False) if ns.stable and counts[ns.name] > 1 else ns
+    return [replace(ns, stable=False) if ns.stable and counts[ns.name] > 1 else ns
             for ns in infos]
 
 

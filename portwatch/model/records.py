@@ -1,4 +1,4 @@
-"""Dataclasses that cost almost nothing to define: :func:`dataclass`, :func:`field`, :func:`replace`.
+"""Data classes that cost almost nothing to define: :func:`dataclass`, :func:`field`, :func:`replace`, :data:`NamedTuple`.
 
 A drop-in for the standard library's ``@dataclass`` as portwatch uses it
 (``frozen`` or not, ``kw_only``, ``field(default=..., default_factory=...,
@@ -12,25 +12,32 @@ and standard dataclasses subclassing it all work.
 What differs is when the work happens. The standard decorator imports
 :mod:`dataclasses` (and :mod:`inspect` with it) and compiles five or six
 methods per class at import; a command that defines thirty classes and uses
-a few pays milliseconds for nothing. Here ``__init__`` is compiled on the
-first instantiation, ``__repr__``/``__eq__``/``__hash__`` are closures, and
+a few pays milliseconds for nothing. Here ``__init__`` sets the fields
+itself for a class's first few instances and is compiled (the standard
+code) only for a class with more, ``__repr__``/``__eq__``/``__hash__`` are
+closures, and
 ``__dataclass_fields__``/``__dataclass_params__`` are computed (by the
 standard decorator, on a shadow class) the first time something asks for
 them. Any use this module does not cover (``ClassVar``/``InitVar``
 annotations, ``KW_ONLY``, ``init=False``, ``order``, ``slots``, a dataclass
 base, no docstring, ...) is handed to the standard decorator at once.
 
+:data:`NamedTuple` is ``typing.NamedTuple`` (the class form) without the
+compilation of every field's annotation (see :class:`_TupleMeta`).
+
 Type checkers see the standard :func:`dataclasses.dataclass`,
-:func:`dataclasses.field` and :func:`dataclasses.replace`. Standard library
-only (:mod:`dataclasses` itself on first need); no I/O.
+:func:`dataclasses.field`, :func:`dataclasses.replace` and
+``typing.NamedTuple``. Standard library only (:mod:`dataclasses` itself on
+first need); no I/O.
 """
 
 from __future__ import annotations
 
+import collections
 import operator
 from typing import TYPE_CHECKING, Any, Callable
 
-__all__ = ["dataclass", "field", "replace"]
+__all__ = ["NamedTuple", "dataclass", "field", "replace"]
 
 _MISSING: Any = object()
 #: The ``__init__`` default of a field with a factory (as the standard library's ``_HAS_DEFAULT_FACTORY``).
@@ -254,13 +261,51 @@ def _frozen_delattr(cls: Any, names: tuple[str, ...]) -> Callable[[Any, str], No
     return __delattr__
 
 
+#: Instances an ``__init__`` makes without being compiled; the next call compiles it.
+_GENERIC_CALLS = 16
+
+
 def _init_stub(cls: type, fields: list[_Field], frozen: bool) -> Callable[..., None]:
-    """An ``__init__`` that compiles the real one, puts it on ``cls`` and calls it."""
+    """An ``__init__`` that sets the fields itself for the first :data:`_GENERIC_CALLS`
+    instances (a command makes only a few of most classes: compiling would cost more), then
+    compiles the real one (:func:`_make_init`), puts it on ``cls`` and calls it.
+
+    A call it does not take as it is (too many arguments, an unknown,
+    repeated or missing one) goes to the compiled one at once, so every error
+    is the standard one.
+    """
+    positional = 0 if fields and fields[0].kw_only else len(fields)
+    names = frozenset(f.name for f in fields)
+    required = tuple((i, f.name) for i, f in enumerate(fields)
+                     if f.default is _MISSING and f.factory is _MISSING)
+    calls = 0
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        real = _make_init(cls, fields, frozen)
-        type.__setattr__(cls, "__init__", real)
-        real(self, *args, **kwargs)
+        nonlocal calls
+        calls += 1
+        given = len(args)
+        if (calls > _GENERIC_CALLS or given > positional
+                or (kwargs and (not names.issuperset(kwargs) or any(f.name in kwargs for f in fields[:given])))
+                or any(i >= given and name not in kwargs for i, name in required)):
+            real = _make_init(cls, fields, frozen)
+            type.__setattr__(cls, "__init__", real)
+            real(self, *args, **kwargs)
+            return
+        for i, f in enumerate(fields):
+            if i < given:
+                value = args[i]
+            elif f.name in kwargs:
+                value = kwargs[f.name]
+            elif f.factory is not _MISSING:
+                value = f.factory()
+            else:
+                value = f.default
+            if frozen:
+                object.__setattr__(self, f.name, value)
+            else:
+                setattr(self, f.name, value)
+        if hasattr(cls, "__post_init__"):
+            self.__post_init__()
 
     __init__.__qualname__ = f"{cls.__qualname__}.__init__"
     return __init__
@@ -313,12 +358,65 @@ def _replace(obj: Any, /, **changes: Any) -> Any:
     return obj.__class__(**changes)
 
 
+#: What ``typing.NamedTuple`` refuses in a class body, and what it does not copy (Python 3.11's).
+_TUPLE_PROHIBITED = frozenset({"__new__", "__init__", "__slots__", "__getnewargs__", "_fields",
+                               "_field_defaults", "_make", "_replace", "_asdict", "_source"})
+_TUPLE_SPECIAL = frozenset({"__module__", "__name__", "__annotations__"})
+
+
+class _TupleMeta(type):
+    """``typing.NamedTuple``'s class machinery, but the annotations are kept as written.
+
+    ``typing.NamedTuple`` turns each string annotation (every one, under
+    ``from __future__ import annotations``) into a ``ForwardRef``, which
+    compiles it: most of the cost of defining the class. Here
+    ``__annotations__`` holds the strings (``typing.get_type_hints`` reads
+    either); the class is otherwise the same ``collections.namedtuple``
+    subclass with the body's methods and properties.
+    """
+
+    def __new__(mcls, typename: str, bases: tuple[type, ...], ns: dict[str, Any]) -> Any:
+        if bases != (_TupleBase,):
+            raise TypeError("can only inherit from a NamedTuple type")
+        annotations: dict[str, Any] = ns.get("__annotations__", {})
+        default_names: list[str] = []
+        for name in annotations:
+            if name in ns:
+                default_names.append(name)
+            elif default_names:
+                raise TypeError(f"Non-default namedtuple field {name} cannot follow default field"
+                                f"{'s' if len(default_names) > 1 else ''} {', '.join(default_names)}")
+        make: Any = collections.namedtuple  # called with names known only here
+        made: Any = make(typename, list(annotations), defaults=[ns[n] for n in default_names],
+                         module=ns["__module__"])
+        made.__annotations__ = made.__new__.__annotations__ = dict(annotations)
+        for key in ns:
+            if key in _TUPLE_PROHIBITED:
+                raise AttributeError("Cannot overwrite NamedTuple attribute " + key)
+            if key not in _TUPLE_SPECIAL and key not in made._fields:
+                setattr(made, key, ns[key])
+        return made
+
+
+_TupleBase = type.__new__(_TupleMeta, "NamedTuple", (), {})
+
+
+def _named_tuple(*args: Any, **kwargs: Any) -> Any:
+    """The class form only: ``class Endpoint(NamedTuple): ...`` (see :class:`_TupleMeta`)."""
+    raise TypeError("use typing.NamedTuple for the functional form")
+
+
+setattr(_named_tuple, "__mro_entries__", lambda bases: (_TupleBase,))
+
+
 if TYPE_CHECKING:
     from dataclasses import dataclass as dataclass
     from dataclasses import field as field
     from dataclasses import replace as replace
+    from typing import NamedTuple as NamedTuple
 else:
     dataclass = _dataclass
     field = _field
     replace = _replace
+    NamedTuple = _named_tuple
 

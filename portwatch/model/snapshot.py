@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from portwatch.model.records import dataclass, field, replace
-from typing import Callable, Collection, Iterable, Mapping, NamedTuple
+from portwatch.model.records import NamedTuple, dataclass, field, replace
+from typing import Callable, Collection, Iterable, Mapping
 
 from portwatch.model.findings import ProcessInfo
 from portwatch.model.kernel import KernelSettings

@@ -14,7 +14,7 @@ import argparse
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from portwatch import version_text
 
@@ -133,13 +133,15 @@ class _LazyParsers(dict[str, Any]):
     def __getitem__(self, name: str) -> Any:
         if name in self.pending:
             arguments, kwargs = self.pending.pop(name)
-            parser = self.parser_class(prog=f"{self.prog} {name}", **kwargs)
-            arguments(parser)
-            super().__setitem__(name, parser)
+            super().__setitem__(name, self.parser_class(prog=f"{self.prog} {name}", **kwargs))
+            arguments(super().__getitem__(name))
         return super().__getitem__(name)
 
-    def values(self) -> Any:  # (argparse itself only looks names up, tests and lists them)
-        return [self[name] for name in self]
+    def __iter__(self) -> Iterator[str]:  # defined, so dict(parsers) copies by lookup: every parser made
+        return iter(list(super().__iter__()))
+
+    def items(self) -> Any:
+        return [(name, self[name]) for name in self]
 
 
 def build_parser() -> argparse.ArgumentParser:

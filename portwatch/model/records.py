@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import operator
+import sys
 from typing import TYPE_CHECKING, Any, Callable
 
 __all__ = ["NamedTuple", "dataclass", "field", "replace"]
@@ -175,6 +176,8 @@ def _build(cls: type, fields: list[_Field], frozen: bool, options: dict[str, Any
         setattr(cls, "__delattr__", _frozen_delattr(cls, names))
     if "__match_args__" not in own:
         setattr(cls, "__match_args__", tuple(f.name for f in fields if not f.kw_only))
+    if sys.version_info >= (3, 13) and "__replace__" not in own:  # what copy.replace() calls
+        setattr(cls, "__replace__", _replace)
 
 
 class _Lazy:

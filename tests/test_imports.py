@@ -28,9 +28,10 @@ SCAN_NEVER = DAEMON_ONLY + ("portwatch.alerts", "portwatch.config.loading", "yam
 #: What a plain ``scan`` (own namespace, no file, nothing logged, output not a terminal) leaves out
 #: for its start-up time: logging (set up only once something imports it), the dataclasses module
 #: (portwatch.model.records makes the data classes), argparse's terminal width (shutil), the wrapping
-#: of the terminal report, the other commands' parsers' modules and the event/failure records.
-PLAIN_SCAN_NEVER = SCAN_NEVER + ("logging", "dataclasses", "inspect", "shutil", "textwrap",
-                                 "portwatch.model.events", "portwatch.daemon", "portwatch.watch")
+#: of the terminal report, datetime (model.text formats the scan's time), threading (only entering a
+#: namespace needs it), the other commands' modules and the event records.
+PLAIN_SCAN_NEVER = SCAN_NEVER + ("logging", "dataclasses", "inspect", "shutil", "textwrap", "datetime",
+                                 "threading", "portwatch.model.events", "portwatch.daemon", "portwatch.watch")
 
 
 #: Runs ``python -m portwatch ARGS`` and, at exit, writes the names in ``sys.modules`` to stderr.
@@ -116,7 +117,8 @@ def test_the_forbidden_modules_are_what_run_imports(netns: NetNS) -> None:
             "atexit.register(lambda: sys.stderr.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n'))\n"
             "import portwatch.daemon.main, portwatch.daemon.wiring, portwatch.alerts.engine\n"
             "import portwatch.config.loading, portwatch.scan, psutil\n"
-            "import logging, dataclasses, shutil, textwrap, portwatch.model.events, portwatch.watch\n")
+            "import logging, dataclasses, shutil, textwrap, datetime, threading\n"
+            "import portwatch.model.events, portwatch.watch\n")
     names = modules_after(netns, code)
     for prefix in PLAIN_SCAN_NEVER:
         assert any(n == prefix or n.startswith(prefix + ".") for n in names), prefix

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
@@ -341,6 +340,8 @@ def run_in_namespace(ns: NamespaceInfo, fn: Callable[[], T], proc_root: Path = P
             result.append(fn())
         except BaseException as exc:  # handed to the caller
             failure.append(exc)
+
+    import threading  # only where a namespace is entered: a plain scan never loads it
 
     try:
         thread = threading.Thread(target=body, name=f"netns-{ns.inode}", daemon=True)

@@ -33,6 +33,7 @@ first need); no I/O.
 
 from __future__ import annotations
 
+import _thread
 import collections
 import operator
 import sys
@@ -166,10 +167,10 @@ def _build(cls: type, fields: list[_Field], frozen: bool, options: dict[str, Any
     if "__repr__" not in own:
         setattr(cls, "__repr__", _make_repr(tuple(f.name for f in fields if f.repr)))
     explicit_hash = "__hash__" in own and not (own["__hash__"] is None and "__eq__" in own)
+    key = _key(tuple(f.name for f in fields if f.compare))
     if "__eq__" not in own:
-        setattr(cls, "__eq__", _make_eq(_key(tuple(f.name for f in fields if f.compare))))
+        setattr(cls, "__eq__", _make_eq(key))
     if not explicit_hash:
-        key = _key(tuple(f.name for f in fields if f.compare))
         setattr(cls, "__hash__", (lambda self: hash(key(self))) if frozen else None)
     if frozen:
         setattr(cls, "__setattr__", _frozen_setattr(cls, names))
@@ -225,8 +226,6 @@ def _make_eq(key: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any, Any], Any]
 
 
 def _make_repr(names: tuple[str, ...]) -> Callable[[Any], str]:
-    import _thread
-
     running: set[tuple[int, int]] = set()
 
     def __repr__(self: Any) -> str:

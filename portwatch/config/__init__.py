@@ -16,9 +16,9 @@ Modules, from the bottom up:
 - :mod:`.docs`: generates the reference tables of docs/configuration.md
   (``python -m portwatch.config.docs``).
 
-Every name here is imported on first use (``_LAZY``), so importing this
-package (or :mod:`.types`) imports neither YAML nor the sink registry, and
-importing it does not import :mod:`.grammar` or :mod:`.types` either.
+Every name here is imported on first use (``_LAZY``): importing this package
+imports none of its modules, and importing :mod:`.types` neither YAML nor the
+sink registry.
 May import: everything in this package; nothing imports this package's
 ``__init__`` names from below it.
 """

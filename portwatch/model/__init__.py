@@ -2,10 +2,12 @@
 
 Everything here is immutable data with the few pure methods that describe it
 (``Socket.describe``, ``Finding.to_dict``). Standard library only: this
-package imports nothing else of portwatch and nothing that does I/O, so every
-other package may import it. The names below are its public interface; the
-modules split it by subject (``sockets``, ``kernel``, ``findings``,
-``snapshot``, ``results``).
+package imports nothing else of portwatch (but :mod:`portwatch.lazy`) and
+nothing that does I/O, so every other package may import it. The names below
+are its public interface, each imported on first use (``_LAZY``: a command
+loads only the modules it uses); the modules split it by subject
+(``sockets``, ``kernel``, ``findings``, ``snapshot``, ``results``, ...) and
+:mod:`.records` makes its data classes cheaply.
 """
 
 from __future__ import annotations

@@ -9,10 +9,13 @@ namespace each enter 20 of the namespaces in turn, in a thread, through
 socket stays in the namespace it was made in). Then, over ``--repeat``
 rounds, interleaved, it times for the first 10 namespaces and for all N:
 
-- ``portwatch``: in a fresh process, :func:`portwatch.collect.discover_namespaces`
-  (every ``/proc/*/ns/net`` and nsfs mount of the host), then
-  :meth:`Collector.snapshot_namespaces` of the benchmark's namespaces (each:
-  sysctls and the netlink socket made in a thread inside it, the dump);
+- ``portwatch``: in a fresh process, what ``portwatch scan -A --format json``
+  does after start-up, for the benchmark's namespaces:
+  :func:`portwatch.collect.discover_namespaces` (every ``/proc/*/ns/net`` and
+  nsfs mount of the host), :func:`portwatch.scan.run_namespaces_scan` with the
+  default configuration (each namespace: its sysctls and netlink socket made
+  by the one thread that enters the namespaces in turn, its counted dump,
+  detection) and the JSON document;
 - ``nsenter + ss``: a loop of ``nsenter --net=/run/netns/NAME ss -tan``
   (output to /dev/null) over the same namespaces, wall time of the whole loop
   and the CPU time of its children (``wait4``). The namespaces hold no
@@ -65,22 +68,42 @@ def ns_holder(pairs: int, names: Sequence[str]) -> int:
 
 
 def probe(names: Sequence[str]) -> int:
-    """Time discovery plus a snapshot of each named namespace, in this fresh process; print JSON."""
+    """Time ``scan -A`` of the named namespaces in this fresh process, as the CLI runs it; print JSON.
+
+    Discovery of every namespace of the host, then
+    :func:`portwatch.scan.run_namespaces_scan` (the default configuration) of
+    the benchmark's namespaces with the garbage collector paused, then the
+    JSON document of the result: what ``portwatch scan -A --format json``
+    does after its start-up, limited to the namespaces the loop of ``ss``
+    reads too.
+    """
+    import gc
+
     sys.path.insert(0, str(base.REPO))
     from portwatch.collect import Collector, discover_namespaces
-    from portwatch.collect.sources.netlink import NetlinkSource
+    from portwatch.config.types import Config
+    from portwatch.output.json import to_json_document
+    from portwatch.scan import make_source, run_namespaces_scan
 
     wanted = set(names)
-    collector = Collector(NetlinkSource())
+    config = Config()
+    collector = Collector(make_source(config.source))  # part of start-up: not timed
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    gc.disable()
     found = discover_namespaces()
     chosen = [ns for ns in found.namespaces if ns.name in wanted]
-    scans = collector.snapshot_namespaces(chosen)
+    result = run_namespaces_scan(config, collector, found, chosen)
+    gc.enable()
+    document = json.dumps(to_json_document(result, "bench"), indent=2)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    sockets = sum(len(s.snapshot.sockets) for s in scans if s.snapshot is not None)
-    print(json.dumps({"wall": wall, "cpu": cpu, "namespaces": len(chosen), "sockets": sockets,
-                      "outcomes": sorted({s.outcome for s in scans}),
-                      "discovered": len(found.namespaces)}))
+    scanned = {scan.snapshot.namespace.name for scan in result.results
+               if scan.snapshot.namespace is not None}
+    print(json.dumps({"wall": wall, "cpu": cpu, "namespaces": len(scanned),
+                      "sockets": sum(scan.snapshot.socket_total for scan in result.results),
+                      "outcomes": ["ok"] if scanned == wanted and not result.notes else
+                                  sorted(result.notes) or ["missing"],
+                      "findings": sum(len(scan.findings) for scan in result.results),
+                      "document_bytes": len(document), "discovered": len(found.namespaces)}))
     return 0
 
 

@@ -93,7 +93,7 @@ def namespace_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """Discovery plus every namespace's table against a loop of ``nsenter ... ss -tan``."""
     rows = []
     for row in doc["rows"]:
-        rows.append((f"{row['count']} namespaces x {doc['sockets_per_namespace']:,} sockets (scan -A layer)",
+        rows.append((f"{row['count']} namespaces x {doc['sockets_per_namespace']:,} sockets (scan -A pass)",
                      f"{row['portwatch_cpu']:.3f} s CPU ({row['portwatch']:.3f} s wall)",
                      f"nsenter+ss -tan loop {row['ss_cpu']:.3f} s CPU ({row['ss']:.3f} s wall)",
                      f"{_x(row['portwatch_cpu'] / row['ss_cpu'] if row['ss_cpu'] else None)} "

@@ -247,7 +247,9 @@ def _duration(text: str) -> float:
 def _watch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", "-f", choices=["text", "json"], default="text",
                    help="one text line, or one JSON object, per finding found or resolved (default: text)")
-    p.add_argument("--duration", type=_duration, metavar="D", help="stop after D seconds, or a duration such as 30s, 5m (default: until SIGINT)")
+    p.add_argument("--duration", type=_duration, metavar="D",
+                   help="stop D seconds (or a duration such as 30s, 5m) after the start line, "
+                        "which follows the first scan (default: until SIGINT)")
     p.add_argument("--interval", type=_duration, metavar="D", help="time between scans (default: the configuration's)")
     p.add_argument("--fail-on", choices=["info", "warning", "critical", "never"], default="warning",
                    help="exit 1 when a finding of this severity or worse was seen (default: warning)")

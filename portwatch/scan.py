@@ -69,9 +69,10 @@ def interest_ports(config: Config, remembered: Iterable[RememberedPort] = ()) ->
 
 
 def namespace_names(namespace: NamespaceInfo) -> tuple[str, ...]:
-    """Every name ``namespace`` is known by: name, key, ``ip netns`` name, container id, pod uid, unit."""
+    """Every name ``namespace`` is known by: name, key, ``ip netns`` name, container id, pod uid,
+    the pod's ``NAMESPACE/NAME`` (when its bundle was readable), unit."""
     names = (namespace.name, namespace.key, namespace.netns_name, namespace.container,
-             namespace.pod_uid, namespace.unit)
+             namespace.pod_uid, namespace.pod_ref, namespace.unit)
     return tuple(dict.fromkeys(n for n in names if n))
 
 

@@ -9,7 +9,8 @@ findings by :class:`~portwatch.detect.transient.NamespaceTransients`, whose
 lifecycle a :class:`~portwatch.detect.transient.TransientBook` keeps) and
 prints each finding when it appears and when it resolves: a text line (time,
 event, severity, namespace, kind, summary) or one JSON object per line. It
-stops after ``duration`` or on SIGINT/SIGTERM, writes a summary line on
+stops ``duration`` seconds after its start line (the first scan and the
+capture's start come before it) or on SIGINT/SIGTERM, writes a summary line on
 stderr (stdout stays parseable) and returns 1 when a finding reached
 ``fail_on``, else 0. May import collect, detect, config, output, scan and
 model; not the daemon.
@@ -60,7 +61,7 @@ class WatchOptions:
     """What ``portwatch watch`` was asked: namespaces, format, how long, when to fail.
 
     ``netns`` empty and not ``all_namespaces``: the own namespace only.
-    ``duration``: seconds (None: until interrupted); ``interval``: seconds
+    ``duration``: seconds of watching, counted from the start line (None: until interrupted); ``interval``: seconds
     between scans (None: the configuration's); ``fail_on``: the severity that
     makes the exit status 1 (None: never).
     """
@@ -270,7 +271,7 @@ def run_watch(config: Config, options: WatchOptions, out: TextIO | None = None,
     w = _Watch(config, options, out or sys.stdout, clock)
     interval = options.interval if options.interval is not None else config.interval
     started = monotonic()
-    deadline = None if options.duration is None else started + options.duration
+    deadline: float | None = None
     stop = _Stop()
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -283,7 +284,11 @@ def run_watch(config: Config, options: WatchOptions, out: TextIO | None = None,
         keys = ", ".join(ns.key for ns in w.watcher.namespaces) or "none (no event listener)"
         print(f"portwatch watch: scanning every {interval:g}s; socket-destroy events of {keys}",
               file=sys.stderr, flush=True)
-        next_scan = monotonic() + interval
+        # --duration counts from here: the first scan and the capture's start (seconds on a busy
+        # host with many namespaces) are not taken out of the time the watch watches
+        started = monotonic()
+        deadline = None if options.duration is None else started + options.duration
+        next_scan = started + interval
         while (deadline is None or monotonic() < deadline) and not stop.signalled:
             now = monotonic()
             if now >= next_scan:

@@ -13,6 +13,7 @@ from portwatch.alerts.notification import Reason, Status
 from portwatch.alerts.rules import AlertState, SinkPolicy, dry_run, evaluate, route, rule_matches
 from portwatch.config import AlertRule, AlertsConfig
 from portwatch.model import Finding, Kind, PortRange, ProcessInfo, Protocol, Severity
+from tests.test_config import FIELD_MATCHES
 
 
 def finding(kind: Kind = Kind.SELF_CONNECT, key: str = "A", severity: Severity = Severity.CRITICAL,
@@ -133,15 +134,8 @@ MATCH = [
     (rule(min_severity=Severity.CRITICAL), A, True),
     (rule(min_severity=Severity.CRITICAL), B, False),
     (rule(min_severity=Severity.INFO), C, True),
-    (rule(ports=PortRange(40000, 40009)), A, True),
-    (rule(ports=PortRange(40001, 40009)), A, False),
-    (rule(ports=PortRange(1, 65535)), C, False),  # no port: never matches a port rule
-    (rule(address="127.0.0.1"), A, True),
-    (rule(address="10.0.0.1"), A, False),
-    (rule(process="client"), A, True),
-    (rule(process="api"), A, False),
-    (rule(unit="api.service"), B, True),
-    (rule(unit="api.service"), A, False),
+    # ports, address, process, unit: the matchers of ignore rules (config.types.finding_matches)
+    *[(rule(**fields), f, expected) for fields, f, expected in FIELD_MATCHES],
     (rule(kinds=(Kind.SELF_CONNECT,), process="client", ports=PortRange(40000, 40000)), A, True),
     (rule(kinds=(Kind.SELF_CONNECT,), process="api"), A, False),
 ]

@@ -305,7 +305,7 @@ def _route_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
 
 
-def _fake_capture(kernel: _Kernel, root: Path, lock: Path | None = None) -> FailureCapture:
+def _fake_capture(kernel: _Kernel, root: Path, lock: Path | None = None, lock_timeout: float = 10.0) -> FailureCapture:
     """A capture whose audit control changes ``kernel`` instead of the host, reading a silent socket."""
 
     class FakeControl(AuditControl):
@@ -332,7 +332,7 @@ def _fake_capture(kernel: _Kernel, root: Path, lock: Path | None = None) -> Fail
 
     return FailureCapture(proc_root=_host_proc(root), lock_path=lock or root / "lock", control_factory=FakeControl,
                           reader_factory=lambda joiner: AuditReader(joiner, factory=_route_socket),
-                          machine="x86_64")
+                          machine="x86_64", lock_timeout=lock_timeout)
 
 
 def test_auditing_enabled_by_portwatch_stays_enabled_when_an_audit_daemon_registered_meanwhile(
@@ -365,11 +365,23 @@ def test_a_lock_file_that_cannot_be_made_is_named_in_the_note_not_taken_for_miss
     assert (kernel.enabled, kernel.rules) == (0, [])  # nothing changed in the kernel
 
 
-def _waiting_for_lock(lock: Path) -> bool:
-    """True if some process waits for a flock on ``lock`` (``/proc/locks`` lists waiters with ``->``)."""
-    inode = os.stat(lock).st_ino
-    return any("->" in line and line.split()[-3].endswith(f":{inode}")
-               for line in Path("/proc/locks").read_text().splitlines())
+def test_a_lock_held_longer_than_the_timeout_turns_the_capture_off_with_a_note_and_changes_nothing(
+        tmp_path: Path) -> None:
+    kernel = _Kernel()
+    lock = tmp_path / "lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process holds it and never lets go
+        capture = _fake_capture(kernel, tmp_path, lock_timeout=0.3)
+        began = time.monotonic()
+        assert capture.start() is False
+        assert 0.3 <= time.monotonic() - began < 10
+    finally:
+        os.close(fd)
+    assert capture.notes == [f"failure capture is off: {lock} stayed locked by another process for 0.3s "
+                             "(a portwatch capture that is stopping holds it for a moment)"]
+    assert (kernel.enabled, kernel.rules) == (0, [])
+    capture.stop()  # nothing to undo: no error
 
 
 def test_a_capture_starting_while_another_stops_reads_the_audit_state_after_the_lock(
@@ -378,16 +390,19 @@ def test_a_capture_starting_while_another_stops_reads_the_audit_state_after_the_
     with AuditControl() as control:
         control.set_enabled(1)  # as the stopping capture had it (the fixture restores the state)
     fd = os.open(host.lock, os.O_RDWR | os.O_CREAT, 0o600)
-    capture = host.capture()
+    waited = threading.Event()
+
+    def wait(seconds: float) -> None:  # the capture found the lock taken and pauses before trying again
+        waited.set()
+        time.sleep(seconds)
+
+    capture = FailureCapture(lock_path=host.lock, lock_wait=wait)
     started: list[bool] = []
     thread = threading.Thread(target=lambda: started.append(capture.start()))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # a capture that is stopping holds the lock exclusively ...
         thread.start()
-        deadline = time.monotonic() + 15
-        while not _waiting_for_lock(host.lock):
-            assert time.monotonic() < deadline, "the starting capture never waited for the lock"
-            time.sleep(0.02)
+        assert waited.wait(15), "the starting capture never waited for the lock"
         with AuditControl() as control:
             control.set_enabled(0)  # ... and disables auditing (it had enabled it) before letting go
         fcntl.flock(fd, fcntl.LOCK_UN)

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypedDict
 
 import bcrypt
 import pytest
@@ -798,23 +798,38 @@ ORPHAN = Finding(
     processes=(NAMELESS,),
 )
 
+class MatchFields(TypedDict, total=False):
+    """The fields ignore rules and alert rules both have (matched by ``config.types.finding_matches``)."""
+
+    ports: PortRange
+    address: str
+    process: str
+    unit: str
+
+
+#: (fields, finding, expected) of the matchers both rule kinds share; tests/test_alerts_rules.py
+#: runs them through alert rules.
+FIELD_MATCHES: list[tuple[MatchFields, Finding, bool]] = [
+    ({"ports": PortRange(45000, 45000)}, LISTENER, True),
+    ({"ports": PortRange(44000, 45000)}, LISTENER, True),
+    ({"ports": PortRange(45000, 46000)}, LISTENER, True),
+    ({"ports": PortRange(45001, 46000)}, LISTENER, False),
+    ({"ports": PortRange(1, 65535)}, RANGE, False),  # no port: a port rule never matches
+    ({"address": "::"}, LISTENER, True),
+    ({"address": "127.0.0.1"}, LISTENER, False),
+    ({"address": "10.0.0.1"}, RANGE, False),
+    ({"process": "rpc.statd"}, LISTENER, True),
+    ({"process": "rpc"}, LISTENER, False),  # exact names only
+    ({"process": "sshd"}, ORPHAN, False),  # unknown name never matches
+    ({"unit": "ssh.service"}, LISTENER, True),
+    ({"unit": "ssh"}, LISTENER, False),
+    ({"unit": "ssh.service"}, ORPHAN, False),
+]
+
 MATCHES = [
     (IgnoreRule(kind=Kind.LISTENER_IN_EPHEMERAL_RANGE), LISTENER, True),
     (IgnoreRule(kind=Kind.SELF_CONNECT), LISTENER, False),
-    (IgnoreRule(ports=PortRange(45000, 45000)), LISTENER, True),
-    (IgnoreRule(ports=PortRange(44000, 45000)), LISTENER, True),
-    (IgnoreRule(ports=PortRange(45000, 46000)), LISTENER, True),
-    (IgnoreRule(ports=PortRange(45001, 46000)), LISTENER, False),
-    (IgnoreRule(ports=PortRange(1, 65535)), RANGE, False),  # no port: a port rule never matches
-    (IgnoreRule(address="::"), LISTENER, True),
-    (IgnoreRule(address="127.0.0.1"), LISTENER, False),
-    (IgnoreRule(address="10.0.0.1"), RANGE, False),
-    (IgnoreRule(process="rpc.statd"), LISTENER, True),
-    (IgnoreRule(process="rpc"), LISTENER, False),  # exact names only
-    (IgnoreRule(process="sshd"), ORPHAN, False),  # unknown name never matches
-    (IgnoreRule(unit="ssh.service"), LISTENER, True),
-    (IgnoreRule(unit="ssh"), LISTENER, False),
-    (IgnoreRule(unit="ssh.service"), ORPHAN, False),
+    *[(IgnoreRule(**fields), finding, expected) for fields, finding, expected in FIELD_MATCHES],
     # every field set must match
     (IgnoreRule(kind=Kind.LISTENER_IN_EPHEMERAL_RANGE, ports=PortRange(45000, 45000),
                 address="0.0.0.0", process="sshd", unit="rpc-statd.service"), LISTENER, True),

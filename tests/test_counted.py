@@ -11,10 +11,18 @@ the JSON document, the terminal report and the metrics figures.
 from __future__ import annotations
 
 import json
+import struct
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from portwatch.collect.netlink import TCPDIAG_GETSOCK
+from portwatch.collect.sources.netlink import NetlinkSource
+from portwatch.model import KernelSettings, PortRange
 from tests.netns import NetNS
+from tests.test_netlink import diag, done
 
 #: Runs inside the namespace: argv[1] is the config file. Prints one JSON line.
 _COMPARE = r"""
@@ -77,3 +85,57 @@ def test_counted_and_full_snapshots_give_the_same_findings_json_report_and_metri
         assert kind in out["kinds"], out["kinds"]
     (exhausted,) = [f for f in out["doc"]["findings"] if f["kind"] == "ephemeral_exhaustion"]
     assert exhausted["details"]["used"] == 30 and exhausted["processes"]
+
+
+class ScriptedDiag:
+    """A NETLINK_SOCK_DIAG socket stand-in: every TCP dump answers ESTABLISHED sockets from the
+    given local ports to 127.0.0.2:8080 (those its state mask asks for), every UDP dump nothing."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.answers: list[bytes] = []
+
+    def sendto(self, data: bytes, address: tuple[int, int]) -> int:
+        msg_type, _flags, seq = struct.unpack_from("=HHI", data, 4)
+        if msg_type == TCPDIAG_GETSOCK:
+            (states,) = struct.unpack_from("=I", data, 16 + 4 + 48)  # after inet_diag_req's sockid
+            msgs = [self._tcp(port, seq) for port in self.ports] if states & (1 << 1) else []
+        else:
+            msgs = []
+        self.answers = [b"".join(msgs[i:i + 300]) for i in range(0, len(msgs), 300)]
+        self.answers.append(done(seq=seq))
+        return len(data)
+
+    @staticmethod
+    def _tcp(port: int, seq: int) -> bytes:
+        msg = bytearray(diag(state=1, sport=port, dport=8080, inode=port, seq=seq))
+        struct.pack_into("=H", msg, 4, TCPDIAG_GETSOCK)  # the answer type of the two-family request
+        return bytes(msg)
+
+    def recvfrom_into(self, view: memoryview, size: int, flags: int) -> tuple[int, tuple[int, int]]:
+        answer = self.answers.pop(0)
+        view[:len(answer)] = answer
+        return len(answer), (0, 0)
+
+    def settimeout(self, value: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("count", [40, 9000])  # few connected local ports, and many
+def test_a_counted_read_knows_the_connected_local_ports_a_full_read_sees(count: int) -> None:
+    # 258 and 513 are each other's bytes swapped (0x0102, 0x0201): the raw order must not mix them
+    ports = [258, 513, 65535, *range(20000, 20000 + count)]
+    settings = KernelSettings(port_range=PortRange(20000, 29999), reserved=frozenset(),
+                              unprivileged_port_start=1024)
+
+    def factory() -> Any:
+        return ScriptedDiag(ports)
+
+    full = NetlinkSource(socket_factory=factory).read()
+    table, counts = NetlinkSource(socket_factory=factory).read_counted(settings)
+
+    assert {s.local.port for s in full.sockets if s.remote is not None} == set(ports)
+    assert counts.local_ports == set(ports) and counts.total == len(ports) == len(full.sockets)

@@ -354,3 +354,40 @@ def test_a_capture_that_cannot_start_notes_once_and_a_reload_tries_again(
     wait_for("the second capture to give up", lambda: captures[1].stops == 1 and not thread.alive)
     assert thread.stop()
     assert [r.message for r in caplog.records if r.message == note] == [note]
+
+
+def test_a_reload_with_the_capture_still_asked_for_starts_one_that_could_not_start() -> None:
+    note = "failure capture is off: /run/portwatch/audit.lock stayed locked by another process for 10s"
+    refused = ScriptedCapture([], started=False, notes=[note])
+    working = ScriptedCapture([])
+    thread = scripted_thread([refused, working], Posted(), AUDIT)
+    thread.start()
+    try:
+        wait_for("the first capture to give up", lambda: refused.stops == 1 and not thread.alive)
+        thread.reconfigure(AUDIT)  # the same configuration: SIGHUP
+        wait_for("the second capture to run", lambda: working.active)
+    finally:
+        assert thread.stop()
+    assert working.stops == 1
+
+
+def test_failures_in_a_namespace_the_configuration_leaves_out_are_neither_reported_nor_counted() -> None:
+    left_out = failure(FailedCall.CONNECT, "127.0.0.1:5001", serial=1)  # in blue, which exclude leaves out
+    elsewhere = replace(failure(FailedCall.CONNECT, "127.0.0.1:6001", serial=2, comm="other"), netns_inode=None)
+    capture = ScriptedCapture([FailureBatch(), FailureBatch((left_out,)), FailureBatch((elsewhere,))])
+    posted = Posted()
+    registry = CollectorRegistry()
+    thread = scripted_thread([capture], posted, AUDIT, registry)
+    thread.passed(NamespacesResult((), left_out=(BLUE.inode,)))  # the pass before the failures
+    thread.start()
+    try:
+        wait_for("the Rescan of the failure elsewhere", lambda: posted.of(Rescan))
+        thread.passed(NamespacesResult((), left_out=(BLUE.inode,)))
+        (got,) = wait_for("its findings", lambda: posted.of(EventFindings))
+    finally:
+        assert thread.stop()
+    assert [f.details["destination"] for f in got.findings] == ["127.0.0.1:6001"]
+    assert len(posted.of(Rescan)) == 1  # the left-out failure asked for none
+    text = generate_latest(registry).decode()
+    assert 'portwatch_failures_total{kind="connect_failed"} 1.0' in text
+    assert "4026532999" not in text  # blue's inode: nothing counted under its label

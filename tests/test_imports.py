@@ -31,7 +31,8 @@ SCAN_NEVER = DAEMON_ONLY + ("portwatch.alerts", "portwatch.config.loading", "yam
 #: of the terminal report, datetime (model.text formats the scan's time), threading (only entering a
 #: namespace needs it), the other commands' modules and the event records.
 PLAIN_SCAN_NEVER = SCAN_NEVER + ("logging", "dataclasses", "inspect", "shutil", "textwrap", "datetime",
-                                 "threading", "portwatch.model.events", "portwatch.daemon", "portwatch.watch")
+                                 "threading", "queue", "portwatch.model.events", "portwatch.daemon",
+                                 "portwatch.watch")
 
 
 #: Runs ``python -m portwatch ARGS`` and, at exit, writes the names in ``sys.modules`` to stderr.
@@ -117,7 +118,7 @@ def test_the_forbidden_modules_are_what_run_imports(netns: NetNS) -> None:
             "atexit.register(lambda: sys.stderr.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n'))\n"
             "import portwatch.daemon.main, portwatch.daemon.wiring, portwatch.alerts.engine\n"
             "import portwatch.config.loading, portwatch.scan, psutil\n"
-            "import logging, dataclasses, shutil, textwrap, datetime, threading\n"
+            "import logging, dataclasses, shutil, textwrap, datetime, threading, queue\n"
             "import portwatch.model.events, portwatch.watch\n")
     names = modules_after(netns, code)
     for prefix in PLAIN_SCAN_NEVER:

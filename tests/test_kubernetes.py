@@ -61,7 +61,8 @@ def podman_privileges(writable: Path, configmap_dir: Path) -> list[str]:
 
     Host namespaces, user, capabilities, ``no_new_privs``, read-only root, and the
     volumes: a read-only hostPath is the host's directory (``rslave`` for
-    HostToContainer propagation), a writable hostPath is ``writable`` (a test must not
+    HostToContainer propagation; an empty directory beside ``configmap_dir`` for a
+    ``DirectoryOrCreate`` one the host lacks), a writable hostPath is ``writable`` (a test must not
     write on the host), a ConfigMap is ``configmap_dir`` filled with the ConfigMap's
     data. Raises AssertionError on anything in the manifest it cannot translate.
     """
@@ -90,6 +91,10 @@ def podman_privileges(writable: Path, configmap_dir: Path) -> list[str]:
             source = str(configmap_dir)
         elif "hostPath" in volume:
             source = volume["hostPath"]["path"] if mount.get("readOnly") else str(writable)
+            if mount.get("readOnly") and volume["hostPath"].get("type") == "DirectoryOrCreate" \
+                    and not Path(source).is_dir():  # the kubelet would make it empty: never on this host
+                source = str(configmap_dir.parent / f"empty-{mount['name']}")
+                Path(source).mkdir(exist_ok=True)
         else:
             raise AssertionError(f"volume {mount['name']}: no podman equivalent in this test")
         propagation = mount.get("mountPropagation", "None")
@@ -154,8 +159,9 @@ def test_host_mounts_are_read_only_but_the_state_directory() -> None:
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     host = {path: volumes[m["name"]]["hostPath"]["path"] for path, m in mounts.items()
             if "hostPath" in volumes[m["name"]]}
+    bundles = ("/run/containerd/io.containerd.runtime.v2.task", "/run/containers/storage/overlay-containers")
     assert host == {"/var/lib/portwatch": "/var/lib/portwatch", "/sys/fs/cgroup": "/sys/fs/cgroup",
-                    "/run/netns": "/run/netns"}
+                    "/run/netns": "/run/netns", **{b: b for b in bundles}}  # the OCI bundles: pod names
     writable = sorted(path for path, m in mounts.items() if not m.get("readOnly"))
     assert writable == ["/var/lib/portwatch"]
     assert mounts["/run/netns"]["mountPropagation"] == "HostToContainer"

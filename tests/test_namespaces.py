@@ -26,6 +26,7 @@ from portwatch.collect import (
     run_in_namespace,
 )
 from portwatch.collect.kernel import read_kernel_settings
+from portwatch.collect.namespaces import NamespaceThread
 from portwatch.collect.sources.netlink import NetlinkSource
 from portwatch.collect.sources.procnet import ProcNetSource, parse_proc_net
 from portwatch.model import (
@@ -172,6 +173,57 @@ def test_run_in_namespace_sees_the_namespace_and_leaves_the_caller_where_it_was(
     with pytest.raises(ZeroDivisionError):
         run_in_namespace(target, lambda: 1 // 0)  # what the callable raises reaches the caller
     assert thread_netns() == before
+
+
+def test_one_thread_enters_each_namespace_in_turn_and_the_caller_never_moves(
+        netns: NetNS, unshared: Unshared, clean_netns: NetNS) -> None:
+    netns.sysctl("net/ipv4/ip_local_port_range", "20000 20999")
+    clean_netns.sysctl("net/ipv4/ip_local_port_range", "21000 21999")
+    found = discover_namespaces().namespaces
+    first = by_inode(found, ns_inode(f"/run/netns/{netns.name}"))
+    second = by_inode(found, ns_inode(f"/run/netns/{clean_netns.name}"))
+    gone = by_inode(found, unshared.inode)
+    unshared.close()
+    before = thread_netns()
+
+    def look() -> tuple[int, int, PortRange]:
+        return threading.get_ident(), thread_netns(), read_kernel_settings().port_range
+
+    with NamespaceThread() as thread:
+        seen = [thread.run(first, look), thread.run(second, look)]
+        with pytest.raises(NamespaceVanished):
+            thread.run(gone, look)
+        with pytest.raises(ZeroDivisionError):
+            thread.run(first, lambda: 1 // 0)
+        seen.append(thread.run(first, look))  # back into the first, after a failure
+        assert thread_netns() == before
+    idents = {ident for ident, _, _ in seen}
+    assert len(idents) == 1 and threading.get_ident() not in idents
+    assert [(inode, rng) for _, inode, rng in seen] == [
+        (first.inode, PortRange(20000, 20999)), (second.inode, PortRange(21000, 21999)),
+        (first.inode, PortRange(20000, 20999))]
+    assert thread_netns() == before and read_kernel_settings().port_range not in {
+        PortRange(20000, 20999), PortRange(21000, 21999)}
+
+
+def test_a_callable_that_takes_too_long_is_a_timeout_and_the_next_namespace_gets_a_new_thread(
+        netns: NetNS) -> None:
+    target = by_inode(discover_namespaces().namespaces, ns_inode(f"/run/netns/{netns.name}"))
+    release = threading.Event()
+    stuck: list[int] = []
+
+    def hang() -> bool:
+        stuck.append(threading.get_ident())
+        return release.wait(10)
+
+    with NamespaceThread(timeout=0.2) as thread:
+        with pytest.raises(TimeoutError, match="no answer after 0.2s"):
+            thread.run(target, hang)
+        inside = thread.run(target, lambda: (threading.get_ident(), thread_netns()))
+        release.set()  # the late answer of the stuck thread goes nowhere
+        late = thread.run(target, lambda: "the next answer is this one's")
+    assert inside[1] == target.inode and inside[0] not in stuck and len(stuck) == 1
+    assert late == "the next answer is this one's"
 
 
 def test_a_namespace_whose_last_process_exits_is_reported_vanished_not_failed(

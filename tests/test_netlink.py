@@ -13,6 +13,7 @@ import socket
 import struct
 import sys
 import textwrap
+import time
 from typing import Any
 
 import pytest
@@ -629,6 +630,61 @@ class RefusesTcpCompat:
 
     def close(self) -> None:
         self.real.close()
+
+
+class ScriptedSocket:
+    """A netlink socket stand-in that answers any request with scripted datagrams ``(bytes, sender port id)``."""
+
+    def __init__(self, answers: list[tuple[bytes, int]]) -> None:
+        self.answers = answers
+        self.sent: list[bytes] = []
+        self.timeouts: list[float] = []
+
+    def sendto(self, data: bytes, address: tuple[int, int]) -> int:
+        assert address == (0, 0)
+        self.sent.append(data)
+        return len(data)
+
+    def recvfrom_into(self, view: memoryview, size: int, flags: int) -> tuple[int, tuple[int, int]]:
+        assert flags == socket.MSG_TRUNC
+        data, sender = self.answers.pop(0)
+        kept = data[:size]  # the kernel cuts a datagram to the buffer; MSG_TRUNC returns its real length
+        view[:len(kept)] = kept
+        return len(data), (sender, 0)
+
+    def settimeout(self, value: float) -> None:
+        self.timeouts.append(value)
+
+
+def test_a_dump_reads_the_kernel_datagrams_until_done_and_skips_other_senders() -> None:
+    ours = diag(sport=40001) + diag(sport=40002)
+    sock = ScriptedSocket([(diag(sport=1), 4242), (ours, 0), (done(), 0)])
+    view = memoryview(bytearray(1 << 16))
+    found: list[Socket] = []
+
+    def parse(n: int) -> bool:
+        return parse_messages(view, protocol=TCP, seq=1, out=found, length=n)[1]
+
+    request = build_request(1, AF4, 6, 2)
+    netlink.run_dump(sock, request, parse, view, deadline=time.monotonic() + 5, late="late")  # type: ignore[arg-type]
+    assert sock.sent == [request]
+    assert [s.local.port for s in found] == [40001, 40002]  # not port 1, from port id 4242
+    assert sock.answers == [] and all(0 < t <= 5 for t in sock.timeouts)
+
+
+def test_a_dump_past_its_deadline_raises_the_callers_timeout_without_sending() -> None:
+    sock = ScriptedSocket([(done(), 0)])
+    with pytest.raises(TimeoutError, match="^dump of x: too late$"):
+        netlink.run_dump(sock, build_request(1, AF4, 6, 2), lambda n: True,  # type: ignore[arg-type]
+                         memoryview(bytearray(64)), deadline=time.monotonic() - 1, late="dump of x: too late")
+    assert sock.sent == []
+
+
+def test_a_datagram_longer_than_the_buffer_is_a_netlink_error_not_a_short_parse() -> None:
+    sock = ScriptedSocket([(diag() + diag() + done(), 0)])
+    with pytest.raises(NetlinkError, match="truncated to the 64-byte receive buffer"):
+        netlink.run_dump(sock, build_request(1, AF4, 6, 2), lambda n: True,  # type: ignore[arg-type]
+                         memoryview(bytearray(64)), deadline=time.monotonic() + 5, late="late")
 
 
 def test_a_kernel_refusing_the_two_family_tcp_request_is_asked_per_family(netns: NetNS) -> None:

@@ -9,14 +9,20 @@ line of stdout and the exit status.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import selectors
 import signal
 import subprocess
+import threading
+import time
 from typing import Any, Sequence
 
 import pytest
 
+from portwatch.config import Config
+from portwatch.watch import WatchOptions, run_watch
 from tests.netns import REPO, NetNS
 from tests.test_events import in_netns, ordinary_traffic, self_connect_once, simultaneous_open_then_close
 
@@ -50,19 +56,24 @@ def start_watch(args: Sequence[str], ns: NetNS | None, outside: NetNS | None = N
                                 stdin=subprocess.DEVNULL, cwd=REPO)
         outside._procs.append(proc)
     assert proc.stderr is not None
+    # Raw reads of the descriptor: a buffered readline() could take the start line into the file
+    # object's buffer together with a note before it, and select() would then wait for more bytes
+    # (until the watch ends) although the start line had come.
+    fd = proc.stderr.fileno()
     sel = selectors.DefaultSelector()
-    sel.register(proc.stderr, selectors.EVENT_READ)
-    head = ""
-    while READY not in head:
+    sel.register(fd, selectors.EVENT_READ)
+    raw = b""
+    while READY.encode() not in raw:
         if not sel.select(30):
             proc.kill()
-            raise AssertionError(f"watch did not start within 30 s: {head!r}")
-        line = proc.stderr.readline()
-        if not line:
+            raise AssertionError(f"watch did not start within 30 s: {raw!r}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
             proc.wait(10)
-            raise AssertionError(f"watch exited ({proc.returncode}) before starting: {head!r}")
-        head += line
-    return Watch(proc, head)
+            raise AssertionError(f"watch exited ({proc.returncode}) before starting: {raw!r}")
+        raw += chunk
+    sel.close()
+    return Watch(proc, raw.decode("utf-8", "replace"))
 
 
 def lines(out: str) -> list[dict[str, Any]]:
@@ -137,4 +148,29 @@ def test_a_self_connect_a_scan_saw_is_not_reported_again_when_it_closes(netns: N
     docs = [d for d in lines(out) if d["finding"]["kind"] == "self_connect"]
     assert [(d["event"], d["finding"]["transient"]) for d in docs] == [("found", False), ("resolved", False)], err
     assert docs[0]["finding"]["key"] == docs[1]["finding"]["key"] == "self_connect:tcp:127.0.0.1:40000"
+    assert status == 1
+
+
+def test_watch_duration_counts_from_its_start_line_not_from_a_slow_first_scan(netns: NetNS) -> None:
+    """A first scan slower than ``--duration`` (a busy host, a hundred namespaces) leaves the whole
+    ``--duration`` to watch: here the injected clock says the first scan took 100 s, and a self-connect
+    made after the start line is still seen."""
+    netns.sysctl("net/ipv4/ip_local_port_range", "40000 40009")
+    calls = 0
+
+    def monotonic() -> float:  # every reading after the first is 100 s later: the start took that long
+        nonlocal calls
+        calls += 1
+        return time.monotonic() + (100.0 if calls > 1 else 0.0)
+
+    late = threading.Timer(0.5, lambda: in_netns(netns, lambda: self_connect_once(40000, 0.02)))
+    late.start()
+    out = io.StringIO()
+    try:
+        status = run_watch(Config(), WatchOptions(netns=(netns.name,), format="json", duration=3.0),
+                           out=out, monotonic=monotonic)
+    finally:
+        late.join(30)
+    docs = lines(out.getvalue())
+    assert [d["finding"]["port"] for d in transient(docs, "self_connect")] == [40000], docs
     assert status == 1

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from tests.auditkit import AuditHost, audit_host, auditctl_rules
 from tests.netns import NetNS
 from tests.test_watch import lines, start_watch
@@ -21,11 +19,6 @@ from tests.test_watch import lines, start_watch
 __all__ = ["audit_host"]  # the fixture, imported to be found by pytest
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open defect (issue 13): on a host where auditing was off, `watch --failures` often gets no "
-    "SYSCALL record for a failure of a process the test starts, although its rules are in place "
-    "and the daemon's capture sees the same failure (tests/test_daemon_failures.py); passed in "
-    "earlier runs on hosts where auditing was already on; cause not found yet"))
 def test_watch_failures_reports_an_eaddrnotavail_connect_in_another_namespace_and_exits_1(
         netns: NetNS, audit_host: AuditHost) -> None:
     netns.sysctl("net/ipv4/ip_local_port_range", "40000 40009")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Literal, Mapping, overload
 
 from portwatch import __version__
 from portwatch.model import Finding, NamespaceInfo, Severity
@@ -22,7 +22,7 @@ from portwatch.model.text import iso_time as _iso_time
 from portwatch.model.values import finite_number
 
 __all__ = ["DOCUMENT_VERSION", "Notification", "Reason", "Status", "document", "finding_data", "iso_time",
-           "namespace_data"]
+           "namespace_data", "number_field", "number_value", "text_field"]
 
 #: Version of the webhook/exec JSON document.
 DOCUMENT_VERSION = 1
@@ -42,6 +42,67 @@ class Reason(str, enum.Enum):
     REPEAT = "repeat"  # still firing, repeat_interval (or an alertmanager sink's resend_interval) passed
     SEVERITY_CHANGED = "severity_changed"  # still firing, with another severity
     RESOLVED = "resolved"  # the finding went away (or no longer matches the rule)
+
+
+#: Makes the exception of a bad field from its message and its value: ``(message, value) -> exception``.
+FieldError = Callable[[str, object], Exception]
+
+
+def _value_error(message: str, value: object) -> Exception:
+    return ValueError(message)
+
+
+def number_value(value: object, name: str, error: FieldError = _value_error) -> float:
+    """``value`` (the field ``name`` of a JSON document) as a finite number.
+
+    Raises ``error("NAME is not a finite number", value)`` (default: a
+    ``ValueError`` of that message) for anything else. The readers of
+    portwatch's own files (this module, the alert store, the daemon's state)
+    check their numbers with it and :func:`number_field`.
+    """
+    number = finite_number(value)
+    if number is None:
+        raise error(f"{name} is not a finite number", value)
+    return number
+
+
+@overload
+def number_field(entry: Mapping[str, Any], name: str, *, optional: Literal[False] = False,
+                 error: FieldError = _value_error) -> float: ...
+@overload
+def number_field(entry: Mapping[str, Any], name: str, *, optional: bool,
+                 error: FieldError = _value_error) -> float | None: ...
+def number_field(entry: Mapping[str, Any], name: str, *, optional: bool = False,
+                 error: FieldError = _value_error) -> float | None:
+    """``entry[name]`` as a finite number; None when it is absent (or null) and ``optional``.
+
+    Raises as :func:`number_value`.
+    """
+    value = entry.get(name)
+    if value is None and optional:
+        return None
+    return number_value(value, name, error)
+
+
+@overload
+def text_field(entry: Mapping[str, Any], name: str, *, optional: Literal[False] = False,
+               error: FieldError = _value_error) -> str: ...
+@overload
+def text_field(entry: Mapping[str, Any], name: str, *, optional: bool,
+               error: FieldError = _value_error) -> str | None: ...
+def text_field(entry: Mapping[str, Any], name: str, *, optional: bool = False,
+               error: FieldError = _value_error) -> str | None:
+    """``entry[name]`` as a non-empty string; None when it is absent (or null) and ``optional``.
+
+    Raises ``error("NAME is not a non-empty string", value)`` (default: a
+    ``ValueError`` of that message) for anything else.
+    """
+    value = entry.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise error(f"{name} is not a non-empty string", value)
+    return value
 
 
 def iso_time(ts: float) -> str:
@@ -160,42 +221,25 @@ class Notification:
         """The notification :meth:`to_dict` made. Raises ``ValueError`` saying what is wrong."""
         if not isinstance(data, dict):
             raise ValueError("not an object")
-
-        def text(name: str) -> str:
-            value = data.get(name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} is not a non-empty string")
-            return value
-
-        def number(name: str, optional: bool = False) -> float | None:
-            value = data.get(name)
-            if value is None and optional:
-                return None
-            number = finite_number(value)
-            if number is None:
-                raise ValueError(f"{name} is not a finite number")
-            return number
-
         finding = data.get("finding")
         if not isinstance(finding, dict):
             raise ValueError("finding is not an object")
         previous = data.get("previous_severity")
-        starts_at, created_at = number("starts_at"), number("created_at")
-        assert starts_at is not None and created_at is not None
+        starts_at, created_at = number_field(data, "starts_at"), number_field(data, "created_at")
         host = data.get("host")
         if not isinstance(host, str):
             raise ValueError("host is not a string")
         return cls(
-            id=text("id"),
-            sink=text("sink"),
-            alert_key=text("alert_key"),
-            rule=text("rule"),
+            id=text_field(data, "id"),
+            sink=text_field(data, "sink"),
+            alert_key=text_field(data, "alert_key"),
+            rule=text_field(data, "rule"),
             status=Status(data.get("status")),
             reason=Reason(data.get("reason")),
             severity=Severity(data.get("severity")),
             previous_severity=Severity(previous) if previous is not None else None,
             starts_at=starts_at,
-            ends_at=number("ends_at", optional=True),
+            ends_at=number_field(data, "ends_at", optional=True),
             created_at=created_at,
             host=host,
             finding=finding,

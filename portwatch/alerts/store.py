@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from portwatch import __version__
-from portwatch.alerts.notification import Notification
+from portwatch.alerts.notification import Notification, number_field, number_value, text_field
 from portwatch.alerts.rules import AlertState
 from portwatch.jsonfile import parse_entries, problems_text, read_document, write_atomic
 from portwatch.model import Severity
 from portwatch.model.text import os_error_text
-from portwatch.model.values import brief, finite_number
+from portwatch.model.values import brief
 
 __all__ = ["ALERTS_FILE", "STORE_VERSION", "Saved", "StateWriter", "from_document", "load", "to_document",
            "write_atomic"]
@@ -62,13 +62,6 @@ def _alert_to_dict(a: AlertState) -> dict[str, Any]:
             "notified": dict(sorted(a.notified.items())), "finding": dict(a.finding)}
 
 
-def _number(value: object, name: str) -> float:
-    number = finite_number(value)
-    if number is None:
-        raise ValueError(f"{name} is not a finite number")
-    return number
-
-
 def _refuse_non_finite(entry: object) -> None:
     """Raise ``ValueError`` when ``entry`` holds NaN or an infinity anywhere (the writer refuses them).
 
@@ -89,22 +82,17 @@ def _refuse_non_finite(entry: object) -> None:
 def _alert_from_dict(data: object) -> AlertState:
     if not isinstance(data, dict):
         raise ValueError("not an object")
-    texts = {}
-    for name in ("key", "rule", "finding_key"):
-        value = data.get(name)
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"{name} is not a non-empty string")
-        texts[name] = value
+    texts = {name: text_field(data, name) for name in ("key", "rule", "finding_key")}
     notified_raw = data.get("notified")
     finding = data.get("finding")
     if not isinstance(notified_raw, dict) or not isinstance(finding, dict):
         raise ValueError("notified or finding is not an object")
-    notified = {str(k): _number(v, f"notified.{k}") for k, v in notified_raw.items()}
+    notified = {str(k): number_value(v, f"notified.{k}") for k, v in notified_raw.items()}
     send_resolved = data.get("send_resolved")
     if not isinstance(send_resolved, bool):
         raise ValueError("send_resolved is not a bool")
     return AlertState(texts["key"], texts["rule"], texts["finding_key"], Severity(data.get("severity")),
-                      since=_number(data.get("since"), "since"), fired_at=_number(data.get("fired_at"), "fired_at"),
+                      since=number_field(data, "since"), fired_at=number_field(data, "fired_at"),
                       finding=finding, send_resolved=send_resolved, notified=notified)
 
 

@@ -8,7 +8,8 @@ registry of socket sources, and one module per source: ``sources.netlink``,
 ``/proc/PID/fd`` walk and its caches), ``processes`` (process descriptions),
 ``collector`` (:class:`Collector`), ``errors``, ``namespaces`` (finding,
 naming and entering network namespaces), ``cgroups`` (cgroup id -> path ->
-unit, container, pod), ``mounts`` (the mount table), and the failure capture:
+unit, container, pod), ``oci`` (pod and container names from the runtimes'
+OCI bundles), ``mounts`` (the mount table), and the failure capture:
 ``audit`` (the audit control protocol and portwatch's rules), ``auditlog``
 (the passive reader of the records), ``holders`` (the targeted dump of one
 port's sockets) and ``capture`` (:class:`FailureCapture`, putting them
@@ -71,6 +72,11 @@ if TYPE_CHECKING:
     from portwatch.collect.namespaces import can_enter_namespaces as can_enter_namespaces
     from portwatch.collect.namespaces import discover_namespaces as discover_namespaces
     from portwatch.collect.namespaces import run_in_namespace as run_in_namespace
+    from portwatch.collect.oci import DEFAULT_RUN_ROOT as DEFAULT_RUN_ROOT
+    from portwatch.collect.oci import BundleNames as BundleNames
+    from portwatch.collect.oci import BundleReader as BundleReader
+    from portwatch.collect.oci import bundle_reader as bundle_reader
+    from portwatch.collect.oci import names_from_annotations as names_from_annotations
     from portwatch.collect.owners import FD_CACHE_SIZE as FD_CACHE_SIZE
     from portwatch.collect.owners import OwnerScan as OwnerScan
     from portwatch.collect.owners import find_socket_owners as find_socket_owners
@@ -116,6 +122,11 @@ __all__ = [
     "can_enter_namespaces",
     "discover_namespaces",
     "run_in_namespace",
+    "DEFAULT_RUN_ROOT",
+    "BundleNames",
+    "BundleReader",
+    "bundle_reader",
+    "names_from_annotations",
     "FailureCapture",
     "port_holders",
 ]
@@ -149,6 +160,11 @@ _LAZY = {
     "can_enter_namespaces": "portwatch.collect.namespaces",
     "discover_namespaces": "portwatch.collect.namespaces",
     "run_in_namespace": "portwatch.collect.namespaces",
+    "DEFAULT_RUN_ROOT": "portwatch.collect.oci",
+    "BundleNames": "portwatch.collect.oci",
+    "BundleReader": "portwatch.collect.oci",
+    "bundle_reader": "portwatch.collect.oci",
+    "names_from_annotations": "portwatch.collect.oci",
     "FD_CACHE_SIZE": "portwatch.collect.owners",
     "OwnerScan": "portwatch.collect.owners",
     "find_socket_owners": "portwatch.collect.owners",

@@ -47,6 +47,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Final, Iterator, Sequence
 
+from portwatch.collect.netlink import NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
+
 __all__ = [
     "AUDIT_ARCH",
     "AUDIT_NLGRP_READLOG",
@@ -85,9 +87,7 @@ KEY_SEPARATOR: Final = "\x01"
 #: Fields whose value is a string in ``buf`` (its length in ``values``): kernel audit_data_to_entry.
 _STRING_FIELDS: Final = frozenset({13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 105, 107, 112, AUDIT_FILTERKEY})
 
-NLMSG_ERROR: Final = 2
-NLMSG_DONE: Final = 3
-NLM_F_REQUEST: Final = 0x01
+#: Asks the kernel to acknowledge a request (include/uapi/linux/netlink.h).
 NLM_F_ACK: Final = 0x04
 
 #: The key every portwatch rule carries; rules with it are portwatch's, others are never touched.

@@ -29,6 +29,7 @@ import errno
 import fcntl
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +62,9 @@ _ENABLED_MARK = "enabled-by-portwatch"
 #: records to drain: 2,000 failing connect() calls take 0.1-0.2 s at 8192, and at 64 up to 1.2 s
 #: when the reader is busy (3.9 s measured once); benchmarks/failures_bench.py measures it.
 BACKLOG_LIMIT = 8192
+#: How long start() waits for the shared lock while another capture holds it exclusively (it does so
+#: only while it removes the rules at its stop: milliseconds); beyond it the capture stays off, with a note.
+LOCK_TIMEOUT = 10.0
 
 NO_CAPABILITY_NOTE = (
     "failure capture is off: the audit subsystem needs CAP_AUDIT_CONTROL (to add rules) and "
@@ -88,8 +92,10 @@ class FailureCapture:
 
     ``FailureCapture(proc_root=/proc, lock_path=/run/portwatch/audit.lock,
     control_factory=AuditControl, reader_factory=AuditReader,
-    holders=port_holders, machine=None, pair_timeout=0.5)``: every part is a
-    parameter so tests can point it elsewhere. Must run in the host network
+    holders=port_holders, machine=None, pair_timeout=0.5, max_holder_dumps=16,
+    lock_timeout=10, lock_wait=time.sleep)``: every part is a parameter so
+    tests can point it elsewhere. ``start()`` waits at most ``lock_timeout``
+    seconds for the shared lock (``lock_wait`` pauses between tries). Must run in the host network
     namespace (the kernel multicasts audit records only there). Not
     thread-safe: one thread calls :meth:`read`; :meth:`stop` from the same.
 
@@ -105,7 +111,9 @@ class FailureCapture:
                  control_factory: Callable[[], AuditControl] = AuditControl,
                  reader_factory: Callable[[RecordJoiner], AuditReader] = AuditReader,
                  holders: HolderLookup = _default_holders, machine: str | None = None,
-                 pair_timeout: float = 0.5, max_holder_dumps: int = 16) -> None:
+                 pair_timeout: float = 0.5, max_holder_dumps: int = 16,
+                 lock_timeout: float = LOCK_TIMEOUT,
+                 lock_wait: Callable[[float], None] = time.sleep) -> None:
         self._proc = Path(proc_root)
         self._lock_path = Path(lock_path)
         self._control_factory = control_factory
@@ -114,6 +122,8 @@ class FailureCapture:
         self._machine = machine
         self._pair_timeout = pair_timeout
         self._max_dumps = max_holder_dumps
+        self._lock_timeout = lock_timeout
+        self._lock_wait = lock_wait
         self._dumps_left = max_holder_dumps
         self._lock_fd: int | None = None
         self._reader: AuditReader | None = None
@@ -199,7 +209,11 @@ class FailureCapture:
             self._note(f"failure capture is off: cannot open its lock file {self._lock_path}: "
                        f"{os.strerror(exc.errno or 0)}")
             return False
-        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+        if not self._lock_shared():
+            self._note(f"failure capture is off: {self._lock_path} stayed locked by another process for "
+                       f"{self._lock_timeout:g}s (a portwatch capture that is stopping holds it for a moment)")
+            self._unlock()
+            return False
         status = control.status()
         if status.enabled == 2:
             self._note("failure capture is off: auditing is locked (enabled 2): no rule can be added until reboot")
@@ -228,6 +242,19 @@ class FailureCapture:
             raise AuditError(exc.errno or errno.EPERM, str(exc)) from exc
         self.active = True
         return True
+
+    def _lock_shared(self) -> bool:
+        """Take the shared lock within ``lock_timeout`` seconds; False when it stayed held exclusively."""
+        assert self._lock_fd is not None
+        deadline = time.monotonic() + self._lock_timeout
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                self._lock_wait(0.05)
 
     def _marked(self) -> int | None:
         """The backlog limit to restore when portwatch enabled auditing (the lock file says so), else None."""

@@ -15,13 +15,13 @@ import operator
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Collection
+from typing import TYPE_CHECKING, Callable, Collection
 
 from portwatch.collect.cgroups import CgroupIndex, cgroup2_mount
 from portwatch.collect.kernel import read_kernel_settings
 from portwatch.collect.mounts import read_mountinfo
 from portwatch.collect.errors import CollectError
-from portwatch.collect.namespaces import NamespaceVanished, run_in_namespace
+from portwatch.collect.namespaces import NamespaceThread, NamespaceVanished
 from portwatch.collect.owners import OwnerMemory, OwnerWalk
 from portwatch.collect.processes import ProcessFactory, describe_processes
 from portwatch.collect.sources import read_counted
@@ -36,6 +36,9 @@ from portwatch.model import (
     SocketTable,
     SourceUnavailable,
 )
+
+if TYPE_CHECKING:  # imported where used: importing the package loads no netlink module
+    from portwatch.collect.sources.netlink import NetlinkSource
 
 __all__ = ["PARTIAL_ATTRIBUTION_NOTE", "AttributionCounters", "Collector", "NamespaceScan"]
 
@@ -116,6 +119,8 @@ class Collector:
         # Across scans: where (pid, fd) each attributed socket was found, and
         # the sockets a complete walk found nobody holding.
         self._memory = OwnerMemory(self.proc_root)
+        # The netlink source of other namespaces' reads and its socket hand-over (see _namespaces_source).
+        self._ns_source: tuple[NetlinkSource, list[socket.socket]] | None = None
 
     def snapshot(self, ports: Collection[int] | None = None) -> Snapshot:
         """Read the kernel settings and the socket table.
@@ -171,11 +176,17 @@ class Collector:
         (:class:`~portwatch.model.SourceUnavailable` without sock_diag there).
         ``ports``: as for :meth:`snapshot` (a netlink read is then counted).
         """
+        with NamespaceThread(self.proc_root) as thread:
+            return self._snapshot_in(namespace, ports, thread)
+
+    def _snapshot_in(self, namespace: NamespaceInfo, ports: Collection[int] | None,
+                     thread: NamespaceThread) -> Snapshot:
+        """:meth:`snapshot_namespace`, entering namespaces with ``thread``."""
         if namespace.own:
             return replace(self.snapshot(ports), namespace=namespace)
         # Here, not at module level: importing the package loads no netlink module.
         from portwatch.collect.netlink import UNAVAILABLE_ERRNOS
-        from portwatch.collect.sources.netlink import NetlinkSource, default_socket_factory
+        from portwatch.collect.sources.netlink import default_socket_factory
         from portwatch.collect.sources.procnet import ProcNetSource
 
         self._walk = None
@@ -190,23 +201,37 @@ class Collector:
                     raise
             return settings, None, ProcNetSource().read()
 
-        settings, sock, table = run_in_namespace(namespace, inside, self.proc_root)
+        settings, sock, table = thread.run(namespace, inside)
         source_name = ProcNetSource.name
         counts = None
         if sock is not None:
+            netlink, handed = self._namespaces_source()
+            handed.append(sock)
             try:
-                netlink = NetlinkSource(socket_factory=lambda: sock)
                 if ports is None:
                     table = netlink.read()
                 else:
                     table, counts = netlink.read_counted(settings, frozenset(ports))
-                source_name = NetlinkSource.name
+                source_name = netlink.name
             except SourceUnavailable:
-                table = run_in_namespace(namespace, ProcNetSource().read, self.proc_root)
+                table = thread.run(namespace, ProcNetSource().read)
+            finally:
+                while handed:  # not taken: the read failed before opening it
+                    handed.pop().close()
         assert table is not None
         return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
                         owners={}, processes={}, source=source_name, namespace=namespace,
                         counts=counts)
+
+    def _namespaces_source(self) -> tuple[NetlinkSource, list[socket.socket]]:
+        """The netlink source that reads other namespaces (one, so its receive buffer is made once)
+        and the list it takes its socket from: the one made inside the namespace read."""
+        if self._ns_source is None:
+            from portwatch.collect.sources.netlink import NetlinkSource
+
+            handed: list[socket.socket] = []
+            self._ns_source = (NetlinkSource(socket_factory=handed.pop), handed)
+        return self._ns_source
 
     def snapshot_namespaces(self, namespaces: Collection[NamespaceInfo],
                             ports: Collection[int] | None = None) -> list[NamespaceScan]:
@@ -219,19 +244,21 @@ class Collector:
         of one call share one walk of ``/proc/PID/fd`` in :meth:`attribute`:
         a process read for one namespace's sockets is not read again for
         another's. ``ports``: as for :meth:`snapshot`, for every namespace.
+        One thread enters the namespaces in turn (:class:`NamespaceThread`).
         """
         scans: list[NamespaceScan] = []
-        for namespace in namespaces:
-            try:
-                snap = self.snapshot_namespace(namespace, ports)
-            except NamespaceVanished as exc:
-                scans.append(NamespaceScan(namespace, "vanished", message=str(exc)))
-            except PermissionError as exc:
-                scans.append(NamespaceScan(namespace, "denied", message=str(exc)))
-            except (CollectError, OSError, ValueError) as exc:
-                scans.append(NamespaceScan(namespace, "failed", message=str(exc)))
-            else:
-                scans.append(NamespaceScan(namespace, "ok", snapshot=snap))
+        with NamespaceThread(self.proc_root) as thread:
+            for namespace in namespaces:
+                try:
+                    snap = self._snapshot_in(namespace, ports, thread)
+                except NamespaceVanished as exc:
+                    scans.append(NamespaceScan(namespace, "vanished", message=str(exc)))
+                except PermissionError as exc:
+                    scans.append(NamespaceScan(namespace, "denied", message=str(exc)))
+                except (CollectError, OSError, ValueError) as exc:
+                    scans.append(NamespaceScan(namespace, "failed", message=str(exc)))
+                else:
+                    scans.append(NamespaceScan(namespace, "ok", snapshot=snap))
         self._walk = None
         self._walk_keys = tuple(_key(s.snapshot) for s in scans if s.snapshot is not None)
         return scans

@@ -41,6 +41,7 @@ from portwatch.collect.netlink import (
     build_request,
     fast_ip,
     parse_messages,
+    run_dump,
 )
 from portwatch.model import (
     KERNEL_TCP_STATES,
@@ -138,22 +139,18 @@ def listening_tcp_ports(sock: socket.socket, timeout: float = 1.0) -> frozenset[
     ports: set[int] = set()
     view = memoryview(bytearray(1 << 16))
     deadline = time.monotonic() + timeout
+    late = f"sock_diag dump of TCP listeners took longer than {timeout}s"
     for family in (socket.AF_INET, socket.AF_INET6):
         _query_seq = _query_seq % 0x7FFFFFFF + 1
         seq = _query_seq
-        sock.settimeout(timeout)
-        sock.sendto(build_request(seq, family, socket.IPPROTO_TCP, _TCP_LISTEN_MASK), (0, 0))
-        done = False
-        while not done:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"sock_diag dump of TCP listeners took longer than {timeout}s")
-            sock.settimeout(left)
-            n, addr = sock.recvfrom_into(view, len(view))
-            if addr[0] != 0:
-                continue
+
+        def parse(n: int) -> bool:  # called within this iteration
             found, done = parse_messages(view, protocol=Protocol.TCP, seq=seq, family=family, length=n)
             ports.update(s.local.port for s in found)
+            return done
+
+        run_dump(sock, build_request(seq, family, socket.IPPROTO_TCP, _TCP_LISTEN_MASK), parse, view,
+                 deadline=deadline, late=late)
     return frozenset(ports)
 
 

@@ -34,12 +34,11 @@ from typing import Callable, Final, Sequence
 from portwatch.collect.namespaces import run_in_namespace
 from portwatch.collect.netlink import (
     NETLINK_SOCK_DIAG,
-    NLM_F_DUMP,
-    NLM_F_REQUEST,
-    SOCK_DIAG_BY_FAMILY,
     TCP_STATES_MASK,
     UDP_STATES_MASK,
+    build_request,
     parse_messages,
+    run_dump,
 )
 from portwatch.collect.owners import find_socket_owners
 from portwatch.collect.processes import describe_processes
@@ -61,8 +60,6 @@ INET_DIAG_BC_S_EQ: Final = 11
 
 _BC_OP: Final = struct.Struct("=BBH")
 _NLA: Final = struct.Struct("=HH")
-# nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, 48-byte sockid of zeros)
-_REQUEST: Final = struct.Struct("=IHHII" "BBBxI" "48x")
 _PROTO_NUMBERS: Final = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
 _STATES: Final = {Protocol.TCP: TCP_STATES_MASK, Protocol.UDP: UDP_STATES_MASK}
 
@@ -81,10 +78,7 @@ def build_port_request(seq: int, family: int, protocol: Protocol, port: int) -> 
     """
     program = port_filter(port)
     attr = _NLA.pack(_NLA.size + len(program), INET_DIAG_REQ_BYTECODE) + program
-    total = _REQUEST.size + len(attr)
-    head = _REQUEST.pack(total, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
-                         family, _PROTO_NUMBERS[protocol], 0, _STATES[protocol])
-    return head + attr
+    return build_request(seq, family, _PROTO_NUMBERS[protocol], _STATES[protocol], attr)
 
 
 def dump_port(port: int, protocols: Sequence[Protocol] = (Protocol.TCP, Protocol.UDP),
@@ -99,25 +93,20 @@ def dump_port(port: int, protocols: Sequence[Protocol] = (Protocol.TCP, Protocol
     """
     out: list[Socket] = []
     deadline = time.monotonic() + timeout
+    late = f"sock_diag dump of port {port}: no answer after {timeout}s"
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as sock:
-        buf = bytearray(1 << 16)
+        view = memoryview(bytearray(1 << 16))
         seq = 0
         for protocol in protocols:
             for family in (socket.AF_INET, socket.AF_INET6):
                 seq += 1
-                sock.send(build_port_request(seq, family, protocol, port))
-                done = False
-                while not done:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError(f"sock_diag dump of port {port}: no answer after {timeout}s")
-                    sock.settimeout(left)
-                    try:
-                        n = sock.recv_into(buf)
-                    except socket.timeout:
-                        raise TimeoutError(f"sock_diag dump of port {port}: no answer after {timeout}s") from None
-                    _sockets, done = parse_messages(memoryview(buf)[:n], protocol=protocol, seq=seq,
-                                                    family=family, out=out)
+
+                def parse(n: int) -> bool:  # called within this iteration
+                    return parse_messages(view, protocol=protocol, seq=seq, family=family, out=out,
+                                          length=n)[1]
+
+                run_dump(sock, build_port_request(seq, family, protocol, port), parse, view,
+                         deadline=deadline, late=late)
     return [s for s in out if s.local.port == port]
 
 

@@ -3,9 +3,10 @@
 Job: :func:`discover_namespaces` (``/proc/*/ns/net`` deduplicated by device
 and inode, plus the nsfs bind mounts of the mount table, each named: the
 pod uid, the ``ip netns`` name, the container id, the systemd unit, else the
-lowest pid's command), :func:`run_in_namespace` (a callable run in a
-short-lived thread that ``setns()``-es into the namespace; the calling
-thread never changes namespace) and :func:`can_enter_namespaces`. A
+lowest pid's command; a pod's Kubernetes namespace/name from its OCI
+bundle), :func:`run_in_namespace` (a callable run in a short-lived thread
+that ``setns()``-es into the namespace; the calling thread never changes
+namespace) and :func:`can_enter_namespaces`. A
 namespace that is gone by the time it is entered raises
 :class:`NamespaceVanished`. May import the standard library,
 :mod:`portwatch.model` and the modules of :mod:`portwatch.collect`.
@@ -17,16 +18,21 @@ import errno
 import os
 import time
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, TypeVar, cast
 
 from portwatch.collect.cgroups import cgroup_of_pid, identity_from_path
 from portwatch.collect.mounts import Mount, read_mountinfo
-from portwatch.model import NamespaceInfo, NamespaceKind
+from portwatch.collect.oci import DEFAULT_RUN_ROOT, BundleReader, bundle_reader
+from portwatch.model import CgroupIdentity, NamespaceInfo, NamespaceKind
 from portwatch.model.records import dataclass, replace
+
+if TYPE_CHECKING:
+    import queue
 
 __all__ = [
     "CLONE_NEWNET",
     "NETNS_DIRS",
+    "NamespaceThread",
     "OWN_NAMESPACE_NOTE",
     "Discovery",
     "NamespaceVanished",
@@ -113,11 +119,13 @@ class _Found:
         self.paths: list[str] = []
 
 
-def _identify(found: _Found, proc_root: Path, host: int | None, own: int) -> NamespaceInfo:
+def _identify(found: _Found, proc_root: Path, host: int | None, own: int,
+              bundles: BundleReader) -> NamespaceInfo:
     """Name one namespace from its mounts and its processes' cgroups (see :func:`discover_namespaces`)."""
     netns_name = next((os.path.basename(p) for p in found.paths
                        if os.path.dirname(p) in NETNS_DIRS), None)
     container = runtime = pod_uid = unit = command = None
+    identities: list[CgroupIdentity] = []
     # The lowest pids say who the namespace belongs to (a pod's pause process,
     # a container's init); the host's are not worth reading.
     for pid in found.pids[:MAX_PIDS] if found.inode != host else ():
@@ -125,11 +133,13 @@ def _identify(found: _Found, proc_root: Path, host: int | None, own: int) -> Nam
         if path is None:
             continue
         identity = identity_from_path(path)
+        identities.append(identity)
         if identity.pod_uid and not pod_uid:
             pod_uid = identity.pod_uid
         if identity.container and not container:
             container, runtime = identity.container, identity.runtime
         unit = unit or identity.unit
+    pod = _pod_names(bundles, pod_uid, container, identities) if pod_uid else (None, None, None)
     if found.pids:
         command = _command(proc_root, found.pids[0])
     if found.inode == host:
@@ -151,7 +161,31 @@ def _identify(found: _Found, proc_root: Path, host: int | None, own: int) -> Nam
         inode=found.inode, dev=found.dev, kind=kind, name=name,
         pids=tuple(found.pids[:MAX_PIDS]), paths=tuple(found.paths), own=found.inode == own,
         stable=stable, netns_name=netns_name, container=container, runtime=runtime,
-        pod_uid=pod_uid, unit=unit if unit != "init.scope" else None, command=command)
+        pod_uid=pod_uid, unit=unit if unit != "init.scope" else None, command=command,
+        pod_namespace=pod[0], pod_name=pod[1], container_name=pod[2])
+
+
+def _pod_names(bundles: BundleReader, pod_uid: str, container: str | None,
+               identities: list[CgroupIdentity]) -> tuple[str | None, str | None, str | None]:
+    """(pod namespace, pod name, container name) of the pod ``pod_uid`` from its containers' OCI bundles.
+
+    The bundles of the containers the namespace's pids run in (in the pod
+    ``pod_uid``) are read in turn until one names the pod; one naming
+    another pod uid is not believed. The container name is that of
+    ``container`` (the namespace's), when its bundle was read and it is not
+    the pod's sandbox. All None when no bundle is readable.
+    """
+    seen: set[str] = set()
+    for identity in identities:
+        cid = identity.container
+        if cid is None or cid in seen or identity.pod_uid != pod_uid:
+            continue
+        seen.add(cid)
+        names = bundles.names(cid, identity.runtime)
+        if names is None or (names.pod_uid is not None and names.pod_uid != pod_uid):
+            continue
+        return names.pod_namespace, names.pod_name, names.container_name if cid == container else None
+    return None, None, None
 
 
 def _unique_keys(infos: list[NamespaceInfo]) -> list[NamespaceInfo]:
@@ -172,7 +206,7 @@ def _unique_keys(infos: list[NamespaceInfo]) -> list[NamespaceInfo]:
 
 def discover_namespaces(proc_root: Path = Path("/proc"),
                         mountinfo: Path | Iterable[Mount] = Path("/proc/self/mountinfo"),
-                        capable: bool | None = None) -> Discovery:
+                        capable: bool | None = None, run_root: Path = DEFAULT_RUN_ROOT) -> Discovery:
     """Find every network namespace on the host and name it.
 
     Takes the proc mount, the mount table (a mountinfo path, or parsed
@@ -188,8 +222,11 @@ def discover_namespaces(proc_root: Path = Path("/proc"),
     slice give kind ``pod`` named by the pod uid; in a container runtime's
     cgroup kind ``container`` named by the container id; else kind
     ``process`` named by the systemd unit, or (not ``stable``) by the lowest
-    pid's command. Without the capability only the own namespace is returned,
-    with :data:`OWN_NAMESPACE_NOTE`. Returns a :class:`Discovery`. Never
+    pid's command. A pod's Kubernetes namespace and name (and its
+    container's name) come from the runtimes' OCI bundles under ``run_root``
+    (:class:`~portwatch.collect.oci.BundleReader`), when readable. Without
+    the capability only the own namespace is returned, with
+    :data:`OWN_NAMESPACE_NOTE`. Returns a :class:`Discovery`. Never
     raises for what it reads.
     """
     proc_root = Path(proc_root)
@@ -229,7 +266,8 @@ def discover_namespaces(proc_root: Path = Path("/proc"),
     if own_id is not None and own_id not in found:
         found[own_id] = _Found(*own_id)
         found[own_id].paths.append(str(proc_root / "thread-self" / "ns" / "net"))
-    infos = _unique_keys([_identify(f, proc_root, host, own_inode) for f in found.values()])
+    bundles = bundle_reader(run_root)
+    infos = _unique_keys([_identify(f, proc_root, host, own_inode, bundles) for f in found.values()])
     infos.sort(key=lambda ns: (ns.kind is not NamespaceKind.HOST, ns.inode))
     notes = () if capable else (OWN_NAMESPACE_NOTE,)
     return Discovery(namespaces=tuple(infos), own=own_inode, notes=notes)
@@ -320,40 +358,95 @@ def run_in_namespace(ns: NamespaceInfo, fn: Callable[[], T], proc_root: Path = P
     show the namespace's own values (``/proc/self/net`` does not), and a
     socket created there (e.g. NETLINK_SOCK_DIAG) keeps working in that
     namespace after the thread ends. The own namespace runs ``fn`` in a
-    thread too, without ``setns``. Raises :class:`NamespaceVanished` when the
+    thread too. Raises :class:`NamespaceVanished` when the
     namespace is gone, ``PermissionError`` without CAP_SYS_ADMIN or access to
     its ``/proc/PID/ns/net``, ``TimeoutError`` when ``fn`` takes longer than
     ``timeout`` seconds (the thread is left to finish), and whatever ``fn``
-    raises.
+    raises. :class:`NamespaceThread` does the same for many namespaces with one thread.
     """
-    global _SETNS
-    fd = open_namespace(ns, proc_root)
-    if _SETNS is None:
-        _SETNS = _libc_setns()
-    setns = _SETNS
-    result: list[T] = []
-    failure: list[BaseException] = []
+    with NamespaceThread(proc_root, timeout) as thread:
+        return thread.run(ns, fn)
 
-    def body() -> None:
+
+class NamespaceThread:
+    """One thread that enters network namespaces in turn and runs a callable in each.
+
+    :meth:`run` has the contract of :func:`run_in_namespace`, for one pass
+    over many namespaces without a thread per namespace: the thread is made
+    on the first :meth:`run`, ``setns()``-es into each namespace asked for
+    before running its callable, and ends on :meth:`close` (or the end of a
+    ``with`` block). Only that thread ever changes namespace. One caller at
+    a time; a callable that times out leaves its thread to finish, and the
+    next :meth:`run` makes a new one.
+    """
+
+    def __init__(self, proc_root: Path = Path("/proc"), timeout: float = 30.0) -> None:
+        """Take the proc mount (``PID/ns/net``) and the time limit of one callable, in seconds."""
+        import queue  # (and threading, in run): only where a namespace is entered
+
+        self.proc_root = Path(proc_root)
+        self.timeout = timeout
+        self._requests: queue.SimpleQueue[tuple[int, Callable[[], object]] | None] | None = None
+        self._answers: queue.SimpleQueue[tuple[bool, object]] = queue.SimpleQueue()
+
+    def __enter__(self) -> NamespaceThread:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def run(self, ns: NamespaceInfo, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` inside ``ns`` in the thread and return its result (see :func:`run_in_namespace`).
+
+        Raises :class:`NamespaceVanished`, ``PermissionError``, ``TimeoutError``
+        and what ``fn`` raises, as :func:`run_in_namespace` does.
+        """
+        import queue
+        import threading
+
+        global _SETNS
+        fd = open_namespace(ns, self.proc_root)
+        try:
+            if _SETNS is None:
+                _SETNS = _libc_setns()
+            if self._requests is None:
+                self._requests = queue.SimpleQueue()
+                threading.Thread(target=_serve, args=(self._requests, self._answers, _SETNS),
+                                 name="netns", daemon=True).start()
+            self._requests.put((fd, fn))
+            try:
+                ok, value = self._answers.get(timeout=self.timeout)
+            except BaseException as exc:  # no answer (time out, interrupt): that thread is let go
+                self.close()
+                self._answers = queue.SimpleQueue()  # what it answers later goes nowhere
+                if isinstance(exc, queue.Empty):
+                    raise TimeoutError(
+                        f"network namespace {ns.name}: no answer after {self.timeout}s") from None
+                raise
+        finally:
+            os.close(fd)
+        if ok:
+            return cast(T, value)  # what fn returned
+        assert isinstance(value, BaseException)
+        if isinstance(value, OSError) and value.errno in _VANISHED_ERRNOS:
+            raise NamespaceVanished(f"network namespace {ns.name} vanished: {value}") from value
+        raise value
+
+    def close(self) -> None:
+        """End the thread (it finishes what it runs first); a later :meth:`run` makes a new one."""
+        if self._requests is not None:
+            self._requests.put(None)
+            self._requests = None
+
+
+def _serve(requests: queue.SimpleQueue[tuple[int, Callable[[], object]] | None],
+           answers: queue.SimpleQueue[tuple[bool, object]], setns: Callable[[int, int], int]) -> None:
+    """The body of a :class:`NamespaceThread`: enter each namespace asked for and run its callable,
+    until ``None``; answers (True, result) or (False, exception)."""
+    while (request := requests.get()) is not None:
+        fd, fn = request
         try:
             setns(fd, CLONE_NEWNET)
-            result.append(fn())
+            answers.put((True, fn()))
         except BaseException as exc:  # handed to the caller
-            failure.append(exc)
-
-    import threading  # only where a namespace is entered: a plain scan never loads it
-
-    try:
-        thread = threading.Thread(target=body, name=f"netns-{ns.inode}", daemon=True)
-        thread.start()
-        thread.join(timeout)
-        if thread.is_alive():
-            raise TimeoutError(f"network namespace {ns.name}: no answer after {timeout}s")
-    finally:
-        os.close(fd)
-    if failure:
-        exc = failure[0]
-        if isinstance(exc, OSError) and exc.errno in _VANISHED_ERRNOS:
-            raise NamespaceVanished(f"network namespace {ns.name} vanished: {exc}") from exc
-        raise exc
-    return result[0]
+            answers.put((False, exc))

@@ -10,9 +10,12 @@ turns each ``struct inet_diag_msg`` into a :class:`portwatch.model.Socket`; it
 is public so that tests can feed it crafted bytes. :func:`count_messages` is
 the classifying parser of a counted read: it counts every TCP socket of a
 buffer (per state, per destination in a :class:`Tally`) and builds a
-``Socket`` only for those a detector looks at. No I/O here: the socket
-source that sends the requests and receives the answers is
-:class:`portwatch.collect.sources.netlink.NetlinkSource` (it reads 100,000
+``Socket`` only for those a detector looks at. No I/O of its own: the
+two reading helpers at the end work on a socket their caller made —
+:func:`run_dump` (one dump request and its answers within a deadline, what
+every dump of portwatch runs) and :func:`recv_nowait` (one non-blocking read
+of a listener). The socket source that sends the requests and receives the
+answers is :class:`portwatch.collect.sources.netlink.NetlinkSource` (it reads 100,000
 sockets in about the CPU time ``ss -tan`` takes; ``benchmarks/run.py``
 measures it). May import the standard library and :mod:`portwatch.model`.
 
@@ -39,9 +42,11 @@ kept (TIME_WAIT counts for port exhaustion).
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import os
 import socket
 import struct
+import time
 from typing import Any, Callable, Final
 
 from portwatch.model import (
@@ -56,8 +61,12 @@ from portwatch.model import (
 )
 
 __all__ = [
+    "NLMSG_DONE",
+    "NLMSG_ERROR",
+    "NLM_F_REQUEST",
     "OVERRUN",
     "recv_nowait",
+    "run_dump",
     "INET_DIAG_CGROUP_ID",
     "NETLINK_SOCK_DIAG",
     "SOCK_DIAG_BY_FAMILY",
@@ -228,18 +237,19 @@ def find_cgroup_id(data: bytes | bytearray | memoryview, start: int, end: int) -
     return None, -1
 
 
-def build_request(seq: int, family: int, protocol: int, states: int) -> bytes:
+def build_request(seq: int, family: int, protocol: int, states: int, attributes: bytes = b"") -> bytes:
     """The bytes of one ``SOCK_DIAG_BY_FAMILY`` dump request.
 
     Takes the netlink sequence number, the address family (``AF_INET`` or
-    ``AF_INET6``), the IP protocol number and the state bitmask. Returns a
-    72-byte ``nlmsghdr`` + ``inet_diag_req_v2`` (no extensions, no filter).
-    Raises ``struct.error`` for out-of-range numbers.
+    ``AF_INET6``), the IP protocol number, the state bitmask and the request
+    attributes (packed, e.g. a filter program; none by default). Returns a
+    72-byte ``nlmsghdr`` + ``inet_diag_req_v2`` (no extensions), then the
+    attributes. Raises ``struct.error`` for out-of-range numbers.
     """
     return _REQUEST.pack(
-        _REQUEST.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
+        _REQUEST.size + len(attributes), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
         family, protocol, 0, states,
-    )
+    ) + attributes
 
 
 def build_tcp_request(seq: int, states: int) -> bytes:
@@ -281,6 +291,22 @@ def _status_failure(status: int, what: str, off: int) -> Exception:
     if not -_MAX_ERRNO <= status < 0:
         return NetlinkError(f"netlink error status {status} is not a negative errno", off)
     return errno_failure(-status, what)
+
+
+def _new_endpoint(eps: dict[tuple[bytes, int], Endpoint], ips: dict[bytes, str], raw: bytes, port: int,
+                  family: int, new: Any = tuple.__new__, endpoint: type[Endpoint] = Endpoint,
+                  to_ip: Callable[[bytes, int], str] = fast_ip) -> Endpoint:
+    """The :class:`Endpoint` of a raw inet_diag address and port (network order, read in host order),
+    built and put in :func:`parse_messages`' caches ``eps`` (by (raw, port)) and ``ips`` (by raw).
+
+    (``new``, ``endpoint``, ``to_ip``: bound once, this runs for every endpoint of a dump.)
+    """
+    ip = ips.get(raw)
+    if ip is None:
+        ip = ips[raw] = to_ip(raw, family)
+    built: Endpoint = new(endpoint, (ip, port if _BIG_ENDIAN else ((port & 0xFF) << 8) | (port >> 8)))
+    eps[(raw, port)] = built
+    return built
 
 
 def parse_messages(
@@ -332,7 +358,6 @@ def parse_messages(
     v4_ok, v6_ok = family in (None, af_inet), family in (None, af_inet6)
     fam_v4, fam_v6 = Family.IPV4, Family.IPV6
     zero16 = _ZERO16
-    swap = not _BIG_ENDIAN
     # Endpoints repeat (a listener's port on every accepted socket, a server's
     # address on every client socket): build each (raw address, port) once per
     # buffer, and convert each raw address once. One pair of caches per family,
@@ -382,27 +407,15 @@ def parse_messages(
                     f"unknown {proto_name} state {st} in inet_diag_msg", off + _HDR_LEN + 1)
             # Endpoints are cached by the raw (network order) port: the byte
             # swap is paid once per endpoint built, not once per socket.
-            key = (src, sport)
-            local = eps.get(key)
+            local = eps.get((src, sport))
             if local is None:
-                ip = ips.get(src)
-                if ip is None:
-                    ip = ips[src] = fast_ip(src, fam)
-                if swap:
-                    sport = ((sport & 0xFF) << 8) | (sport >> 8)
-                local = eps[key] = new(Endpoint, (ip, sport))
+                local = _new_endpoint(eps, ips, src, sport, fam)
             if dport == 0 and dst == zero16:
                 remote = None
             else:
-                key = (dst, dport)
-                remote = eps.get(key)
+                remote = eps.get((dst, dport))
                 if remote is None:
-                    ip = ips.get(dst)
-                    if ip is None:
-                        ip = ips[dst] = fast_ip(dst, fam)
-                    if swap:
-                        dport = ((dport & 0xFF) << 8) | (dport >> 8)
-                    remote = eps[key] = new(Endpoint, (ip, dport))
+                    remote = _new_endpoint(eps, ips, dst, dport, fam)
             if tag != cg_tag or nlen < cg_end:
                 if nlen > _MSG_LEN:
                     cgid, found_at = find_cgroup_id(data, off + _MSG_LEN, off + nlen)
@@ -485,14 +498,11 @@ class Tally:
 
     def __init__(self, port_range: tuple[int, int], unusable: frozenset[int], interest: frozenset[int],
                  listeners: frozenset[tuple[bytes, int]]) -> None:
-        low, high = max(port_range[0], 0), min(port_range[1], 0xFFFF)
-        host = bytearray(65536)
-        if low <= high:
-            host[low:high + 1] = b"\x01" * (high - low + 1)
+        usable = bytearray(_range_table(max(port_range[0], 0), min(port_range[1], 0xFFFF)))
         for port in unusable:
             if 0 <= port <= 0xFFFF:
-                host[port] = 0
-        self.usable = _raw_order(host)
+                usable[raw_port(port)] = 0
+        self.usable = usable
         self.interest = _port_table(interest)
         wildcard = {port for addr, port in listeners if addr == _ZERO16}
         self.wildcard = _port_table(frozenset(wildcard))
@@ -518,6 +528,17 @@ class Tally:
         return tuple(out)
 
 
+@functools.lru_cache(maxsize=4)
+def _range_table(low: int, high: int) -> bytes:
+    """A 65536-byte table indexed by raw (network order) port number: 1 for the ports low..high."""
+    host = bytearray(65536)
+    if low <= high:
+        host[low:high + 1] = b"\x01" * (high - low + 1)
+    return _raw_order(host)
+
+
+# Cached (this and the range's table): the scan of many namespaces asks for the same ones again
+@functools.lru_cache(maxsize=16)
 def _port_table(ports: frozenset[int]) -> bytes:
     """A 65536-byte table: 1 at the raw (network order) number of each of ``ports``."""
     table = bytearray(65536)
@@ -636,3 +657,48 @@ def recv_nowait(recv_into: Callable[[Any], int], buf: Any) -> int | None:
         if err.errno != _errno.ENOBUFS:
             raise
         return OVERRUN
+
+
+def run_dump(sock: socket.socket, request: bytes, parse: Callable[[int], bool], view: memoryview, *,
+             deadline: float, late: str, what: str | None = None) -> None:
+    """Send one sock_diag dump ``request`` on ``sock`` and hand its answers to ``parse`` until it says done.
+
+    Takes a ``NETLINK_SOCK_DIAG`` socket, the request bytes, ``parse(n)``
+    (called once per datagram from the kernel, held in ``view[:n]``; returns
+    whether ``NLMSG_DONE`` ended the dump), the receive buffer, the
+    ``time.monotonic()`` deadline of the dump and ``late``, the message of
+    the ``TimeoutError`` raised when the deadline passes before the request
+    is sent or while an answer is awaited. Datagrams not from the kernel
+    (port id 0) are skipped. With ``what`` (the dump's name in messages), a
+    request refused with an errno of :data:`UNAVAILABLE_ERRNOS` raises
+    :func:`errno_failure`'s exception. Raises :class:`NetlinkError` for a
+    datagram longer than ``view``, ``OSError`` from the socket and whatever
+    ``parse`` raises.
+    """
+    size = len(view)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(late)
+    sock.settimeout(remaining)
+    try:
+        sock.sendto(request, (0, 0))
+    except OSError as exc:
+        if what is not None and exc.errno in UNAVAILABLE_ERRNOS:
+            raise errno_failure(exc.errno or 0, what) from exc
+        raise
+    recv = sock.recvfrom_into
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(late)
+        sock.settimeout(remaining)
+        try:
+            n, addr = recv(view, size, socket.MSG_TRUNC)
+        except socket.timeout as exc:
+            raise TimeoutError(late) from exc
+        if n > size:
+            raise NetlinkError(f"datagram of {n} bytes truncated to the {size}-byte receive buffer", size)
+        if addr[0] != 0:  # not from the kernel (port id 0): not ours to read
+            continue
+        if parse(n):
+            return

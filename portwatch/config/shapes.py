@@ -134,7 +134,8 @@ SERVICE = Section(Service, [
         default="any address"),
     Key("namespace", s.string(), "non-empty string",
         "the network namespace the service lives in: an `ip netns` name, a container id (or a prefix of"
-        " 12 characters or more) or a pod uid, as `portwatch scan -A` names them",
+        " 12 characters or more), a pod uid or a pod's `NAMESPACE/NAME` (`default/web-1`, when its"
+        " runtime's bundle is readable), as `portwatch scan -A` names them",
         default="the host namespace"),
     Key("process", s.string(), "non-empty string",
         "the service's process: its name (as `ps -o comm` shows it) or executable path; sockets of it"
@@ -212,7 +213,7 @@ EVENTS = Section(EventsConfig, [
 
 _PATTERNS = "list of fnmatch patterns"
 _NAMES = ("a name of the namespace: its name or key (`host`, `netns:INODE`), `ip netns` name, container id,"
-          " pod uid, or systemd unit")
+          " pod uid, pod `NAMESPACE/NAME` (`default/web-*`; `*` matches `/` too), or systemd unit")
 
 NAMESPACES = Section(NamespacesConfig, [
     Key("scan", s.choice(NAMESPACE_SCOPES), grammar.one_of(NAMESPACE_SCOPES),

@@ -42,8 +42,8 @@ class Service:
     port: int
     protocol: Protocol = Protocol.TCP
     address: str | None = None  # canonical (model.normalize_ip); None = any address
-    # The network namespace it lives in: a netns name, container id or pod uid
-    # (see service_applies); None = the host namespace.
+    # The network namespace it lives in: a netns name, container id, pod uid or
+    # pod NAMESPACE/NAME (see service_applies); None = the host namespace.
     namespace: str | None = None
     process: str | None = None  # executable name or path of the service's process; None = unknown
     unit: str | None = None  # systemd unit of the service's process; None = unknown
@@ -137,7 +137,8 @@ def namespace_selected(config: NamespacesConfig, names: Collection[str]) -> bool
     """True when the namespace known by ``names`` is scanned under ``config``.
 
     ``names`` are every name of one namespace (name, key, ``ip netns`` name,
-    container id, pod uid, unit: :func:`portwatch.scan.namespace_names`). Selected: no
+    container id, pod uid, pod ``NAMESPACE/NAME``, unit: :func:`portwatch.scan.namespace_names`;
+    ``*`` matches ``/`` too, so ``default/*`` is every pod of ``default``). Selected: no
     ``include`` or some include pattern matches one of the names, and no
     ``exclude`` pattern matches any (patterns as :func:`fnmatch.fnmatchcase`).
     Pure; never raises.
@@ -341,13 +342,15 @@ def service_applies(service: Service, names: Collection[str], host: bool) -> boo
     """True when ``service`` lives in the network namespace known by ``names``.
 
     ``names`` are every name of one namespace (its ``ip netns`` name, stable
-    key, container id, pod uid, unit); ``host`` says it is the host
-    namespace (or portwatch's own, in a scan of that one only). A service
-    without ``namespace`` applies to the host namespace only; one with
-    ``namespace`` to the namespace having that name (a container id may be
-    given by a prefix of 12 characters or more). Pure; never raises.
+    key, container id, pod uid, pod ``NAMESPACE/NAME``, unit); ``host`` says
+    it is the host namespace (or portwatch's own, in a scan of that one
+    only). A service without ``namespace`` applies to the host namespace
+    only; one with ``namespace`` to the namespace having that name (a
+    container id may be given by a prefix of 12 characters or more; a pod's
+    ``NAMESPACE/NAME``, with its ``/``, only whole). Pure; never raises.
     """
     if service.namespace is None:
         return host
     wanted = service.namespace
-    return any(wanted == name or (len(wanted) >= 12 and name.startswith(wanted)) for name in names)
+    prefix = len(wanted) >= 12 and "/" not in wanted
+    return any(wanted == name or (prefix and name.startswith(wanted)) for name in names)

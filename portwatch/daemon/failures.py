@@ -14,7 +14,9 @@ and posts them to the daemon's queue as
 :class:`~portwatch.output.failures.FailureMetrics`, registered in the daemon's
 registry only while ``capture.failures`` is ``audit`` (then
 ``portwatch_failure_capture_active`` 0 means asked for, not running). It never
-dies: an error is logged, the capture restarted after a pause. Each note of
+dies: an error is logged, the capture restarted after a pause. Failures in
+the namespaces the last pass left out (``namespaces.include``/``exclude``) are
+dropped as they are read. Each note of
 the capture (no capability, auditing enabled late...) is logged once.
 
 Thread safety: the daemon hands over each pass's results with :meth:`passed`
@@ -125,6 +127,7 @@ class FailureThread:
         self._lock = threading.Lock()
         self._config = config
         self._results: Mapping[int, ScanResult] = {}
+        self._left_out: frozenset[int] = frozenset()  # namespaces include/exclude leave out: not reported
         # when the latest pass handed over began (time.monotonic()): the pending failures wait
         # for a pass that began after they were read, not one already running then
         self._pass_began = float("-inf")
@@ -146,14 +149,21 @@ class FailureThread:
         began = time.monotonic() - max(result.duration, 0.0)
         with self._lock:
             self._results = mapping
+            self._left_out = frozenset(result.left_out)
             self._pass_began = began
 
     def reconfigure(self, config: Config) -> None:
-        """Use ``config`` from now on; start or stop the capture when ``capture.failures`` changed."""
+        """Use ``config`` from now on; start or stop the capture when ``capture.failures`` changed.
+
+        With ``audit`` unchanged, a capture that could not start (its thread ended) is tried again.
+        """
         with self._lock:
             old, self._config = self._config, config
         self.metrics.set_top(config.metrics.top_destinations)
         if old.capture.failures == config.capture.failures:
+            if config.capture.failures == "audit" and not self.alive:
+                log.info("failure capture: trying to start it again")  # it could not start before
+                self._start_thread()
             return
         if config.capture.failures == "audit":
             log.info("failure capture turned on")
@@ -247,10 +257,11 @@ class FailureThread:
             if not batch.more:
                 break
         self.metrics.record_capture(cap.active, cap.dropped_total)
+        with self._lock:
+            results, left_out = self._results, self._left_out
+        fresh = [e for e in fresh if e.netns_inode is None or e.netns_inode not in left_out]
         if not fresh:
             return
-        with self._lock:
-            results = self._results
         for inode in {e.netns_inode for e in fresh}:
             self.metrics.record([e for e in fresh if e.netns_inode == inode], netns=self._label(inode, results))
         pending.window.add(sorted(fresh, key=lambda e: (e.at, e.serial)))

@@ -53,8 +53,10 @@ another severity) is written after the scan that made it. A missing or
 corrupt file is logged and replaced, never fatal; a directory that cannot be
 written is logged once per distinct error and the daemon goes on in memory.
 
-May import the standard library, :mod:`portwatch.model`, :mod:`portwatch.jsonfile`
-and :mod:`portwatch.daemon.records`.
+May import the standard library, :mod:`portwatch.model`, :mod:`portwatch.jsonfile`,
+:mod:`portwatch.daemon.records` and the field readers of
+:mod:`portwatch.alerts.notification` (``number_field``, ``text_field``: the
+alert store's files are read with the same checks).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from portwatch import __version__
+from portwatch.alerts.notification import number_field, text_field
 from portwatch.daemon.records import (
     HISTORY_TTL,
     HOST_KEY,
@@ -90,7 +93,7 @@ from portwatch.jsonfile import parse_entries, problems_text, read_document, writ
 from portwatch.model import Kind, Protocol, RememberedPort, Severity
 from portwatch.model.snapshot import listener_identities
 from portwatch.model.text import os_error_text
-from portwatch.model.values import brief, finite_number
+from portwatch.model.values import brief
 
 __all__ = [
     "FindingRecord", "FindingsUpdate", "HISTORY_TTL", "HOST_KEY", "LISTENER_TTL", "ListenerRecord",
@@ -150,21 +153,9 @@ def _listener_entry(r: ListenerRecord) -> dict[str, Any]:
             **{k: v for k, v in identity.items() if v is not None}}
 
 
-def _optional_text(entry: Mapping[str, Any], name: str) -> str | None:
-    value = entry.get(name)
-    if value is not None and (not isinstance(value, str) or not value):
-        raise StateError(f"{name} is not a non-empty string: {brief(value)}")
-    return value
-
-
-def _time(entry: Mapping[str, Any], name: str, optional: bool = False) -> float | None:
-    value = entry.get(name)
-    if value is None and optional:
-        return None
-    number = finite_number(value)
-    if number is None:
-        raise StateError(f"{name} is not a finite number: {brief(value)}")
-    return number
+def _bad(message: str, value: object) -> StateError:
+    """The error of a bad field: its message and the value, shown briefly."""
+    return StateError(f"{message}: {brief(value)}")
 
 
 def _listener(entry: object) -> ListenerRecord:
@@ -177,17 +168,15 @@ def _listener(entry: object) -> ListenerRecord:
         protocol = Protocol(entry.get("protocol"))
     except ValueError:
         raise StateError(f"unknown protocol {brief(entry.get('protocol'))}") from None
-    first, last = _time(entry, "first_seen"), _time(entry, "last_seen")
-    assert first is not None and last is not None
-    return ListenerRecord(protocol, port, first, last, _optional_text(entry, "executable"), _optional_text(entry, "unit"))
+    first, last = number_field(entry, "first_seen", error=_bad), number_field(entry, "last_seen", error=_bad)
+    return ListenerRecord(protocol, port, first, last, text_field(entry, "executable", optional=True, error=_bad),
+                          text_field(entry, "unit", optional=True, error=_bad))
 
 
 def _finding(entry: object) -> FindingRecord:
     if not isinstance(entry, dict):
         raise StateError(f"not an object: {brief(entry)}")
-    key, summary = entry.get("key"), entry.get("summary")
-    if not isinstance(key, str) or not key:
-        raise StateError(f"key is not a non-empty string: {brief(key)}")
+    key, summary = text_field(entry, "key", error=_bad), entry.get("summary")
     if not isinstance(summary, str):
         raise StateError(f"summary of {key} is not a string")
     try:
@@ -195,9 +184,9 @@ def _finding(entry: object) -> FindingRecord:
         severity = Severity(entry.get("severity"))
     except ValueError as exc:
         raise StateError(f"{key}: {exc}") from None
-    first, last = _time(entry, "first_seen"), _time(entry, "last_seen")
-    assert first is not None and last is not None
-    return FindingRecord(key, kind, severity, summary, first, last, _time(entry, "resolved_at", optional=True))
+    first, last = number_field(entry, "first_seen", error=_bad), number_field(entry, "last_seen", error=_bad)
+    return FindingRecord(key, kind, severity, summary, first, last,
+                         number_field(entry, "resolved_at", optional=True, error=_bad))
 
 
 def from_document(doc: object) -> tuple[State, list[str]]:

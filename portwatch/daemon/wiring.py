@@ -13,6 +13,7 @@ model) and :mod:`portwatch.daemon.records`, ``.messages``, ``.failures`` and ``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import time
@@ -108,7 +109,8 @@ def default_pass(config: Config, collector: Collector, remembered: Remembered,
     namespace, as before namespaces (keys and services as the host's).
     ``all``: the namespaces ``discover()`` finds now (every pass, so new ones
     are scanned and gone ones dropped) that ``include``/``exclude`` select,
-    each scanned on its own (:func:`portwatch.scan.run_namespaces_scan`);
+    each scanned on its own (:func:`portwatch.scan.run_namespaces_scan`;
+    the others' inodes in the result's ``left_out``);
     without the capability to enter others, discovery returns the own one
     with a note. Raises what the scan raises, and
     :class:`~portwatch.collect.CollectError` when namespaces were selected
@@ -121,7 +123,9 @@ def default_pass(config: Config, collector: Collector, remembered: Remembered,
     result = run_namespaces_scan(config, collector, discovery, selected, remembered)
     if selected and not result.results and result.skipped:
         raise CollectError("no network namespace could be read: " + "; ".join(result.notes))
-    return result
+    chosen = {ns.inode for ns in selected}
+    left_out = tuple(ns.inode for ns in discovery.namespaces if ns.inode not in chosen)
+    return dataclasses.replace(result, left_out=left_out) if left_out else result
 
 
 class SideThread(TypingProtocol):

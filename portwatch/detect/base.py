@@ -118,6 +118,13 @@ def configured_severity(kind: Kind, default: Severity, config: Config | None) ->
     return config.severities.get(kind, default) if config is not None else default
 
 
+def with_configured_severities(findings: list[Finding], config: Config) -> list[Finding]:
+    """``findings`` with ``config.severities``' override of each one's kind (``findings`` itself without any)."""
+    if not config.severities:
+        return findings
+    return [replace(f, severity=config.severities.get(f.kind, f.severity)) for f in findings]
+
+
 def who(processes: tuple[ProcessInfo, ...]) -> str:
     """``a[1], b[2]`` or ``owner unknown``."""
     if not processes:
@@ -134,6 +141,11 @@ def reserve_hint(settings: KernelSettings, ports: Iterable[int]) -> str:
         f"reserve it: `sysctl -w {SYSCTL_RESERVED}={merged}` and persist "
         f"`{SYSCTL_RESERVED} = {merged}` in /etc/sysctl.d/ (or `portwatch reserve`)"
     )
+
+
+def move_or_reserve_hint(settings: KernelSettings, port: int, what: str = "the service") -> str:
+    """``move WHAT to a port outside RANGE, or reserve it: ...``: the remediation of a port inside the range."""
+    return f"move {what} to a port outside {settings.port_range}, or " + reserve_hint(settings, [port])
 
 
 def protocol_upper(finding: Finding) -> str:
@@ -181,6 +193,17 @@ class DetectionInput:
     remembered: Collection[RememberedPort]
     usage: Mapping[Destination, int]
     index: SocketIndex
+
+
+#: ``(snapshot, config, listening) -> findings``: a kind that looks at the listeners only.
+ListeningFinder = Callable[[Snapshot, Config, Listening], list[Finding]]
+
+
+def on_listening(find: ListeningFinder) -> Callable[[DetectionInput], list[Finding]]:
+    """A detector's ``find`` calling ``find`` with the scan's snapshot, configuration and listeners."""
+    def find_in(inp: DetectionInput) -> list[Finding]:
+        return find(inp.snapshot, inp.config, inp.index.listening)
+    return find_in
 
 
 #: ``(finding, processes) -> summary``: the one-line summary naming ``processes``.
@@ -252,3 +275,19 @@ class Detector:
             details=details,
         )
         return self.explain(finding, snapshot)
+
+
+def no_scan_findings(inp: DetectionInput) -> list[Finding]:
+    """The ``find`` of an event kind: its findings come from events, never from a scan."""
+    return []
+
+
+def event_detector(kind: Kind, severity: Severity, alertname: str, summarize: Summarize) -> Detector:
+    """The declaration of an event kind (``connect_failed``, ``bind_failed``).
+
+    Its ``find`` yields nothing in a scan (a function of its module makes
+    its findings from events) and its findings are never re-explained
+    (``involves`` None): they name the processes of the events.
+    """
+    return Detector(kind=kind, severity=severity, alertname=alertname, find=no_scan_findings,
+                    summarize=summarize, involves=None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from portwatch.model.records import replace
 from typing import Iterable
 
-from portwatch.detect.base import Config, Detector, configured_severity, reserve_hint, who
+from portwatch.detect.base import Config, configured_severity, event_detector, reserve_hint, who
 from portwatch.model import (
     Finding,
     Kind,
@@ -136,11 +136,5 @@ def summarize(finding: Finding, processes: tuple[ProcessInfo, ...]) -> str:
     return head + tail
 
 
-DETECTOR = Detector(
-    kind=Kind.BIND_FAILED,
-    severity=Severity.CRITICAL,
-    alertname="PortwatchBindFailed",
-    find=lambda inp: [],  # an event kind: nothing in a scan (find_bind_failures makes its findings)
-    summarize=summarize,
-    involves=None,
-)
+# an event kind: nothing in a scan (find_bind_failures makes its findings)
+DETECTOR = event_detector(Kind.BIND_FAILED, Severity.CRITICAL, "PortwatchBindFailed", summarize)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from portwatch.model.records import replace
 from typing import Iterable
 
-from portwatch.detect.base import SYSCTL_RANGE, Config, Detector, configured_severity, who
+from portwatch.detect.base import SYSCTL_RANGE, Config, configured_severity, event_detector, who
 from portwatch.model import Finding, Kind, NamespaceInfo, ProcessInfo, Protocol, ScanResult, Severity
 from portwatch.model.failures import (
     DEFAULT_FAILURE_WINDOW,
@@ -115,11 +115,5 @@ def summarize(finding: Finding, processes: tuple[ProcessInfo, ...]) -> str:
     return f"{head}: no ephemeral port was free for it (no scan of its namespace to name the cause)"
 
 
-DETECTOR = Detector(
-    kind=Kind.CONNECT_FAILED,
-    severity=Severity.CRITICAL,
-    alertname="PortwatchConnectFailed",
-    find=lambda inp: [],  # an event kind: nothing in a scan (find_connect_failures makes its findings)
-    summarize=summarize,
-    involves=None,
-)
+# an event kind: nothing in a scan (find_connect_failures makes its findings)
+DETECTOR = event_detector(Kind.CONNECT_FAILED, Severity.CRITICAL, "PortwatchConnectFailed", summarize)

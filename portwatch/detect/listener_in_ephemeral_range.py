@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from portwatch.detect.base import (
     Config,
-    DetectionInput,
     Detector,
     by_protocol_and_port,
+    move_or_reserve_hint,
+    on_listening,
     protocol_upper,
-    reserve_hint,
     who,
 )
 from portwatch.model import Finding, Kind, Listening, ProcessInfo, Severity, Snapshot
@@ -35,8 +35,7 @@ def find_listeners_in_range(snapshot: Snapshot, config: Config,
             DETECTOR.make(f"listener_in_ephemeral_range:{protocol.value}:{port}",
                           snapshot, socks, {"endpoints": endpoints, "range": str(settings.port_range)},
                           port=port, protocol=protocol,
-                          remediation=f"move the service to a port outside {settings.port_range}, or "
-                                      + reserve_hint(settings, [port]))
+                          remediation=move_or_reserve_hint(settings, port))
         )
     return out
 
@@ -51,14 +50,10 @@ def summarize(finding: Finding, processes: tuple[ProcessInfo, ...]) -> str:
     )
 
 
-def _find(inp: DetectionInput) -> list[Finding]:
-    return find_listeners_in_range(inp.snapshot, inp.config, inp.index.listening)
-
-
 DETECTOR = Detector(
     kind=Kind.LISTENER_IN_EPHEMERAL_RANGE,
     severity=Severity.WARNING,
     alertname="PortwatchListenerInEphemeralRange",
-    find=_find,
+    find=on_listening(find_listeners_in_range),
     summarize=summarize,
 )

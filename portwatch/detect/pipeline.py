@@ -13,7 +13,7 @@ from portwatch.model.records import replace
 from typing import Callable, Collection, Iterable, Mapping, Protocol as TypingProtocol, Sequence
 
 from portwatch.config.types import Config, IgnoreRule, ignore_matches
-from portwatch.detect.base import DetectionInput, SocketIndex, index
+from portwatch.detect.base import DetectionInput, SocketIndex, index, with_configured_severities
 from portwatch.detect.ephemeral_exhaustion import destination_usage
 from portwatch.detect.registry import REGISTRY, Registry
 from portwatch.model import (
@@ -55,9 +55,7 @@ def detect(
     findings: list[Finding] = []
     for detector in registry:
         findings += detector.find(inp)
-    if config.severities:
-        findings = [replace(f, severity=config.severities.get(f.kind, f.severity)) for f in findings]
-    return sort_findings(findings)
+    return sort_findings(with_configured_severities(findings, config))
 
 
 def owners_needed(snapshot: Snapshot, config: Config, idx: SocketIndex | None = None,

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from portwatch.detect.base import (
     Config,
-    DetectionInput,
     Detector,
     covers,
+    move_or_reserve_hint,
+    on_listening,
     port_slash_protocol,
-    reserve_hint,
     who,
 )
 from portwatch.model import Finding, Kind, Listening, ProcessInfo, Protocol, Severity, Snapshot
@@ -33,8 +33,7 @@ def find_services_at_risk(snapshot: Snapshot, config: Config,
                           snapshot, socks,
                           {"service": svc.name, "range": str(settings.port_range), "listening": bool(socks)},
                           port=svc.port, protocol=svc.protocol,
-                          remediation=f"move {svc.name!r} to a port outside {settings.port_range}, or "
-                                      + reserve_hint(settings, [svc.port]))
+                          remediation=move_or_reserve_hint(settings, svc.port, repr(svc.name)))
         )
     return out
 
@@ -49,14 +48,10 @@ def summarize(finding: Finding, processes: tuple[ProcessInfo, ...]) -> str:
     )
 
 
-def _find(inp: DetectionInput) -> list[Finding]:
-    return find_services_at_risk(inp.snapshot, inp.config, inp.index.listening)
-
-
 DETECTOR = Detector(
     kind=Kind.SERVICE_PORT_AT_RISK,
     severity=Severity.WARNING,
     alertname="PortwatchServicePortAtRisk",
-    find=_find,
+    find=on_listening(find_services_at_risk),
     summarize=summarize,
 )

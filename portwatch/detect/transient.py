@@ -40,7 +40,7 @@ from portwatch.detect.loop_pair import summarize as summarize_loop_pair
 from portwatch.detect.self_connect import find_self_connects
 from portwatch.detect.self_connect import summarize as summarize_self_connect
 from portwatch.config.types import Config, ignore_matches
-from portwatch.detect.base import Summarize, who
+from portwatch.detect.base import Summarize, who, with_configured_severities
 from portwatch.model import (
     DestroyEvent,
     Endpoint,
@@ -417,8 +417,7 @@ class NamespaceTransients:
         config = self.config
         if config is None:
             return found
-        if config.severities:
-            found = [replace(f, severity=config.severities.get(f.kind, f.severity)) for f in found]
+        found = with_configured_severities(found, config)
         return [f for f in found if not any(ignore_matches(rule, f) for rule in config.ignore)]
 
     def retain(self, namespaces: Iterable[NamespaceInfo]) -> None:

@@ -58,7 +58,11 @@ class NamespaceInfo:
     there (false for a command name, where ``inode`` is the better key).
     ``pids`` holds up to a few pids inside it, lowest first; ``paths`` the
     nsfs bind mounts of it (``/run/netns/NAME``). ``own`` marks the
-    namespace portwatch itself runs in.
+    namespace portwatch itself runs in. ``pod_namespace`` and ``pod_name``
+    are the Kubernetes namespace and name of the pod (from its runtime's OCI
+    bundle, when readable), ``container_name`` the Kubernetes name of the
+    container ``container`` (None for a pod's sandbox); they are for people
+    and matching, never part of ``key``.
     """
 
     inode: int
@@ -75,6 +79,16 @@ class NamespaceInfo:
     pod_uid: str | None = None
     unit: str | None = None
     command: str | None = None
+    pod_namespace: str | None = None
+    pod_name: str | None = None
+    container_name: str | None = None
+
+    @property
+    def pod_ref(self) -> str | None:
+        """The pod as Kubernetes names it, ``NAMESPACE/NAME`` (``default/web-1``); None unless both are known."""
+        if self.pod_namespace is None or self.pod_name is None:
+            return None
+        return f"{self.pod_namespace}/{self.pod_name}"
 
     @property
     def key(self) -> str:

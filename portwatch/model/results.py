@@ -46,12 +46,16 @@ class NamespacesResult:
     quietly), ``notes`` what the reader must know (one line per such
     namespace, and the discovery's notes, e.g. that only the own namespace
     could be scanned). ``duration`` covers the whole pass, in seconds.
+    ``left_out``: the inodes of the namespaces found but not selected (the
+    daemon's ``namespaces.include``/``exclude``): their failed calls are not
+    reported either.
     """
 
     results: tuple[ScanResult, ...]
     notes: tuple[str, ...] = ()
     skipped: tuple[NamespaceInfo, ...] = ()
     duration: float = 0.0
+    left_out: tuple[int, ...] = ()
 
     @property
     def findings(self) -> tuple[Finding, ...]:

@@ -56,23 +56,28 @@ def sockets_document(snapshot: Snapshot) -> dict[str, Any]:
 
 
 def namespace_ref(namespace: NamespaceInfo) -> dict[str, Any]:
-    """The ``namespace`` object of a finding: ``id`` (the nsfs inode) and ``name``."""
-    return {"id": namespace.inode, "name": namespace.name}
+    """The ``namespace`` object of a finding: ``id`` (the nsfs inode) and ``name``; for a pod whose
+    bundle was readable also ``pod_namespace`` and ``pod_name`` (its Kubernetes namespace and name)."""
+    ref: dict[str, Any] = {"id": namespace.inode, "name": namespace.name}
+    if namespace.pod_ref is not None:
+        ref.update(pod_namespace=namespace.pod_namespace, pod_name=namespace.pod_name)
+    return ref
 
 
 def namespace_document(result: ScanResult) -> dict[str, Any] | None:
     """One entry of the top-level ``namespaces`` list for ``result`` (None when it has no namespace).
 
-    ``id`` (inode), ``name``, ``key`` (what finding keys and metrics use),
-    ``kind``, ``container``/``runtime``/``pod``/``unit``/``netns`` when known,
+    ``id`` (inode), ``name``, ``pod_namespace``/``pod_name`` (as
+    :func:`namespace_ref`), ``key`` (what finding keys and metrics use),
+    ``kind``, ``container``/``container_name``/``runtime``/``pod`` (uid)/``unit``/``netns`` when known,
     ``pids``, ``kernel``, ``sockets`` and ``counts``.
     """
     ns = result.snapshot.namespace
     if ns is None:
         return None
     doc: dict[str, Any] = {**namespace_ref(ns), "key": ns.key, "kind": ns.kind.value}
-    known = {"netns": ns.netns_name, "container": ns.container, "runtime": ns.runtime,
-             "pod": ns.pod_uid, "unit": ns.unit}
+    known = {"netns": ns.netns_name, "container": ns.container, "container_name": ns.container_name,
+             "runtime": ns.runtime, "pod": ns.pod_uid, "unit": ns.unit}
     doc.update({k: v for k, v in known.items() if v is not None})
     doc["pids"] = list(ns.pids)
     doc["kernel"] = kernel_document(result.snapshot.settings)

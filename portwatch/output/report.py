@@ -139,8 +139,11 @@ def _finding_lines(findings: tuple[Finding, ...], pad: str, verbose: bool = Fals
 
 
 def _namespace_title(ns: NamespaceInfo) -> str:
-    """``namespace blue (named)``, with the container, pod, unit and key when they say more."""
+    """``namespace blue (named)``, with the pod's ``NAMESPACE/NAME``, container, pod uid, unit and key
+    when they say more."""
     extra = [ns.kind.value]
+    if ns.pod_ref:
+        extra.append(f"pod {ns.pod_ref}")
     if ns.container and ns.container != ns.name:
         extra.append(f"container {ns.container[:12]}")
     if ns.pod_uid and ns.pod_uid != ns.name:

@@ -18,16 +18,8 @@ import struct
 from pathlib import Path
 
 from portwatch.collect.errors import SourceReadError, cause
-from portwatch.model import (
-    KERNEL_TCP_STATES,
-    Endpoint,
-    Family,
-    Protocol,
-    Socket,
-    SocketState,
-    SocketTable,
-    normalize_ip,
-)
+from portwatch.model import KERNEL_TCP_STATES, Endpoint, Family, Protocol, Socket, SocketState, SocketTable
+from portwatch.model import normalize_ip
 
 __all__ = ["FILES", "ProcNetSource", "parse_proc_net"]
 

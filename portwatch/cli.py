@@ -103,11 +103,8 @@ Arguments = Callable[[argparse.ArgumentParser], None]
 
 
 class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
-    """The sub-commands: each one's parser (and its arguments) is made the first time it is looked up.
-
-    ``portwatch --help`` lists every command from the start; only ``portwatch
-    COMMAND`` (or its ``--help``) makes COMMAND's parser: one of five.
-    """
+    """The sub-commands: each one's parser (and its arguments) is made the first time it is looked up
+    (``portwatch --help`` lists every command; ``portwatch COMMAND`` makes COMMAND's parser only)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

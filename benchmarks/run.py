@@ -80,7 +80,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
@@ -371,30 +371,40 @@ def run_probe(kind: str) -> Run:
                extra)
 
 
-def run_command(args: Sequence[str]) -> Run:
-    """Time one run of a command (output discarded): wall, and CPU and peak RSS from wait4."""
+def run_command(args: Sequence[str], env: Mapping[str, str] | None = None) -> Run:
+    """Time one run of a command (output discarded): wall, and CPU (user and system in ``extra``)
+    from wait4. ``env``: the command's environment (default: this process's)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(list(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(list(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise BenchError(f"{' '.join(args)} exited with status {proc.returncode}")
     # (no peak RSS: wait4's ru_maxrss would count the forked Python before exec)
-    return Run(wall, usage.ru_utime + usage.ru_stime, None, None, None, {})
+    return Run(wall, usage.ru_utime + usage.ru_stime, None, None, None,
+               {"user": usage.ru_utime, "sys": usage.ru_stime})
 
 
 def startup(rounds: int) -> int:
     """Inside an empty namespace: ``portwatch scan`` and ``python3 -c pass``, ``rounds`` pairs
-    in turn after one warm-up each, as whole processes; print JSON (medians and every round)."""
+    in turn after one warm-up each, as whole processes; print JSON (medians and every round).
+
+    Both run without ``PYTHONDONTWRITEBYTECODE``, so the warm-up leaves the
+    bytecode cache an installed package has (with it, every run of the
+    checkout would compile portwatch's modules again).
+    """
     commands = {"portwatch": [*portwatch_command(), "scan"], "python": [sys.executable, "-c", "pass"]}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     runs: dict[str, list[Run]] = {k: [] for k in commands}
     for args in commands.values():
-        run_command(args)  # warm-up: the page cache, the bytecode cache
+        run_command(args, env)  # warm-up: the page cache, the bytecode cache
     for _ in range(rounds):
         for key, args in commands.items():
-            runs[key].append(run_command(args))
+            runs[key].append(run_command(args, env))
     print(json.dumps({key: {"cpu": median([r.cpu for r in rs]), "wall": median([r.wall for r in rs]),
+                            "user": median([r.extra["user"] for r in rs]),
+                            "sys": median([r.extra["sys"] for r in rs]),
                             "cpu_runs": [r.cpu for r in rs], "wall_runs": [r.wall for r in rs]}
                       for key, rs in runs.items()}))
     return 0
@@ -806,6 +816,22 @@ def bench_startup(rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
         ns.close()
 
 
+def only_startup(rounds: int, as_json: bool, log: Callable[[str], None]) -> int:
+    """``--only startup``: the start-up row alone, as its table line (user and system CPU too) or JSON."""
+    try:
+        doc = bench_startup(rounds, log)
+    except (BenchError, subprocess.SubprocessError, OSError) as exc:
+        print(f"benchmarks/run.py: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(" | ".join(table_module().startup_row(doc)))
+    for key, label in (("portwatch", "portwatch scan"), ("python", "python3 -c pass")):
+        print(f"  {label}: {1000 * doc[key]['user']:.0f} ms user + {1000 * doc[key]['sys']:.0f} ms system (medians)")
+    return 0
+
+
 def events_doc(quick: bool) -> dict[str, Any]:
     """The event listener's rows (``benchmarks/events_bench.py``'s :func:`bench`): the full
     rates, or with ``quick`` one short paced rate and a small burst."""
@@ -886,6 +912,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "--quick 10; 0 leaves the row out; see benchmarks/netns_scale.py)")
     parser.add_argument("--ns-sockets", type=int, default=None, metavar="M",
                         help="sockets per namespace for --namespaces (default: 1000, --quick 200)")
+    parser.add_argument("--only", choices=["startup"],
+                        help="measure only this row: startup = `portwatch scan` in an empty namespace against "
+                             "`python3 -c pass`, 4 x --repeat rounds (quick; needs root)")
     parser.add_argument("--events", action="store_true",
                         help="measure only the socket-destroy event listener "
                              "(CPU per 10,000 events, sustained events/s before drops)")
@@ -930,6 +959,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def log(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    if args.only == "startup":
+        return only_startup(args.repeat * 4, args.json, log)
 
     fd_limit = raise_nofile(2 * MAX_PAIRS_PER_HOLDER + 64 + len(LISTEN_PORTS))
     doc: dict[str, Any] = {"environment": environment(), "repeat": args.repeat,

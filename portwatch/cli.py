@@ -14,7 +14,7 @@ import argparse
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from portwatch import version_text
 
@@ -80,9 +80,70 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that does not ask the terminal's width (importing :mod:`shutil`) while
+    arguments are added: ``add_argument`` formats only to check a metavar, which no width changes."""
+
+    _adding = False
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        self._adding = True
+        try:
+            return super().add_argument(*args, **kwargs)
+        finally:
+            self._adding = False
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        if self._adding:
+            return self.formatter_class(prog=self.prog, width=80)  # type: ignore[call-arg]
+        return super()._get_formatter()
+
+
+Arguments = Callable[[argparse.ArgumentParser], None]
+
+
+class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """The sub-commands: each one's parser (and its arguments) is made the first time it is looked up
+    (``portwatch --help`` lists every command; ``portwatch COMMAND`` makes COMMAND's parser only)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy = _LazyParsers(self._parser_class, self._prog_prefix)
+        self._name_parser_map = self.choices = self._lazy
+
+    def add_command(self, name: str, help: str, arguments: Arguments, **kwargs: Any) -> None:
+        """Register ``name`` (its line in the help list now); ``arguments`` adds its arguments to
+        its parser, made with ``kwargs``, when the command is used."""
+        self._choices_actions.append(self._ChoicesPseudoAction(name, (), help))
+        self._lazy.pending[name] = (arguments, kwargs)
+        dict.__setitem__(self._lazy, name, None)
+
+
+class _LazyParsers(dict[str, Any]):
+    """Command name -> its parser, made on first lookup (names, order and membership from the start)."""
+
+    def __init__(self, parser_class: Callable[..., argparse.ArgumentParser], prog: str) -> None:
+        super().__init__()
+        self.parser_class, self.prog = parser_class, prog
+        self.pending: dict[str, tuple[Arguments, dict[str, Any]]] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.pending:
+            arguments, kwargs = self.pending.pop(name)
+            super().__setitem__(name, self.parser_class(prog=f"{self.prog} {name}", **kwargs))
+            arguments(super().__getitem__(name))
+        return super().__getitem__(name)
+
+    def __iter__(self) -> Iterator[str]:  # defined, so dict(parsers) copies by lookup: every parser made
+        return iter(list(super().__iter__()))
+
+    def items(self) -> Any:
+        return [(name, self[name]) for name in self]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``portwatch`` command."""
-    parser = argparse.ArgumentParser(
+    """The argument parser of the ``portwatch`` command (each command's own parser made when used)."""
+    parser = _Parser(
         prog="portwatch",
         description="Catch the failures caused by the Linux ephemeral port range: listeners inside it, "
                     "ports taken by outgoing connections, self-connects, exhaustion, CLOSE_WAIT build-up.",
@@ -90,10 +151,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction,
                         help="print the version, the build's git revision and the Python version, and exit")
     _log_args(parser, top=True)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # prog: what argparse would work out from the usage (no positional comes before the command)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", action=_Commands,
+                                prog=parser.prog)
+    assert isinstance(sub, _Commands)
+    sub.add_command("scan", "scan once and report", _scan_args,
+                    description="Scan the sockets of this network namespace once and report findings.")
+    sub.add_command("check-config", "validate a configuration file", _check_args,
+                    description="Validate FILE; list every error with its key path.")
+    sub.add_command(
+        "reserve", "print a sysctl.d snippet reserving in-range service ports", _reserve_args,
+        description="Print a sysctl.d snippet that adds the ports of listeners and declared services "
+                    "inside the ephemeral range to net.ipv4.ip_local_reserved_ports (merged with what "
+                    "is reserved already). Install it as /etc/sysctl.d/90-portwatch.conf and run "
+                    "`sysctl --system`. With -A or --netns: one snippet per network namespace, each "
+                    "saying how to apply it there.")
+    sub.add_command("run", "run the daemon (scan on a timer, serve /metrics, alert)", _run_args,
+                    description="Run the portwatch daemon.")
+    sub.add_command("watch", "follow findings live: scans at the interval plus socket-destroy events", _watch_command_args,
+                    description="Scan at the interval and listen to the kernel's socket-destroy events; "
+                                "print each finding when it appears and when it resolves (transient "
+                                "self-connects and loop pairs included). A summary goes to stderr.")
+    return parser
 
-    scan = sub.add_parser("scan", help="scan once and report",
-                          description="Scan the sockets of this network namespace once and report findings.")
+
+def _scan_args(scan: argparse.ArgumentParser) -> None:
+    """The arguments of ``scan``."""
     _config_arg(scan, reads_default=True)
     scan.add_argument("--format", "-f", choices=["table", "json"], default="table",
                       help="report format (default: table)")
@@ -106,23 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also show which alert rules would fire for these findings and to which sinks "
                            "(nothing is sent)")
     _namespace_args(scan)
+    _log_args(scan, top=False)
 
-    check = sub.add_parser("check-config", help="validate a configuration file",
-                           description="Validate FILE; list every error with its key path.")
+
+def _check_args(check: argparse.ArgumentParser) -> None:
+    """The arguments of ``check-config``."""
     check.add_argument("file", type=Path, metavar="FILE")
+    _log_args(check, top=False)
 
-    reserve = sub.add_parser(
-        "reserve", help="print a sysctl.d snippet reserving in-range service ports",
-        description="Print a sysctl.d snippet that adds the ports of listeners and declared services "
-                    "inside the ephemeral range to net.ipv4.ip_local_reserved_ports (merged with what "
-                    "is reserved already). Install it as /etc/sysctl.d/90-portwatch.conf and run "
-                    "`sysctl --system`. With -A or --netns: one snippet per network namespace, each "
-                    "saying how to apply it there.")
+
+def _reserve_args(reserve: argparse.ArgumentParser) -> None:
+    """The arguments of ``reserve``."""
     _config_arg(reserve, reads_default=True)
     _namespace_args(reserve)
+    _log_args(reserve, top=False)
 
-    run = sub.add_parser("run", help="run the daemon (scan on a timer, serve /metrics, alert)",
-                         description="Run the portwatch daemon.")
+
+def _run_args(run: argparse.ArgumentParser) -> None:
+    """The arguments of ``run``."""
     _config_arg(run)
     run.add_argument("--listen-address", metavar="HOST:PORT",
                      help="override web.listen_address from the configuration")
@@ -133,16 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exporter-toolkit web configuration file (TLS, basic auth, headers), re-read when it changes")
     run.add_argument("--web.systemd-socket", dest="web_systemd_socket", action="store_true",
                      help="serve on the sockets systemd passes (socket activation) instead of binding")
-    watch = sub.add_parser("watch", help="follow findings live: scans at the interval plus socket-destroy events",
-                           description="Scan at the interval and listen to the kernel's socket-destroy events; "
-                                       "print each finding when it appears and when it resolves (transient "
-                                       "self-connects and loop pairs included). A summary goes to stderr.")
+    _log_args(run, top=False)
+
+
+def _watch_command_args(watch: argparse.ArgumentParser) -> None:
+    """The arguments of ``watch``."""
     _config_arg(watch, reads_default=True)
     _namespace_args(watch)
     _watch_args(watch)
-    for command in (scan, check, reserve, run, watch):
-        _log_args(command, top=False)
-    return parser
+    _log_args(watch, top=False)
 
 
 def _duration(text: str) -> float:
@@ -369,19 +452,31 @@ def _scan_errors() -> tuple[type[Exception], ...]:
     return CollectError, SourceUnavailable, NetlinkError
 
 
+def _configure_logging(level: str | None, log_format: str | None) -> None:
+    """Log to stderr as ``--log.level``/``--log.format`` ask, from the moment :mod:`logging` is
+    imported (now if it is): a command that logs nothing (a scan) never loads it."""
+    from portwatch.lazy import after_import
+
+    def configure() -> None:
+        from portwatch.daemon.logs import LOG_LEVELS, configure_stderr
+
+        configure_stderr(LOG_LEVELS[level or "warn"], log_format)
+
+    after_import("logging", configure)
+
+
 def main(argv: Sequence[str] | None = None, default_config: Path = DEFAULT_CONFIG_PATH) -> int:
     """Entry point of the ``portwatch`` console script; returns the exit code.
 
     ``default_config`` is the file ``scan`` and ``reserve`` read when no
     ``--config`` is given and it exists (a parameter so tests use another).
     """
-    from portwatch.config import ConfigError
+    from portwatch.config.types import ConfigError
     from portwatch.model.text import os_error_text
-    from portwatch.daemon.logs import LOG_LEVELS, configure_stderr
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_stderr(LOG_LEVELS[args.log_level or "warn"], args.log_format)
+    _configure_logging(args.log_level, args.log_format)
     _default_config(args, default_config)
     handlers = {"scan": cmd_scan, "check-config": cmd_check_config, "reserve": cmd_reserve, "run": cmd_run,
                 "watch": cmd_watch}

@@ -2,15 +2,19 @@
 
 A package that re-exports names of heavy or high-level modules (the config
 loader, the alerting engine) uses this so that importing the package, or a
-light module inside it, does not import them. Standard library only.
+light module inside it, does not import them. :func:`after_import` runs a
+set-up (the CLI's logging configuration) only once the module it configures
+is imported by something. Standard library only.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from typing import Any, Callable, Mapping, MutableMapping
 
-__all__ = ["lazy_getattr"]
+__all__ = ["after_import", "lazy_getattr"]
 
 
 def lazy_getattr(package: str, names: Mapping[str, str],
@@ -31,3 +35,45 @@ def lazy_getattr(package: str, names: Mapping[str, str],
         return value
 
     return getattr_
+
+
+def after_import(name: str, then: Callable[[], None]) -> None:
+    """Run ``then`` right after module ``name`` is first executed (before its importer goes on).
+
+    When ``name`` is loaded already, ``then`` runs now. Otherwise a meta path
+    finder waits for the import; it finds nothing itself, it only makes the
+    loader the other finders give call ``then`` once the module body ran.
+    """
+    if name in sys.modules:
+        then()
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, then))
+
+
+class _AfterImport:
+    """A meta path finder that runs ``then`` right after module ``name`` is first executed, once.
+
+    It finds nothing itself: it takes the spec the other finders give and
+    makes its loader call ``then`` after the module body ran.
+    """
+
+    def __init__(self, name: str, then: Callable[[], None]) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        """The module's usual spec, its loader wrapped (for ``name``); None for every other module."""
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        loader = spec.loader if spec is not None else None
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec  # nothing to wrap (no standard library module is loaded so)
+        run = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            self.then()
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec

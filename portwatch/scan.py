@@ -14,7 +14,6 @@ re-exported here for the daemon and the CLI.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from portwatch.collect import Collector, Discovery
 from portwatch.collect.sources import FallbackSource, make_source
 from portwatch.config.types import Config, service_applies
 from portwatch.model import NamespaceInfo, NamespaceKind, RememberedPort, ScanResult, Snapshot
+from portwatch.model.records import replace
 from portwatch.model.results import NamespacesResult
 
 __all__ = ["FallbackSource", "UnknownNamespace", "interest_ports", "make_source", "namespace_names", "run_namespaces_scan",
@@ -57,7 +57,7 @@ def run_scan(
     started = clock()
     snapshot = collector.snapshot(interest_ports(config, remembered))
     if namespace is not None:
-        snapshot = dataclasses.replace(snapshot, namespace=namespace)
+        snapshot = replace(snapshot, namespace=namespace)
     return scan_snapshot(config, collector, snapshot, remembered, clock, started, keyed=False)
 
 
@@ -80,7 +80,7 @@ def _services_for(config: Config, namespace: NamespaceInfo | None, host: bool) -
     """``config`` with the services that live in ``namespace`` (``host``: the unnamed ones too)."""
     names = namespace_names(namespace) if namespace is not None else ()
     services = tuple(s for s in config.services if service_applies(s, names, host))
-    return config if services == config.services else dataclasses.replace(config, services=services)
+    return config if services == config.services else replace(config, services=services)
 
 
 def scan_snapshot(
@@ -125,7 +125,7 @@ def scan_snapshot(
     if keyed and ns is not None and not host:
         findings = detect.in_namespace(findings, ns.key)
     if ns is not None:
-        findings = [dataclasses.replace(f, namespace=ns) for f in findings]
+        findings = [replace(f, namespace=ns) for f in findings]
     kept, ignored = detect.apply_ignores(findings, config.ignore)
     return ScanResult(snapshot=snapshot, findings=tuple(kept), ignored=tuple(ignored),
                       usage=usage, duration=clock() - started, listening=idx.listening)

@@ -25,6 +25,14 @@ DAEMON_ONLY = ("portwatch.daemon.loop", "portwatch.daemon.main", "portwatch.daem
                "prometheus_client", "http.server", "ssl")
 #: What a scan without a configuration file never needs on top of that.
 SCAN_NEVER = DAEMON_ONLY + ("portwatch.alerts", "portwatch.config.loading", "yaml", "psutil")
+#: What a plain ``scan`` (own namespace, no file, nothing logged, output not a terminal) leaves out
+#: for its start-up time: logging (set up only once something imports it), the dataclasses module
+#: (portwatch.model.records makes the data classes), argparse's terminal width (shutil), the wrapping
+#: of the terminal report, datetime (model.text formats the scan's time), threading (only entering a
+#: namespace needs it), the other commands' modules and the event records.
+PLAIN_SCAN_NEVER = SCAN_NEVER + ("logging", "dataclasses", "inspect", "shutil", "textwrap", "datetime",
+                                 "threading", "queue", "portwatch.model.events", "portwatch.daemon",
+                                 "portwatch.watch")
 
 
 #: Runs ``python -m portwatch ARGS`` and, at exit, writes the names in ``sys.modules`` to stderr.
@@ -61,6 +69,32 @@ def test_scan_and_reserve_import_no_daemon_alerting_yaml_or_psutil(netns: NetNS,
     assert forbidden(names, SCAN_NEVER) == []
 
 
+@pytest.mark.parametrize("args", [("scan",), ("scan", "--format", "json"), ("reserve",)])
+def test_a_plain_scan_leaves_out_what_only_slows_its_start(netns: NetNS, args: tuple[str, ...]) -> None:
+    names = imported_modules(netns, *args)
+    assert "portwatch.scan" in names and "portwatch.model.records" in names
+    assert forbidden(names, PLAIN_SCAN_NEVER) == []
+
+
+def test_logging_set_up_on_first_import_formats_as_if_set_up_first() -> None:
+    # what the CLI does with --log.format: configured the moment logging is imported, before use
+    code = ("import sys\n"
+            "from portwatch.cli import _configure_logging\n"
+            "_configure_logging(None, sys.argv[1] if sys.argv[1] != 'legacy' else None)\n"
+            "assert 'logging' not in sys.modules\n"
+            "import logging\n"
+            "logging.getLogger('portwatch.scan').warning('netlink socket source unavailable')\n"
+            "logging.getLogger('portwatch.scan').info('not shown at warn')\n")
+    lines = {}
+    for fmt in ("legacy", "logfmt", "json"):
+        res = subprocess.run([str(PYTHON), "-c", code, fmt], capture_output=True, text=True, timeout=WAIT,
+                             cwd=REPO, check=True)
+        lines[fmt] = res.stderr.splitlines()
+    assert lines["legacy"] == ["portwatch: WARNING: netlink socket source unavailable"]
+    assert len(lines["logfmt"]) == 1 and "level=warn" in lines["logfmt"][0]
+    assert len(lines["json"]) == 1 and '"level": "warn"' in lines["json"][0]
+
+
 def test_scan_with_a_configuration_file_imports_no_daemon(netns: NetNS, tmp_path: Path) -> None:
     config = tmp_path / "portwatch.yaml"
     config.write_text("services:\n  - name: api\n    port: 8080\n")
@@ -83,9 +117,11 @@ def test_the_forbidden_modules_are_what_run_imports(netns: NetNS) -> None:
     code = ("import atexit, sys\n"
             "atexit.register(lambda: sys.stderr.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n'))\n"
             "import portwatch.daemon.main, portwatch.daemon.wiring, portwatch.alerts.engine\n"
-            "import portwatch.config.loading, portwatch.scan, psutil\n")
+            "import portwatch.config.loading, portwatch.scan, psutil\n"
+            "import logging, dataclasses, shutil, textwrap, datetime, threading, queue\n"
+            "import portwatch.model.events, portwatch.watch\n")
     names = modules_after(netns, code)
-    for prefix in SCAN_NEVER:
+    for prefix in PLAIN_SCAN_NEVER:
         assert any(n == prefix or n.startswith(prefix + ".") for n in names), prefix
 
 

@@ -10,7 +10,6 @@ asked for (:mod:`~portwatch.collect.owners`) and describes their processes
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import operator
 import socket
@@ -26,6 +25,7 @@ from portwatch.collect.namespaces import NamespaceThread, NamespaceVanished
 from portwatch.collect.owners import OwnerMemory, OwnerWalk
 from portwatch.collect.processes import ProcessFactory, describe_processes
 from portwatch.collect.sources import read_counted
+from portwatch.model.records import dataclass, replace
 from portwatch.model import (
     CgroupIdentity,
     KernelSettings,
@@ -52,7 +52,7 @@ _PARTIAL_PREFIX = "attribution is partial:"
 _ScanKey = tuple[KernelSettings, tuple[Socket, ...], float]
 
 
-@dataclasses.dataclass
+@dataclass
 class AttributionCounters:
     """What attribution cost so far, summed over a collector's life (tests assert them).
 
@@ -69,7 +69,7 @@ class AttributionCounters:
     cgroup_lookups: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class NamespaceScan:
     """The outcome of reading one namespace in :meth:`Collector.snapshot_namespaces`.
 
@@ -183,7 +183,7 @@ class Collector:
                      thread: NamespaceThread) -> Snapshot:
         """:meth:`snapshot_namespace`, entering namespaces with ``thread``."""
         if namespace.own:
-            return dataclasses.replace(self.snapshot(ports), namespace=namespace)
+            return replace(self.snapshot(ports), namespace=namespace)
         # Here, not at module level: importing the package loads no netlink module.
         from portwatch.collect.netlink import UNAVAILABLE_ERRNOS
         from portwatch.collect.sources.netlink import default_socket_factory
@@ -331,7 +331,7 @@ class Collector:
         new_pids = sorted(p for p in pids if p not in snapshot.processes)
         processes = dict(snapshot.processes)
         processes.update(describe_processes(new_pids, self.proc_root, self.process_factory))
-        return dataclasses.replace(snapshot, owners=owners, processes=processes, notes=notes)
+        return replace(snapshot, owners=owners, processes=processes, notes=notes)
 
     def _narrow(self, sockets: list[Socket], walk: OwnerWalk, missing: set[int]) -> None:
         """Look for ``missing`` inodes (those of ``sockets``) in the fd tables of their cgroups'

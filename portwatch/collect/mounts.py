@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import NamedTuple
+
+from portwatch.model.records import NamedTuple
 
 __all__ = ["Mount", "parse_mountinfo", "read_mountinfo"]
 

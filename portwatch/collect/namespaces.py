@@ -14,20 +14,20 @@ namespace that is gone by the time it is entered raises
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
-import queue
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar, cast
+from typing import TYPE_CHECKING, Callable, Iterable, TypeVar, cast
 
 from portwatch.collect.cgroups import cgroup_of_pid, identity_from_path
 from portwatch.collect.mounts import Mount, read_mountinfo
 from portwatch.collect.oci import DEFAULT_RUN_ROOT, BundleReader, bundle_reader
 from portwatch.model import CgroupIdentity, NamespaceInfo, NamespaceKind
+from portwatch.model.records import dataclass, replace
+
+if TYPE_CHECKING:
+    import queue
 
 __all__ = [
     "CLONE_NEWNET",
@@ -200,7 +200,7 @@ def _unique_keys(infos: list[NamespaceInfo]) -> list[NamespaceInfo]:
     for ns in infos:
         if ns.stable:
             counts[ns.name] = counts.get(ns.name, 0) + 1
-    return [dataclasses.replace(ns, stable=False) if ns.stable and counts[ns.name] > 1 else ns
+    return [replace(ns, stable=False) if ns.stable and counts[ns.name] > 1 else ns
             for ns in infos]
 
 
@@ -382,6 +382,8 @@ class NamespaceThread:
 
     def __init__(self, proc_root: Path = Path("/proc"), timeout: float = 30.0) -> None:
         """Take the proc mount (``PID/ns/net``) and the time limit of one callable, in seconds."""
+        import queue  # (and threading, in run): only where a namespace is entered
+
         self.proc_root = Path(proc_root)
         self.timeout = timeout
         self._requests: queue.SimpleQueue[tuple[int, Callable[[], object]] | None] | None = None
@@ -399,6 +401,9 @@ class NamespaceThread:
         Raises :class:`NamespaceVanished`, ``PermissionError``, ``TimeoutError``
         and what ``fn`` raises, as :func:`run_in_namespace` does.
         """
+        import queue
+        import threading
+
         global _SETNS
         fd = open_namespace(ns, self.proc_root)
         try:

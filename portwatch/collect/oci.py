@@ -27,13 +27,13 @@ Where the runtimes put a container's bundle (``RUN`` is the run root,
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from portwatch.model.records import dataclass
 
 __all__ = ["DEFAULT_RUN_ROOT", "MAX_CONFIG_BYTES", "BundleNames", "BundleReader", "bundle_reader",
            "names_from_annotations"]
@@ -207,6 +207,8 @@ class BundleReader:
         if size > self.max_bytes:  # grew since the stat
             self.ignored += 1
             return None
+        import json  # only once a bundle is read: a plain scan never loads it
+
         try:
             return json.loads(b"".join(chunks))
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError

@@ -11,11 +11,11 @@ scan). May import the standard library, :mod:`portwatch.model` and
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import AbstractSet, Collection, Iterable
 
 from portwatch.collect.errors import CollectError, cause
+from portwatch.model.records import dataclass
 
 __all__ = ["FD_CACHE_SIZE", "OwnerMemory", "OwnerScan", "OwnerWalk", "find_socket_owners"]
 

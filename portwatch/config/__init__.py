@@ -16,8 +16,9 @@ Modules, from the bottom up:
 - :mod:`.docs`: generates the reference tables of docs/configuration.md
   (``python -m portwatch.config.docs``).
 
-The names of :mod:`.loading` are imported on first use, so importing this
-package (or :mod:`.types`) does not import YAML or the sink registry.
+Every name here is imported on first use (``_LAZY``): importing this package
+imports none of its modules, and importing :mod:`.types` neither YAML nor the
+sink registry.
 May import: everything in this package; nothing imports this package's
 ``__init__`` names from below it.
 """
@@ -28,36 +29,31 @@ from typing import TYPE_CHECKING
 
 from portwatch.lazy import lazy_getattr
 
-from portwatch.config.grammar import (
-    BCRYPT_HINT,
-    DEFAULT_LISTEN_ADDRESS,
-    DEFAULT_PORT,
-    parse_duration,
-    parse_listen_address,
-    redact_url,
-)
-from portwatch.config.types import (
-    BUILTIN_SINK,
-    DEFAULT_ALERT_RULES,
-    DEFAULT_REPEAT_INTERVAL,
-    MIN_INTERVAL,
-    RESERVED_ALERT_LABELS,
-    AlertRule,
-    AlertsConfig,
-    Config,
-    ConfigError,
-    IgnoreRule,
-    MetricsConfig,
-    CaptureConfig,
-    Service,
-    SinkConfig,
-    Thresholds,
-    WebConfig,
-    finding_matches,
-    ignore_matches,
-)
-
 if TYPE_CHECKING:
+    from portwatch.config.grammar import BCRYPT_HINT as BCRYPT_HINT
+    from portwatch.config.grammar import DEFAULT_LISTEN_ADDRESS as DEFAULT_LISTEN_ADDRESS
+    from portwatch.config.grammar import DEFAULT_PORT as DEFAULT_PORT
+    from portwatch.config.grammar import parse_duration as parse_duration
+    from portwatch.config.grammar import parse_listen_address as parse_listen_address
+    from portwatch.config.grammar import redact_url as redact_url
+    from portwatch.config.types import BUILTIN_SINK as BUILTIN_SINK
+    from portwatch.config.types import DEFAULT_ALERT_RULES as DEFAULT_ALERT_RULES
+    from portwatch.config.types import DEFAULT_REPEAT_INTERVAL as DEFAULT_REPEAT_INTERVAL
+    from portwatch.config.types import MIN_INTERVAL as MIN_INTERVAL
+    from portwatch.config.types import RESERVED_ALERT_LABELS as RESERVED_ALERT_LABELS
+    from portwatch.config.types import AlertRule as AlertRule
+    from portwatch.config.types import AlertsConfig as AlertsConfig
+    from portwatch.config.types import Config as Config
+    from portwatch.config.types import ConfigError as ConfigError
+    from portwatch.config.types import IgnoreRule as IgnoreRule
+    from portwatch.config.types import MetricsConfig as MetricsConfig
+    from portwatch.config.types import CaptureConfig as CaptureConfig
+    from portwatch.config.types import Service as Service
+    from portwatch.config.types import SinkConfig as SinkConfig
+    from portwatch.config.types import Thresholds as Thresholds
+    from portwatch.config.types import WebConfig as WebConfig
+    from portwatch.config.types import finding_matches as finding_matches
+    from portwatch.config.types import ignore_matches as ignore_matches
     from portwatch.alerts.sinks.alertmanager import AlertmanagerSinkConfig as AlertmanagerSinkConfig
     from portwatch.alerts.sinks.exec import ExecSinkConfig as ExecSinkConfig
     from portwatch.alerts.sinks.journal import JournalSinkConfig as JournalSinkConfig
@@ -77,8 +73,32 @@ __all__ = [
     "parse_config", "parse_duration", "parse_listen_address", "redact_url", "schema_keys",
 ]
 
-#: Names imported on first use: name -> the module that defines it.
+#: Every name of ``__all__`` -> the module that defines it, imported on first use.
 _LAZY = {
+    'BCRYPT_HINT': 'portwatch.config.grammar',
+    'DEFAULT_LISTEN_ADDRESS': 'portwatch.config.grammar',
+    'DEFAULT_PORT': 'portwatch.config.grammar',
+    'parse_duration': 'portwatch.config.grammar',
+    'parse_listen_address': 'portwatch.config.grammar',
+    'redact_url': 'portwatch.config.grammar',
+    'BUILTIN_SINK': 'portwatch.config.types',
+    'DEFAULT_ALERT_RULES': 'portwatch.config.types',
+    'DEFAULT_REPEAT_INTERVAL': 'portwatch.config.types',
+    'MIN_INTERVAL': 'portwatch.config.types',
+    'RESERVED_ALERT_LABELS': 'portwatch.config.types',
+    'AlertRule': 'portwatch.config.types',
+    'AlertsConfig': 'portwatch.config.types',
+    'Config': 'portwatch.config.types',
+    'ConfigError': 'portwatch.config.types',
+    'IgnoreRule': 'portwatch.config.types',
+    'MetricsConfig': 'portwatch.config.types',
+    'CaptureConfig': 'portwatch.config.types',
+    'Service': 'portwatch.config.types',
+    'SinkConfig': 'portwatch.config.types',
+    'Thresholds': 'portwatch.config.types',
+    'WebConfig': 'portwatch.config.types',
+    'finding_matches': 'portwatch.config.types',
+    'ignore_matches': 'portwatch.config.types',
     "config_to_dict": "portwatch.config.loading",
     "load_config": "portwatch.config.loading",
     "load_yaml": "portwatch.config.loading",

@@ -12,7 +12,6 @@ I/O, cheap to import: :mod:`portwatch.config.types` and the sink modules use it)
 
 from __future__ import annotations
 
-import datetime as _dt
 import ipaddress
 import re
 from pathlib import Path
@@ -71,6 +70,8 @@ def show(value: object) -> str:
         return "binary data"
     if isinstance(value, int) and value.bit_length() > _SHOWN_DIGITS * 3.33:
         return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    import datetime as _dt  # (a value is a date only where YAML, which imports datetime, made it)
+
     if isinstance(value, (_dt.date, _dt.time)):
         return repr(value.isoformat())
     text = repr(value)

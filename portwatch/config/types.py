@@ -13,7 +13,7 @@ alert rule engine import this module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from portwatch.model.records import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Collection, Mapping, Sequence

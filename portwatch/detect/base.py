@@ -14,7 +14,7 @@ how it words its summary, and which processes a finding involves.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from portwatch.model.records import dataclass, replace
 from typing import Callable, Collection, Iterable, Mapping
 
 # Re-exported: the detectors take the configuration type from here, so that

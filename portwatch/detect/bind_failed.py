@@ -12,7 +12,7 @@ Imports :mod:`portwatch.detect.base` and :mod:`portwatch.model` only (pure).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from portwatch.model.records import replace
 from typing import Iterable
 
 from portwatch.detect.base import Config, configured_severity, event_detector, reserve_hint, who

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from dataclasses import replace
+from portwatch.model.records import replace
 
 from portwatch.detect.base import (
     MAX_EXAMPLE_SOCKETS,

@@ -14,7 +14,7 @@ destination). Imports :mod:`portwatch.detect.base` and
 
 from __future__ import annotations
 
-from dataclasses import replace
+from portwatch.model.records import replace
 from typing import Iterable
 
 from portwatch.detect.base import SYSCTL_RANGE, Config, configured_severity, event_detector, who

@@ -9,7 +9,7 @@ no clock, no logging.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from portwatch.model.records import replace
 from typing import Callable, Collection, Iterable, Mapping, Protocol as TypingProtocol, Sequence
 
 from portwatch.config.types import Config, IgnoreRule, ignore_matches

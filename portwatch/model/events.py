@@ -10,9 +10,10 @@ listener; :class:`NamespaceEvents` is what a multi-namespace watcher
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from portwatch.model.namespaces import NamespaceInfo
+from portwatch.model.records import NamedTuple
 from portwatch.model.sockets import Endpoint, Family, Protocol, SocketState
 
 

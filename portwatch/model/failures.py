@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass, field
+from portwatch.model.records import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from portwatch.model.findings import ProcessInfo

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from portwatch.model.records import dataclass, field
 from typing import Any, Mapping
 
 from portwatch.model.namespaces import NamespaceInfo

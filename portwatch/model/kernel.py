@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from portwatch.model.records import dataclass
 from typing import Iterable
 
 

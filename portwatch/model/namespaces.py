@@ -9,7 +9,7 @@ systemd unit, the container, the pod). Frozen data, standard library only.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from portwatch.model.records import dataclass
 
 
 class NamespaceKind(str, enum.Enum):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from portwatch.model.records import dataclass, field
 from typing import Mapping
 
 from portwatch.model.findings import Finding

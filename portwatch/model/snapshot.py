@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Callable, Collection, Iterable, Mapping, NamedTuple
+from portwatch.model.records import NamedTuple, dataclass, field, replace
+from typing import Callable, Collection, Iterable, Mapping
 
 from portwatch.model.findings import ProcessInfo
 from portwatch.model.kernel import KernelSettings
@@ -73,7 +72,7 @@ class Snapshot:
         extra = tuple(s for s in self.counts.members(destinations) if s not in kept)
         if not extra:
             return self
-        return dataclasses.replace(self, sockets=self.sockets + extra)
+        return replace(self, sockets=self.sockets + extra)
 
     def processes_of(self, sock: Socket) -> tuple[ProcessInfo, ...]:
         """The known owners of ``sock`` (empty when unknown)."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Protocol as TypingProtocol
+from portwatch.model.records import NamedTuple, dataclass, field
+from typing import Any, Mapping, Protocol as TypingProtocol
 
 from portwatch.model.text import host_port
 

@@ -10,7 +10,6 @@ started the process). Pure; may import the standard library and
 from __future__ import annotations
 
 import re
-import textwrap
 from typing import Any
 
 from portwatch import __version__
@@ -157,8 +156,9 @@ def _namespace_title(ns: NamespaceInfo) -> str:
 
 
 #: The head of a line whose value continuation lines are indented under:
-#: ``      key:      ``, ``  [listener_in_ephemeral_range] ``, ``  ephemeral port range   ``.
-_FIELD = re.compile(r"^(\s*(?:[a-z]+:\s+|\[[^\]]*\]\s+|[a-z][a-z ]*?\s{2,}|note:\s+)?)\S")
+#: ``      key:      ``, ``  [listener_in_ephemeral_range] ``, ``  ephemeral port range   ``
+#: (a pattern, compiled on first use: a report that is not wrapped never needs it).
+_FIELD = r"^(\s*(?:[a-z]+:\s+|\[[^\]]*\]\s+|[a-z][a-z ]*?\s{2,}|note:\s+)?)\S"
 #: Narrower than this, wrapping would make a report harder to read than long lines do.
 MIN_WIDTH = 40
 
@@ -173,12 +173,14 @@ def wrap_lines(text: str, width: int | None) -> str:
     """
     if width is None or width < MIN_WIDTH:
         return text
+    import textwrap  # only a terminal's report is wrapped
+
     out: list[str] = []
     for line in text.split("\n"):
         if len(line) <= width:
             out.append(line)
             continue
-        match = _FIELD.match(line)
+        match = re.match(_FIELD, line)
         head = match.group(1) if match else ""
         indent = len(head) if len(head) <= width // 2 else len(head) - len(head.lstrip()) + 4
         chunks = textwrap.wrap(line[len(head):], width=width - indent, break_on_hyphens=False)

@@ -11,16 +11,21 @@ factories only) its own source modules.
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from portwatch.model import KernelSettings, SocketCounts, SocketSource, SocketTable, SourceUnavailable
+from portwatch.model.records import dataclass
 
 __all__ = ["SOURCES", "SOURCE_NAMES", "FallbackSource", "SourceEntry", "make_source", "read_counted"]
 
-# The logger the fallback warning has always been logged under.
-log = logging.getLogger("portwatch.scan")
+
+def _warn(message: str) -> None:
+    """Log the fallback warning under the logger it has always had (``portwatch.scan``); logging
+    is imported only then, so a scan that does not fall back never loads it."""
+    import logging
+
+    logging.getLogger("portwatch.scan").warning(message)
+
 
 #: Receives a one-line warning (the fallback's switch).
 Warn = Callable[[str], None]
@@ -33,7 +38,7 @@ class FallbackSource:
     """
 
     def __init__(self, primary: SocketSource, fallback: SocketSource,
-                 warn: Warn = log.warning) -> None:
+                 warn: Warn = _warn) -> None:
         """Take the preferred source, the one to use once it is unavailable, and
         where to say so (a logger's ``warning`` or a stand-in)."""
         self._primary: SocketSource | None = primary
@@ -130,7 +135,7 @@ SOURCES: Mapping[str, SourceEntry] = {
 SOURCE_NAMES: tuple[str, ...] = tuple(SOURCES)
 
 
-def make_source(name: str, warn: Warn = log.warning) -> SocketSource:
+def make_source(name: str, warn: Warn = _warn) -> SocketSource:
     """The socket source the configuration names: ``auto``, ``netlink`` or ``psutil``.
 
     ``auto`` is netlink (NETLINK_SOCK_DIAG, fast) falling back to psutil when

@@ -11,6 +11,7 @@ the JSON document, the terminal report and the metrics figures.
 from __future__ import annotations
 
 import json
+import socket
 import struct
 import sys
 from pathlib import Path
@@ -19,9 +20,10 @@ from typing import Any
 import pytest
 
 from portwatch.collect.netlink import TCPDIAG_GETSOCK
-from portwatch.collect.sources.netlink import NetlinkSource
+from portwatch.collect.sources.netlink import InUse, NetlinkSource, sockstat_in_use
 from portwatch.model import KernelSettings, PortRange
 from tests.netns import NetNS
+from tests.test_events import in_netns
 from tests.test_netlink import diag, done
 
 #: Runs inside the namespace: argv[1] is the config file. Prints one JSON line.
@@ -139,3 +141,74 @@ def test_a_counted_read_knows_the_connected_local_ports_a_full_read_sees(count: 
 
     assert {s.local.port for s in full.sockets if s.remote is not None} == set(ports)
     assert counts.local_ports == set(ports) and counts.total == len(ports) == len(full.sockets)
+
+
+class Refusing:
+    """A netlink socket that fails the test if anything is asked of the kernel."""
+
+    def sendto(self, data: bytes, address: Any) -> int:
+        raise AssertionError("a dump was requested although sockstat said nothing is in use")
+
+    def settimeout(self, value: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+SETTINGS = KernelSettings(port_range=PortRange(20000, 29999), reserved=frozenset(), unprivileged_port_start=1024)
+
+
+def refusing() -> Any:
+    return Refusing()
+
+
+def test_a_namespace_with_no_socket_in_use_is_read_without_a_dump() -> None:
+    table, counts = NetlinkSource(socket_factory=refusing, in_use=lambda: InUse(0, 0)).read_counted(SETTINGS)
+    assert table.sockets == () and counts.total == 0
+
+
+def test_only_the_protocol_with_sockets_in_use_is_dumped() -> None:
+    ports = [20001, 20002]
+    def scripted() -> Any:
+        return ScriptedDiag(ports)
+
+    table, counts = NetlinkSource(socket_factory=scripted, in_use=lambda: InUse(tcp=2, udp=0)).read_counted(SETTINGS)
+    assert counts.total == 2 and counts.local_ports == set(ports)
+    with pytest.raises(AssertionError, match="a dump was requested"):
+        NetlinkSource(socket_factory=refusing, in_use=lambda: InUse(tcp=0, udp=1)).read_counted(SETTINGS)
+
+
+def test_sockstat_counts_what_a_real_namespace_holds(netns: NetNS) -> None:
+    def tally() -> InUse | None:
+        return sockstat_in_use()
+
+    assert in_netns(netns, tally) == InUse(0, 0)  # a new namespace: nothing
+
+    def with_sockets() -> tuple[InUse | None, InUse | None, InUse | None]:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        listening = sockstat_in_use()
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        client.close()  # the active closer goes to TIME_WAIT
+        accepted.close()
+        server.close()
+        udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        udp.bind(("::1", 0))
+        with_udp = sockstat_in_use()
+        udp.close()
+        return listening, with_udp, sockstat_in_use()
+
+    listening, with_udp, after = in_netns(netns, with_sockets)
+    assert listening is not None and listening.tcp >= 1 and listening.udp == 0
+    assert with_udp is not None and with_udp.udp == 1
+    assert after is not None and after.tcp >= 1 and after.udp == 0  # the TIME_WAIT socket still counts
+
+
+def test_unreadable_sockstat_means_nothing_is_skipped(tmp_path: Path) -> None:
+    assert sockstat_in_use(str(tmp_path)) is None  # no such files
+    (tmp_path / "sockstat").write_text("TCP: inuse many\n")
+    (tmp_path / "sockstat6").write_text("TCP6: inuse 0\n")
+    assert sockstat_in_use(str(tmp_path)) is None

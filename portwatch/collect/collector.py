@@ -38,7 +38,7 @@ from portwatch.model import (
 )
 
 if TYPE_CHECKING:  # imported where used: importing the package loads no netlink module
-    from portwatch.collect.sources.netlink import NetlinkSource
+    from portwatch.collect.sources.netlink import InUse, NetlinkSource
 
 __all__ = ["PARTIAL_ATTRIBUTION_NOTE", "AttributionCounters", "Collector", "NamespaceScan"]
 
@@ -121,6 +121,7 @@ class Collector:
         self._memory = OwnerMemory(self.proc_root)
         # The netlink source of other namespaces' reads and its socket hand-over (see _namespaces_source).
         self._ns_source: tuple[NetlinkSource, list[socket.socket]] | None = None
+        self._ns_in_use: InUse | None = None  # sockstat of the namespace the namespaces' source reads
 
     def snapshot(self, ports: Collection[int] | None = None) -> Snapshot:
         """Read the kernel settings and the socket table.
@@ -186,27 +187,28 @@ class Collector:
             return replace(self.snapshot(ports), namespace=namespace)
         # Here, not at module level: importing the package loads no netlink module.
         from portwatch.collect.netlink import UNAVAILABLE_ERRNOS
-        from portwatch.collect.sources.netlink import default_socket_factory
+        from portwatch.collect.sources.netlink import InUse, default_socket_factory, sockstat_in_use
         from portwatch.collect.sources.procnet import ProcNetSource
 
         self._walk = None
         self._walk_keys = ()
 
-        def inside() -> tuple[KernelSettings, socket.socket | None, SocketTable | None]:
+        def inside() -> tuple[KernelSettings, socket.socket | None, SocketTable | None, InUse | None]:
             settings = read_kernel_settings(Path("/proc"))  # the thread's namespace's /proc/sys
             try:
-                return settings, default_socket_factory(), None
+                return settings, default_socket_factory(), None, sockstat_in_use()
             except OSError as exc:
                 if exc.errno not in UNAVAILABLE_ERRNOS:
                     raise
-            return settings, None, ProcNetSource().read()
+            return settings, None, ProcNetSource().read(), None
 
-        settings, sock, table = thread.run(namespace, inside)
+        settings, sock, table, in_use = thread.run(namespace, inside)
         source_name = ProcNetSource.name
         counts = None
         if sock is not None:
             netlink, handed = self._namespaces_source()
             handed.append(sock)
+            self._ns_in_use = in_use
             try:
                 if ports is None:
                     table = netlink.read()
@@ -230,7 +232,8 @@ class Collector:
             from portwatch.collect.sources.netlink import NetlinkSource
 
             handed: list[socket.socket] = []
-            self._ns_source = (NetlinkSource(socket_factory=handed.pop), handed)
+            # the socket and the counts of the namespace being read, both taken inside it
+            self._ns_source = (NetlinkSource(socket_factory=handed.pop, in_use=lambda: self._ns_in_use), handed)
         return self._ns_source
 
     def snapshot_namespaces(self, namespaces: Collection[NamespaceInfo],

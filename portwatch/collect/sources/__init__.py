@@ -96,9 +96,9 @@ def read_counted(source: SocketSource, settings: KernelSettings,
 
 def _netlink() -> SocketSource:
     """A :class:`~portwatch.collect.sources.netlink.NetlinkSource`."""
-    from portwatch.collect.sources.netlink import NetlinkSource
+    from portwatch.collect.sources.netlink import NetlinkSource, sockstat_in_use
 
-    return NetlinkSource()
+    return NetlinkSource(in_use=sockstat_in_use)
 
 
 def _psutil() -> SocketSource:

@@ -20,6 +20,7 @@ import contextlib
 import errno as _errno
 import gc
 import itertools
+import os
 import socket
 import sys
 import time
@@ -54,9 +55,10 @@ from portwatch.model import (
     SourceUnavailable,
     count_states,
 )
+from portwatch.model.records import NamedTuple
 from portwatch.model.text import os_error_text
 
-__all__ = ["DUMPS", "NetlinkSource", "default_socket_factory"]
+__all__ = ["DUMPS", "InUse", "NetlinkSource", "default_socket_factory", "sockstat_in_use"]
 
 _PROTO_NUMBERS: Final = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
 
@@ -80,6 +82,42 @@ DUMPS: Final[Sequence[tuple[Protocol, int]]] = (
 )
 
 
+class InUse(NamedTuple):
+    """A namespace's socket counts from ``sockstat``: TCP (IPv4 and IPv6 in use, and TIME_WAIT), UDP (both)."""
+
+    tcp: int
+    udp: int
+
+
+def sockstat_in_use(net: str = "/proc/thread-self/net") -> InUse | None:
+    """The calling thread's network namespace's :class:`InUse`, from ``NET/sockstat`` and ``NET/sockstat6``.
+
+    The kernel keeps these counters per namespace; a socket that is hashed
+    (listening, connecting, connected, closing) counts in ``inuse``, a
+    TIME_WAIT one in ``tw``. None when a file cannot be read or parsed (then
+    nothing is skipped). Never raises.
+    """
+    tcp = udp = 0
+    try:
+        for name in ("sockstat", "sockstat6"):
+            fd = os.open(f"{net}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                text = os.read(fd, 4096).decode("ascii", "replace")
+            finally:
+                os.close(fd)
+            for line in text.splitlines():
+                head, _, rest = line.partition(":")
+                words = rest.split()
+                fields = dict(zip(words[::2], words[1::2]))
+                if head in ("TCP", "TCP6"):
+                    tcp += int(fields["inuse"]) + int(fields.get("tw", "0"))
+                elif head in ("UDP", "UDP6"):
+                    udp += int(fields["inuse"])
+    except (OSError, KeyError, ValueError):
+        return None
+    return InUse(tcp, udp)
+
+
 class NetlinkSource:
     """Reads the current network namespace's TCP and UDP sockets over sock_diag.
 
@@ -96,10 +134,16 @@ class NetlinkSource:
         socket_factory: Callable[[], socket.socket] = default_socket_factory,
         bufsize: int = 1 << 17,
         timeout: float = 10.0,
+        in_use: Callable[[], InUse | None] | None = None,
     ) -> None:
         """Takes a factory for the netlink socket (tests replace it), the receive
         buffer size in bytes (at least 32 KiB: the kernel sends up to ~32 KiB
         per datagram) and the time limit in seconds for one whole :meth:`read`.
+        ``in_use``, when given, tells :meth:`read_counted` the namespace's
+        socket counts (:func:`sockstat_in_use`, read where the socket is made):
+        it skips the TCP dumps when no TCP socket is in use and the UDP dumps
+        when no UDP one is (the kernel walks its host-wide hash for every dump,
+        about 2 ms idle and 20 ms with 100,000 sockets in other namespaces).
         Raises ``ValueError`` for a too small ``bufsize`` or a non-positive
         ``timeout``.
         """
@@ -113,6 +157,7 @@ class NetlinkSource:
         self._seq = 0
         self._tcp_compat = True  # until the kernel refuses TCPDIAG_GETSOCK
         self._view: memoryview | None = None  # the receive buffer, made on the first read
+        self._in_use = in_use
 
     def read(self) -> SocketTable:
         """Dump every TCP and UDP, IPv4 and IPv6 socket of the current namespace.
@@ -153,16 +198,21 @@ class NetlinkSource:
         deadline = time.monotonic() + self._timeout
         listeners: list[Socket] = []
         udp: list[Socket] = []
+        in_use = self._in_use() if self._in_use is not None else None
+        tcp_dumps = in_use is None or in_use.tcp > 0
         with _reading(sock, self._buffer()) as view:
-            self._dump_tcp(sock, view, _LISTEN_MASK, listeners, None, deadline)
+            if tcp_dumps:
+                self._dump_tcp(sock, view, _LISTEN_MASK, listeners, None, deadline)
             listen_ports = {s.local.port for s in listeners if s.state is SocketState.LISTEN}
             rng = settings.port_range
             tally = Tally((rng.low, rng.high), settings.reserved | listen_ports,
                           frozenset(ports) | settings.reserved,
                           frozenset((_raw_address(s.local.ip), s.local.port) for s in listeners
                                     if s.state is SocketState.LISTEN))
-            self._dump_tcp(sock, view, TCP_STATES_MASK & ~_LISTEN_MASK, None, tally, deadline)
-            self._dump_udp(sock, view, udp, deadline)
+            if tcp_dumps:
+                self._dump_tcp(sock, view, TCP_STATES_MASK & ~_LISTEN_MASK, None, tally, deadline)
+            if in_use is None or in_use.udp > 0:
+                self._dump_udp(sock, view, udp, deadline)
         kept = (*listeners, *tally.kept, *udp)
         return SocketTable(sockets=kept), _counts(tally, listeners + udp)
 

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Callable, Iterable, TypeVar, cast
 
 from portwatch.collect.cgroups import cgroup_of_pid, identity_from_path
 from portwatch.collect.mounts import Mount, read_mountinfo
-from portwatch.collect.oci import DEFAULT_RUN_ROOT, BundleReader, bundle_reader
 from portwatch.model import CgroupIdentity, NamespaceInfo, NamespaceKind
 from portwatch.model.records import dataclass, replace
 
 if TYPE_CHECKING:
     import queue
+
+    from portwatch.collect.oci import BundleReader
 
 __all__ = [
     "CLONE_NEWNET",
@@ -120,7 +121,7 @@ class _Found:
 
 
 def _identify(found: _Found, proc_root: Path, host: int | None, own: int,
-              bundles: BundleReader) -> NamespaceInfo:
+              bundles: Callable[[], BundleReader]) -> NamespaceInfo:
     """Name one namespace from its mounts and its processes' cgroups (see :func:`discover_namespaces`)."""
     netns_name = next((os.path.basename(p) for p in found.paths
                        if os.path.dirname(p) in NETNS_DIRS), None)
@@ -165,7 +166,7 @@ def _identify(found: _Found, proc_root: Path, host: int | None, own: int,
         pod_namespace=pod[0], pod_name=pod[1], container_name=pod[2])
 
 
-def _pod_names(bundles: BundleReader, pod_uid: str, container: str | None,
+def _pod_names(bundles: Callable[[], BundleReader], pod_uid: str, container: str | None,
                identities: list[CgroupIdentity]) -> tuple[str | None, str | None, str | None]:
     """(pod namespace, pod name, container name) of the pod ``pod_uid`` from its containers' OCI bundles.
 
@@ -181,7 +182,7 @@ def _pod_names(bundles: BundleReader, pod_uid: str, container: str | None,
         if cid is None or cid in seen or identity.pod_uid != pod_uid:
             continue
         seen.add(cid)
-        names = bundles.names(cid, identity.runtime)
+        names = bundles().names(cid, identity.runtime)
         if names is None or (names.pod_uid is not None and names.pod_uid != pod_uid):
             continue
         return names.pod_namespace, names.pod_name, names.container_name if cid == container else None
@@ -206,7 +207,7 @@ def _unique_keys(infos: list[NamespaceInfo]) -> list[NamespaceInfo]:
 
 def discover_namespaces(proc_root: Path = Path("/proc"),
                         mountinfo: Path | Iterable[Mount] = Path("/proc/self/mountinfo"),
-                        capable: bool | None = None, run_root: Path = DEFAULT_RUN_ROOT) -> Discovery:
+                        capable: bool | None = None, run_root: Path = Path("/run")) -> Discovery:
     """Find every network namespace on the host and name it.
 
     Takes the proc mount, the mount table (a mountinfo path, or parsed
@@ -266,7 +267,11 @@ def discover_namespaces(proc_root: Path = Path("/proc"),
     if own_id is not None and own_id not in found:
         found[own_id] = _Found(*own_id)
         found[own_id].paths.append(str(proc_root / "thread-self" / "ns" / "net"))
-    bundles = bundle_reader(run_root)
+    def bundles() -> BundleReader:  # the OCI module is imported only when a pod is named
+        from portwatch.collect.oci import bundle_reader
+
+        return bundle_reader(run_root)
+
     infos = _unique_keys([_identify(f, proc_root, host, own_inode, bundles) for f in found.values()])
     infos.sort(key=lambda ns: (ns.kind is not NamespaceKind.HOST, ns.inode))
     notes = () if capable else (OWN_NAMESPACE_NOTE,)

@@ -27,23 +27,39 @@ from portwatch.model import PortRange, normalize_ip
 DEFAULT_PORT = 9731
 DEFAULT_LISTEN_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 
+class LazyPattern:
+    """A regular expression compiled when first matched: a command that parses no configuration
+    (``portwatch scan`` without one) does not pay for compiling this module's patterns."""
+
+    def __init__(self, pattern: str, flags: int = 0) -> None:
+        self.pattern = pattern
+        self.flags = flags
+        self._compiled: re.Pattern[str] | None = None
+
+    def fullmatch(self, text: str) -> re.Match[str] | None:
+        """As :meth:`re.Pattern.fullmatch`."""
+        if self._compiled is None:
+            self._compiled = re.compile(self.pattern, self.flags)
+        return self._compiled.fullmatch(text)
+
+
 #: How to make a bcrypt hash, quoted in the error for a plain-text password.
 BCRYPT_HINT = (
     "python3 -c 'import bcrypt; print(bcrypt.hashpw(b\"secret\", bcrypt.gensalt()).decode())'"
 )
 #: A bcrypt hash: ``$2a$``/``$2b$``/``$2y$``, cost 04..31, 53 characters of salt and hash.
-BCRYPT_RE = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+BCRYPT_RE = LazyPattern(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 #: Rule and sink names.
-IDENT_RE = re.compile(r"[A-Za-z0-9_-]+")
-_HEADER_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_HOSTNAME_RE = re.compile(
+IDENT_RE = LazyPattern(r"[A-Za-z0-9_-]+")
+_HEADER_RE = LazyPattern(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_LABEL_RE = LazyPattern(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_HOSTNAME_RE = LazyPattern(
     r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
 )
 #: The largest integer any key takes (a key without its own upper bound): 2**63 - 1.
 MAX_INTEGER = 2**63 - 1
-_PORT_RANGE_RE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", re.ASCII)
+_PORT_RANGE_RE = LazyPattern(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", re.ASCII)
 
 
 #: Integers with more digits than this are shown by their size, not spelled out.
@@ -97,7 +113,7 @@ _DURATION_UNITS: tuple[tuple[str, float], ...] = (
     ("s", 1.0),
     ("ms", 0.001),
 )
-_DURATION_RE = re.compile("".join(rf"(?:([0-9]{{1,15}}){unit})?" for unit, _ in _DURATION_UNITS))
+_DURATION_RE = LazyPattern("".join(rf"(?:([0-9]{{1,15}}){unit})?" for unit, _ in _DURATION_UNITS))
 
 
 def parse_duration(text: str) -> float:

@@ -16,6 +16,8 @@ rounds, interleaved, it times for the first 10 namespaces and for all N:
   default configuration (each namespace: its sysctls and netlink socket made
   by the one thread that enters the namespaces in turn, its counted dump,
   detection) and the JSON document;
+- ``scan --netns``: the whole command, start-up included, ``portwatch scan
+  --format json --netns NAME ...`` naming the same namespaces;
 - ``nsenter + ss``: a loop of ``nsenter --net=/run/netns/NAME ss -tan``
   (output to /dev/null) over the same namespaces, wall time of the whole loop
   and the CPU time of its children (``wait4``). The namespaces hold no
@@ -157,7 +159,8 @@ def bench(count: int, sockets: int, repeat: int, fd_limit: int,
             f"measuring ({repeat} rounds)")
         counts = sorted({min(SMALL, count), count})
         runs: dict[int, dict[str, list[float]]] = {
-            k: {"portwatch": [], "portwatch_cpu": [], "ss": [], "ss_cpu": []} for k in counts}
+            k: {"portwatch": [], "portwatch_cpu": [], "ss": [], "ss_cpu": [], "command": [], "command_cpu": []}
+            for k in counts}
         seen: dict[int, dict[str, Any]] = {}
         for _ in range(repeat):
             for k in counts:
@@ -166,6 +169,11 @@ def bench(count: int, sockets: int, repeat: int, fd_limit: int,
                     raise base.BenchError(f"portwatch scanned {doc['namespaces']} of {k} "
                                           f"namespaces ({', '.join(doc['outcomes'])})")
                 loop = ss_loop(names[:k])
+                # the whole command, start-up included, naming the same namespaces
+                command = base.run_command([*base.portwatch_command(), "scan", "--format", "json",
+                                            *(f"--netns={n}" for n in names[:k])], ok=(0, 1))
+                runs[k]["command"].append(command.wall)
+                runs[k]["command_cpu"].append(command.cpu)
                 runs[k]["portwatch"].append(doc["wall"])
                 runs[k]["portwatch_cpu"].append(doc["cpu"])
                 runs[k]["ss"].append(loop["wall"])
@@ -179,6 +187,7 @@ def bench(count: int, sockets: int, repeat: int, fd_limit: int,
                 "count": k, **med, "sockets_seen": seen[k]["sockets"],
                 "discovered": seen[k]["discovered"],
                 "ratio_wall": med["portwatch"] / med["ss"],
+                "command_ratio": med["command_cpu"] / med["ss_cpu"],
                 "ms_per_namespace": 1000 * med["portwatch"] / k,
                 "ss_ms_per_namespace": 1000 * med["ss"] / k})
         return result
@@ -194,10 +203,13 @@ def render(doc: dict[str, Any]) -> list[str]:
     lines = [f"{doc['namespaces']} namespaces x {doc['sockets_per_namespace']:,} sockets "
              f"({doc['held']:,} held): discovery + every namespace's sysctls and socket table",
              f"  {'namespaces':>10} {'portwatch s':>12} {'CPU s':>7} {'nsenter+ss s':>13} "
-             f"{'CPU s':>7} {'ratio':>6} {'ms/ns':>7} {'ss ms/ns':>9}"]
+             f"{'CPU s':>7} {'ratio':>6} {'CPU ratio':>9} {'ms/ns':>7} {'ss ms/ns':>9} "
+             f"{'scan --netns... CPU s':>21} {'CPU ratio':>9}"]
     for row in doc["rows"]:
         lines.append(
             f"  {row['count']:>10} {row['portwatch']:12.3f} {row['portwatch_cpu']:7.3f} "
             f"{row['ss']:13.3f} {row['ss_cpu']:7.3f} {row['ratio_wall']:5.2f}x "
-            f"{row['ms_per_namespace']:7.2f} {row['ss_ms_per_namespace']:9.2f}")
+            f"{row['portwatch_cpu'] / row['ss_cpu']:8.2f}x "
+            f"{row['ms_per_namespace']:7.2f} {row['ss_ms_per_namespace']:9.2f} "
+            f"{row.get('command_cpu', float('nan')):21.3f} {row.get('command_ratio', float('nan')):8.2f}x")
     return lines

@@ -11,6 +11,7 @@ matching) are checked on constructed data.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import selectors
@@ -255,6 +256,9 @@ def test_how_to_apply_names_the_pods_sysctls_and_the_containers_runtime() -> Non
     lines = "\n".join(how_to_apply(pod, "8080,9000"))
     assert "securityContext:" in lines and "- name: net.ipv4.ip_local_reserved_ports" in lines
     assert 'value: "8080,9000"' in lines and "nsenter -t 42 -n sysctl -w" in lines
+    assert "# apply: in the pod's spec (pod uid 5f3c-uid):" in lines  # its name unknown
+    named = dataclasses.replace(pod, pod_namespace="default", pod_name="web-1")
+    assert "# apply: in the pod's spec (pod default/web-1, uid 5f3c-uid):" in how_to_apply(named, "8080")
     box = NamespaceInfo(inode=8, dev=4, kind=NamespaceKind.CONTAINER, name="b" * 64, container="b" * 64,
                         runtime="libpod")
     (line,) = how_to_apply(box, "8080")

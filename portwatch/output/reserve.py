@@ -77,7 +77,8 @@ def how_to_apply(ns: NamespaceInfo, merged: str) -> list[str]:
     if ns.netns_name:
         out.append(f"# apply: ip netns exec {ns.netns_name} sysctl -w {setting}")
     if ns.pod_uid:
-        out += ["# apply: in the pod's spec (pod uid " + ns.pod_uid + "):",
+        pod = f"pod {ns.pod_ref}, uid {ns.pod_uid}" if ns.pod_ref else f"pod uid {ns.pod_uid}"
+        out += [f"# apply: in the pod's spec ({pod}):",
                 "#   securityContext:",
                 "#     sysctls:",
                 f"#       - name: {SYSCTL_RESERVED}",

@@ -134,24 +134,29 @@ def test_a_client_that_never_reads_its_answers_holds_no_worker() -> None:
                 assert scrape(server.address).status == 200
 
 
+def simultaneous_scrapes(address: tuple[str, int], count: int) -> list[int]:
+    """The statuses of ``count`` scrapes of ``address`` released at the same instant (threads behind a barrier)."""
+    barrier = threading.Barrier(count)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        barrier.wait(CLIENT_TIMEOUT)
+        status = scrape(address).status
+        with lock:
+            statuses.append(status)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(CLIENT_TIMEOUT * 3)
+    return statuses
+
+
 def test_simultaneous_scrapes_all_succeed(registry: CollectorRegistry) -> None:
     with running(WebConfig(listen_address=LOOPBACK), registry) as server:
-        barrier = threading.Barrier(50)
-        statuses: list[int] = []
-        lock = threading.Lock()
-
-        def one() -> None:
-            barrier.wait(CLIENT_TIMEOUT)
-            status = scrape(server.address).status
-            with lock:
-                statuses.append(status)
-
-        threads = [threading.Thread(target=one) for _ in range(50)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(CLIENT_TIMEOUT * 3)
-        assert statuses == [200] * 50
+        assert simultaneous_scrapes(server.address, 50) == [200] * 50
 
 
 def test_keep_alive_reuses_the_connection(registry: CollectorRegistry) -> None:

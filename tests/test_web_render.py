@@ -19,8 +19,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from portwatch.config import WebConfig
 from portwatch.web.render import RENDER_MAX_AGE, RenderCache
-from tests.test_web import CLIENT_TIMEOUT, LOOPBACK, running
-from tests.test_web_attacks import scrape
+from tests.test_web import LOOPBACK, running
+from tests.test_web_attacks import simultaneous_scrapes
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -87,22 +87,8 @@ def test_a_failed_render_is_not_kept() -> None:
 def test_concurrent_scrapes_of_a_real_server_share_renders() -> None:
     counting = Counting()
     with running(WebConfig(listen_address=LOOPBACK), registry_with(counting)) as server:
-        barrier = threading.Barrier(40)
-        statuses: list[int] = []
-        lock = threading.Lock()
-
-        def one() -> None:
-            barrier.wait(CLIENT_TIMEOUT)
-            status = scrape(server.address).status
-            with lock:
-                statuses.append(status)
-
         began = time.monotonic()
-        threads = [threading.Thread(target=one) for _ in range(40)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(CLIENT_TIMEOUT * 3)
+        statuses = simultaneous_scrapes(server.address, 40)
         took = time.monotonic() - began
     assert statuses == [200] * 40
     # at most one render per RENDER_MAX_AGE while they ran (not one per scrape)

@@ -4,7 +4,8 @@
 support (fails under CI=true), and after the test, passed or failed, deletes
 every rule keyed ``portwatch`` or ``pwtest-*`` and puts the enabled state
 and the backlog limit back (:func:`restore_audit`, which the benchmark uses
-too). :func:`auditctl_rules` lists the rules as ``auditctl -l`` prints them;
+too), and removes ``/run/portwatch`` when the test made it (the lock file of
+a daemon's or a watch's capture). :func:`auditctl_rules` lists the rules as ``auditctl -l`` prints them;
 :func:`wait_events` reads a capture until the failures a test waits for came.
 Tests of every checkout on the host (and the benchmark) take turns through
 :func:`host_audit_turn`, a host-wide lock: the state they change is host-wide.
@@ -25,7 +26,7 @@ from typing import Callable, Iterator
 import pytest
 
 from portwatch.collect.audit import AuditControl, AuditError, AuditRule, is_portwatch_rule
-from portwatch.collect.capture import FailureCapture
+from portwatch.collect.capture import DEFAULT_LOCK_PATH, FailureCapture
 from portwatch.model.failures import FailureEvent
 from tests.conftest import require, require_binary
 
@@ -112,10 +113,16 @@ def audit_host(tmp_path: Path) -> Iterator[AuditHost]:
         except AuditError as exc:
             require(False, f"the kernel's audit subsystem is not usable here: {exc}")
             raise
+        lock_dir = DEFAULT_LOCK_PATH.parent
+        had_lock_dir = lock_dir.exists()
         try:
             yield AuditHost(auditctl, tmp_path / "audit.lock", before, status.backlog_limit)
         finally:
             restore_audit(before, status.backlog_limit)
+            if not had_lock_dir:  # a daemon or watch the test ran made portwatch's lock directory
+                DEFAULT_LOCK_PATH.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    lock_dir.rmdir()
 
 
 def restore_audit(enabled: int, backlog_limit: int) -> None:

@@ -286,9 +286,9 @@ def run_watch(config: Config, options: WatchOptions, out: TextIO | None = None,
               file=sys.stderr, flush=True)
         # --duration counts from here: the first scan and the capture's start (seconds on a busy
         # host with many namespaces) are not taken out of the time the watch watches
-        started = monotonic()
-        deadline = None if options.duration is None else started + options.duration
-        next_scan = started + interval
+        watching = monotonic()
+        deadline = None if options.duration is None else watching + options.duration
+        next_scan = watching + interval
         while (deadline is None or monotonic() < deadline) and not stop.signalled:
             now = monotonic()
             if now >= next_scan:

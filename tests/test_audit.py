@@ -374,7 +374,7 @@ def test_a_lock_held_longer_than_the_timeout_turns_the_capture_off_with_a_note_a
         fcntl.flock(fd, fcntl.LOCK_EX)  # another process holds it and never lets go
         capture = _fake_capture(kernel, tmp_path, lock_timeout=0.3)
         began = time.monotonic()
-        assert capture.start() is False
+        assert capture.start() is False and capture.busy
         assert 0.3 <= time.monotonic() - began < 10
     finally:
         os.close(fd)

@@ -356,6 +356,20 @@ def test_a_capture_that_cannot_start_notes_once_and_a_reload_tries_again(
     assert [r.message for r in caplog.records if r.message == note] == [note]
 
 
+def test_a_capture_that_gave_up_waiting_for_the_lock_is_tried_again_after_the_pause() -> None:
+    note = "failure capture is off: /run/portwatch/audit.lock stayed locked by another process for 10s"
+    busy = ScriptedCapture([], started=False, notes=[note])
+    busy.busy = True  # start() gave up waiting for the lock: a temporary condition
+    working = ScriptedCapture([])
+    thread = scripted_thread([busy, working], Posted(), AUDIT)
+    thread.start()
+    try:
+        wait_for("the next capture to run, without a reload", lambda: working.active)
+    finally:
+        assert thread.stop()
+    assert busy.stops == 1 and working.stops == 1
+
+
 def test_a_reload_with_the_capture_still_asked_for_starts_one_that_could_not_start() -> None:
     note = "failure capture is off: /run/portwatch/audit.lock stayed locked by another process for 10s"
     refused = ScriptedCapture([], started=False, notes=[note])

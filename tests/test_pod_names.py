@@ -109,6 +109,8 @@ def test_containerd_and_crio_annotations_name_the_pod_and_its_container(
     containerd_document("web/1", UID),
     containerd_document("w" * 254, UID),
     containerd_document("web-1", UID, ns="de\nfault"),
+    containerd_document("web-1\n", UID),  # a trailing newline: `$` would match before it
+    containerd_document("web-1", UID, ns="default\n"),
     {"annotations": {"io.kubernetes.pod.namespace": 7, "io.kubernetes.pod.name": "web-1"}},
     {"annotations": {"nerdctl/name": "web"}},  # a container, but no pod
 ])

@@ -93,3 +93,35 @@ def test_concurrent_scrapes_of_a_real_server_share_renders() -> None:
     assert statuses == [200] * 40
     # at most one render per RENDER_MAX_AGE while they ran (not one per scrape)
     assert counting.collections <= 1 + int(took / RENDER_MAX_AGE) + 1 < 40
+
+
+def test_clients_varying_the_accept_header_keep_one_body_per_encoding() -> None:
+    counting = Counting()
+    cache = RenderCache(registry_with(counting), clock=lambda: 0.0)
+    for i in range(50):  # a parameter the encoder copies into the content type, different each time
+        cache.body(generate_openmetrics, f"{OPENMETRICS}; x={i}", False)
+    assert len(cache) == 1 and counting.collections == 50  # replaced, never accumulated
+    cache.body(generate_latest, TEXT, True)
+    assert len(cache) == 2
+
+
+def test_scrapes_waiting_for_a_render_slower_than_the_max_age_are_served_by_it() -> None:
+    class Slow(Counting):
+        def collect(self) -> Iterable[Metric]:
+            time.sleep(1.0)  # longer than the max age below
+            return super().collect()
+
+    slow = Slow()
+    cache = RenderCache(registry_with(slow), max_age=0.5)
+    barrier = threading.Barrier(5)
+
+    def one() -> None:
+        barrier.wait(10)
+        cache.body(generate_latest, TEXT, False)
+
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert slow.collections <= 2  # not one render per waiting scrape (5)

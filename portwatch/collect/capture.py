@@ -101,7 +101,8 @@ class FailureCapture:
 
     Attributes: ``active`` (capturing), ``notes`` (why not, or caveats; each
     said once), ``rules`` (the rules held), ``reused`` (how many a crashed
-    run had left), ``enabled_by_portwatch``, ``holder_errors`` (targeted
+    run had left), ``enabled_by_portwatch``, ``busy`` (the last :meth:`start`
+    gave up waiting for the lock: a temporary condition), ``holder_errors`` (targeted
     dumps that failed or were skipped: at most ``max_holder_dumps`` per
     :meth:`read`), and the reader's counters through
     :attr:`dropped_total`.
@@ -133,6 +134,7 @@ class FailureCapture:
         self.reused = 0
         self.enabled_by_portwatch = False
         self.holder_errors = 0
+        self.busy = False  # the last start() gave up waiting for the lock: worth trying again later
 
     # ----------------------------------------------------------------- start / stop
 
@@ -209,7 +211,8 @@ class FailureCapture:
             self._note(f"failure capture is off: cannot open its lock file {self._lock_path}: "
                        f"{os.strerror(exc.errno or 0)}")
             return False
-        if not self._lock_shared():
+        self.busy = not self._lock_shared()
+        if self.busy:
             self._note(f"failure capture is off: {self._lock_path} stayed locked by another process for "
                        f"{self._lock_timeout:g}s (a portwatch capture that is stopping holds it for a moment)")
             self._unlock()

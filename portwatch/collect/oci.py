@@ -82,7 +82,7 @@ class BundleNames:
 
 def _valid(value: Any, pattern: re.Pattern[str]) -> str | None:
     """``value`` when it is a string ``pattern`` matches whole, else None."""
-    return value if isinstance(value, str) and pattern.match(value) else None
+    return value if isinstance(value, str) and pattern.fullmatch(value) else None
 
 
 def names_from_annotations(document: Any) -> BundleNames | None:

@@ -222,14 +222,15 @@ class FailureThread:
             stop.wait(self._restart_pause)
 
     def _session(self, stop: threading.Event) -> bool:
-        """One capture from start to stop; False if it could not start."""
+        """One capture from start to stop; False if it could not start for good (True after a lock
+        wait that timed out: the thread pauses and tries again)."""
         cap = self._capture_factory()
         try:
             started = cap.start()
             self._log_notes(cap)
             self.metrics.record_capture(cap.active, cap.dropped_total)
             if not started:
-                return False
+                return cap.busy  # a lock another process held too long: tried again after the pause
             log.info("failure capture on: %d audit rule(s) keyed portwatch (%d reused)", len(cap.rules), cap.reused)
             pending = _Pending(FailureWindow(self._window))
             with selectors.DefaultSelector() as sel:

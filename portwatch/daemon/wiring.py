@@ -13,7 +13,6 @@ model) and :mod:`portwatch.daemon.records`, ``.messages``, ``.failures`` and ``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 import time
@@ -31,6 +30,7 @@ from portwatch.daemon.failures import FailureThread
 from portwatch.daemon.messages import Message
 from portwatch.daemon.records import HOST_KEY
 from portwatch.model import RememberedPort, ScanResult
+from portwatch.model.records import replace
 from portwatch.model.results import NamespacesResult
 from portwatch.scan import make_source, namespace_names, run_namespaces_scan, run_scan
 from portwatch.web import MetricsServer
@@ -125,7 +125,7 @@ def default_pass(config: Config, collector: Collector, remembered: Remembered,
         raise CollectError("no network namespace could be read: " + "; ".join(result.notes))
     chosen = {ns.inode for ns in selected}
     left_out = tuple(ns.inode for ns in discovery.namespaces if ns.inode not in chosen)
-    return dataclasses.replace(result, left_out=left_out) if left_out else result
+    return replace(result, left_out=left_out) if left_out else result
 
 
 class SideThread(TypingProtocol):

@@ -25,7 +25,10 @@ rounds, interleaved, it times for the first 10 namespaces and for all N:
   ``/proc/PID/ns/net``: the same ``setns`` either way.
 
 It reports the medians, the ratio portwatch / loop (goal: at most 0.5) and
-the cost per namespace at 10 and at N (linear if they are close). This
+the cost per namespace at 10 and at N, and the marginal cost of a namespace
+between the two counts (what one more namespace adds: the growth is linear
+when it stays put from run to run while the fixed cost of a pass, discovery
+and the first entry, weighs on the small count only). This
 module is imported by ``run.py`` (as the ``run`` module) and uses its helpers.
 """
 
@@ -109,10 +112,16 @@ def probe(names: Sequence[str]) -> int:
     return 0
 
 
+def cached_env() -> dict[str, str]:
+    """This process's environment without ``PYTHONDONTWRITEBYTECODE``: the probes and commands run with
+    the bytecode cache an installed package has (the warm-up run writes it), not compiling every module."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def run_probe(names: Sequence[str]) -> dict[str, Any]:
     """:func:`probe` in a child process; raises BenchError when it fails."""
     proc = subprocess.run([sys.executable, str(base.HERE), "--_ns_probe", ",".join(names)],
-                          capture_output=True, text=True, timeout=600, cwd=base.REPO)
+                          capture_output=True, text=True, timeout=600, cwd=base.REPO, env=cached_env())
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise base.BenchError(f"namespace probe failed: {tail}")
@@ -162,6 +171,9 @@ def bench(count: int, sockets: int, repeat: int, fd_limit: int,
             k: {"portwatch": [], "portwatch_cpu": [], "ss": [], "ss_cpu": [], "command": [], "command_cpu": []}
             for k in counts}
         seen: dict[int, dict[str, Any]] = {}
+        run_probe(names[:1])  # warm-up: the bytecode cache, the page cache
+        base.run_command([*base.portwatch_command(), "scan", "--format", "json", f"--netns={names[0]}"],
+                         env=cached_env(), ok=(0, 1))
         for _ in range(repeat):
             for k in counts:
                 doc = run_probe(names[:k])
@@ -171,7 +183,7 @@ def bench(count: int, sockets: int, repeat: int, fd_limit: int,
                 loop = ss_loop(names[:k])
                 # the whole command, start-up included, naming the same namespaces
                 command = base.run_command([*base.portwatch_command(), "scan", "--format", "json",
-                                            *(f"--netns={n}" for n in names[:k])], ok=(0, 1))
+                                            *(f"--netns={n}" for n in names[:k])], env=cached_env(), ok=(0, 1))
                 runs[k]["command"].append(command.wall)
                 runs[k]["command_cpu"].append(command.cpu)
                 runs[k]["portwatch"].append(doc["wall"])
@@ -181,6 +193,13 @@ def bench(count: int, sockets: int, repeat: int, fd_limit: int,
                 seen[k] = doc
         result: dict[str, Any] = {"namespaces": count, "sockets_per_namespace": sockets,
                                   "held": held, "rows": []}
+        if len(counts) == 2:
+            small, large = ({key: base.median(values) for key, values in runs[k].items()} for k in counts)
+            span = counts[1] - counts[0]
+            result["marginal"] = {
+                "from": counts[0], "to": counts[1],
+                "ms_per_namespace": 1000 * (large["portwatch"] - small["portwatch"]) / span,
+                "ss_ms_per_namespace": 1000 * (large["ss"] - small["ss"]) / span}
         for k in counts:
             med = {key: base.median(values) for key, values in runs[k].items()}
             result["rows"].append({
@@ -212,4 +231,9 @@ def render(doc: dict[str, Any]) -> list[str]:
             f"{row['portwatch_cpu'] / row['ss_cpu']:8.2f}x "
             f"{row['ms_per_namespace']:7.2f} {row['ss_ms_per_namespace']:9.2f} "
             f"{row.get('command_cpu', float('nan')):21.3f} {row.get('command_ratio', float('nan')):8.2f}x")
+    marginal = doc.get("marginal")
+    if marginal:
+        lines.append(f"  one more namespace (from {marginal['from']} to {marginal['to']}): portwatch "
+                     f"{marginal['ms_per_namespace']:.2f} ms, nsenter+ss {marginal['ss_ms_per_namespace']:.2f} ms "
+                     f"({marginal['ms_per_namespace'] / marginal['ss_ms_per_namespace']:.2f}x)")
     return lines

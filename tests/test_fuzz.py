@@ -37,7 +37,7 @@ from portwatch.alerts.store import from_document as alerts_from_document
 from portwatch.alerts.store import load as alerts_load
 from portwatch.alerts.store import to_document as alerts_to_document
 from portwatch.cli import main
-from portwatch.collect.netlink import NetlinkError, build_request, parse_messages
+from portwatch.collect.netlink import SOCK_DIAG_BY_FAMILY, NetlinkError, build_request, dump_ended, parse_messages
 from portwatch.daemon.state import FindingRecord, ListenerRecord, State, StateStore
 from portwatch.daemon.state import from_document as state_from_document
 from portwatch.daemon.state import to_document as state_to_document
@@ -343,3 +343,46 @@ def test_hundred_thousand_mutated_netlink_buffers_give_only_documented_errors(ne
         except (NetlinkError, SourceUnavailable, OSError):
             outcomes["refused"] += 1
     assert outcomes["parsed"] and outcomes["refused"]  # both paths were exercised
+
+
+def test_a_fetch_ends_a_mutated_dump_where_the_parser_stops(netns: NetNS) -> None:
+    # NetlinkSource.fetch keeps datagrams until dump_ended says the last one came; the
+    # parse runs later. It must not wait past a datagram the parser ends (done, or a
+    # failure it raises at once), nor stop at one the parser reads on from.
+    sample = b"".join(_real_dump(netns))
+    rng = random.Random(20261202)
+    seen: dict[str, int] = {}
+    for _ in range(20_000):
+        raw = bytearray(sample)
+        how = rng.randrange(4)
+        if how == 0:
+            for _ in range(rng.randint(1, 8)):
+                raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
+        elif how == 1:
+            del raw[rng.randrange(len(raw)):]
+        elif how == 2:
+            at = rng.randrange(0, max(1, len(raw) - 4)) & ~3
+            raw[at:at + 4] = struct.pack("=I", rng.choice([0, 1, 15, 16, 17, 20, 2**31, 2**32 - 1]))
+        else:
+            first = struct.unpack_from("=I", raw, 0)[0]
+            status = rng.choice([-2**31, -4096, -1, 0, 1, -rng.randrange(1, 200)])
+            kind = rng.choice([2, 3])  # NLMSG_ERROR, NLMSG_DONE
+            raw[first:first] = struct.pack("=IHHII", 20, kind, 0, 1, 0) + struct.pack("=i", status)
+        data = bytes(raw)
+        try:
+            parsed: object = parse_messages(data, protocol=Protocol.TCP, seq=1)[1]
+        except NetlinkError:
+            parsed = "malformed"
+        except (SourceUnavailable, OSError) as exc:
+            parsed = (type(exc), exc.errno if isinstance(exc, OSError) else None)
+        try:
+            ended: object = dump_ended(data, length=len(data), seq=1, msg_type=SOCK_DIAG_BY_FAMILY, what="tcp")
+        except (SourceUnavailable, OSError) as exc:
+            ended = (type(exc), exc.errno if isinstance(exc, OSError) else None)
+        if parsed == "malformed":  # the parse of the kept datagrams raises: either way is safe
+            key = "malformed"
+        else:
+            assert ended == parsed, (parsed, ended, data[:64].hex())
+            key = str(parsed)
+        seen[key] = seen.get(key, 0) + 1
+    assert {"True", "False", "malformed"} <= set(seen) and len(seen) >= 4, seen

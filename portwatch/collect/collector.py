@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import operator
-import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection
@@ -38,7 +37,7 @@ from portwatch.model import (
 )
 
 if TYPE_CHECKING:  # imported where used: importing the package loads no netlink module
-    from portwatch.collect.sources.netlink import InUse, NetlinkSource
+    from portwatch.collect.sources.netlink import NetlinkSource
 
 __all__ = ["PARTIAL_ATTRIBUTION_NOTE", "AttributionCounters", "Collector", "NamespaceScan"]
 
@@ -119,9 +118,8 @@ class Collector:
         # Across scans: where (pid, fd) each attributed socket was found, and
         # the sockets a complete walk found nobody holding.
         self._memory = OwnerMemory(self.proc_root)
-        # The netlink source of other namespaces' reads and its socket hand-over (see _namespaces_source).
-        self._ns_source: tuple[NetlinkSource, list[socket.socket]] | None = None
-        self._ns_in_use: InUse | None = None  # sockstat of the namespace the namespaces' source reads
+        # The netlink source that fetches other namespaces' dumps (see _snapshot_in).
+        self._ns_source: NetlinkSource | None = None
 
     def snapshot(self, ports: Collection[int] | None = None) -> Snapshot:
         """Read the kernel settings and the socket table.
@@ -163,9 +161,9 @@ class Collector:
     def snapshot_namespace(self, namespace: NamespaceInfo, ports: Collection[int] | None = None) -> Snapshot:
         """Read the kernel settings and socket table of another network namespace.
 
-        The sysctls are read, and the NETLINK_SOCK_DIAG socket is created,
-        in a thread inside ``namespace`` (:func:`run_in_namespace`); the dump
-        then runs here. The collector's own namespace (``namespace.own``) is
+        The sysctls are read, the NETLINK_SOCK_DIAG socket is created and the
+        dumps are fetched in a thread inside ``namespace`` (:class:`NamespaceThread`);
+        they are parsed here. The collector's own namespace (``namespace.own``) is
         read with :meth:`snapshot` and its configured source. Returns a
         :class:`Snapshot` whose ``namespace`` is ``namespace`` and ``source``
         ``netlink``, or ``procnet`` where sock_diag is not available in that
@@ -182,59 +180,61 @@ class Collector:
 
     def _snapshot_in(self, namespace: NamespaceInfo, ports: Collection[int] | None,
                      thread: NamespaceThread) -> Snapshot:
-        """:meth:`snapshot_namespace`, entering namespaces with ``thread``."""
+        """:meth:`snapshot_namespace`, entering namespaces with ``thread``.
+
+        Inside the namespace the thread reads the sysctls, makes the
+        NETLINK_SOCK_DIAG socket and runs the dumps (:meth:`NetlinkSource.fetch`:
+        system calls only); the answers are parsed here. Where sock_diag is
+        missing the thread reads ``/proc/thread-self/net`` instead
+        (:class:`~portwatch.collect.sources.procnet.ProcNetSource`).
+        """
         if namespace.own:
             return replace(self.snapshot(ports), namespace=namespace)
         # Here, not at module level: importing the package loads no netlink module.
         from portwatch.collect.netlink import UNAVAILABLE_ERRNOS
-        from portwatch.collect.sources.netlink import InUse, default_socket_factory, sockstat_in_use
+        from portwatch.collect.sources.netlink import (
+            Answers,
+            NetlinkSource,
+            default_socket_factory,
+            parse_counted,
+            parse_table,
+            sockstat_in_use,
+        )
         from portwatch.collect.sources.procnet import ProcNetSource
 
         self._walk = None
         self._walk_keys = ()
+        if self._ns_source is None:
+            self._ns_source = NetlinkSource()  # fetches only: each socket is made in its namespace
+        netlink = self._ns_source
+        counted = ports is not None
 
-        def inside() -> tuple[KernelSettings, socket.socket | None, SocketTable | None, InUse | None]:
+        def inside() -> tuple[KernelSettings, Answers | None, SocketTable | None]:
             settings = read_kernel_settings(Path("/proc"))  # the thread's namespace's /proc/sys
             try:
-                return settings, default_socket_factory(), None, sockstat_in_use()
+                sock = default_socket_factory()
             except OSError as exc:
                 if exc.errno not in UNAVAILABLE_ERRNOS:
                     raise
-            return settings, None, ProcNetSource().read(), None
-
-        settings, sock, table, in_use = thread.run(namespace, inside)
-        source_name = ProcNetSource.name
-        counts = None
-        if sock is not None:
-            netlink, handed = self._namespaces_source()
-            handed.append(sock)
-            self._ns_in_use = in_use
+                return settings, None, ProcNetSource().read()
             try:
-                if ports is None:
-                    table = netlink.read()
-                else:
-                    table, counts = netlink.read_counted(settings, frozenset(ports))
-                source_name = netlink.name
+                return settings, netlink.fetch(sock, counted, sockstat_in_use()), None
             except SourceUnavailable:
-                table = thread.run(namespace, ProcNetSource().read)
-            finally:
-                while handed:  # not taken: the read failed before opening it
-                    handed.pop().close()
+                return settings, None, ProcNetSource().read()
+
+        settings, answers, table = thread.run(namespace, inside)
+        counts = None
+        source_name = ProcNetSource.name
+        if answers is not None:
+            source_name = netlink.name
+            if ports is None:
+                table = parse_table(answers)
+            else:
+                table, counts = parse_counted(answers, settings, frozenset(ports))
         assert table is not None
         return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
                         owners={}, processes={}, source=source_name, namespace=namespace,
                         counts=counts)
-
-    def _namespaces_source(self) -> tuple[NetlinkSource, list[socket.socket]]:
-        """The netlink source that reads other namespaces (one, so its receive buffer is made once)
-        and the list it takes its socket from: the one made inside the namespace read."""
-        if self._ns_source is None:
-            from portwatch.collect.sources.netlink import NetlinkSource
-
-            handed: list[socket.socket] = []
-            # the socket and the counts of the namespace being read, both taken inside it
-            self._ns_source = (NetlinkSource(socket_factory=handed.pop, in_use=lambda: self._ns_in_use), handed)
-        return self._ns_source
 
     def snapshot_namespaces(self, namespaces: Collection[NamespaceInfo],
                             ports: Collection[int] | None = None) -> list[NamespaceScan]:

@@ -84,6 +84,7 @@ __all__ = [
     "parse_messages",
     "Tally",
     "count_messages",
+    "dump_ended",
     "raw_port",
 ]
 
@@ -464,6 +465,47 @@ def parse_messages(
             raise NetlinkError(f"unexpected netlink message type {ntype}", off)
         off += (nlen + 3) & ~3
     return sockets, False
+
+
+def dump_ended(data: bytes | bytearray | memoryview, *, length: int, seq: int, msg_type: int,
+               what: str) -> bool:
+    """Whether this datagram of a dump is its last: what a reader that keeps datagrams unparsed asks.
+
+    Walks the message headers of ``data[:length]`` only. True at the dump's
+    ``NLMSG_DONE`` (of sequence ``seq``) and at anything :func:`parse_messages`
+    would stop at with a :class:`NetlinkError` (a malformed header, another
+    sequence number, a message type that is neither ``msg_type`` nor a
+    control message, an answer shorter than ``inet_diag_msg``): the parse of
+    the kept datagrams raises then. ``NLMSG_NOOP`` and acknowledgements are
+    skipped, as the parser skips them. Raises what the parser raises for a
+    failure status (``NLMSG_ERROR`` with an errno, a failed ``NLMSG_DONE``):
+    :class:`portwatch.model.SourceUnavailable` or ``OSError`` naming the dump
+    ``what``, at once, so that the reader can fall back without parsing.
+    """
+    unpack = _NLMSGHDR.unpack_from
+    off = 0
+    while off + _HDR_LEN <= length:
+        nlen, ntype, _flags, nseq, _pid = unpack(data, off)
+        if nlen < _HDR_LEN or nlen > length - off or nseq != seq:
+            return True
+        if ntype == msg_type:
+            if nlen < _MSG_LEN:
+                return True
+        elif ntype == NLMSG_DONE or ntype == NLMSG_ERROR:
+            if nlen < _HDR_LEN + 4:
+                return True  # (an NLMSG_DONE without a status ends it as well)
+            (status,) = _INT.unpack_from(data, off + _HDR_LEN)
+            if ntype == NLMSG_DONE and status >= 0:
+                return True
+            if status != 0:
+                failure = _status_failure(status, what, off)
+                if isinstance(failure, NetlinkError):  # not an errno: malformed
+                    return True
+                raise failure
+        elif ntype != NLMSG_NOOP:
+            return True
+        off += (nlen + 3) & ~3
+    return off < length  # a truncated header at the end
 
 
 def raw_port(port: int) -> int:

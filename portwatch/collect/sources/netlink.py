@@ -1,11 +1,16 @@
 """The netlink socket source: the socket table over NETLINK_SOCK_DIAG, with the standard library only.
 
 Job: :class:`NetlinkSource`, which sends three dump requests (TCP of both
-families in one, as ``ss -t`` asks; UDP IPv4; UDP IPv6), receives the answers within a time limit and hands each
-buffer to the parser, :func:`portwatch.collect.netlink.parse_messages`;
+families in one, as ``ss -t`` asks; UDP IPv4; UDP IPv6) and receives the
+answers within a time limit (:meth:`NetlinkSource.fetch`, system calls
+only), then hands them to the parser (:func:`parse_table`, through
+:func:`portwatch.collect.netlink.parse_messages`);
 :meth:`NetlinkSource.read_counted` is the counted read a scan makes (the
 listeners first, then the other TCP states through
-:func:`portwatch.collect.netlink.count_messages`). It
+:func:`portwatch.collect.netlink.count_messages`: :func:`parse_counted`).
+Fetch and parse are apart: the scan of another namespace fetches in the
+thread that entered it, with the socket made there, and parses in the
+caller. It
 does not walk processes, so its table has no owners; it reads 100,000 sockets
 in about the CPU time ``ss -tan`` takes, some 7 times less than
 ``psutil.net_connections``. No privilege is needed to dump the sockets of the
@@ -37,6 +42,7 @@ from portwatch.collect.netlink import (
     build_request,
     build_tcp_request,
     count_messages,
+    dump_ended,
     family_name,
     fast_ip,
     parse_messages,
@@ -58,7 +64,8 @@ from portwatch.model import (
 from portwatch.model.records import NamedTuple
 from portwatch.model.text import os_error_text
 
-__all__ = ["DUMPS", "InUse", "NetlinkSource", "default_socket_factory", "sockstat_in_use"]
+__all__ = ["DUMPS", "Answers", "Dump", "InUse", "NetlinkSource", "default_socket_factory", "parse_counted",
+           "parse_table", "sockstat_in_use"]
 
 _PROTO_NUMBERS: Final = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
 
@@ -124,7 +131,10 @@ class NetlinkSource:
     Implements :class:`portwatch.model.SocketSource`. The table it returns
     has no owners (netlink does not know processes). ``uid`` and ``inode``
     come from the kernel; they are 0 for TIME_WAIT and NEW_SYN_RECV mini
-    sockets. One read at a time: the reads share one receive buffer.
+    sockets. A read is a :meth:`fetch` (system calls) then a parse (pure
+    functions); fetches may overlap (each has its own socket and receive
+    buffer), the source keeps only its sequence numbers and whether the
+    kernel takes the compatibility TCP request.
     """
 
     name = "netlink"
@@ -156,7 +166,6 @@ class NetlinkSource:
         self._timeout = timeout
         self._seq = 0
         self._tcp_compat = True  # until the kernel refuses TCPDIAG_GETSOCK
-        self._view: memoryview | None = None  # the receive buffer, made on the first read
         self._in_use = in_use
 
     def read(self) -> SocketTable:
@@ -169,93 +178,74 @@ class NetlinkSource:
         malformed answers, ``TimeoutError`` when the dumps take longer than
         the source's ``timeout``, and ``OSError`` for other failures.
         """
-        sock = self._open()
-        deadline = time.monotonic() + self._timeout
-        sockets: list[Socket] = []
-        with _reading(sock, self._buffer()) as view:
-            self._dump_tcp(sock, view, TCP_STATES_MASK, sockets, None, deadline)
-            self._dump_udp(sock, view, sockets, deadline)
-        return SocketTable(sockets=tuple(sockets))
+        return parse_table(self.fetch(self._open(), counted=False))
 
     def read_counted(self, settings: KernelSettings,
                      ports: frozenset[int] = frozenset()) -> tuple[SocketTable, SocketCounts]:
         """Read the table keeping only the sockets a detector looks at, and count all of them.
 
-        Takes the namespace's kernel settings (range and reserved ports decide
-        which ports count towards a destination's usage) and the ports of
-        interest (declared services, remembered listeners: any socket holding
-        one is kept; reserved ports are added here). Dumps the TCP listeners
-        first (a state filter, cheap: the kernel walks only its listening
-        hash), then the other TCP states with the classifying parser
-        (:func:`~portwatch.collect.netlink.count_messages`), then UDP as
-        :meth:`read` does. Returns the table of kept sockets — every listener
-        and UDP socket, and the TCP sockets that are CLOSE_WAIT, connected to
-        themselves, on a port of interest, or connected with no TCP listener
-        on either end — and the :class:`~portwatch.model.SocketCounts` of
-        all of them. Raises what :meth:`read` raises.
+        :meth:`fetch` (counted, with the source's ``in_use``) then
+        :func:`parse_counted` with the namespace's kernel settings and the
+        ports of interest. Raises what :meth:`read` raises.
         """
-        sock = self._open()
-        deadline = time.monotonic() + self._timeout
-        listeners: list[Socket] = []
-        udp: list[Socket] = []
         in_use = self._in_use() if self._in_use is not None else None
-        tcp_dumps = in_use is None or in_use.tcp > 0
-        with _reading(sock, self._buffer()) as view:
-            if tcp_dumps:
-                self._dump_tcp(sock, view, _LISTEN_MASK, listeners, None, deadline)
-            listen_ports = {s.local.port for s in listeners if s.state is SocketState.LISTEN}
-            rng = settings.port_range
-            tally = Tally((rng.low, rng.high), settings.reserved | listen_ports,
-                          frozenset(ports) | settings.reserved,
-                          frozenset((_raw_address(s.local.ip), s.local.port) for s in listeners
-                                    if s.state is SocketState.LISTEN))
-            if tcp_dumps:
-                self._dump_tcp(sock, view, TCP_STATES_MASK & ~_LISTEN_MASK, None, tally, deadline)
-            if in_use is None or in_use.udp > 0:
-                self._dump_udp(sock, view, udp, deadline)
-        kept = (*listeners, *tally.kept, *udp)
-        return SocketTable(sockets=kept), _counts(tally, listeners + udp)
+        return parse_counted(self.fetch(self._open(), counted=True, in_use=in_use), settings, ports)
 
-    def _dump_tcp(self, sock: socket.socket, view: memoryview, states: int, out: list[Socket] | None,
-                  tally: Tally | None, deadline: float) -> None:
+    def fetch(self, sock: socket.socket, counted: bool, in_use: InUse | None = None) -> Answers:
+        """Run the dumps of a read on ``sock`` and keep the kernel's answers unparsed; closes ``sock``.
+
+        Takes a ``NETLINK_SOCK_DIAG`` socket (made in the namespace to read:
+        it dumps that namespace wherever this runs), whether the read is
+        counted, and for a counted read the namespace's :class:`InUse`.
+        A full read dumps TCP (every state, both families in one request)
+        and UDP (one request per family). A counted read dumps the TCP
+        listeners first (a state filter: the kernel walks only its listening
+        hash), then the other TCP states, then UDP, and skips the TCP dumps
+        when ``in_use`` counts no TCP socket and the UDP ones when it counts
+        no UDP socket (every dump walks the kernel's host-wide hash: about
+        2 ms idle, 15 to 20 ms with 100,000 sockets in other namespaces).
+        Only system calls and copies: no parsing (:func:`parse_table`,
+        :func:`parse_counted`), nothing shared with another fetch (each has
+        its own receive buffer: one left running by a thread that timed out
+        disturbs none). Raises :class:`SourceUnavailable` and
+        ``OSError`` for a refused request (as soon as its answer says so),
+        ``TimeoutError`` past the source's ``timeout`` and :class:`NetlinkError`
+        for a datagram longer than the receive buffer.
+        """
+        try:
+            deadline = time.monotonic() + self._timeout
+            view = memoryview(bytearray(self._bufsize))
+            dumps: list[Dump] = []
+            tcp = not counted or in_use is None or in_use.tcp > 0
+            if counted and tcp:
+                dumps += self._fetch_tcp(sock, view, "listen", _LISTEN_MASK, deadline)
+            if tcp:
+                states = TCP_STATES_MASK & ~_LISTEN_MASK if counted else TCP_STATES_MASK
+                dumps += self._fetch_tcp(sock, view, "tcp", states, deadline)
+            if not counted or in_use is None or in_use.udp > 0:
+                for protocol, family in DUMPS:
+                    if protocol is Protocol.UDP:
+                        dumps.append(self._fetch_one(sock, view, "udp", protocol, family,
+                                                     UDP_STATES_MASK, deadline))
+        finally:
+            sock.close()
+        return Answers(counted=counted, dumps=tuple(dumps))
+
+    def _fetch_tcp(self, sock: socket.socket, view: memoryview, part: str, states: int,
+                   deadline: float) -> list[Dump]:
         """The TCP sockets in ``states``: one compatibility request for both families, or (once the
         kernel refused it) one per family."""
         if self._tcp_compat:
-            size = len(out) if out is not None else 0
-            kept = len(tally.kept) if tally is not None else 0
-            buffers = len(tally.buffers) if tally is not None else 0
             try:
-                self._dump(sock, view, Protocol.TCP, None, self._next_seq(), out, deadline,
-                           states, tally)
-                return
+                return [self._fetch_one(sock, view, part, Protocol.TCP, None, states, deadline)]
             except TimeoutError:
                 raise
             except (OSError, SourceUnavailable):
                 # Refused (its NLMSG_ERROR is all the kernel sent): the
                 # per-family requests below, on the same socket.
-                if out is not None:
-                    del out[size:]
-                if tally is not None:
-                    del tally.kept[kept:]
-                    del tally.buffers[buffers:]
                 self._tcp_compat = False
-        for protocol, family in DUMPS:
-            if protocol is Protocol.TCP:
-                self._dump(sock, view, protocol, family, self._next_seq(), out, deadline, states, tally)
-
-    def _dump_udp(self, sock: socket.socket, view: memoryview, out: list[Socket],
-                  deadline: float) -> None:
-        """Every UDP socket, one request per family."""
-        for protocol, family in DUMPS:
-            if protocol is Protocol.UDP:
-                self._dump(sock, view, protocol, family, self._next_seq(), out, deadline,
-                           UDP_STATES_MASK)
-
-    def _buffer(self) -> memoryview:
-        """The receive buffer, ``bufsize`` bytes, made once and used by every read of this source."""
-        if self._view is None:
-            self._view = memoryview(bytearray(self._bufsize))
-        return self._view
+        return [self._fetch_one(sock, view, part, protocol, family, states, deadline)
+                for protocol, family in DUMPS if protocol is Protocol.TCP]
 
     def _open(self) -> socket.socket:
         """A new netlink socket from the factory; :class:`SourceUnavailable` when the kernel has no
@@ -274,15 +264,14 @@ class NetlinkSource:
         self._seq = (self._seq % 0x7FFFFFFF) + 1
         return self._seq
 
-    def _dump(self, sock: socket.socket, view: memoryview, protocol: Protocol, family: int | None,
-              seq: int, out: list[Socket] | None, deadline: float, states: int,
-              tally: Tally | None = None) -> None:
-        """Run one dump request of the sockets in ``states`` and parse its answers into ``out``
-        (or, with ``tally``, classify them into it).
+    def _fetch_one(self, sock: socket.socket, view: memoryview, part: str, protocol: Protocol,
+                   family: int | None, states: int, deadline: float) -> Dump:
+        """Run one dump request of the sockets in ``states`` and keep its datagrams, up to the last.
 
         ``family`` ``None`` (with TCP) sends the compatibility request, which
         dumps both families in one walk of the kernel's hash.
         """
+        seq = self._next_seq()
         what = protocol.value if family is None else f"{protocol.value}/{family_name(family)}"
         if family is None:
             request, msg_type = build_tcp_request(seq, states), TCPDIAG_GETSOCK
@@ -291,33 +280,117 @@ class NetlinkSource:
             msg_type = SOCK_DIAG_BY_FAMILY
         if deadline - time.monotonic() <= 0:
             raise TimeoutError(f"sock_diag read took longer than {self._timeout}s")
+        datagrams: list[bytes] = []
 
-        def parse(n: int) -> bool:
-            if tally is not None:
-                return count_messages(view, tally, seq=seq, length=n, family=family, msg_type=msg_type)
-            return parse_messages(view, protocol=protocol, seq=seq, family=family, out=out, length=n,
-                                  msg_type=msg_type)[1]
+        def keep(n: int) -> bool:
+            ended = dump_ended(view, length=n, seq=seq, msg_type=msg_type, what=what)
+            datagrams.append(bytes(view[:n]))
+            return ended
 
-        run_dump(sock, request, parse, view, deadline=deadline, what=what,
+        run_dump(sock, request, keep, view, deadline=deadline, what=what,
                  late=f"sock_diag dump of {what} took longer than {self._timeout}s")
+        return Dump(part, protocol, family, seq, msg_type, tuple(datagrams))
+
+
+class Dump(NamedTuple):
+    """One dump's answers as :meth:`NetlinkSource.fetch` kept them: what was asked, and the datagrams.
+
+    ``part`` is ``listen`` (the TCP listeners of a counted read), ``tcp``
+    (the other TCP states; every state in a full read) or ``udp``;
+    ``family`` is None for the TCP compatibility request (both families);
+    ``seq`` and ``msg_type`` are the request's; ``datagrams`` what the
+    kernel sent, in order, the last one ending the dump.
+    """
+
+    part: str
+    protocol: Protocol
+    family: int | None
+    seq: int
+    msg_type: int
+    datagrams: tuple[bytes, ...]
+
+
+class Answers(NamedTuple):
+    """What :meth:`NetlinkSource.fetch` returns: whether the read was counted, and its dumps in order."""
+
+    counted: bool
+    dumps: tuple[Dump, ...]
+
+
+def parse_table(answers: Answers) -> SocketTable:
+    """The :class:`SocketTable` (no owners) of the sockets in ``answers``, in dump order. Pure.
+
+    Raises :class:`NetlinkError` for malformed answers, and
+    :class:`SourceUnavailable` or ``OSError`` for a failure status in them
+    (:func:`~portwatch.collect.netlink.parse_messages`).
+    """
+    sockets: list[Socket] = []
+    with _paused_gc():
+        for dump in answers.dumps:
+            _parse_dump(dump, sockets)
+    return SocketTable(sockets=tuple(sockets))
+
+
+def parse_counted(answers: Answers, settings: KernelSettings,
+                  ports: frozenset[int] = frozenset()) -> tuple[SocketTable, SocketCounts]:
+    """The kept sockets and the counts of a counted read's ``answers``. Pure.
+
+    Takes the namespace's kernel settings (range and reserved ports decide
+    which ports count towards a destination's usage) and the ports of
+    interest (declared services, remembered listeners: any socket holding
+    one is kept; reserved ports are added here). Parses the listeners,
+    classifies the other TCP states with
+    :func:`~portwatch.collect.netlink.count_messages`, parses UDP. Returns
+    the table of kept sockets — every listener and UDP socket, and the TCP
+    sockets that are CLOSE_WAIT, connected to themselves, on a port of
+    interest, or connected with no TCP listener on either end — and the
+    :class:`~portwatch.model.SocketCounts` of all of them. Raises what
+    :func:`parse_table` raises.
+    """
+    listeners: list[Socket] = []
+    udp: list[Socket] = []
+    with _paused_gc():
+        for dump in answers.dumps:
+            if dump.part == "listen":
+                _parse_dump(dump, listeners)
+        listen_ports = {s.local.port for s in listeners if s.state is SocketState.LISTEN}
+        rng = settings.port_range
+        tally = Tally((rng.low, rng.high), settings.reserved | listen_ports,
+                      frozenset(ports) | settings.reserved,
+                      frozenset((_raw_address(s.local.ip), s.local.port) for s in listeners
+                                if s.state is SocketState.LISTEN))
+        for dump in answers.dumps:
+            if dump.part == "tcp":
+                for data in dump.datagrams:
+                    count_messages(data, tally, seq=dump.seq, length=len(data), family=dump.family,
+                                   msg_type=dump.msg_type)
+            elif dump.part == "udp":
+                _parse_dump(dump, udp)
+    kept = (*listeners, *tally.kept, *udp)
+    return SocketTable(sockets=kept), _counts(tally, listeners + udp)
+
+
+def _parse_dump(dump: Dump, out: list[Socket]) -> None:
+    """Parse every datagram of ``dump`` into ``out``."""
+    for data in dump.datagrams:
+        parse_messages(data, protocol=dump.protocol, seq=dump.seq, family=dump.family, out=out,
+                       msg_type=dump.msg_type)
 
 
 @contextlib.contextmanager
-def _reading(sock: socket.socket, view: memoryview) -> Iterator[memoryview]:
-    """The dumps on ``sock`` into the receive buffer ``view``; closes ``sock`` at the end.
+def _paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused while a parse builds its tuples.
 
-    Hundreds of thousands of new tuples would trigger the cyclic garbage
-    collector again and again (each pass walking everything built so far);
-    they cannot form cycles, so it is paused meanwhile.
+    Hundreds of thousands of new tuples would trigger it again and again
+    (each pass walking everything built so far); they cannot form cycles.
     """
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        yield view
+        yield
     finally:
         if gc_was_enabled:
             gc.enable()
-        sock.close()
 
 
 #: The state bit of TCP LISTEN.

@@ -468,44 +468,47 @@ def parse_messages(
 
 
 def dump_ended(data: bytes | bytearray | memoryview, *, length: int, seq: int, msg_type: int,
-               what: str) -> bool:
+               protocol: Protocol, family: int | None = None) -> bool:
     """Whether this datagram of a dump is its last: what a reader that keeps datagrams unparsed asks.
 
-    Walks the message headers of ``data[:length]`` only. True at the dump's
-    ``NLMSG_DONE`` (of sequence ``seq``) and at anything :func:`parse_messages`
-    would stop at with a :class:`NetlinkError` (a malformed header, another
-    sequence number, a message type that is neither ``msg_type`` nor a
-    control message, an answer shorter than ``inet_diag_msg``): the parse of
-    the kept datagrams raises then. ``NLMSG_NOOP`` and acknowledgements are
-    skipped, as the parser skips them. Raises what the parser raises for a
-    failure status (``NLMSG_ERROR`` with an errno, a failed ``NLMSG_DONE``):
-    :class:`portwatch.model.SourceUnavailable` or ``OSError`` naming the dump
-    ``what``, at once, so that the reader can fall back without parsing.
+    Walks the message headers of ``data[:length]`` (and each answer's family
+    and state byte) only. True at the dump's ``NLMSG_DONE`` (of sequence
+    ``seq``). At anything :func:`parse_messages` would raise for (malformed
+    data, a failure status) it raises what that parser raises, at once: the
+    datagram is handed to it, so the two cannot disagree on the error.
+    ``NLMSG_NOOP`` and acknowledgements are skipped, as the parser skips them.
     """
     unpack = _NLMSGHDR.unpack_from
+    states = _STATE_TABLES[protocol]
+    af_inet, af_inet6 = int(socket.AF_INET), int(socket.AF_INET6)
     off = 0
     while off + _HDR_LEN <= length:
         nlen, ntype, _flags, nseq, _pid = unpack(data, off)
         if nlen < _HDR_LEN or nlen > length - off or nseq != seq:
-            return True
+            break
         if ntype == msg_type:
             if nlen < _MSG_LEN:
-                return True
-        elif ntype == NLMSG_DONE or ntype == NLMSG_ERROR:
-            if nlen < _HDR_LEN + 4:
-                return True  # (an NLMSG_DONE without a status ends it as well)
-            (status,) = _INT.unpack_from(data, off + _HDR_LEN)
-            if ntype == NLMSG_DONE and status >= 0:
-                return True
-            if status != 0:
-                failure = _status_failure(status, what, off)
-                if isinstance(failure, NetlinkError):  # not an errno: malformed
-                    return True
-                raise failure
-        elif ntype != NLMSG_NOOP:
+                break
+            fam, st = data[off + _HDR_LEN], data[off + _HDR_LEN + 1]
+            if (fam != af_inet and fam != af_inet6) or (family is not None and fam != family) \
+                    or states[st] is None:
+                break
+        elif ntype == NLMSG_DONE:
+            if nlen >= _HDR_LEN + 4 and _INT.unpack_from(data, off + _HDR_LEN)[0] < 0:
+                break
             return True
+        elif ntype == NLMSG_ERROR:
+            if nlen < _HDR_LEN + 4 or _INT.unpack_from(data, off + _HDR_LEN)[0] != 0:
+                break
+        elif ntype != NLMSG_NOOP:
+            break
         off += (nlen + 3) & ~3
-    return off < length  # a truncated header at the end
+    else:
+        if off >= length:
+            return False
+    # something the parser raises for: let it say what, as it would have
+    parse_messages(data, protocol=protocol, seq=seq, family=family, length=length, msg_type=msg_type)
+    return True  # (not reached unless the two disagree: end the dump rather than wait)
 
 
 def raw_port(port: int) -> int:

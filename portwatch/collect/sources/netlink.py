@@ -283,7 +283,7 @@ class NetlinkSource:
         datagrams: list[bytes] = []
 
         def keep(n: int) -> bool:
-            ended = dump_ended(view, length=n, seq=seq, msg_type=msg_type, what=what)
+            ended = dump_ended(view, length=n, seq=seq, msg_type=msg_type, protocol=protocol, family=family)
             datagrams.append(bytes(view[:n]))
             return ended
 

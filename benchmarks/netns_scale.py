@@ -232,7 +232,7 @@ def render(doc: dict[str, Any]) -> list[str]:
             f"{row['ms_per_namespace']:7.2f} {row['ss_ms_per_namespace']:9.2f} "
             f"{row.get('command_cpu', float('nan')):21.3f} {row.get('command_ratio', float('nan')):8.2f}x")
     marginal = doc.get("marginal")
-    if marginal:
+    if marginal and marginal["ss_ms_per_namespace"] > 0:
         lines.append(f"  one more namespace (from {marginal['from']} to {marginal['to']}): portwatch "
                      f"{marginal['ms_per_namespace']:.2f} ms, nsenter+ss {marginal['ss_ms_per_namespace']:.2f} ms "
                      f"({marginal['ms_per_namespace'] / marginal['ss_ms_per_namespace']:.2f}x)")

@@ -21,6 +21,8 @@ import pytest
 from portwatch.model import (
     Endpoint,
     Family,
+    KernelSettings,
+    PortRange,
     Protocol,
     Socket,
     SocketState,
@@ -38,7 +40,7 @@ from portwatch.collect.netlink import (
     fast_ip,
     parse_messages,
 )
-from portwatch.collect.sources.netlink import NetlinkSource
+from portwatch.collect.sources.netlink import Answers, NetlinkSource, parse_counted
 from tests.netns import NetNS
 
 AF4, AF6 = int(socket.AF_INET), int(socket.AF_INET6)
@@ -685,6 +687,24 @@ def test_a_datagram_longer_than_the_buffer_is_a_netlink_error_not_a_short_parse(
     with pytest.raises(NetlinkError, match="truncated to the 64-byte receive buffer"):
         netlink.run_dump(sock, build_request(1, AF4, 6, 2), lambda n: True,  # type: ignore[arg-type]
                          memoryview(bytearray(64)), deadline=time.monotonic() + 5, late="late")
+
+
+def test_a_read_stops_at_a_malformed_answer_as_the_parser_does_without_waiting_for_more() -> None:
+    def typed(raw: bytes) -> bytes:  # the message with nlmsg_type TCPDIAG_GETSOCK, as the TCP request gets
+        return raw[:4] + struct.pack("=H", netlink.TCPDIAG_GETSOCK) + raw[6:]
+
+    # Nothing follows the bad answer: a fetch that waited for the dump's end would ask the
+    # scripted socket for a datagram it does not have (IndexError), not raise the parser's error.
+    sock = ScriptedSocket([(typed(diag()) + typed(diag(family=7, src=bytes(16), dst=bytes(16))), 0)])
+    sock.close = lambda: None  # type: ignore[attr-defined]
+    with pytest.raises(NetlinkError, match="unknown address family 7"):
+        NetlinkSource(socket_factory=lambda: sock).read()  # type: ignore[arg-type,return-value]
+    assert len(sock.sent) == 1
+
+
+def test_the_counted_parse_refuses_the_answers_of_a_full_fetch() -> None:
+    with pytest.raises(ValueError, match="needs the answers of a counted fetch"):
+        parse_counted(Answers(counted=False, dumps=()), KernelSettings(PortRange(32768, 60999)))
 
 
 def test_a_kernel_refusing_the_two_family_tcp_request_is_asked_per_family(netns: NetNS) -> None:

@@ -218,7 +218,7 @@ class Collector:
                     raise
                 return settings, None, ProcNetSource().read()
             try:
-                return settings, netlink.fetch(sock, counted, sockstat_in_use()), None
+                return settings, netlink.fetch(sock, counted, sockstat_in_use() if counted else None), None
             except SourceUnavailable:
                 return settings, None, ProcNetSource().read()
 

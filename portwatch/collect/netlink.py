@@ -10,7 +10,8 @@ turns each ``struct inet_diag_msg`` into a :class:`portwatch.model.Socket`; it
 is public so that tests can feed it crafted bytes. :func:`count_messages` is
 the classifying parser of a counted read: it counts every TCP socket of a
 buffer (per state, per destination in a :class:`Tally`) and builds a
-``Socket`` only for those a detector looks at. No I/O of its own: the
+``Socket`` only for those a detector looks at. :func:`dump_ended` tells a
+reader that keeps datagrams to parse later which one ends a dump. No I/O of its own: the
 two reading helpers at the end work on a socket their caller made —
 :func:`run_dump` (one dump request and its answers within a deadline, what
 every dump of portwatch runs) and :func:`recv_nowait` (one non-blocking read
@@ -710,7 +711,7 @@ def run_dump(sock: socket.socket, request: bytes, parse: Callable[[int], bool], 
 
     Takes a ``NETLINK_SOCK_DIAG`` socket, the request bytes, ``parse(n)``
     (called once per datagram from the kernel, held in ``view[:n]``; returns
-    whether ``NLMSG_DONE`` ended the dump), the receive buffer, the
+    whether that datagram ended the dump), the receive buffer, the
     ``time.monotonic()`` deadline of the dump and ``late``, the message of
     the ``TimeoutError`` raised when the deadline passes before the request
     is sent or while an answer is awaited. Datagrams not from the kernel

@@ -148,7 +148,8 @@ class NetlinkSource:
     ) -> None:
         """Takes a factory for the netlink socket (tests replace it), the receive
         buffer size in bytes (at least 32 KiB: the kernel sends up to ~32 KiB
-        per datagram) and the time limit in seconds for one whole :meth:`read`.
+        per datagram) and the time limit in seconds for one whole :meth:`fetch`
+        (the dumps of a read; the parse after it is not timed).
         ``in_use``, when given, tells :meth:`read_counted` the namespace's
         socket counts (:func:`sockstat_in_use`, read where the socket is made):
         it skips the TCP dumps when no TCP socket is in use and the UDP dumps
@@ -207,10 +208,12 @@ class NetlinkSource:
         Only system calls and copies: no parsing (:func:`parse_table`,
         :func:`parse_counted`), nothing shared with another fetch (each has
         its own receive buffer: one left running by a thread that timed out
-        disturbs none). Raises :class:`SourceUnavailable` and
+        disturbs none; two overlapping fetches may share a sequence number,
+        harmless on their own sockets). Raises :class:`SourceUnavailable` and
         ``OSError`` for a refused request (as soon as its answer says so),
-        ``TimeoutError`` past the source's ``timeout`` and :class:`NetlinkError`
-        for a datagram longer than the receive buffer.
+        :class:`NetlinkError` for a malformed answer or a datagram longer than
+        the receive buffer (as soon as it arrives), and ``TimeoutError`` past
+        the source's ``timeout``.
         """
         try:
             deadline = time.monotonic() + self._timeout
@@ -345,8 +348,11 @@ def parse_counted(answers: Answers, settings: KernelSettings,
     sockets that are CLOSE_WAIT, connected to themselves, on a port of
     interest, or connected with no TCP listener on either end — and the
     :class:`~portwatch.model.SocketCounts` of all of them. Raises what
-    :func:`parse_table` raises.
+    :func:`parse_table` raises, and ``ValueError`` for the answers of a full
+    (not counted) fetch.
     """
+    if not answers.counted:
+        raise ValueError("parse_counted needs the answers of a counted fetch (its listeners come apart)")
     listeners: list[Socket] = []
     udp: list[Socket] = []
     with _paused_gc():

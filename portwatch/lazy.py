@@ -12,7 +12,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from typing import Any, Callable, Mapping, MutableMapping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping, MutableMapping
 
 __all__ = ["after_import", "lazy_getattr"]
 

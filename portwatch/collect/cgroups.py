@@ -15,11 +15,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Iterable
 
 from portwatch.collect.mounts import Mount
 from portwatch.collect.processes import unit_from_cgroup_path
 from portwatch.model import CgroupIdentity
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable
 
 __all__ = ["CgroupIndex", "cgroup2_mount", "cgroup_of_pid", "identity_from_path"]
 

@@ -47,7 +47,6 @@ import os
 import socket
 import struct
 import time
-from typing import Any, Callable, Final
 
 from portwatch.model import (
     KERNEL_TCP_STATES,
@@ -59,6 +58,10 @@ from portwatch.model import (
     SourceUnavailable,
     normalize_ip,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Final
 
 __all__ = [
     "NLMSG_DONE",

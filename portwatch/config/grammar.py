@@ -15,11 +15,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
 from urllib.parse import urlsplit
 
 from portwatch.model.values import finite_number
 from portwatch.model import PortRange, normalize_ip
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable, Sequence
 
 #: The metrics endpoint's default port: below 32768 (outside the default
 #: ephemeral range, so an outgoing connection can never take it), above 1024

@@ -11,10 +11,14 @@ factories only) its own source modules.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable
 
 from portwatch.model import KernelSettings, SocketCounts, SocketSource, SocketTable, SourceUnavailable
 from portwatch.model.records import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping
 
 __all__ = ["SOURCES", "SOURCE_NAMES", "FallbackSource", "SourceEntry", "make_source", "read_counted"]
 

@@ -18,6 +18,9 @@ of a listener). The socket source that sends the requests and receives the
 answers is :class:`portwatch.collect.sources.netlink.NetlinkSource` (it reads 100,000
 sockets in about the CPU time ``ss -tan`` takes; ``benchmarks/run.py``
 measures it). May import the standard library and :mod:`portwatch.model`.
+The address constants, ``inet_ntop`` and ``MSG_TRUNC`` come from :mod:`_socket`
+(what :mod:`socket` wraps, the same values): importing :mod:`socket` builds
+its enums, which a plain scan has no use for.
 
 Wire layout (all integers in host byte order except ports and addresses)::
 
@@ -43,8 +46,8 @@ from __future__ import annotations
 
 import errno as _errno
 import functools
+import _socket
 import os
-import socket
 import struct
 import time
 
@@ -61,6 +64,7 @@ from portwatch.model import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from typing import Any, Callable, Final
 
 __all__ = [
@@ -146,7 +150,7 @@ _ZERO16: Final = bytes(16)
 _V4MAPPED: Final = bytes(10) + b"\xff\xff"
 _BIG_ENDIAN: Final = struct.pack("=H", 1) == struct.pack(">H", 1)
 
-_FAMILIES: Final[dict[int, Family]] = {int(socket.AF_INET): Family.IPV4, int(socket.AF_INET6): Family.IPV6}
+_FAMILIES: Final[dict[int, Family]] = {_socket.AF_INET: Family.IPV4, _socket.AF_INET6: Family.IPV6}
 
 #: Errors that mean "this kernel cannot answer sock_diag requests at all" (the source uses them too).
 UNAVAILABLE_ERRNOS: Final = frozenset(
@@ -192,17 +196,17 @@ def fast_ip(raw: bytes, family: int) -> str:
     ``::a.b.c.d`` forms) go through ``normalize_ip``. Raises ``ValueError``
     for a family other than AF_INET/AF_INET6 or fewer than 4/16 bytes.
     """
-    if family == socket.AF_INET:
+    if family == _socket.AF_INET:
         if len(raw) < 4:
             raise ValueError(f"IPv4 address needs 4 bytes, got {len(raw)}")
-        return socket.inet_ntop(socket.AF_INET, raw[:4])
-    if family == socket.AF_INET6:
+        return _socket.inet_ntop(_socket.AF_INET, raw[:4])
+    if family == _socket.AF_INET6:
         if len(raw) < 16:
             raise ValueError(f"IPv6 address needs 16 bytes, got {len(raw)}")
         raw = raw[:16]
         if raw[:12] == _V4MAPPED:
-            return socket.inet_ntop(socket.AF_INET, raw[12:])
-        text = socket.inet_ntop(socket.AF_INET6, raw)
+            return _socket.inet_ntop(_socket.AF_INET, raw[12:])
+        text = _socket.inet_ntop(_socket.AF_INET6, raw)
         # glibc prints "::a.b.c.d" where ipaddress prints hex words; defer to the model.
         return normalize_ip(text) if "." in text else text
     raise ValueError(f"unknown address family {family}")
@@ -357,7 +361,7 @@ def parse_messages(
     append = sockets.append
     unpack_msg = _MSG.unpack_from
     new = tuple.__new__  # Socket._make / Endpoint._make without their Python-level wrapper
-    af_inet, af_inet6 = int(socket.AF_INET), int(socket.AF_INET6)
+    af_inet, af_inet6 = _socket.AF_INET, _socket.AF_INET6
     v4_ok, v6_ok = family in (None, af_inet), family in (None, af_inet6)
     fam_v4, fam_v6 = Family.IPV4, Family.IPV6
     zero16 = _ZERO16
@@ -592,7 +596,7 @@ def count_messages(
     kept = tally.kept
     get = usage.get
     unpack_msg = _MSG.unpack_from
-    af_inet, af_inet6 = int(socket.AF_INET), int(socket.AF_INET6)
+    af_inet, af_inet6 = _socket.AF_INET, _socket.AF_INET6
     zero16 = _ZERO16
     cw, tw, nsr = _TCP_CLOSE_WAIT, _TCP_ORPHAN[0], _TCP_ORPHAN[1]
     view = memoryview(chunk)
@@ -696,8 +700,8 @@ def run_dump(sock: socket.socket, request: bytes, parse: Callable[[int], bool], 
             raise TimeoutError(late)
         sock.settimeout(remaining)
         try:
-            n, addr = recv(view, size, socket.MSG_TRUNC)
-        except socket.timeout as exc:
+            n, addr = recv(view, size, _socket.MSG_TRUNC)
+        except TimeoutError as exc:  # what socket.timeout is
             raise TimeoutError(late) from exc
         if n > size:
             raise NetlinkError(f"datagram of {n} bytes truncated to the {size}-byte receive buffer", size)

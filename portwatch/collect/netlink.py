@@ -19,8 +19,9 @@ answers is :class:`portwatch.collect.sources.netlink.NetlinkSource` (it reads 10
 sockets in about the CPU time ``ss -tan`` takes; ``benchmarks/run.py``
 measures it). May import the standard library and :mod:`portwatch.model`.
 The address constants, ``inet_ntop`` and ``MSG_TRUNC`` come from :mod:`_socket`
-(what :mod:`socket` wraps, the same values): importing :mod:`socket` builds
-its enums, which a plain scan has no use for.
+(what :mod:`socket` wraps, the same values), and :func:`run_dump` takes any
+``_socket.socket`` (``socket.socket`` derives from it): importing
+:mod:`socket` builds its enums, which a plain scan has no use for.
 
 Wire layout (all integers in host byte order except ports and addresses)::
 
@@ -64,7 +65,6 @@ from portwatch.model import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
     from typing import Any, Callable, Final
 
 __all__ = [
@@ -666,7 +666,7 @@ def recv_nowait(recv_into: Callable[[Any], int], buf: Any) -> int | None:
         return OVERRUN
 
 
-def run_dump(sock: socket.socket, request: bytes, parse: Callable[[int], bool], view: memoryview, *,
+def run_dump(sock: _socket.socket, request: bytes, parse: Callable[[int], bool], view: memoryview, *,
              deadline: float, late: str, what: str | None = None) -> None:
     """Send one sock_diag dump ``request`` on ``sock`` and hand its answers to ``parse`` until it says done.
 

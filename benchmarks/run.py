@@ -47,7 +47,11 @@ Python calls run in a fresh child process each, timed around the call only
 (imports done before), wall clock and CPU time (user+system), with the
 child's peak RSS (``ru_maxrss``) and its growth during the call; commands
 are timed around fork/exec/wait, CPU from ``wait4``. Then, in an empty
-namespace, ``portwatch scan`` against ``python3 -c pass`` as whole processes;
+namespace, ``portwatch scan`` against ``python3 -c pass`` as whole processes,
+twice: the checkout's (its virtual environment's interpreter and console
+script), and the package as installed (``pip install --target`` into a
+temporary directory, removed afterwards; ``/usr/bin/python3 -m portwatch
+scan`` against ``/usr/bin/python3 -c pass``, with no virtual environment);
 the namespaces row (``benchmarks/netns_scale.py``: N namespaces x M sockets,
 portwatch's discovery and snapshots against a loop of ``nsenter ... ss
 -tan``); and the event listener's rows (``benchmarks/events_bench.py``).
@@ -76,6 +80,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -371,12 +376,14 @@ def run_probe(kind: str) -> Run:
                extra)
 
 
-def run_command(args: Sequence[str], env: Mapping[str, str] | None = None, ok: Sequence[int] = (0,)) -> Run:
+def run_command(args: Sequence[str], env: Mapping[str, str] | None = None, ok: Sequence[int] = (0,),
+                cwd: str | Path | None = None) -> Run:
     """Time one run of a command (output discarded): wall, and CPU (user and system in ``extra``)
     from wait4. ``env``: the command's environment (default: this process's); ``ok``: the exit
-    statuses that are not an error (``portwatch scan`` exits 1 when it finds something)."""
+    statuses that are not an error (``portwatch scan`` exits 1 when it finds something);
+    ``cwd``: its working directory (default: this process's)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(list(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(list(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -387,28 +394,69 @@ def run_command(args: Sequence[str], env: Mapping[str, str] | None = None, ok: S
                {"user": usage.ru_utime, "sys": usage.ru_stime})
 
 
-def startup(rounds: int) -> int:
+#: The interpreter an installed portwatch runs on (the Debian package's); else the one the venv was made from.
+INSTALLED_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else os.path.realpath(sys.executable)
+
+
+def startup(rounds: int, installed: str | None = None) -> int:
     """Inside an empty namespace: ``portwatch scan`` and ``python3 -c pass``, ``rounds`` pairs
     in turn after one warm-up each, as whole processes; print JSON (medians and every round).
 
     Both run without ``PYTHONDONTWRITEBYTECODE``, so the warm-up leaves the
     bytecode cache an installed package has (with it, every run of the
-    checkout would compile portwatch's modules again).
+    checkout would compile portwatch's modules again). With ``installed``
+    (a directory the package was installed into, see :func:`install_package`)
+    the same rounds also time :data:`INSTALLED_PYTHON` ``-m portwatch scan``
+    against :data:`INSTALLED_PYTHON` ``-c pass``, both with only that directory
+    on ``PYTHONPATH`` and run from it: portwatch as an installed package runs,
+    without the checkout's virtual environment and its editable install's
+    path finder (``doc["installed"]``).
     """
-    commands = {"portwatch": [*portwatch_command(), "scan"], "python": [sys.executable, "-c", "pass"]}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    commands: dict[str, tuple[list[str], dict[str, str], str | None]] = {
+        "portwatch": ([*portwatch_command(), "scan"], env, None),
+        "python": ([sys.executable, "-c", "pass"], env, None)}
+    if installed is not None:
+        inst_env = {**env, "PYTHONPATH": installed}
+        found = subprocess.run([INSTALLED_PYTHON, "-c", "import portwatch; print(portwatch.__file__)"],
+                               capture_output=True, text=True, env=inst_env, cwd=installed, check=True)
+        if not found.stdout.strip().startswith(installed):
+            raise BenchError(f"the installed package is not the one imported: {found.stdout.strip()}")
+        commands["installed_portwatch"] = ([INSTALLED_PYTHON, "-m", "portwatch", "scan"], inst_env, installed)
+        commands["installed_python"] = ([INSTALLED_PYTHON, "-c", "pass"], inst_env, installed)
     runs: dict[str, list[Run]] = {k: [] for k in commands}
-    for args in commands.values():
-        run_command(args, env)  # warm-up: the page cache, the bytecode cache
+    for args, cmd_env, cwd in commands.values():
+        run_command(args, cmd_env, cwd=cwd)  # warm-up: the page cache, the bytecode cache
     for _ in range(rounds):
-        for key, args in commands.items():
-            runs[key].append(run_command(args, env))
-    print(json.dumps({key: {"cpu": median([r.cpu for r in rs]), "wall": median([r.wall for r in rs]),
-                            "user": median([r.extra["user"] for r in rs]),
-                            "sys": median([r.extra["sys"] for r in rs]),
-                            "cpu_runs": [r.cpu for r in rs], "wall_runs": [r.wall for r in rs]}
-                      for key, rs in runs.items()}))
+        for key, (args, cmd_env, cwd) in commands.items():
+            runs[key].append(run_command(args, cmd_env, cwd=cwd))
+    figures = {key: {"cpu": median([r.cpu for r in rs]), "wall": median([r.wall for r in rs]),
+                     "user": median([r.extra["user"] for r in rs]),
+                     "sys": median([r.extra["sys"] for r in rs]),
+                     "cpu_runs": [r.cpu for r in rs], "wall_runs": [r.wall for r in rs]}
+               for key, rs in runs.items()}
+    doc: dict[str, Any] = {"portwatch": figures["portwatch"], "python": figures["python"]}
+    if installed is not None:
+        doc["installed"] = {"portwatch": figures["installed_portwatch"], "python": figures["installed_python"],
+                            "interpreter": INSTALLED_PYTHON}
+    print(json.dumps(doc))
     return 0
+
+
+def install_package(target: Path) -> None:
+    """Install the checkout's package (no dependencies) into ``target`` as pip installs it, bytecode
+    compiled. The sources are copied next to it first, so the build leaves nothing in the checkout.
+    Raises BenchError when pip fails."""
+    source = target.parent / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, source / name)
+    shutil.copytree(REPO / "portwatch", source / "portwatch", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                           str(target), str(source)], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise BenchError(f"pip install --target {target} failed: {tail}")
 
 
 def set_range(text: str) -> None:
@@ -807,14 +855,21 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def bench_startup(rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """The start-up row: :func:`startup` run inside a fresh, empty namespace."""
-    ns = Namespace()
-    try:
-        log(f"start-up: portwatch scan and python3 -c pass in the empty {ns.name}, {rounds} rounds")
-        doc: dict[str, Any] = json.loads(ns.run([sys.executable, str(HERE), "--_startup", str(rounds)]))
-        return doc
-    finally:
-        ns.close()
+    """The start-up rows: :func:`startup` run inside a fresh, empty namespace, the checkout's and
+    the package installed into a temporary directory (removed at the end)."""
+    with tempfile.TemporaryDirectory(prefix="pwbench-") as tmp:
+        installed = Path(tmp) / "site"
+        log(f"start-up: installing the package into {installed}")
+        install_package(installed)
+        ns = Namespace()
+        try:
+            log(f"start-up: portwatch scan and python3 -c pass in the empty {ns.name}, {rounds} rounds, "
+                f"from the checkout and installed")
+            doc: dict[str, Any] = json.loads(ns.run([sys.executable, str(HERE), "--_startup", str(rounds),
+                                                     str(installed)]))
+            return doc
+        finally:
+            ns.close()
 
 
 def only_startup(rounds: int, as_json: bool, log: Callable[[str], None]) -> int:
@@ -830,6 +885,13 @@ def only_startup(rounds: int, as_json: bool, log: Callable[[str], None]) -> int:
     print(" | ".join(table_module().startup_row(doc)))
     for key, label in (("portwatch", "portwatch scan"), ("python", "python3 -c pass")):
         print(f"  {label}: {1000 * doc[key]['user']:.0f} ms user + {1000 * doc[key]['sys']:.0f} ms system (medians)")
+    if "installed" in doc:
+        inst = doc["installed"]
+        print(" | ".join(table_module().installed_startup_row(inst)))
+        for key, label in (("portwatch", f"{inst['interpreter']} -m portwatch scan"),
+                           ("python", f"{inst['interpreter']} -c pass")):
+            print(f"  {label}: {1000 * inst[key]['user']:.0f} ms user + {1000 * inst[key]['sys']:.0f} ms system "
+                  f"(medians)")
     return 0
 
 
@@ -876,8 +938,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return probe(args_list[1])
     if args_list[:1] == ["--_measure"] and len(args_list) == 3:
         return measure(int(args_list[1]), args_list[2] == "profile")
-    if args_list[:1] == ["--_startup"] and len(args_list) == 2:
-        return startup(int(args_list[1]))
+    if args_list[:1] == ["--_startup"] and len(args_list) in (2, 3):
+        return startup(int(args_list[1]), args_list[2] if len(args_list) == 3 else None)
     if args_list[:1] == ["--_ns_holder"] and len(args_list) == 3:
         return int(netns_scale().ns_holder(int(args_list[1]), args_list[2].split(",")))
     if args_list[:1] == ["--_ns_probe"] and len(args_list) == 2:

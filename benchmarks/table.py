@@ -89,6 +89,16 @@ def startup_row(doc: dict[str, Any]) -> tuple[str, str, str, str, str]:
             f"{_x(paired(a, b))} (wall {_x(paired(a, b, 'wall'))})", "<= 2x")
 
 
+def installed_startup_row(doc: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """The same, as an installed package starts: ``python3 -m portwatch scan`` from a ``pip install
+    --target`` directory against that interpreter's own start-up (no virtual environment)."""
+    a, b = doc["portwatch"], doc["python"]
+    return ("  the same, installed (`python3 -m portwatch scan`)",
+            f"{1000 * a['cpu']:.0f} ms CPU ({1000 * a['wall']:.0f} ms wall)",
+            f"`python3 -c pass` {1000 * b['cpu']:.0f} ms CPU ({1000 * b['wall']:.0f} ms wall)",
+            f"{_x(paired(a, b))} (wall {_x(paired(a, b, 'wall'))})", "-")
+
+
 def namespace_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """Discovery plus every namespace's table against a loop of ``nsenter ... ss -tan``."""
     rows = []
@@ -152,6 +162,8 @@ def render(doc: dict[str, Any]) -> list[str]:
             ss_cpu_per_socket = ss["cpu"] / big["ss_tcp_sockets"]
     if doc.get("startup"):
         rows.append(startup_row(doc["startup"]))
+        if doc["startup"].get("installed"):
+            rows.append(installed_startup_row(doc["startup"]["installed"]))
     if doc.get("namespaces"):
         rows += namespace_rows(doc["namespaces"])
     if doc.get("events"):

@@ -11,18 +11,22 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
-import socket
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from portwatch import version_text
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Callable, Iterator, Sequence
+
     from portwatch.alerts.rules import DryRunEntry
     from portwatch.config import Config
     from portwatch.model import Finding, ScanResult
     from portwatch.model.results import NamespacesResult
+
+    Arguments = Callable[[argparse.ArgumentParser], None]  # adds a command's arguments to its parser
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -99,9 +103,6 @@ class _Parser(argparse.ArgumentParser):
         return super()._get_formatter()
 
 
-Arguments = Callable[[argparse.ArgumentParser], None]
-
-
 class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
     """The sub-commands: each one's parser (and its arguments) is made the first time it is looked up
     (``portwatch --help`` lists every command; ``portwatch COMMAND`` makes COMMAND's parser only)."""
@@ -119,7 +120,7 @@ class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
         dict.__setitem__(self._lazy, name, None)
 
 
-class _LazyParsers(dict[str, Any]):
+class _LazyParsers(dict[str, "Any"]):
     """Command name -> its parser, made on first lookup (names, order and membership from the start)."""
 
     def __init__(self, parser_class: Callable[..., argparse.ArgumentParser], prog: str) -> None:
@@ -335,7 +336,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     result = _scan(args, config)
     if isinstance(result, int):
         return result
-    host = socket.gethostname()
+    host = os.uname().nodename  # what socket.gethostname() returns, without importing socket
     dry = _alerts_dry_run(config, result.findings) if args.alerts_dry_run else None
     if args.format == "json":
         import json
@@ -415,7 +416,7 @@ def cmd_reserve(args: argparse.Namespace) -> int:
     result = _scan(args, _load(args.config))
     if isinstance(result, int):
         return result
-    host = socket.gethostname()
+    host = os.uname().nodename  # what socket.gethostname() returns, without importing socket
     if isinstance(result, NamespacesResult):
         print(reserve_snippets(result, host))
     else:

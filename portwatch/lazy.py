@@ -1,20 +1,60 @@
-"""Package names imported on first use: a package's ``__getattr__`` made from a table of names.
+"""Work put off until it is needed: package names imported on first use, set-ups run on import,
+regular expressions compiled on first match.
 
 A package that re-exports names of heavy or high-level modules (the config
-loader, the alerting engine) uses this so that importing the package, or a
-light module inside it, does not import them. :func:`after_import` runs a
-set-up (the CLI's logging configuration) only once the module it configures
-is imported by something. Standard library only.
+loader, the alerting engine) uses :func:`lazy_getattr` so that importing the
+package, or a light module inside it, does not import them. :func:`after_import`
+runs a set-up (the CLI's logging configuration) only once the module it
+configures is imported by something. :class:`LazyPattern` is a module-level
+regular expression that a command never matching it does not compile.
+Standard library only.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
-from typing import Any, Callable, Mapping, MutableMapping
 
-__all__ = ["after_import", "lazy_getattr"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping, MutableMapping
+
+__all__ = ["LazyPattern", "after_import", "lazy_getattr"]
+
+
+class LazyPattern:
+    """A regular expression compiled when first used: a command that never matches it (``portwatch
+    scan`` parsing no configuration, naming no container) does not pay for compiling it.
+
+    Takes what :func:`re.compile` takes; :meth:`match`, :meth:`fullmatch` and
+    :meth:`sub` are those of the compiled pattern.
+    """
+
+    def __init__(self, pattern: str, flags: int = 0) -> None:
+        self.pattern = pattern
+        self.flags = flags
+        self._compiled: re.Pattern[str] | None = None
+
+    @property
+    def compiled(self) -> re.Pattern[str]:
+        """The compiled pattern, compiled now the first time."""
+        if self._compiled is None:
+            self._compiled = re.compile(self.pattern, self.flags)
+        return self._compiled
+
+    def match(self, text: str) -> re.Match[str] | None:
+        """As :meth:`re.Pattern.match`."""
+        return self.compiled.match(text)
+
+    def fullmatch(self, text: str) -> re.Match[str] | None:
+        """As :meth:`re.Pattern.fullmatch`."""
+        return self.compiled.fullmatch(text)
+
+    def sub(self, repl: str | Callable[[re.Match[str]], str], text: str) -> str:
+        """As :meth:`re.Pattern.sub`."""
+        return self.compiled.sub(repl, text)
 
 
 def lazy_getattr(package: str, names: Mapping[str, str],

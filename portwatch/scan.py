@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 from portwatch import detect
 from portwatch.collect import Collector, Discovery
@@ -26,6 +25,10 @@ from portwatch.config.types import Config, service_applies
 from portwatch.model import NamespaceInfo, NamespaceKind, RememberedPort, ScanResult, Snapshot
 from portwatch.model.records import replace
 from portwatch.model.results import NamespacesResult
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 __all__ = ["FallbackSource", "UnknownNamespace", "interest_ports", "make_source", "namespace_names", "run_namespaces_scan",
            "run_scan", "scan_snapshot", "select_namespaces"]

@@ -34,6 +34,16 @@ def test_version_of_a_build_carries_its_revision(tmp_path: Path) -> None:
     assert re.fullmatch(r"portwatch \S+ \(revision v0\.1\.0-3-gabc1234, Python \d+\.\d+\.\d+\S*\)\n", res.stdout)
 
 
+def test_the_command_and_python_m_exit_with_the_status_main_returns(tmp_path: Path) -> None:
+    # both run portwatch.__main__.run: main's status and output, the heap frozen before the exit
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("interval: fast\n")
+    for command in ([str(PORTWATCH)], [sys.executable, "-m", "portwatch"]):
+        res = subprocess.run([*command, "check-config", str(bad)], capture_output=True, text=True, timeout=WAIT)
+        assert res.returncode == 2 and res.stdout == "", res.stderr
+        assert res.stderr.startswith(f"{bad}: interval: must be a number of seconds"), res.stderr
+
+
 MAIN = "import sys; from pathlib import Path; from portwatch.cli import main; " \
        "sys.exit(main(sys.argv[2:], default_config=Path(sys.argv[1])))"
 

@@ -29,10 +29,11 @@ SCAN_NEVER = DAEMON_ONLY + ("portwatch.alerts", "portwatch.config.loading", "yam
 #: for its start-up time: logging (set up only once something imports it), the dataclasses module
 #: (portwatch.model.records makes the data classes), argparse's terminal width (shutil), the wrapping
 #: of the terminal report, datetime (model.text formats the scan's time), threading (only entering a
-#: namespace needs it), the other commands' modules and the event records.
+#: namespace needs it), the other commands' modules, the event records and the psutil source's module
+#: (made only when auto falls back to it).
 PLAIN_SCAN_NEVER = SCAN_NEVER + ("logging", "dataclasses", "inspect", "shutil", "textwrap", "datetime",
                                  "threading", "queue", "portwatch.model.events", "portwatch.daemon",
-                                 "portwatch.watch")
+                                 "portwatch.watch", "portwatch.collect.sources.psutil")
 
 
 #: Runs ``python -m portwatch ARGS`` and, at exit, writes the names in ``sys.modules`` to stderr.
@@ -119,7 +120,7 @@ def test_the_forbidden_modules_are_what_run_imports(netns: NetNS) -> None:
             "import portwatch.daemon.main, portwatch.daemon.wiring, portwatch.alerts.engine\n"
             "import portwatch.config.loading, portwatch.scan, psutil\n"
             "import logging, dataclasses, shutil, textwrap, datetime, threading, queue\n"
-            "import portwatch.model.events, portwatch.watch\n")
+            "import portwatch.model.events, portwatch.watch, portwatch.collect.sources.psutil\n")
     names = modules_after(netns, code)
     for prefix in PLAIN_SCAN_NEVER:
         assert any(n == prefix or n.startswith(prefix + ".") for n in names), prefix

@@ -53,6 +53,26 @@ def test_fallback_to_psutil_is_logged_once() -> None:
     assert "netlink socket source unavailable" in warnings[0] and "using table from now on" in warnings[0]
 
 
+def test_a_deferred_fallback_is_made_when_the_switch_names_it() -> None:
+    # auto's psutil fallback is made so (a scan that never falls back does not import its module)
+    from portwatch.collect.sources import _Deferred
+
+    made: list[Table] = []
+    backup = Table(SocketTable((listen("0.0.0.0:45000"),)))
+
+    def build() -> Table:
+        made.append(backup)
+        return backup
+
+    deferred = _Deferred(build)
+    warnings: list[str] = []
+    source = FallbackSource(NetlinkSource(socket_factory=no_sock_diag), deferred, warnings.append)
+    assert source.name == "netlink" and made == []
+    assert source.read() is backup.table and source.read() is backup.table
+    assert made == [backup] and source.name == "table" and backup.reads == 2
+    assert len(warnings) == 1 and "using table from now on" in warnings[0]
+
+
 def test_fallback_passes_other_errors_through_without_switching() -> None:
     class Broken:
         name = "broken"

@@ -44,10 +44,9 @@ Errors: a file that cannot be read or holds garbage raises
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from portwatch.lazy import lazy_getattr
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from portwatch.collect.cgroups import CgroupIndex as CgroupIndex
     from portwatch.collect.cgroups import cgroup2_mount as cgroup2_mount

@@ -13,28 +13,38 @@ cached walk of the mount re-walked on a miss; the pids of a cgroup from its
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Iterable
 
 from portwatch.collect.mounts import Mount
+from portwatch.lazy import LazyPattern
 from portwatch.collect.processes import unit_from_cgroup_path
 from portwatch.model import CgroupIdentity
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import re
+    from typing import Iterable
 
 __all__ = ["CgroupIndex", "cgroup2_mount", "cgroup_of_pid", "identity_from_path"]
 
 _HEX64 = r"[0-9a-f]{64}"
 # systemd driver: <runtime>-<id>.scope; cgroupfs driver: a bare id under docker/ or a pod.
-_CONTAINER_SCOPES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(rf"^docker-({_HEX64})\.scope$"), "docker"),
-    (re.compile(rf"^crio-({_HEX64})\.scope$"), "cri-o"),
-    (re.compile(rf"^cri-containerd-({_HEX64})\.scope$"), "containerd"),
-    (re.compile(rf"^libpod-({_HEX64})(?:\.scope)?$"), "libpod"),
+# (prefix, pattern, runtime): a pattern is tried (and compiled) only on a part with its prefix.
+_CONTAINER_SCOPES: tuple[tuple[str, LazyPattern, str], ...] = (
+    ("docker-", LazyPattern(rf"^docker-({_HEX64})\.scope$"), "docker"),
+    ("crio-", LazyPattern(rf"^crio-({_HEX64})\.scope$"), "cri-o"),
+    ("cri-containerd-", LazyPattern(rf"^cri-containerd-({_HEX64})\.scope$"), "containerd"),
+    ("libpod-", LazyPattern(rf"^libpod-({_HEX64})(?:\.scope)?$"), "libpod"),
 )
-_BARE_ID = re.compile(rf"^({_HEX64})$")
+_BARE_ID = LazyPattern(rf"^({_HEX64})$")
 _UID = r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
 # kubepods-besteffort-pod<uid>.slice / kubepods-pod<uid>.slice (systemd), pod<uid> (cgroupfs)
-_POD = re.compile(rf"^(?:kubepods(?:-[a-z]+)*-)?pod({_UID})(?:\.slice)?$")
+_POD = LazyPattern(rf"^(?:kubepods(?:-[a-z]+)*-)?pod({_UID})(?:\.slice)?$")
+
+
+def _pod_match(part: str) -> re.Match[str] | None:
+    """``_POD.match(part)``, without compiling it for a part that has no ``pod`` in it."""
+    return _POD.match(part) if "pod" in part else None
 
 
 def identity_from_path(path: str) -> CgroupIdentity:
@@ -51,17 +61,16 @@ def identity_from_path(path: str) -> CgroupIdentity:
     container = runtime = pod_uid = None
     parts = [p for p in path.split("/") if p]
     for index, part in enumerate(parts):
-        for pattern, name in _CONTAINER_SCOPES:
-            match = pattern.match(part)
+        for prefix, pattern, name in _CONTAINER_SCOPES:
+            match = pattern.match(part) if part.startswith(prefix) else None
             if match:
                 container, runtime = match.group(1), name
                 break
         else:
-            match = _BARE_ID.match(part)
             parent = parts[index - 1] if index else ""
-            if match and (parent == "docker" or _POD.match(parent)):
+            if (parent == "docker" or _pod_match(parent)) and (match := _BARE_ID.match(part)):
                 container, runtime = match.group(1), "docker" if parent == "docker" else None
-        match = _POD.match(part)
+        match = _pod_match(part)
         if match:
             pod_uid = match.group(1).replace("_", "-")
     return CgroupIdentity(path="/" + "/".join(parts), unit=unit_from_cgroup_path(path),

@@ -9,7 +9,6 @@ Job: read and parse ``/proc/sys/net/ipv4/ip_local_port_range``,
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from portwatch.collect.errors import CollectError, cause
@@ -31,9 +30,13 @@ _RANGE_FILE = "ip_local_port_range"
 _RESERVED_FILE = "ip_local_reserved_ports"
 _UNPRIV_FILE = "ip_unprivileged_port_start"
 
-_DIGITS = re.compile(r"[0-9]+")
 #: Bytes asked for per read (a sysctl file is read whole by the first).
 _READ_SIZE = 65536
+
+
+def _is_number(text: str) -> bool:
+    """True when ``text`` is one or more ASCII digits (what ``[0-9]+`` matches whole)."""
+    return text.isascii() and text.isdigit()
 
 
 def _shorten(text: str, limit: int = 60) -> str:
@@ -76,7 +79,7 @@ def parse_port_range(text: str, source: str) -> PortRange:
     whitespace-separated integers with ``1 <= low <= high <= 65535``.
     """
     fields = text.split()
-    if len(fields) != 2 or not all(_DIGITS.fullmatch(f) for f in fields):
+    if len(fields) != 2 or not all(_is_number(f) for f in fields):
         raise CollectError(
             f"{source}: expected two port numbers 'LOW HIGH', got {_shorten(text)}")
     low, high = int(fields[0]), int(fields[1])
@@ -104,7 +107,7 @@ def parse_reserved_ports(text: str, source: str) -> frozenset[int]:
     ports: set[int] = set()
     for item in body.split(","):
         bounds = [b.strip() for b in item.split("-")]
-        if not 1 <= len(bounds) <= 2 or not all(_DIGITS.fullmatch(b) for b in bounds):
+        if not 1 <= len(bounds) <= 2 or not all(_is_number(b) for b in bounds):
             raise CollectError(
                 f"{source}: {_shorten(item.strip())} is not a port or a LOW-HIGH range "
                 f"(in {_shorten(body)})")
@@ -145,7 +148,7 @@ def read_kernel_settings(proc_root: Path = Path("/proc")) -> KernelSettings:
         unpriv = DEFAULT_UNPRIVILEGED_PORT_START
     else:
         value = unpriv_text.strip()
-        if not _DIGITS.fullmatch(value) or int(value) > 65535:
+        if not _is_number(value) or int(value) > 65535:
             raise CollectError(
                 f"{unpriv_path}: expected a port number 0..65535, got {_shorten(unpriv_text)}")
         unpriv = int(value)

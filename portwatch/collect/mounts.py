@@ -7,14 +7,14 @@ the standard library only.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from portwatch.lazy import LazyPattern
 from portwatch.model.records import NamedTuple
 
 __all__ = ["Mount", "parse_mountinfo", "read_mountinfo"]
 
-_ESCAPE = re.compile(r"\\([0-7]{3})")
+_ESCAPE = LazyPattern(r"\\([0-7]{3})")
 
 
 class Mount(NamedTuple):
@@ -29,6 +29,8 @@ class Mount(NamedTuple):
 
 def _unescape(text: str) -> str:
     """Undo mountinfo's octal escapes (``\\040`` for a space)."""
+    if "\\" not in text:
+        return text  # no escape (the pattern is compiled only for a table that has one)
     return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), text)
 
 

@@ -19,6 +19,10 @@ of a listener). The socket source that sends the requests and receives the
 answers is :class:`portwatch.collect.sources.netlink.NetlinkSource` (it reads 100,000
 sockets in about the CPU time ``ss -tan`` takes; ``benchmarks/run.py``
 measures it). May import the standard library and :mod:`portwatch.model`.
+The address constants, ``inet_ntop`` and ``MSG_TRUNC`` come from :mod:`_socket`
+(what :mod:`socket` wraps, the same values), and :func:`run_dump` takes any
+``_socket.socket`` (``socket.socket`` derives from it): importing
+:mod:`socket` builds its enums, which a plain scan has no use for.
 
 Wire layout (all integers in host byte order except ports and addresses)::
 
@@ -44,11 +48,10 @@ from __future__ import annotations
 
 import errno as _errno
 import functools
+import _socket
 import os
-import socket
 import struct
 import time
-from typing import Any, Callable, Final
 
 from portwatch.model import (
     KERNEL_TCP_STATES,
@@ -60,6 +63,10 @@ from portwatch.model import (
     SourceUnavailable,
     normalize_ip,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Final
 
 __all__ = [
     "NLMSG_DONE",
@@ -145,7 +152,7 @@ _ZERO16: Final = bytes(16)
 _V4MAPPED: Final = bytes(10) + b"\xff\xff"
 _BIG_ENDIAN: Final = struct.pack("=H", 1) == struct.pack(">H", 1)
 
-_FAMILIES: Final[dict[int, Family]] = {int(socket.AF_INET): Family.IPV4, int(socket.AF_INET6): Family.IPV6}
+_FAMILIES: Final[dict[int, Family]] = {_socket.AF_INET: Family.IPV4, _socket.AF_INET6: Family.IPV6}
 
 #: Errors that mean "this kernel cannot answer sock_diag requests at all" (the source uses them too).
 UNAVAILABLE_ERRNOS: Final = frozenset(
@@ -191,17 +198,17 @@ def fast_ip(raw: bytes, family: int) -> str:
     ``::a.b.c.d`` forms) go through ``normalize_ip``. Raises ``ValueError``
     for a family other than AF_INET/AF_INET6 or fewer than 4/16 bytes.
     """
-    if family == socket.AF_INET:
+    if family == _socket.AF_INET:
         if len(raw) < 4:
             raise ValueError(f"IPv4 address needs 4 bytes, got {len(raw)}")
-        return socket.inet_ntop(socket.AF_INET, raw[:4])
-    if family == socket.AF_INET6:
+        return _socket.inet_ntop(_socket.AF_INET, raw[:4])
+    if family == _socket.AF_INET6:
         if len(raw) < 16:
             raise ValueError(f"IPv6 address needs 16 bytes, got {len(raw)}")
         raw = raw[:16]
         if raw[:12] == _V4MAPPED:
-            return socket.inet_ntop(socket.AF_INET, raw[12:])
-        text = socket.inet_ntop(socket.AF_INET6, raw)
+            return _socket.inet_ntop(_socket.AF_INET, raw[12:])
+        text = _socket.inet_ntop(_socket.AF_INET6, raw)
         # glibc prints "::a.b.c.d" where ipaddress prints hex words; defer to the model.
         return normalize_ip(text) if "." in text else text
     raise ValueError(f"unknown address family {family}")
@@ -356,7 +363,7 @@ def parse_messages(
     append = sockets.append
     unpack_msg = _MSG.unpack_from
     new = tuple.__new__  # Socket._make / Endpoint._make without their Python-level wrapper
-    af_inet, af_inet6 = int(socket.AF_INET), int(socket.AF_INET6)
+    af_inet, af_inet6 = _socket.AF_INET, _socket.AF_INET6
     v4_ok, v6_ok = family in (None, af_inet), family in (None, af_inet6)
     fam_v4, fam_v6 = Family.IPV4, Family.IPV6
     zero16 = _ZERO16
@@ -635,7 +642,7 @@ def count_messages(
     kept = tally.kept
     get = usage.get
     unpack_msg = _MSG.unpack_from
-    af_inet, af_inet6 = int(socket.AF_INET), int(socket.AF_INET6)
+    af_inet, af_inet6 = _socket.AF_INET, _socket.AF_INET6
     zero16 = _ZERO16
     cw, tw, nsr = _TCP_CLOSE_WAIT, _TCP_ORPHAN[0], _TCP_ORPHAN[1]
     view = memoryview(chunk)
@@ -705,7 +712,7 @@ def recv_nowait(recv_into: Callable[[Any], int], buf: Any) -> int | None:
         return OVERRUN
 
 
-def run_dump(sock: socket.socket, request: bytes, parse: Callable[[int], bool], view: memoryview, *,
+def run_dump(sock: _socket.socket, request: bytes, parse: Callable[[int], bool], view: memoryview, *,
              deadline: float, late: str, what: str | None = None) -> None:
     """Send one sock_diag dump ``request`` on ``sock`` and hand its answers to ``parse`` until it says done.
 
@@ -739,8 +746,8 @@ def run_dump(sock: socket.socket, request: bytes, parse: Callable[[int], bool], 
             raise TimeoutError(late)
         sock.settimeout(remaining)
         try:
-            n, addr = recv(view, size, socket.MSG_TRUNC)
-        except socket.timeout as exc:
+            n, addr = recv(view, size, _socket.MSG_TRUNC)
+        except TimeoutError as exc:  # what socket.timeout is
             raise TimeoutError(late) from exc
         if n > size:
             raise NetlinkError(f"datagram of {n} bytes truncated to the {size}-byte receive buffer", size)

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import AbstractSet, Collection, Iterable
 
 from portwatch.collect.errors import CollectError, cause
 from portwatch.model.records import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import AbstractSet, Collection, Iterable
 
 __all__ = ["FD_CACHE_SIZE", "OwnerMemory", "OwnerScan", "OwnerWalk", "find_socket_owners"]
 

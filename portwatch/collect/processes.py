@@ -9,10 +9,15 @@ not with this module. May import the standard library, psutil and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
 
 from portwatch.model import ProcessInfo
+from portwatch.model.records import Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterable
 
 __all__ = [
     "ProcessFactory", "ProcessHandle", "describe_processes", "systemd_unit_from_cgroup",

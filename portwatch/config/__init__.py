@@ -25,10 +25,9 @@ May import: everything in this package; nothing imports this package's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from portwatch.lazy import lazy_getattr
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from portwatch.config.grammar import BCRYPT_HINT as BCRYPT_HINT
     from portwatch.config.grammar import DEFAULT_LISTEN_ADDRESS as DEFAULT_LISTEN_ADDRESS

@@ -15,33 +15,21 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
 from urllib.parse import urlsplit
 
+from portwatch.lazy import LazyPattern
 from portwatch.model.values import finite_number
 from portwatch.model import PortRange, normalize_ip
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable, Sequence
 
 #: The metrics endpoint's default port: below 32768 (outside the default
 #: ephemeral range, so an outgoing connection can never take it), above 1024
 #: (no privilege needed) and not a well-known service port.
 DEFAULT_PORT = 9731
 DEFAULT_LISTEN_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
-
-class LazyPattern:
-    """A regular expression compiled when first matched: a command that parses no configuration
-    (``portwatch scan`` without one) does not pay for compiling this module's patterns."""
-
-    def __init__(self, pattern: str, flags: int = 0) -> None:
-        self.pattern = pattern
-        self.flags = flags
-        self._compiled: re.Pattern[str] | None = None
-
-    def fullmatch(self, text: str) -> re.Match[str] | None:
-        """As :meth:`re.Pattern.fullmatch`."""
-        if self._compiled is None:
-            self._compiled = re.compile(self.pattern, self.flags)
-        return self._compiled.fullmatch(text)
-
 
 #: How to make a bcrypt hash, quoted in the error for a plain-text password.
 BCRYPT_HINT = (

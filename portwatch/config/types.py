@@ -16,10 +16,13 @@ from __future__ import annotations
 from portwatch.model.records import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Collection, Mapping, Sequence
 
 from portwatch.config.grammar import DEFAULT_LISTEN_ADDRESS, DEFAULT_PORT, parse_listen_address
 from portwatch.model import Finding, Kind, PortRange, Protocol, Severity
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Collection, Mapping, Sequence
 
 __all__ = [
     "BUILTIN_SINK", "DEFAULT_ALERT_RULES", "DEFAULT_LISTEN_ADDRESS", "DEFAULT_PORT", "DEFAULT_REPEAT_INTERVAL",

@@ -14,8 +14,8 @@ how it words its summary, and which processes a finding involves.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from portwatch.model.records import dataclass, replace
-from typing import Callable, Collection, Iterable, Mapping
 
 # Re-exported: the detectors take the configuration type from here, so that
 # this is the one module of the kinds' side that imports the config package.
@@ -36,6 +36,10 @@ from portwatch.model import (
     format_port_set,
     is_wildcard,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Collection, Iterable, Mapping
 
 #: States in which a socket no longer belongs to any process (kernel mini
 #: sockets): never a holder, never a self-connect worth reporting.

@@ -13,7 +13,6 @@ Imports :mod:`portwatch.detect.base` and :mod:`portwatch.model` only (pure).
 from __future__ import annotations
 
 from portwatch.model.records import replace
-from typing import Iterable
 
 from portwatch.detect.base import Config, configured_severity, event_detector, reserve_hint, who
 from portwatch.model import (
@@ -36,6 +35,10 @@ from portwatch.model.failures import (
     times_words,
     where_words,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable
 
 
 def _port_taken_of(result: ScanResult | None, port: int) -> Finding | None:

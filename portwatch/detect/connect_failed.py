@@ -15,7 +15,6 @@ destination). Imports :mod:`portwatch.detect.base` and
 from __future__ import annotations
 
 from portwatch.model.records import replace
-from typing import Iterable
 
 from portwatch.detect.base import SYSCTL_RANGE, Config, configured_severity, event_detector, who
 from portwatch.model import Finding, Kind, NamespaceInfo, ProcessInfo, Protocol, ScanResult, Severity
@@ -28,6 +27,10 @@ from portwatch.model.failures import (
     times_words,
     where_words,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable
 
 
 def _exhaustion_of(result: ScanResult | None, ip: str, port: int) -> Finding | None:

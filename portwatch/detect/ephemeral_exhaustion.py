@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from typing import Mapping
 
 from portwatch.detect.base import (
     MAX_EXAMPLE_SOCKETS,
@@ -33,6 +32,10 @@ from portwatch.model import (
     Snapshot,
     Socket,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping
 
 
 def destination_usage(snapshot: Snapshot, listening: Listening | None = None) -> dict[Destination, int]:

@@ -5,8 +5,6 @@ Imports :mod:`portwatch.detect.base` and :mod:`portwatch.model` only (pure).
 
 from __future__ import annotations
 
-from typing import Collection
-
 from portwatch.detect.base import ORPHAN_STATES, DetectionInput, Detector, protocol_upper, who
 from portwatch.model import (
     Endpoint,
@@ -21,6 +19,10 @@ from portwatch.model import (
     SocketState,
     is_wildcard,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Collection
 
 
 class _ListenerIndex:

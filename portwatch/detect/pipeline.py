@@ -9,8 +9,7 @@ no clock, no logging.
 
 from __future__ import annotations
 
-from portwatch.model.records import replace
-from typing import Callable, Collection, Iterable, Mapping, Protocol as TypingProtocol, Sequence
+from portwatch.model.records import Protocol as TypingProtocol, replace
 
 from portwatch.config.types import Config, IgnoreRule, ignore_matches
 from portwatch.detect.base import DetectionInput, SocketIndex, index, with_configured_severities
@@ -28,6 +27,10 @@ from portwatch.model import (
     Snapshot,
 )
 from portwatch.model.failures import DEFAULT_FAILURE_WINDOW, FailureEvent
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 
 def detect(

@@ -6,7 +6,6 @@ Imports :mod:`portwatch.detect.base` and :mod:`portwatch.model` only (pure).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Collection
 
 from portwatch.detect.base import (
     ORPHAN_STATES,
@@ -22,6 +21,10 @@ from portwatch.detect.base import (
 )
 from portwatch.model import Finding, Kind, Listening, ProcessInfo, Protocol, RememberedPort, Severity, Snapshot, Socket
 from portwatch.model.snapshot import Identity
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Collection
 
 
 def process_matches(process: ProcessInfo, identity: Identity) -> bool:

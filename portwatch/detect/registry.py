@@ -8,8 +8,6 @@ its module plus one line in :data:`REGISTRY`. Imports the kinds' modules,
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping
-
 from portwatch.detect.base import Detector
 from portwatch.detect.bind_failed import DETECTOR as BIND_FAILED
 from portwatch.detect.close_wait_buildup import DETECTOR as CLOSE_WAIT_BUILDUP
@@ -22,6 +20,10 @@ from portwatch.detect.range_misconfigured import DETECTOR as RANGE_MISCONFIGURED
 from portwatch.detect.self_connect import DETECTOR as SELF_CONNECT
 from portwatch.detect.service_port_at_risk import DETECTOR as SERVICE_PORT_AT_RISK
 from portwatch.model import Kind, Severity
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable, Iterator, Mapping
 
 
 class Registry:

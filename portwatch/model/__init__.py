@@ -12,10 +12,9 @@ loads only the modules it uses); the modules split it by subject
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from portwatch.lazy import lazy_getattr
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from portwatch.model.events import DestroyEvent as DestroyEvent
     from portwatch.model.events import EventBatch as EventBatch

@@ -15,13 +15,16 @@ from __future__ import annotations
 import enum
 from collections import deque
 from portwatch.model.records import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
 
 from portwatch.model.findings import ProcessInfo
 from portwatch.model.namespaces import CgroupIdentity, NamespaceInfo, NamespaceKind
 from portwatch.model.results import ScanResult
 from portwatch.model.sockets import Endpoint, Socket
 from portwatch.model.text import iso_time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, Mapping
 
 __all__ = [
     "DEFAULT_FAILURE_WINDOW",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import enum
 from portwatch.model.records import dataclass, field
-from typing import Any, Mapping
 
 from portwatch.model.namespaces import NamespaceInfo
 from portwatch.model.sockets import Protocol, Socket, socket_to_dict
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
 
 class Severity(str, enum.Enum):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from portwatch.model.records import dataclass
-from typing import Iterable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable
 
 
 @dataclass(frozen=True)

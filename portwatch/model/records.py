@@ -1,4 +1,5 @@
-"""Data classes that cost almost nothing to define: :func:`dataclass`, :func:`field`, :func:`replace`, :data:`NamedTuple`.
+"""Data classes that cost almost nothing to define: :func:`dataclass`, :func:`field`, :func:`replace`,
+:data:`NamedTuple`, :class:`Protocol`.
 
 A drop-in for the standard library's ``@dataclass`` as portwatch uses it
 (``frozen`` or not, ``kw_only``, ``field(default=..., default_factory=...,
@@ -24,11 +25,15 @@ base, no docstring, ...) is handed to the standard decorator at once.
 
 :data:`NamedTuple` is ``typing.NamedTuple`` (the class form) without the
 compilation of every field's annotation (see :class:`_TupleMeta`).
+:class:`Protocol` is ``typing.Protocol`` for type checkers and, at run time,
+an empty base class: portwatch never checks a protocol at run time (no
+``isinstance``, no ``runtime_checkable``), and a plain base spares a command
+the import of :mod:`typing`.
 
 Type checkers see the standard :func:`dataclasses.dataclass`,
-:func:`dataclasses.field`, :func:`dataclasses.replace` and
-``typing.NamedTuple``. Standard library only (:mod:`dataclasses` itself on
-first need); no I/O.
+:func:`dataclasses.field`, :func:`dataclasses.replace`,
+``typing.NamedTuple`` and ``typing.Protocol``. Standard library only
+(:mod:`dataclasses` itself on first need, never :mod:`typing`); no I/O.
 """
 
 from __future__ import annotations
@@ -37,9 +42,12 @@ import _thread
 import collections
 import operator
 import sys
-from typing import TYPE_CHECKING, Any, Callable
 
-__all__ = ["NamedTuple", "dataclass", "field", "replace"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+__all__ = ["NamedTuple", "Protocol", "dataclass", "field", "replace"]
 
 _MISSING: Any = object()
 #: The ``__init__`` default of a field with a factory (as the standard library's ``_HAS_DEFAULT_FACTORY``).
@@ -411,14 +419,22 @@ def _named_tuple(*args: Any, **kwargs: Any) -> Any:
 setattr(_named_tuple, "__mro_entries__", lambda bases: (_TupleBase,))
 
 
+class _Protocol:
+    """What a class derived from :class:`Protocol` derives from at run time: nothing but a name."""
+
+    __slots__ = ()
+
+
 if TYPE_CHECKING:
     from dataclasses import dataclass as dataclass
     from dataclasses import field as field
     from dataclasses import replace as replace
     from typing import NamedTuple as NamedTuple
+    from typing import Protocol as Protocol
 else:
     dataclass = _dataclass
     field = _field
     replace = _replace
     NamedTuple = _named_tuple
+    Protocol = _Protocol
 

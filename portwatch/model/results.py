@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from portwatch.model.records import dataclass, field
-from typing import Mapping
 
 from portwatch.model.findings import Finding
 from portwatch.model.namespaces import NamespaceInfo
 from portwatch.model.snapshot import Destination, Listening, Snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from portwatch.model.records import NamedTuple, dataclass, field, replace
-from typing import Callable, Collection, Iterable, Mapping
 
 from portwatch.model.findings import ProcessInfo
 from portwatch.model.kernel import KernelSettings
 from portwatch.model.namespaces import NamespaceInfo
 from portwatch.model.sockets import Endpoint, Protocol, Socket
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Collection, Iterable
 
 
 @dataclass(frozen=True)

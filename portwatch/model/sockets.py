@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from portwatch.model.records import NamedTuple, dataclass, field
-from typing import Any, Mapping, Protocol as TypingProtocol
+from portwatch.model.records import NamedTuple, Protocol as TypingProtocol, dataclass, field
 
 from portwatch.model.text import host_port
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
 
 class Protocol(str, enum.Enum):

@@ -11,12 +11,15 @@ may import the standard library and :mod:`portwatch.model` only.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from portwatch import __version__
 from portwatch.model import Finding, KernelSettings, NamespaceInfo, ScanResult, Severity, Snapshot, format_port_set
 from portwatch.model.results import NamespacesResult
 from portwatch.model.text import iso_time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["JSON_SCHEMA_VERSION", "finding_documents", "kernel_document", "namespace_document", "namespace_ref",
            "severity_counts", "socket_counts", "sockets_document", "to_json_document"]

@@ -10,13 +10,16 @@ started the process). Pure; may import the standard library and
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from portwatch import __version__
 from portwatch.model import Finding, NamespaceInfo, ScanResult, Severity, format_port_set
 from portwatch.model.results import NamespacesResult
 from portwatch.model.text import iso_time, printable
 from portwatch.output.json import JSON_SCHEMA_VERSION, severity_counts, socket_counts, to_json_document
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["JSON_SCHEMA_VERSION", "render_text", "severity_counts", "socket_counts", "to_json_document",
            "wrap_lines"]

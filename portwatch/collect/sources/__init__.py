@@ -11,10 +11,14 @@ factories only) its own source modules.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable
 
 from portwatch.model import KernelSettings, SocketCounts, SocketSource, SocketTable, SourceUnavailable
 from portwatch.model.records import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping
 
 __all__ = ["SOURCES", "SOURCE_NAMES", "FallbackSource", "SourceEntry", "make_source", "read_counted"]
 
@@ -108,6 +112,34 @@ def _psutil() -> SocketSource:
     return PsutilSource()
 
 
+class _Deferred:
+    """A socket source made by ``build`` the first time it is used (named, read): ``auto``'s
+    fallback, so that a scan that never falls back does not import the fallback's module."""
+
+    def __init__(self, build: Callable[[], SocketSource]) -> None:
+        self._build = build
+        self._source: SocketSource | None = None
+
+    def _made(self) -> SocketSource:
+        if self._source is None:
+            self._source = self._build()
+        return self._source
+
+    @property
+    def name(self) -> str:
+        """The name of the source made."""
+        return self._made().name
+
+    def read(self) -> SocketTable:
+        """The source's read."""
+        return self._made().read()
+
+    def read_counted(self, settings: KernelSettings,
+                     ports: frozenset[int]) -> tuple[SocketTable, SocketCounts | None]:
+        """:func:`read_counted` of the source made."""
+        return read_counted(self._made(), settings, ports)
+
+
 @dataclass(frozen=True)
 class SourceEntry:
     """One registered socket source: what it is, and how to build it.
@@ -124,7 +156,7 @@ class SourceEntry:
 #: documentation lists them; ``auto`` first, as the default.
 SOURCES: Mapping[str, SourceEntry] = {
     "auto": SourceEntry("netlink, falling back to psutil when the kernel lacks sock_diag",
-                        lambda warn: FallbackSource(_netlink(), _psutil(), warn)),
+                        lambda warn: FallbackSource(_netlink(), _Deferred(_psutil), warn)),
     "netlink": SourceEntry("NETLINK_SOCK_DIAG (inet_diag), fast, no process walk",
                            lambda warn: _netlink()),
     "psutil": SourceEntry("psutil.net_connections, portable, walks every process",

@@ -10,11 +10,14 @@ standard library, psutil, :mod:`portwatch.model` and
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, Mapping
 
 from portwatch.collect.errors import SourceReadError
 from portwatch.model import Endpoint, Family, Protocol, Socket, SocketState, SocketTable
 from portwatch.model import normalize_ip
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping
 
 __all__ = ["PsutilSource"]
 

@@ -29,11 +29,12 @@ SCAN_NEVER = DAEMON_ONLY + ("portwatch.alerts", "portwatch.config.loading", "yam
 #: for its start-up time: logging (set up only once something imports it), the dataclasses module
 #: (portwatch.model.records makes the data classes), argparse's terminal width (shutil), the wrapping
 #: of the terminal report, datetime (model.text formats the scan's time), threading (only entering a
-#: namespace needs it), the other commands' modules, the event records and the psutil source's module
-#: (made only when auto falls back to it).
+#: namespace needs it), the other commands' modules, the event records, the psutil source's module
+#: (made only when auto falls back to it), typing (type names are imported under TYPE_CHECKING only)
+#: and socket (the netlink code uses _socket, without socket's enums).
 PLAIN_SCAN_NEVER = SCAN_NEVER + ("logging", "dataclasses", "inspect", "shutil", "textwrap", "datetime",
                                  "threading", "queue", "portwatch.model.events", "portwatch.daemon",
-                                 "portwatch.watch", "portwatch.collect.sources.psutil")
+                                 "portwatch.watch", "portwatch.collect.sources.psutil", "typing", "socket")
 
 
 #: Runs ``python -m portwatch ARGS`` and, at exit, writes the names in ``sys.modules`` to stderr.
@@ -119,7 +120,7 @@ def test_the_forbidden_modules_are_what_run_imports(netns: NetNS) -> None:
             "atexit.register(lambda: sys.stderr.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n'))\n"
             "import portwatch.daemon.main, portwatch.daemon.wiring, portwatch.alerts.engine\n"
             "import portwatch.config.loading, portwatch.scan, psutil\n"
-            "import logging, dataclasses, shutil, textwrap, datetime, threading, queue\n"
+            "import logging, dataclasses, shutil, textwrap, datetime, threading, queue, typing, socket\n"
             "import portwatch.model.events, portwatch.watch, portwatch.collect.sources.psutil\n")
     names = modules_after(netns, code)
     for prefix in PLAIN_SCAN_NEVER:

@@ -14,7 +14,6 @@ import itertools
 import operator
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection
 
 from portwatch.collect.cgroups import CgroupIndex, cgroup2_mount
 from portwatch.collect.kernel import read_kernel_settings
@@ -36,7 +35,10 @@ from portwatch.model import (
     SourceUnavailable,
 )
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # imported where used: importing the package loads no netlink module
+    from typing import Callable, Collection
+
     from portwatch.collect.sources.netlink import NetlinkSource
 
 __all__ = ["PARTIAL_ATTRIBUTION_NOTE", "AttributionCounters", "Collector", "NamespaceScan"]

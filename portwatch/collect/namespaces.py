@@ -18,15 +18,18 @@ import errno
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, TypeVar, cast
 
 from portwatch.collect.cgroups import cgroup_of_pid, identity_from_path
 from portwatch.collect.mounts import Mount, read_mountinfo
 from portwatch.model import CgroupIdentity, NamespaceInfo, NamespaceKind
 from portwatch.model.records import dataclass, replace
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import queue
+    from typing import Callable, Iterable, TypeVar
+
+    T = TypeVar("T")
 
     from portwatch.collect.oci import BundleReader
 
@@ -57,8 +60,6 @@ OWN_NAMESPACE_NOTE = (
     "only portwatch's own network namespace was scanned: entering the others needs "
     "CAP_SYS_ADMIN (and CAP_SYS_PTRACE to open /proc/PID/ns/net)"
 )
-
-T = TypeVar("T")
 
 
 class NamespaceVanished(Exception):
@@ -431,7 +432,7 @@ class NamespaceThread:
         finally:
             os.close(fd)
         if ok:
-            return cast(T, value)  # what fn returned
+            return value  # type: ignore[return-value]  # what fn returned, a T
         assert isinstance(value, BaseException)
         if isinstance(value, OSError) and value.errno in _VANISHED_ERRNOS:
             raise NamespaceVanished(f"network namespace {ns.name} vanished: {value}") from value

@@ -488,7 +488,7 @@ def dump_ended(data: bytes | bytearray | memoryview, *, length: int, seq: int, m
     """
     unpack = _NLMSGHDR.unpack_from
     states = _STATE_TABLES[protocol]
-    af_inet, af_inet6 = int(socket.AF_INET), int(socket.AF_INET6)
+    af_inet, af_inet6 = _socket.AF_INET, _socket.AF_INET6
     off = 0
     while off + _HDR_LEN <= length:
         nlen, ntype, _flags, nseq, _pid = unpack(data, off)

@@ -21,15 +21,14 @@ import the standard library, :mod:`portwatch.model` and
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import errno as _errno
 import gc
 import itertools
 import os
-import socket
 import sys
 import time
-from typing import Callable, Collection, Final, Iterator, Sequence
 
 from portwatch.collect.netlink import (
     NETLINK_SOCK_DIAG,
@@ -64,28 +63,32 @@ from portwatch.model import (
 from portwatch.model.records import NamedTuple
 from portwatch.model.text import os_error_text
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Collection, Final, Iterator, Sequence
+
 __all__ = ["DUMPS", "Answers", "Dump", "InUse", "NetlinkSource", "default_socket_factory", "parse_counted",
            "parse_table", "sockstat_in_use"]
 
-_PROTO_NUMBERS: Final = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
+_PROTO_NUMBERS: Final = {Protocol.TCP: _socket.IPPROTO_TCP, Protocol.UDP: _socket.IPPROTO_UDP}
 
 
-def default_socket_factory() -> socket.socket:
+def default_socket_factory() -> _socket.socket:
     """Open an ``AF_NETLINK``/``SOCK_DGRAM``/``NETLINK_SOCK_DIAG`` socket (close-on-exec).
 
     Raises ``OSError`` when the kernel refuses (e.g. ``EAFNOSUPPORT``,
     ``EPROTONOSUPPORT`` without sock_diag).
     """
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    return _socket.socket(_socket.AF_NETLINK, _socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
 
 
 #: The per-family dumps: (protocol, address family). A read makes the TCP
 #: ones with one compatibility request instead, unless the kernel refuses it.
 DUMPS: Final[Sequence[tuple[Protocol, int]]] = (
-    (Protocol.TCP, socket.AF_INET),
-    (Protocol.TCP, socket.AF_INET6),
-    (Protocol.UDP, socket.AF_INET),
-    (Protocol.UDP, socket.AF_INET6),
+    (Protocol.TCP, _socket.AF_INET),
+    (Protocol.TCP, _socket.AF_INET6),
+    (Protocol.UDP, _socket.AF_INET),
+    (Protocol.UDP, _socket.AF_INET6),
 )
 
 
@@ -141,7 +144,7 @@ class NetlinkSource:
 
     def __init__(
         self,
-        socket_factory: Callable[[], socket.socket] = default_socket_factory,
+        socket_factory: Callable[[], _socket.socket] = default_socket_factory,
         bufsize: int = 1 << 17,
         timeout: float = 10.0,
         in_use: Callable[[], InUse | None] | None = None,
@@ -192,7 +195,7 @@ class NetlinkSource:
         in_use = self._in_use() if self._in_use is not None else None
         return parse_counted(self.fetch(self._open(), counted=True, in_use=in_use), settings, ports)
 
-    def fetch(self, sock: socket.socket, counted: bool, in_use: InUse | None = None) -> Answers:
+    def fetch(self, sock: _socket.socket, counted: bool, in_use: InUse | None = None) -> Answers:
         """Run the dumps of a read on ``sock`` and keep the kernel's answers unparsed; closes ``sock``.
 
         Takes a ``NETLINK_SOCK_DIAG`` socket (made in the namespace to read:
@@ -234,7 +237,7 @@ class NetlinkSource:
             sock.close()
         return Answers(counted=counted, dumps=tuple(dumps))
 
-    def _fetch_tcp(self, sock: socket.socket, view: memoryview, part: str, states: int,
+    def _fetch_tcp(self, sock: _socket.socket, view: memoryview, part: str, states: int,
                    deadline: float) -> list[Dump]:
         """The TCP sockets in ``states``: one compatibility request for both families, or (once the
         kernel refused it) one per family."""
@@ -250,7 +253,7 @@ class NetlinkSource:
         return [self._fetch_one(sock, view, part, protocol, family, states, deadline)
                 for protocol, family in DUMPS if protocol is Protocol.TCP]
 
-    def _open(self) -> socket.socket:
+    def _open(self) -> _socket.socket:
         """A new netlink socket from the factory; :class:`SourceUnavailable` when the kernel has no
         sock_diag, the factory's ``OSError`` otherwise."""
         try:
@@ -267,7 +270,7 @@ class NetlinkSource:
         self._seq = (self._seq % 0x7FFFFFFF) + 1
         return self._seq
 
-    def _fetch_one(self, sock: socket.socket, view: memoryview, part: str, protocol: Protocol,
+    def _fetch_one(self, sock: _socket.socket, view: memoryview, part: str, protocol: Protocol,
                    family: int | None, states: int, deadline: float) -> Dump:
         """Run one dump request of the sockets in ``states`` and keep its datagrams, up to the last.
 
@@ -407,8 +410,8 @@ _TCP_STATE_VALUES: Final = {number: state.value for number, state in KERNEL_TCP_
 def _raw_address(ip: str) -> bytes:
     """The 16-byte inet_diag address field of ``ip`` (an IPv4 address in the first 4 bytes)."""
     if ":" in ip:
-        return socket.inet_pton(socket.AF_INET6, ip)
-    return socket.inet_pton(socket.AF_INET, ip) + bytes(12)
+        return _socket.inet_pton(_socket.AF_INET6, ip)
+    return _socket.inet_pton(_socket.AF_INET, ip) + bytes(12)
 
 
 #: Below this many marked ports :func:`_marked_ports` finds them one by one (``bytearray.find``);

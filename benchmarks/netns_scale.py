@@ -112,16 +112,10 @@ def probe(names: Sequence[str]) -> int:
     return 0
 
 
-def cached_env() -> dict[str, str]:
-    """This process's environment without ``PYTHONDONTWRITEBYTECODE``: the probes and commands run with
-    the bytecode cache an installed package has (the warm-up run writes it), not compiling every module."""
-    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-
-
 def run_probe(names: Sequence[str]) -> dict[str, Any]:
     """:func:`probe` in a child process; raises BenchError when it fails."""
     proc = subprocess.run([sys.executable, str(base.HERE), "--_ns_probe", ",".join(names)],
-                          capture_output=True, text=True, timeout=600, cwd=base.REPO, env=cached_env())
+                          capture_output=True, text=True, timeout=600, cwd=base.REPO, env=base.cached_env())
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise base.BenchError(f"namespace probe failed: {tail}")
@@ -173,7 +167,7 @@ def bench(count: int, sockets: int, repeat: int, fd_limit: int,
         seen: dict[int, dict[str, Any]] = {}
         run_probe(names[:1])  # warm-up: the bytecode cache, the page cache
         base.run_command([*base.portwatch_command(), "scan", "--format", "json", f"--netns={names[0]}"],
-                         env=cached_env(), ok=(0, 1))
+                         env=base.cached_env(), ok=(0, 1))
         for _ in range(repeat):
             for k in counts:
                 doc = run_probe(names[:k])
@@ -183,7 +177,7 @@ def bench(count: int, sockets: int, repeat: int, fd_limit: int,
                 loop = ss_loop(names[:k])
                 # the whole command, start-up included, naming the same namespaces
                 command = base.run_command([*base.portwatch_command(), "scan", "--format", "json",
-                                            *(f"--netns={n}" for n in names[:k])], env=cached_env(), ok=(0, 1))
+                                            *(f"--netns={n}" for n in names[:k])], env=base.cached_env(), ok=(0, 1))
                 runs[k]["command"].append(command.wall)
                 runs[k]["command_cpu"].append(command.cpu)
                 runs[k]["portwatch"].append(doc["wall"])

@@ -398,6 +398,12 @@ def run_command(args: Sequence[str], env: Mapping[str, str] | None = None, ok: S
 INSTALLED_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else os.path.realpath(sys.executable)
 
 
+def cached_env() -> dict[str, str]:
+    """This process's environment without ``PYTHONDONTWRITEBYTECODE``: a timed command runs with
+    the bytecode cache an installed package has (its warm-up run writes it), not compiling every module."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def startup(rounds: int, installed: str | None = None) -> int:
     """Inside an empty namespace: ``portwatch scan`` and ``python3 -c pass``, ``rounds`` pairs
     in turn after one warm-up each, as whole processes; print JSON (medians and every round).
@@ -412,7 +418,7 @@ def startup(rounds: int, installed: str | None = None) -> int:
     without the checkout's virtual environment and its editable install's
     path finder (``doc["installed"]``).
     """
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = cached_env()
     commands: dict[str, tuple[list[str], dict[str, str], str | None]] = {
         "portwatch": ([*portwatch_command(), "scan"], env, None),
         "python": ([sys.executable, "-c", "pass"], env, None)}

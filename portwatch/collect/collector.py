@@ -218,11 +218,12 @@ class Collector:
             except OSError as exc:
                 if exc.errno not in UNAVAILABLE_ERRNOS:
                     raise
-                return settings, None, ProcNetSource().read()
-            try:
-                return settings, netlink.fetch(sock, counted, sockstat_in_use() if counted else None), None
-            except SourceUnavailable:
-                return settings, None, ProcNetSource().read()
+            else:
+                try:
+                    return settings, netlink.fetch(sock, counted, sockstat_in_use() if counted else None), None
+                except SourceUnavailable:
+                    pass
+            return settings, None, ProcNetSource().read()  # no sock_diag in this namespace
 
         settings, answers, table = thread.run(namespace, inside)
         counts = None

@@ -40,7 +40,7 @@ from portwatch.collect.netlink import (
     fast_ip,
     parse_messages,
 )
-from portwatch.collect.sources.netlink import Answers, NetlinkSource, parse_counted
+from portwatch.collect.sources.netlink import InUse, NetlinkSource
 from tests.netns import NetNS
 
 AF4, AF6 = int(socket.AF_INET), int(socket.AF_INET6)
@@ -702,9 +702,31 @@ def test_a_read_stops_at_a_malformed_answer_as_the_parser_does_without_waiting_f
     assert len(sock.sent) == 1
 
 
-def test_the_counted_parse_refuses_the_answers_of_a_full_fetch() -> None:
-    with pytest.raises(ValueError, match="needs the answers of a counted fetch"):
-        parse_counted(Answers(counted=False, dumps=()), KernelSettings(PortRange(32768, 60999)))
+def test_a_counted_read_classifies_as_it_reads_and_stops_at_a_malformed_answer() -> None:
+    def typed(raw: bytes) -> bytes:  # the message with nlmsg_type TCPDIAG_GETSOCK, as the TCP request gets
+        return raw[:4] + struct.pack("=H", netlink.TCPDIAG_GETSOCK) + raw[6:]
+
+    settings = KernelSettings(PortRange(32768, 60999))
+    listener = typed(diag(state=10, sport=8080, dport=0, src=bytes(16), dst=bytes(16)))
+    others = typed(diag(state=1, sport=40000, dport=40000)) + typed(diag(state=1, sport=40002, dport=8080))
+    # One dump of every state: the kernel sends its listening hash first. A self-connect, one
+    # client of the listener (not kept: a listener on its remote end), and one usage count.
+    for answers, late in (([(listener + others[:88], 0), (others[88:] + done(), 0)], False),
+                          ([(others + listener, 0), (done(), 0)], True)):  # a listener last: classified again
+        good = ScriptedSocket(answers)
+        good.close = lambda: None  # type: ignore[attr-defined]
+        table, counts = NetlinkSource().count(good, settings, in_use=InUse(tcp=3, udp=0))  # type: ignore[arg-type]
+        assert good.answers == [] and len(good.sent) == 1  # no UDP dump: sockstat counts none
+        assert sorted(s.local.port for s in table.sockets) == [8080, 40000], late
+        assert counts.by_state == {("tcp", "LISTEN"): 1, ("tcp", "ESTABLISHED"): 2} and counts.total == 3
+        assert sum(counts.usage.values()) == 2  # 8080 is no usable port: the listener's end is not counted
+    # Nothing follows the bad answer: a read that waited for the dump's end would ask the
+    # scripted socket for a datagram it does not have (IndexError), not raise the parser's error.
+    bad = ScriptedSocket([(typed(diag()) + typed(diag(family=7, src=bytes(16), dst=bytes(16))), 0)])
+    bad.close = lambda: None  # type: ignore[attr-defined]
+    with pytest.raises(NetlinkError, match="unknown address family 7"):
+        NetlinkSource().count(bad, settings)  # type: ignore[arg-type]
+    assert len(bad.sent) == 1
 
 
 def test_a_kernel_refusing_the_two_family_tcp_request_is_asked_per_family(netns: NetNS) -> None:
@@ -719,14 +741,19 @@ def test_a_kernel_refusing_the_two_family_tcp_request_is_asked_per_family(netns:
         def factory():
             fakes.append(RefusesTcpCompat())
             return fakes[-1]
+        from portwatch.model import KernelSettings, PortRange
+        settings = KernelSettings(PortRange(32768, 60999))
         source = NetlinkSource(socket_factory=factory)
         tables = [source.read(), source.read()]
+        counted_source = NetlinkSource(socket_factory=factory)
+        tables += [counted_source.read_counted(settings)[0], counted_source.read_counted(settings)[0]]
         print(json.dumps({"ports": [sorted(s.local.port for s in t.sockets) for t in tables],
                           "types": [f.types for f in fakes]}))
     """)
     out = json.loads(netns.run([sys.executable, "-c", code], check=True).stdout)
-    assert out["ports"] == [[21020, 21021], [21020, 21021]]
-    assert out["types"] == [[18, 20, 20, 20, 20], [20, 20, 20, 20]]  # asked once, then per family
+    assert out["ports"] == [[21020, 21021]] * 4
+    # asked once, then per family; the counted read the same way (one TCP dump of every state)
+    assert out["types"] == [[18, 20, 20, 20, 20], [20, 20, 20, 20]] * 2
 
 
 # --- the classifying parser (counted reads) ---

@@ -30,6 +30,7 @@ from portwatch.model import (
     NamespaceInfo,
     Snapshot,
     Socket,
+    SocketCounts,
     SocketSource,
     SocketTable,
     SourceUnavailable,
@@ -164,8 +165,7 @@ class Collector:
         """Read the kernel settings and socket table of another network namespace.
 
         The sysctls are read, the NETLINK_SOCK_DIAG socket is created and the
-        dumps are fetched in a thread inside ``namespace`` (:class:`NamespaceThread`);
-        they are parsed here. The collector's own namespace (``namespace.own``) is
+        dumps are run in a thread inside ``namespace`` (:class:`NamespaceThread`). The collector's own namespace (``namespace.own``) is
         read with :meth:`snapshot` and its configured source. Returns a
         :class:`Snapshot` whose ``namespace`` is ``namespace`` and ``source``
         ``netlink``, or ``procnet`` where sock_diag is not available in that
@@ -185,8 +185,10 @@ class Collector:
         """:meth:`snapshot_namespace`, entering namespaces with ``thread``.
 
         Inside the namespace the thread reads the sysctls, makes the
-        NETLINK_SOCK_DIAG socket and runs the dumps (:meth:`NetlinkSource.fetch`:
-        system calls only); the answers are parsed here. Where sock_diag is
+        NETLINK_SOCK_DIAG socket and runs the dumps: a counted read
+        (:meth:`NetlinkSource.count`) classifies them there as they arrive; a
+        full read's answers (:meth:`NetlinkSource.fetch`: system calls only)
+        are parsed here. Where sock_diag is
         missing the thread reads ``/proc/thread-self/net`` instead
         (:class:`~portwatch.collect.sources.procnet.ProcNetSource`).
         """
@@ -198,7 +200,6 @@ class Collector:
             Answers,
             NetlinkSource,
             default_socket_factory,
-            parse_counted,
             parse_table,
             sockstat_in_use,
         )
@@ -211,7 +212,7 @@ class Collector:
         netlink = self._ns_source
         counted = ports is not None
 
-        def inside() -> tuple[KernelSettings, Answers | None, SocketTable | None]:
+        def inside() -> tuple[KernelSettings, Answers | SocketTable, SocketCounts | None]:
             settings = read_kernel_settings(Path("/proc"))  # the thread's namespace's /proc/sys
             try:
                 sock = default_socket_factory()
@@ -220,21 +221,19 @@ class Collector:
                     raise
             else:
                 try:
-                    return settings, netlink.fetch(sock, counted, sockstat_in_use() if counted else None), None
+                    if ports is None:
+                        return settings, netlink.fetch(sock), None
+                    return (settings, *netlink.count(sock, settings, frozenset(ports), sockstat_in_use()))
                 except SourceUnavailable:
                     pass
-            return settings, None, ProcNetSource().read()  # no sock_diag in this namespace
+            return settings, ProcNetSource().read(), None  # no sock_diag in this namespace
 
-        settings, answers, table = thread.run(namespace, inside)
-        counts = None
-        source_name = ProcNetSource.name
-        if answers is not None:
-            source_name = netlink.name
-            if ports is None:
-                table = parse_table(answers)
-            else:
-                table, counts = parse_counted(answers, settings, frozenset(ports))
-        assert table is not None
+        settings, got, counts = thread.run(namespace, inside)
+        if isinstance(got, Answers):
+            table, source_name = parse_table(got), netlink.name
+        else:
+            table = got
+            source_name = netlink.name if counts is not None else ProcNetSource.name
         return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
                         owners={}, processes={}, source=source_name, namespace=namespace,
                         counts=counts)

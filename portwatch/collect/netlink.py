@@ -533,38 +533,75 @@ _TCP_ORPHAN: Final = (6, 12)  # TIME_WAIT, NEW_SYN_RECV: no detector but the cou
 class Tally:
     """What :func:`count_messages` adds up, and the look-up tables it classifies with.
 
-    Made once per read, after the listeners are known. Takes the usable
-    ephemeral ports as the range (low, high) and the ports of it that are
-    not usable (reserved, or with a TCP listener: what is left is what
-    :func:`portwatch.detect.destination_usage` counts), the ports of
-    interest (any socket holding one is kept), and the TCP listeners' local
-    endpoints as (raw 16-byte address, port) — all-zero address for a
-    wildcard listener.
+    Made once per read. Takes the usable ephemeral ports as the range (low,
+    high) and the ports of it that are not usable (reserved, or with a TCP
+    listener: what is left is what :func:`portwatch.detect.destination_usage`
+    counts), the ports of interest (any socket holding one is kept), and the
+    TCP listeners' local endpoints as (raw 16-byte address, port) — all-zero
+    address for a wildcard listener. With ``take_listeners`` the dump itself
+    brings the listeners: :func:`count_messages` builds every LISTEN socket
+    into ``listeners`` and adds it to the tables (the kernel sends its
+    listening hash before the other sockets; ``late`` says one came after
+    another socket had been classified, so the classification must be redone
+    with :meth:`again`).
 
     After the dump: ``states[n]`` is the number of sockets in kernel state
-    ``n``; ``usage`` maps (family, raw local address, raw remote address,
-    raw remote port) to the sockets counted there; ``connected[p]`` is 1 when
-    a socket with a remote end has raw local port ``p``; ``kept`` the
-    sockets built; ``buffers`` the (bytes, sequence number, family, message
-    type) of every buffer read, for :meth:`members`.
+    ``n`` (the sockets in ``listeners`` are not in it); ``usage`` maps
+    (family, raw local address, raw remote address, raw remote port) to the
+    sockets counted there; ``connected[p]`` is 1 when a socket with a remote
+    end has raw local port ``p``; ``kept`` the sockets built; ``buffers`` the
+    (bytes, sequence number, family, message type) of every buffer read, for
+    :meth:`members`.
     """
 
     def __init__(self, port_range: tuple[int, int], unusable: frozenset[int], interest: frozenset[int],
-                 listeners: frozenset[tuple[bytes, int]]) -> None:
+                 listeners: frozenset[tuple[bytes, int]], take_listeners: bool = False) -> None:
+        self.port_range = port_range
+        self.unusable = unusable
         usable = bytearray(_range_table(max(port_range[0], 0), min(port_range[1], 0xFFFF)))
         for port in unusable:
             if 0 <= port <= 0xFFFF:
                 usable[raw_port(port)] = 0
         self.usable = usable
         self.interest = _port_table(interest)
-        wildcard = {port for addr, port in listeners if addr == _ZERO16}
-        self.wildcard = _port_table(frozenset(wildcard))
-        self.specific = frozenset((addr, raw_port(port)) for addr, port in listeners if addr != _ZERO16)
+        self.interest_ports = interest
+        self.wildcard = bytearray(_port_table(frozenset(port for addr, port in listeners if addr == _ZERO16)))
+        self.specific: set[tuple[bytes, int]] = {(addr, raw_port(port)) for addr, port in listeners
+                                                 if addr != _ZERO16}
+        self.listeners: list[Socket] | None = [] if take_listeners else None
+        self.late = False
         self.states = [0] * 256
         self.usage: dict[tuple[int, bytes, bytes, int], int] = {}
         self.connected = bytearray(65536)
         self.kept: list[Socket] = []
         self.buffers: list[tuple[bytes, int, int | None, int]] = []
+
+    def listen(self, sock: Socket) -> None:
+        """Add the TCP listener ``sock`` (one :func:`count_messages` built) to the tables."""
+        port = raw_port(sock.local.port)
+        self.usable[port] = 0
+        addr = raw_ip(sock.local.ip)
+        if addr == _ZERO16:
+            self.wildcard[port] = 1
+        else:
+            self.specific.add((addr, port))
+        if any(self.states):
+            self.late = True
+
+    def again(self) -> Tally:
+        """A new tally of the same buffers, classified with every listener known from the start.
+
+        For a dump whose listeners did not all come first (``late``). Pure.
+        """
+        known = list(self.listeners or ())
+        # not taking listeners: every LISTEN message is counted as a plain socket, then taken off below
+        redo = Tally(self.port_range, self.unusable | {s.local.port for s in known}, self.interest_ports,
+                     frozenset((raw_ip(s.local.ip), s.local.port) for s in known))
+        for data, seq, family, msg_type in self.buffers:
+            count_messages(data, redo, seq=seq, length=len(data), family=family, msg_type=msg_type)
+        redo.states[_TCP_LISTEN] -= len(known)
+        redo.listeners = known
+        return redo
 
     def members(self, keys: frozenset[tuple[str, str, int]]) -> tuple[Socket, ...]:
         """Every TCP socket of the buffers read whose (local ip, remote ip, remote port) is in ``keys``.
@@ -579,6 +616,13 @@ class Tally:
                 if remote is not None and (s.local.ip, remote.ip, remote.port) in keys:
                     out.append(s)
         return tuple(out)
+
+
+def raw_ip(ip: str) -> bytes:
+    """The 16-byte inet_diag address field of ``ip`` (an IPv4 address in the first 4 bytes)."""
+    if ":" in ip:
+        return _socket.inet_pton(_socket.AF_INET6, ip)
+    return _socket.inet_pton(_socket.AF_INET, ip) + bytes(12)
 
 
 @functools.lru_cache(maxsize=4)
@@ -628,8 +672,9 @@ def count_messages(
     ``tally.kept``, by :func:`parse_messages`) only for a socket some
     detector looks at: CLOSE_WAIT, connected to itself, holding a port of
     interest, or connected with no TCP listener on either end and not a
-    TIME_WAIT or NEW_SYN_RECV mini socket. A copy of the buffer goes to
-    ``tally.buffers``. Returns whether ``NLMSG_DONE`` ended the dump.
+    TIME_WAIT or NEW_SYN_RECV mini socket. A listener is built into
+    ``tally.listeners`` instead when the tally takes them. A copy of the buffer goes to ``tally.buffers``. Returns
+    whether ``NLMSG_DONE`` ended the dump.
     """
     end = length
     if end > len(data) or end < 0:
@@ -639,12 +684,12 @@ def count_messages(
     valid = _STATE_TABLES[Protocol.TCP]
     states, usage, connected = tally.states, tally.usage, tally.connected
     usable, interest, wildcard, specific = tally.usable, tally.interest, tally.wildcard, tally.specific
-    kept = tally.kept
+    kept, listeners = tally.kept, tally.listeners
     get = usage.get
     unpack_msg = _MSG.unpack_from
     af_inet, af_inet6 = _socket.AF_INET, _socket.AF_INET6
     zero16 = _ZERO16
-    cw, tw, nsr = _TCP_CLOSE_WAIT, _TCP_ORPHAN[0], _TCP_ORPHAN[1]
+    cw, tw, nsr, listen = _TCP_CLOSE_WAIT, _TCP_ORPHAN[0], _TCP_ORPHAN[1], _TCP_LISTEN
     view = memoryview(chunk)
     off = 0
     while off < end:
@@ -654,6 +699,13 @@ def count_messages(
             if (ntype == msg_type and _MSG_LEN <= nlen <= left and nseq == seq
                     and (fam == af_inet or fam == af_inet6) and (family is None or fam == family)
                     and valid[st] is not None):
+                step = (nlen + 3) & ~3
+                if st == listen and listeners is not None:
+                    parse_messages(view[off:off + nlen], protocol=Protocol.TCP, seq=seq,
+                                   family=family, out=listeners, msg_type=msg_type)
+                    tally.listen(listeners[-1])
+                    off += step
+                    continue
                 states[st] += 1
                 if dport != 0 or dst != zero16:
                     connected[sport] = 1
@@ -665,7 +717,7 @@ def count_messages(
                                 and (src, sport) not in specific and (dst, dport) not in specific)):
                         parse_messages(view[off:off + nlen], protocol=Protocol.TCP, seq=seq,
                                        family=family, out=kept, msg_type=msg_type)
-                off += (nlen + 3) & ~3
+                off += step
                 continue
         # anything else (control messages, malformed data): one message, or the rest, parsed fully
         step = left

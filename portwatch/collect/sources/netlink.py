@@ -5,12 +5,11 @@ families in one, as ``ss -t`` asks; UDP IPv4; UDP IPv6) and receives the
 answers within a time limit (:meth:`NetlinkSource.fetch`, system calls
 only), then hands them to the parser (:func:`parse_table`, through
 :func:`portwatch.collect.netlink.parse_messages`);
-:meth:`NetlinkSource.read_counted` is the counted read a scan makes (the
-listeners first, then the other TCP states through
-:func:`portwatch.collect.netlink.count_messages`: :func:`parse_counted`).
-Fetch and parse are apart: the scan of another namespace fetches in the
-thread that entered it, with the socket made there, and parses in the
-caller. It
+:meth:`NetlinkSource.read_counted` is the counted read a scan makes
+(:meth:`NetlinkSource.count`: the listeners first, then the other TCP
+states classified by :func:`portwatch.collect.netlink.count_messages` as
+each datagram arrives, one pass over them). The scan of another namespace
+runs wholly in the thread that entered it, with the socket made there. It
 does not walk processes, so its table has no owners; it reads 100,000 sockets
 in about the CPU time ``ss -tan`` takes, some 7 times less than
 ``psutil.net_connections``. No privilege is needed to dump the sockets of the
@@ -45,6 +44,7 @@ from portwatch.collect.netlink import (
     family_name,
     fast_ip,
     parse_messages,
+    raw_ip,
     raw_port,
     run_dump,
 )
@@ -67,7 +67,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Collection, Final, Iterator, Sequence
 
-__all__ = ["DUMPS", "Answers", "Dump", "InUse", "NetlinkSource", "default_socket_factory", "parse_counted",
+__all__ = ["DUMPS", "Answers", "Dump", "InUse", "NetlinkSource", "default_socket_factory",
            "parse_table", "sockstat_in_use"]
 
 _PROTO_NUMBERS: Final = {Protocol.TCP: _socket.IPPROTO_TCP, Protocol.UDP: _socket.IPPROTO_UDP}
@@ -152,7 +152,8 @@ class NetlinkSource:
         """Takes a factory for the netlink socket (tests replace it), the receive
         buffer size in bytes (at least 32 KiB: the kernel sends up to ~32 KiB
         per datagram) and the time limit in seconds for one whole :meth:`fetch`
-        (the dumps of a read; the parse after it is not timed).
+        (the dumps of a full read; the parse after it is not timed) or
+        :meth:`count` (a counted read, its parse included).
         ``in_use``, when given, tells :meth:`read_counted` the namespace's
         socket counts (:func:`sockstat_in_use`, read where the socket is made):
         it skips the TCP dumps when no TCP socket is in use and the UDP dumps
@@ -182,75 +183,140 @@ class NetlinkSource:
         malformed answers, ``TimeoutError`` when the dumps take longer than
         the source's ``timeout``, and ``OSError`` for other failures.
         """
-        return parse_table(self.fetch(self._open(), counted=False))
+        return parse_table(self.fetch(self._open()))
 
     def read_counted(self, settings: KernelSettings,
                      ports: frozenset[int] = frozenset()) -> tuple[SocketTable, SocketCounts]:
         """Read the table keeping only the sockets a detector looks at, and count all of them.
 
-        :meth:`fetch` (counted, with the source's ``in_use``) then
-        :func:`parse_counted` with the namespace's kernel settings and the
-        ports of interest. Raises what :meth:`read` raises.
+        :meth:`count` on a new socket, with the source's ``in_use``. Raises
+        what :meth:`read` raises.
         """
         in_use = self._in_use() if self._in_use is not None else None
-        return parse_counted(self.fetch(self._open(), counted=True, in_use=in_use), settings, ports)
+        return self.count(self._open(), settings, ports, in_use)
 
-    def fetch(self, sock: _socket.socket, counted: bool, in_use: InUse | None = None) -> Answers:
-        """Run the dumps of a read on ``sock`` and keep the kernel's answers unparsed; closes ``sock``.
+    def count(self, sock: _socket.socket, settings: KernelSettings, ports: frozenset[int] = frozenset(),
+              in_use: InUse | None = None) -> tuple[SocketTable, SocketCounts]:
+        """The counted read on ``sock``: the kept sockets and the counts of all; closes ``sock``.
 
         Takes a ``NETLINK_SOCK_DIAG`` socket (made in the namespace to read:
-        it dumps that namespace wherever this runs), whether the read is
-        counted, and for a counted read the namespace's :class:`InUse`.
-        A full read dumps TCP (every state, both families in one request)
-        and UDP (one request per family). A counted read dumps the TCP
-        listeners first (a state filter: the kernel walks only its listening
-        hash), then the other TCP states, then UDP, and skips the TCP dumps
-        when ``in_use`` counts no TCP socket and the UDP ones when it counts
-        no UDP socket (every dump walks the kernel's host-wide hash: about
-        2 ms idle, 15 to 20 ms with 100,000 sockets in other namespaces).
-        Only system calls and copies: no parsing (:func:`parse_table`,
-        :func:`parse_counted`), nothing shared with another fetch (each has
-        its own receive buffer: one left running by a thread that timed out
-        disturbs none; two overlapping fetches may share a sequence number,
-        harmless on their own sockets). Raises :class:`SourceUnavailable` and
-        ``OSError`` for a refused request (as soon as its answer says so),
-        :class:`NetlinkError` for a malformed answer or a datagram longer than
-        the receive buffer (as soon as it arrives), and ``TimeoutError`` past
-        the source's ``timeout``.
+        it dumps that namespace wherever this runs), the namespace's kernel
+        settings (range and reserved ports decide which ports count towards
+        a destination's usage), the ports of interest (declared services,
+        remembered listeners: any socket holding one is kept; reserved ports
+        are added here) and the namespace's :class:`InUse`. Dumps the TCP
+        listeners (a state filter: the kernel walks only its listening hash)
+        and parses them; then dumps the other TCP states and classifies each
+        datagram as it arrives with
+        :func:`~portwatch.collect.netlink.count_messages` (which also says
+        which datagram ends the dump: one pass over the messages); then dumps
+        and parses UDP. Skips the TCP dumps when ``in_use`` counts no TCP
+        socket and the UDP ones when it counts no UDP socket (every dump
+        walks the kernel's host-wide hash: about 2 ms idle, 15 to 20 ms with
+        100,000 sockets in other namespaces). Returns the table of kept
+        sockets (every listener and UDP socket, and the TCP sockets that are
+        CLOSE_WAIT, connected to themselves, on a port of interest, or
+        connected with no TCP listener on either end) and the
+        :class:`~portwatch.model.SocketCounts` of all of them. The
+        source's ``timeout`` bounds the whole read, parse included. Raises
+        what :meth:`fetch` raises.
+        """
+        udp: list[Socket] = []
+        rng = settings.port_range
+        tally = Tally((rng.low, rng.high), settings.reserved, frozenset(ports) | settings.reserved,
+                      frozenset(), take_listeners=True)
+        try:
+            deadline = time.monotonic() + self._timeout
+            view = memoryview(bytearray(self._bufsize))
+            with _paused_gc():
+                if in_use is None or in_use.tcp > 0:
+                    self._count_tcp(sock, view, tally, deadline)
+                    if tally.late:  # a listener after other sockets: classify them again
+                        tally = tally.again()
+                if in_use is None or in_use.udp > 0:
+                    for protocol, family in DUMPS:
+                        if protocol is Protocol.UDP:
+                            _parse_dump(self._fetch_one(sock, view, "udp", protocol, family,
+                                                        UDP_STATES_MASK, deadline), udp)
+        finally:
+            sock.close()
+        listeners = tally.listeners or []
+        kept = (*listeners, *tally.kept, *udp)
+        return SocketTable(sockets=kept), _counts(tally, listeners + udp)
+
+    def _count_tcp(self, sock: _socket.socket, view: memoryview, tally: Tally, deadline: float) -> None:
+        """Every TCP socket, classified into ``tally`` as the datagrams arrive: one compatibility
+        request for both families, or (once the kernel refused it) one per family."""
+        families: Sequence[int | None] = (None,) if self._tcp_compat else (_socket.AF_INET, _socket.AF_INET6)
+        for family in families:
+            seq = self._next_seq()
+            what = "tcp" if family is None else f"tcp/{family_name(family)}"
+            if family is None:
+                request, msg_type = build_tcp_request(seq, TCP_STATES_MASK), TCPDIAG_GETSOCK
+            else:
+                request = build_request(seq, family, _socket.IPPROTO_TCP, TCP_STATES_MASK)
+                msg_type = SOCK_DIAG_BY_FAMILY
+
+            def classify(n: int, seq: int = seq, family: int | None = family, msg_type: int = msg_type) -> bool:
+                return count_messages(view, tally, seq=seq, length=n, family=family, msg_type=msg_type)
+
+            try:
+                run_dump(sock, request, classify, view, deadline=deadline, what=what,
+                         late=f"sock_diag dump of {what} took longer than {self._timeout}s")
+            except TimeoutError:
+                raise
+            except (OSError, SourceUnavailable):
+                if family is not None or len(tally.buffers) > 1 or any(tally.states) or tally.listeners:
+                    raise
+                # Refused (its NLMSG_ERROR is all the kernel sent): the per-family
+                # requests, on the same socket.
+                tally.buffers.clear()
+                self._tcp_compat = False
+                self._count_tcp(sock, view, tally, deadline)
+                return
+
+    def fetch(self, sock: _socket.socket) -> Answers:
+        """Run the dumps of a full read on ``sock`` and keep the kernel's answers unparsed; closes ``sock``.
+
+        Takes a ``NETLINK_SOCK_DIAG`` socket (made in the namespace to read:
+        it dumps that namespace wherever this runs). Dumps TCP (every state,
+        both families in one request) and UDP (one request per family).
+        Only system calls and copies: no parsing (:func:`parse_table`),
+        nothing shared with another fetch (each has its own receive buffer:
+        one left running by a thread that timed out disturbs none; two
+        overlapping fetches may share a sequence number, harmless on their
+        own sockets); :func:`~portwatch.collect.netlink.dump_ended` tells
+        which datagram is a dump's last. Raises :class:`SourceUnavailable`
+        and ``OSError`` for a refused request (as soon as its answer says
+        so), :class:`NetlinkError` for a malformed answer or a datagram
+        longer than the receive buffer (as soon as it arrives), and
+        ``TimeoutError`` past the source's ``timeout``.
         """
         try:
             deadline = time.monotonic() + self._timeout
             view = memoryview(bytearray(self._bufsize))
-            dumps: list[Dump] = []
-            tcp = not counted or in_use is None or in_use.tcp > 0
-            if counted and tcp:
-                dumps += self._fetch_tcp(sock, view, "listen", _LISTEN_MASK, deadline)
-            if tcp:
-                states = TCP_STATES_MASK & ~_LISTEN_MASK if counted else TCP_STATES_MASK
-                dumps += self._fetch_tcp(sock, view, "tcp", states, deadline)
-            if not counted or in_use is None or in_use.udp > 0:
-                for protocol, family in DUMPS:
-                    if protocol is Protocol.UDP:
-                        dumps.append(self._fetch_one(sock, view, "udp", protocol, family,
-                                                     UDP_STATES_MASK, deadline))
+            dumps = self._fetch_tcp(sock, view, deadline)
+            for protocol, family in DUMPS:
+                if protocol is Protocol.UDP:
+                    dumps.append(self._fetch_one(sock, view, "udp", protocol, family,
+                                                 UDP_STATES_MASK, deadline))
         finally:
             sock.close()
-        return Answers(counted=counted, dumps=tuple(dumps))
+        return Answers(dumps=tuple(dumps))
 
-    def _fetch_tcp(self, sock: _socket.socket, view: memoryview, part: str, states: int,
-                   deadline: float) -> list[Dump]:
-        """The TCP sockets in ``states``: one compatibility request for both families, or (once the
-        kernel refused it) one per family."""
+    def _fetch_tcp(self, sock: _socket.socket, view: memoryview, deadline: float) -> list[Dump]:
+        """Every TCP socket: one compatibility request for both families, or (once the kernel
+        refused it) one per family."""
         if self._tcp_compat:
             try:
-                return [self._fetch_one(sock, view, part, Protocol.TCP, None, states, deadline)]
+                return [self._fetch_one(sock, view, "tcp", Protocol.TCP, None, TCP_STATES_MASK, deadline)]
             except TimeoutError:
                 raise
             except (OSError, SourceUnavailable):
                 # Refused (its NLMSG_ERROR is all the kernel sent): the
                 # per-family requests below, on the same socket.
                 self._tcp_compat = False
-        return [self._fetch_one(sock, view, part, protocol, family, states, deadline)
+        return [self._fetch_one(sock, view, "tcp", protocol, family, TCP_STATES_MASK, deadline)
                 for protocol, family in DUMPS if protocol is Protocol.TCP]
 
     def _open(self) -> _socket.socket:
@@ -301,8 +367,7 @@ class NetlinkSource:
 class Dump(NamedTuple):
     """One dump's answers as :meth:`NetlinkSource.fetch` kept them: what was asked, and the datagrams.
 
-    ``part`` is ``listen`` (the TCP listeners of a counted read), ``tcp``
-    (the other TCP states; every state in a full read) or ``udp``;
+    ``part`` is ``tcp`` or ``udp``;
     ``family`` is None for the TCP compatibility request (both families);
     ``seq`` and ``msg_type`` are the request's; ``datagrams`` what the
     kernel sent, in order, the last one ending the dump.
@@ -317,9 +382,8 @@ class Dump(NamedTuple):
 
 
 class Answers(NamedTuple):
-    """What :meth:`NetlinkSource.fetch` returns: whether the read was counted, and its dumps in order."""
+    """What :meth:`NetlinkSource.fetch` returns: its dumps, in order."""
 
-    counted: bool
     dumps: tuple[Dump, ...]
 
 
@@ -335,48 +399,6 @@ def parse_table(answers: Answers) -> SocketTable:
         for dump in answers.dumps:
             _parse_dump(dump, sockets)
     return SocketTable(sockets=tuple(sockets))
-
-
-def parse_counted(answers: Answers, settings: KernelSettings,
-                  ports: frozenset[int] = frozenset()) -> tuple[SocketTable, SocketCounts]:
-    """The kept sockets and the counts of a counted read's ``answers``. Pure.
-
-    Takes the namespace's kernel settings (range and reserved ports decide
-    which ports count towards a destination's usage) and the ports of
-    interest (declared services, remembered listeners: any socket holding
-    one is kept; reserved ports are added here). Parses the listeners,
-    classifies the other TCP states with
-    :func:`~portwatch.collect.netlink.count_messages`, parses UDP. Returns
-    the table of kept sockets — every listener and UDP socket, and the TCP
-    sockets that are CLOSE_WAIT, connected to themselves, on a port of
-    interest, or connected with no TCP listener on either end — and the
-    :class:`~portwatch.model.SocketCounts` of all of them. Raises what
-    :func:`parse_table` raises, and ``ValueError`` for the answers of a full
-    (not counted) fetch.
-    """
-    if not answers.counted:
-        raise ValueError("parse_counted needs the answers of a counted fetch (its listeners come apart)")
-    listeners: list[Socket] = []
-    udp: list[Socket] = []
-    with _paused_gc():
-        for dump in answers.dumps:
-            if dump.part == "listen":
-                _parse_dump(dump, listeners)
-        listen_ports = {s.local.port for s in listeners if s.state is SocketState.LISTEN}
-        rng = settings.port_range
-        tally = Tally((rng.low, rng.high), settings.reserved | listen_ports,
-                      frozenset(ports) | settings.reserved,
-                      frozenset((_raw_address(s.local.ip), s.local.port) for s in listeners
-                                if s.state is SocketState.LISTEN))
-        for dump in answers.dumps:
-            if dump.part == "tcp":
-                for data in dump.datagrams:
-                    count_messages(data, tally, seq=dump.seq, length=len(data), family=dump.family,
-                                   msg_type=dump.msg_type)
-            elif dump.part == "udp":
-                _parse_dump(dump, udp)
-    kept = (*listeners, *tally.kept, *udp)
-    return SocketTable(sockets=kept), _counts(tally, listeners + udp)
 
 
 def _parse_dump(dump: Dump, out: list[Socket]) -> None:
@@ -402,16 +424,7 @@ def _paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-#: The state bit of TCP LISTEN.
-_LISTEN_MASK: Final = 1 << 10
 _TCP_STATE_VALUES: Final = {number: state.value for number, state in KERNEL_TCP_STATES.items()}
-
-
-def _raw_address(ip: str) -> bytes:
-    """The 16-byte inet_diag address field of ``ip`` (an IPv4 address in the first 4 bytes)."""
-    if ":" in ip:
-        return _socket.inet_pton(_socket.AF_INET6, ip)
-    return _socket.inet_pton(_socket.AF_INET, ip) + bytes(12)
 
 
 #: Below this many marked ports :func:`_marked_ports` finds them one by one (``bytearray.find``);

@@ -10,8 +10,9 @@ turns each ``struct inet_diag_msg`` into a :class:`portwatch.model.Socket`; it
 is public so that tests can feed it crafted bytes. :func:`count_messages` is
 the classifying parser of a counted read: it counts every TCP socket of a
 buffer (per state, per destination in a :class:`Tally`) and builds a
-``Socket`` only for those a detector looks at. :func:`dump_ended` tells a
-reader that keeps datagrams to parse later which one ends a dump. No I/O of its own: the
+``Socket`` only for those a detector looks at, and says which buffer
+ends the dump. :func:`dump_ended` tells a reader that keeps datagrams to
+parse later (a full read) which one ends a dump. No I/O of its own: the
 two reading helpers at the end work on a socket their caller made —
 :func:`run_dump` (one dump request and its answers within a deadline, what
 every dump of portwatch runs) and :func:`recv_nowait` (one non-blocking read
@@ -524,10 +525,18 @@ def raw_port(port: int) -> int:
     return ((port & 0xFF) << 8) | (port >> 8) if not _BIG_ENDIAN else port
 
 
+# What the classifying parser reads of a message: nlmsghdr (without flags and port id),
+# family, state, ports (host order), addresses.
+_CLASSIFY: Final = struct.Struct("=IH2xI4x" "BBxx" "HH16s16s")
+_BOTH_FAMILIES: Final = (_socket.AF_INET, _socket.AF_INET6)
+
 #: TCP state numbers (include/net/tcp_states.h) the classifying parser tests.
 _TCP_LISTEN: Final = 10
 _TCP_CLOSE_WAIT: Final = 8
 _TCP_ORPHAN: Final = (6, 12)  # TIME_WAIT, NEW_SYN_RECV: no detector but the counts looks at them
+#: Per kernel state number: 0 not a TCP state, 1 a full socket, 2 a TIME_WAIT or NEW_SYN_RECV mini socket.
+_PLAIN_STATES: Final = bytes(0 if n not in KERNEL_TCP_STATES else 2 if n in _TCP_ORPHAN else 1
+                             for n in range(256))
 
 
 class Tally:
@@ -568,6 +577,9 @@ class Tally:
         self.wildcard = bytearray(_port_table(frozenset(port for addr, port in listeners if addr == _ZERO16)))
         self.specific: set[tuple[bytes, int]] = {(addr, raw_port(port)) for addr, port in listeners
                                                  if addr != _ZERO16}
+        self.specific_port = bytearray(65536)  # 1 at the raw port of each specific listener
+        for _, port in self.specific:
+            self.specific_port[port] = 1
         self.listeners: list[Socket] | None = [] if take_listeners else None
         self.late = False
         self.states = [0] * 256
@@ -585,6 +597,7 @@ class Tally:
             self.wildcard[port] = 1
         else:
             self.specific.add((addr, port))
+            self.specific_port[port] = 1
         if any(self.states):
             self.late = True
 
@@ -681,44 +694,45 @@ def count_messages(
         raise NetlinkError(f"length {end} outside a buffer of {len(data)} bytes", 0)
     chunk = bytes(data[:end])
     tally.buffers.append((chunk, seq, family, msg_type))
-    valid = _STATE_TABLES[Protocol.TCP]
     states, usage, connected = tally.states, tally.usage, tally.connected
     usable, interest, wildcard, specific = tally.usable, tally.interest, tally.wildcard, tally.specific
+    specific_port = tally.specific_port
     kept, listeners = tally.kept, tally.listeners
+    taken: list[Socket] = listeners if listeners is not None else []
     get = usage.get
-    unpack_msg = _MSG.unpack_from
-    af_inet, af_inet6 = _socket.AF_INET, _socket.AF_INET6
+    unpack_msg = _CLASSIFY.unpack_from
+    families = _BOTH_FAMILIES if family is None else (family,)
+    plain, cw = _PLAIN_STATES, _TCP_CLOSE_WAIT
+    listen = _TCP_LISTEN if listeners is not None else -1
     zero16 = _ZERO16
-    cw, tw, nsr, listen = _TCP_CLOSE_WAIT, _TCP_ORPHAN[0], _TCP_ORPHAN[1], _TCP_LISTEN
     view = memoryview(chunk)
     off = 0
     while off < end:
         left = end - off
         if left >= _MSG_LEN:
-            (nlen, ntype, nseq, fam, st, sport, dport, src, dst, _uid, _inode) = unpack_msg(chunk, off)
-            if (ntype == msg_type and _MSG_LEN <= nlen <= left and nseq == seq
-                    and (fam == af_inet or fam == af_inet6) and (family is None or fam == family)
-                    and valid[st] is not None):
-                step = (nlen + 3) & ~3
-                if st == listen and listeners is not None:
-                    parse_messages(view[off:off + nlen], protocol=Protocol.TCP, seq=seq,
-                                   family=family, out=listeners, msg_type=msg_type)
-                    tally.listen(listeners[-1])
-                    off += step
-                    continue
-                states[st] += 1
-                if dport != 0 or dst != zero16:
-                    connected[sport] = 1
-                    if usable[sport]:
-                        key = (fam, src, dst, dport)
-                        usage[key] = get(key, 0) + 1
-                    if (st == cw or interest[sport] or (sport == dport and src == dst)
-                            or (st != tw and st != nsr and not wildcard[sport] and not wildcard[dport]
-                                and (src, sport) not in specific and (dst, dport) not in specific)):
+            (nlen, ntype, nseq, fam, st, sport, dport, src, dst) = unpack_msg(chunk, off)
+            if ntype == msg_type and _MSG_LEN <= nlen <= left and nseq == seq and fam in families:
+                kind = plain[st]  # 0: not a TCP state, 1: a full socket, 2: a mini socket
+                if kind:
+                    if st == listen:
                         parse_messages(view[off:off + nlen], protocol=Protocol.TCP, seq=seq,
-                                       family=family, out=kept, msg_type=msg_type)
-                off += step
-                continue
+                                       family=family, out=taken, msg_type=msg_type)
+                        tally.listen(taken[-1])
+                    else:
+                        states[st] += 1
+                        if dport or dst != zero16:
+                            connected[sport] = 1
+                            if usable[sport]:
+                                key = (fam, src, dst, dport)
+                                usage[key] = get(key, 0) + 1
+                            if (st == cw or interest[sport] or (sport == dport and src == dst)
+                                    or (kind == 1 and not wildcard[sport] and not wildcard[dport]
+                                        and not (specific_port[sport] and (src, sport) in specific)
+                                        and not (specific_port[dport] and (dst, dport) in specific))):
+                                parse_messages(view[off:off + nlen], protocol=Protocol.TCP, seq=seq,
+                                               family=family, out=kept, msg_type=msg_type)
+                    off += (nlen + 3) & ~3
+                    continue
         # anything else (control messages, malformed data): one message, or the rest, parsed fully
         step = left
         if left >= _HDR_LEN:

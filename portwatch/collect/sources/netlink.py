@@ -6,9 +6,9 @@ answers within a time limit (:meth:`NetlinkSource.fetch`, system calls
 only), then hands them to the parser (:func:`parse_table`, through
 :func:`portwatch.collect.netlink.parse_messages`);
 :meth:`NetlinkSource.read_counted` is the counted read a scan makes
-(:meth:`NetlinkSource.count`: the listeners first, then the other TCP
-states classified by :func:`portwatch.collect.netlink.count_messages` as
-each datagram arrives, one pass over them). The scan of another namespace
+(:meth:`NetlinkSource.count`: one TCP dump, classified by
+:func:`portwatch.collect.netlink.count_messages` as each datagram arrives,
+one pass over it, the listeners first as the kernel sends them). The scan of another namespace
 runs wholly in the thread that entered it, with the socket made there. It
 does not walk processes, so its table has no owners; it reads 100,000 sockets
 in about the CPU time ``ss -tan`` takes, some 7 times less than
@@ -204,13 +204,14 @@ class NetlinkSource:
         settings (range and reserved ports decide which ports count towards
         a destination's usage), the ports of interest (declared services,
         remembered listeners: any socket holding one is kept; reserved ports
-        are added here) and the namespace's :class:`InUse`. Dumps the TCP
-        listeners (a state filter: the kernel walks only its listening hash)
-        and parses them; then dumps the other TCP states and classifies each
-        datagram as it arrives with
-        :func:`~portwatch.collect.netlink.count_messages` (which also says
-        which datagram ends the dump: one pass over the messages); then dumps
-        and parses UDP. Skips the TCP dumps when ``in_use`` counts no TCP
+        are added here) and the namespace's :class:`InUse`. Dumps every TCP
+        socket (one request, both families) and classifies each datagram as it
+        arrives with :func:`~portwatch.collect.netlink.count_messages` (which
+        also says which datagram ends the dump: one pass over the messages);
+        the kernel sends its listening hash first, so the listeners are known
+        before the sockets they decide about (should one come later, the
+        buffers are classified again: :meth:`Tally.again`); then dumps and
+        parses UDP. Skips the TCP dumps when ``in_use`` counts no TCP
         socket and the UDP ones when it counts no UDP socket (every dump
         walks the kernel's host-wide hash: about 2 ms idle, 15 to 20 ms with
         100,000 sockets in other namespaces). Returns the table of kept

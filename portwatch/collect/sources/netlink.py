@@ -65,7 +65,9 @@ from portwatch.model.text import os_error_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Collection, Final, Iterator, Sequence
+    from typing import Callable, Collection, Final, Iterator, Sequence, TypeVar
+
+    T = TypeVar("T")
 
 __all__ = ["DUMPS", "Answers", "Dump", "InUse", "NetlinkSource", "default_socket_factory",
            "parse_table", "sockstat_in_use"]
@@ -246,35 +248,20 @@ class NetlinkSource:
         return SocketTable(sockets=kept), _counts(tally, listeners + udp)
 
     def _count_tcp(self, sock: _socket.socket, view: memoryview, tally: Tally, deadline: float) -> None:
-        """Every TCP socket, classified into ``tally`` as the datagrams arrive: one compatibility
-        request for both families, or (once the kernel refused it) one per family."""
-        families: Sequence[int | None] = (None,) if self._tcp_compat else (_socket.AF_INET, _socket.AF_INET6)
-        for family in families:
-            seq = self._next_seq()
-            what = "tcp" if family is None else f"tcp/{family_name(family)}"
-            if family is None:
-                request, msg_type = build_tcp_request(seq, TCP_STATES_MASK), TCPDIAG_GETSOCK
-            else:
-                request = build_request(seq, family, _socket.IPPROTO_TCP, TCP_STATES_MASK)
-                msg_type = SOCK_DIAG_BY_FAMILY
+        """Every TCP socket, classified into ``tally`` as the datagrams arrive (:meth:`_tcp_dumps`)."""
+        def classify(family: int | None) -> None:
+            def receiver(seq: int, msg_type: int) -> Callable[[int], bool]:
+                return lambda n: count_messages(view, tally, seq=seq, length=n, family=family, msg_type=msg_type)
 
-            def classify(n: int, seq: int = seq, family: int | None = family, msg_type: int = msg_type) -> bool:
-                return count_messages(view, tally, seq=seq, length=n, family=family, msg_type=msg_type)
+            self._dump(sock, view, Protocol.TCP, family, TCP_STATES_MASK, deadline, receiver)
 
-            try:
-                run_dump(sock, request, classify, view, deadline=deadline, what=what,
-                         late=f"sock_diag dump of {what} took longer than {self._timeout}s")
-            except TimeoutError:
-                raise
-            except (OSError, SourceUnavailable):
-                if family is not None or len(tally.buffers) > 1 or any(tally.states) or tally.listeners:
-                    raise
-                # Refused (its NLMSG_ERROR is all the kernel sent): the per-family
-                # requests, on the same socket.
-                tally.buffers.clear()
-                self._tcp_compat = False
-                self._count_tcp(sock, view, tally, deadline)
-                return
+        def refused() -> bool:  # the refusal (one datagram, nothing in it counted) is all there is
+            if len(tally.buffers) > 1 or any(tally.states) or tally.listeners:
+                return False
+            tally.buffers.clear()
+            return True
+
+        self._tcp_dumps(classify, refused)
 
     def fetch(self, sock: _socket.socket) -> Answers:
         """Run the dumps of a full read on ``sock`` and keep the kernel's answers unparsed; closes ``sock``.
@@ -306,19 +293,27 @@ class NetlinkSource:
         return Answers(dumps=tuple(dumps))
 
     def _fetch_tcp(self, sock: _socket.socket, view: memoryview, deadline: float) -> list[Dump]:
-        """Every TCP socket: one compatibility request for both families, or (once the kernel
-        refused it) one per family."""
+        """Every TCP socket, its datagrams kept (:meth:`_tcp_dumps`)."""
+        return self._tcp_dumps(lambda family: self._fetch_one(sock, view, "tcp", Protocol.TCP, family,
+                                                              TCP_STATES_MASK, deadline))
+
+    def _tcp_dumps(self, dump: Callable[[int | None], T], refused: Callable[[], bool] = lambda: True) -> list[T]:
+        """``dump(family)`` of every TCP socket: once with ``None`` (the compatibility request, both
+        families in one walk), or, once the kernel refused that, once per family. ``refused()``,
+        called when the kernel refuses, says whether the per-family requests may follow (it
+        clears what the refused request left); they run on the same socket."""
         if self._tcp_compat:
             try:
-                return [self._fetch_one(sock, view, "tcp", Protocol.TCP, None, TCP_STATES_MASK, deadline)]
+                return [dump(None)]
             except TimeoutError:
                 raise
             except (OSError, SourceUnavailable):
                 # Refused (its NLMSG_ERROR is all the kernel sent): the
                 # per-family requests below, on the same socket.
+                if not refused():
+                    raise
                 self._tcp_compat = False
-        return [self._fetch_one(sock, view, "tcp", protocol, family, TCP_STATES_MASK, deadline)
-                for protocol, family in DUMPS if protocol is Protocol.TCP]
+        return [dump(family) for protocol, family in DUMPS if protocol is Protocol.TCP]
 
     def _open(self) -> _socket.socket:
         """A new netlink socket from the factory; :class:`SourceUnavailable` when the kernel has no
@@ -339,7 +334,24 @@ class NetlinkSource:
 
     def _fetch_one(self, sock: _socket.socket, view: memoryview, part: str, protocol: Protocol,
                    family: int | None, states: int, deadline: float) -> Dump:
-        """Run one dump request of the sockets in ``states`` and keep its datagrams, up to the last.
+        """Run one dump request of the sockets in ``states`` and keep its datagrams, up to the last
+        (:func:`~portwatch.collect.netlink.dump_ended` says which)."""
+        datagrams: list[bytes] = []
+
+        def keeper(seq: int, msg_type: int) -> Callable[[int], bool]:
+            def keep(n: int) -> bool:
+                ended = dump_ended(view, length=n, seq=seq, msg_type=msg_type, protocol=protocol, family=family)
+                datagrams.append(bytes(view[:n]))
+                return ended
+            return keep
+
+        seq, msg_type = self._dump(sock, view, protocol, family, states, deadline, keeper)
+        return Dump(part, protocol, family, seq, msg_type, tuple(datagrams))
+
+    def _dump(self, sock: _socket.socket, view: memoryview, protocol: Protocol, family: int | None,
+              states: int, deadline: float, receiver: Callable[[int, int], Callable[[int], bool]]) -> tuple[int, int]:
+        """Run one dump request of the sockets in ``states``, handing each datagram (``view[:n]``) to
+        ``receiver(seq, msg_type)``'s callback until it says the dump ended; returns (seq, msg_type).
 
         ``family`` ``None`` (with TCP) sends the compatibility request, which
         dumps both families in one walk of the kernel's hash.
@@ -353,16 +365,9 @@ class NetlinkSource:
             msg_type = SOCK_DIAG_BY_FAMILY
         if deadline - time.monotonic() <= 0:
             raise TimeoutError(f"sock_diag read took longer than {self._timeout}s")
-        datagrams: list[bytes] = []
-
-        def keep(n: int) -> bool:
-            ended = dump_ended(view, length=n, seq=seq, msg_type=msg_type, protocol=protocol, family=family)
-            datagrams.append(bytes(view[:n]))
-            return ended
-
-        run_dump(sock, request, keep, view, deadline=deadline, what=what,
+        run_dump(sock, request, receiver(seq, msg_type), view, deadline=deadline, what=what,
                  late=f"sock_diag dump of {what} took longer than {self._timeout}s")
-        return Dump(part, protocol, family, seq, msg_type, tuple(datagrams))
+        return seq, msg_type
 
 
 class Dump(NamedTuple):

@@ -686,8 +686,9 @@ def count_messages(
     detector looks at: CLOSE_WAIT, connected to itself, holding a port of
     interest, or connected with no TCP listener on either end and not a
     TIME_WAIT or NEW_SYN_RECV mini socket. A listener is built into
-    ``tally.listeners`` instead when the tally takes them. A copy of the buffer goes to ``tally.buffers``. Returns
-    whether ``NLMSG_DONE`` ended the dump.
+    ``tally.listeners`` instead when the tally takes them. A copy of the
+    buffer goes to ``tally.buffers``. Returns whether ``NLMSG_DONE`` ended
+    the dump.
     """
     end = length
     if end > len(data) or end < 0:

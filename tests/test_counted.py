@@ -10,6 +10,7 @@ the JSON document, the terminal report and the metrics figures.
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import struct
@@ -91,11 +92,13 @@ def test_counted_and_full_snapshots_give_the_same_findings_json_report_and_metri
 
 class ScriptedDiag:
     """A NETLINK_SOCK_DIAG socket stand-in: every TCP dump answers ESTABLISHED sockets from the
-    given local ports to 127.0.0.2:8080 (those its state mask asks for), every UDP dump nothing."""
+    given local ports to 127.0.0.2:8080 (those its state mask asks for), every UDP dump nothing.
+    Non-blocking (``settimeout(0)``) with nothing left it raises ``BlockingIOError``, as a socket does."""
 
     def __init__(self, ports: list[int]) -> None:
         self.ports = ports
         self.answers: list[bytes] = []
+        self.timeout: float | None = None
 
     def sendto(self, data: bytes, address: tuple[int, int]) -> int:
         msg_type, _flags, seq = struct.unpack_from("=HHI", data, 4)
@@ -115,12 +118,14 @@ class ScriptedDiag:
         return bytes(msg)
 
     def recvfrom_into(self, view: memoryview, size: int, flags: int) -> tuple[int, tuple[int, int]]:
+        if not self.answers and self.timeout == 0:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")  # non-blocking, nothing left
         answer = self.answers.pop(0)
         view[:len(answer)] = answer
         return len(answer), (0, 0)
 
     def settimeout(self, value: float) -> None:
-        pass
+        self.timeout = value
 
     def close(self) -> None:
         pass

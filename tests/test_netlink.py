@@ -635,7 +635,12 @@ class RefusesTcpCompat:
 
 
 class ScriptedSocket:
-    """A netlink socket stand-in that answers any request with scripted datagrams ``(bytes, sender port id)``."""
+    """A netlink socket stand-in that answers any request with scripted datagrams ``(bytes, sender port id)``.
+
+    Non-blocking (``settimeout(0)``) with no datagram left it raises
+    ``BlockingIOError``, as a socket does; blocking, ``IndexError`` (a real
+    socket would wait for a datagram that never comes).
+    """
 
     def __init__(self, answers: list[tuple[bytes, int]]) -> None:
         self.answers = answers
@@ -649,6 +654,8 @@ class ScriptedSocket:
 
     def recvfrom_into(self, view: memoryview, size: int, flags: int) -> tuple[int, tuple[int, int]]:
         assert flags == socket.MSG_TRUNC
+        if not self.answers and self.timeouts and self.timeouts[-1] == 0:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
         data, sender = self.answers.pop(0)
         kept = data[:size]  # the kernel cuts a datagram to the buffer; MSG_TRUNC returns its real length
         view[:len(kept)] = kept
@@ -702,7 +709,7 @@ def test_a_read_stops_at_a_malformed_answer_as_the_parser_does_without_waiting_f
     assert len(sock.sent) == 1
 
 
-def test_a_counted_read_classifies_as_it_reads_and_stops_at_a_malformed_answer() -> None:
+def test_a_counted_read_classifies_what_has_come_and_stops_at_a_malformed_answer() -> None:
     def typed(raw: bytes) -> bytes:  # the message with nlmsg_type TCPDIAG_GETSOCK, as the TCP request gets
         return raw[:4] + struct.pack("=H", netlink.TCPDIAG_GETSOCK) + raw[6:]
 
@@ -722,6 +729,7 @@ def test_a_counted_read_classifies_as_it_reads_and_stops_at_a_malformed_answer()
         assert sum(counts.usage.values()) == 2  # 8080 is no usable port: the listener's end is not counted
     # Nothing follows the bad answer: a read that waited for the dump's end would ask the
     # scripted socket for a datagram it does not have (IndexError), not raise the parser's error.
+    # It is classified when no more is ready (BlockingIOError), as the good ones were.
     bad = ScriptedSocket([(typed(diag()) + typed(diag(family=7, src=bytes(16), dst=bytes(16))), 0)])
     bad.close = lambda: None  # type: ignore[attr-defined]
     with pytest.raises(NetlinkError, match="unknown address family 7"):

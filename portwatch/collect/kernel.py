@@ -44,16 +44,21 @@ def _shorten(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _read_text(path: Path, missing_ok: bool) -> str | None:
+def _read_text(path: Path, missing_ok: bool, dir_fd: int | None = None) -> str | None:
     """The contents of ``path`` (UTF-8, undecodable bytes replaced, newlines as ``\\n``); ``None``
     if it does not exist and ``missing_ok``.
 
-    Reads with ``os.open``/``os.read``: four system calls for a sysctl file
-    where a text file object takes seven, once per file and namespace.
-    Raises :class:`CollectError` naming ``path`` for any other failure.
+    With ``dir_fd`` (an fd on ``path``'s directory) only the last component
+    is looked up, relative to it. Reads with ``os.open``/``os.read``: four
+    system calls for a sysctl file where a text file object takes seven,
+    once per file and namespace. Raises :class:`CollectError` naming
+    ``path`` for any other failure.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if dir_fd is None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            fd = os.open(path.name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
             chunks = [os.read(fd, _READ_SIZE)]
             while chunks[-1]:
@@ -133,17 +138,24 @@ def read_kernel_settings(proc_root: Path = Path("/proc")) -> KernelSettings:
     """
     base = Path(proc_root).joinpath(*_SYSCTL_DIR)
     range_path = base / _RANGE_FILE
-    range_text = _read_text(range_path, missing_ok=False)
-    assert range_text is not None
-    port_range = parse_port_range(range_text, str(range_path))
-
-    reserved_path = base / _RESERVED_FILE
-    reserved_text = _read_text(reserved_path, missing_ok=True)
+    try:
+        # the directory once, each file relative to it: in a namespace other than the one
+        # /proc/sys was last looked up in, every component of a path is looked up afresh
+        dir_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CollectError(f"{range_path}: {cause(exc)}") from None
+    try:
+        range_text = _read_text(range_path, False, dir_fd)
+        assert range_text is not None
+        port_range = parse_port_range(range_text, str(range_path))
+        reserved_path = base / _RESERVED_FILE
+        reserved_text = _read_text(reserved_path, True, dir_fd)
+        unpriv_path = base / _UNPRIV_FILE
+        unpriv_text = _read_text(unpriv_path, True, dir_fd)
+    finally:
+        os.close(dir_fd)
     reserved = (frozenset() if reserved_text is None
                 else parse_reserved_ports(reserved_text, str(reserved_path)))
-
-    unpriv_path = base / _UNPRIV_FILE
-    unpriv_text = _read_text(unpriv_path, missing_ok=True)
     if unpriv_text is None:
         unpriv = DEFAULT_UNPRIVILEGED_PORT_START
     else:

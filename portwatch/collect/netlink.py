@@ -780,7 +780,8 @@ def recv_nowait(recv_into: Callable[[Any], int], buf: Any) -> int | None:
 
 
 def run_dump(sock: _socket.socket, request: bytes, parse: Callable[[int], bool], view: memoryview, *,
-             deadline: float, late: str, what: str | None = None) -> None:
+             deadline: float, late: str, what: str | None = None,
+             idle: Callable[[], bool] | None = None) -> None:
     """Send one sock_diag dump ``request`` on ``sock`` and hand its answers to ``parse`` until it says done.
 
     Takes a ``NETLINK_SOCK_DIAG`` socket, the request bytes, ``parse(n)``
@@ -791,9 +792,15 @@ def run_dump(sock: _socket.socket, request: bytes, parse: Callable[[int], bool],
     is sent or while an answer is awaited. Datagrams not from the kernel
     (port id 0) are skipped. With ``what`` (the dump's name in messages), a
     request refused with an errno of :data:`UNAVAILABLE_ERRNOS` raises
-    :func:`errno_failure`'s exception. Raises :class:`NetlinkError` for a
-    datagram longer than ``view``, ``OSError`` from the socket and whatever
-    ``parse`` raises.
+    :func:`errno_failure`'s exception. With ``idle`` the socket is read
+    without blocking (``settimeout(0)``: no ``poll`` before each datagram)
+    and ``idle()`` is called whenever no datagram is ready, before waiting
+    for one; it returns whether the dump is over (``parse`` may then only
+    keep what it is given, and ``idle`` read it all: the kernel makes the
+    next datagram of a dump while the previous one is received, so with a
+    real kernel that happens once, after the last). Raises
+    :class:`NetlinkError` for a datagram longer than ``view``, ``OSError``
+    from the socket and whatever ``parse`` or ``idle`` raise.
     """
     size = len(view)
     remaining = deadline - time.monotonic()
@@ -807,18 +814,44 @@ def run_dump(sock: _socket.socket, request: bytes, parse: Callable[[int], bool],
             raise errno_failure(exc.errno or 0, what) from exc
         raise
     recv = sock.recvfrom_into
+    if idle is not None:
+        sock.settimeout(0.0)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(late)
-        sock.settimeout(remaining)
-        try:
-            n, addr = recv(view, size, _socket.MSG_TRUNC)
-        except TimeoutError as exc:  # what socket.timeout is
-            raise TimeoutError(late) from exc
+        if idle is not None:
+            try:
+                n, addr = recv(view, size, _socket.MSG_TRUNC)
+            except BlockingIOError:
+                if idle():
+                    return
+                n, addr = _wait_datagram(sock, view, deadline, late)
+        else:
+            sock.settimeout(remaining)
+            try:
+                n, addr = recv(view, size, _socket.MSG_TRUNC)
+            except TimeoutError as exc:  # what socket.timeout is
+                raise TimeoutError(late) from exc
         if n > size:
             raise NetlinkError(f"datagram of {n} bytes truncated to the {size}-byte receive buffer", size)
         if addr[0] != 0:  # not from the kernel (port id 0): not ours to read
             continue
         if parse(n):
             return
+
+
+def _wait_datagram(sock: _socket.socket, view: memoryview, deadline: float, late: str) -> tuple[int, Any]:
+    """The next datagram on the non-blocking ``sock`` (into ``view``), waited for until ``deadline``;
+    the socket is left non-blocking. Raises ``TimeoutError(late)`` past the deadline."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(late)
+    sock.settimeout(remaining)
+    try:
+        got: tuple[int, Any] = sock.recvfrom_into(view, len(view), _socket.MSG_TRUNC)
+    except TimeoutError as exc:  # what socket.timeout is
+        raise TimeoutError(late) from exc
+    finally:
+        sock.settimeout(0.0)
+    return got

@@ -112,7 +112,10 @@ class SocketCounts:
     value, state value); ``usage``: TCP sockets holding a usable ephemeral
     port per destination, exactly as
     :func:`portwatch.detect.destination_usage` counts a full table;
-    ``local_ports``: the local port of every socket with a remote end;
+    ``connected_ports``: takes nothing and returns the local port of every
+    socket with a remote end (:attr:`local_ports` asks it once, the first
+    time it is read: only the detector of failed connects needs them, and
+    finding them in a large dump is not free);
     ``members``: takes destinations and returns every TCP socket connected
     towards one of them (kept or not) in dump order, pure (it re-reads what
     the source kept of the dump).
@@ -121,8 +124,17 @@ class SocketCounts:
     total: int
     by_state: Mapping[tuple[str, str], int]
     usage: Mapping[Destination, int]
-    local_ports: frozenset[int]
+    connected_ports: Callable[[], frozenset[int]]
     members: Callable[[Collection[Destination]], tuple[Socket, ...]]
+
+    @property
+    def local_ports(self) -> frozenset[int]:
+        """The local port of every socket with a remote end (any protocol, any state), found once."""
+        found: frozenset[int] | None = self.__dict__.get("_local_ports")
+        if found is None:
+            found = frozenset(self.connected_ports())
+            object.__setattr__(self, "_local_ports", found)  # a cache, not a field: frozen all the same
+        return found
 
 
 class RememberedPort(NamedTuple):

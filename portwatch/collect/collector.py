@@ -186,7 +186,7 @@ class Collector:
 
         Inside the namespace the thread reads the sysctls, makes the
         NETLINK_SOCK_DIAG socket and runs the dumps: a counted read
-        (:meth:`NetlinkSource.count`) classifies them there as they arrive; a
+        (:meth:`NetlinkSource.count`) classifies them there; a
         full read's answers (:meth:`NetlinkSource.fetch`: system calls only)
         are parsed here. Where sock_diag is
         missing the thread reads ``/proc/thread-self/net`` instead

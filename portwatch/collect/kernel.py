@@ -61,7 +61,9 @@ def _read_text(path: Path, missing_ok: bool, dir_fd: int | None = None) -> str |
             fd = os.open(path.name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
             chunks = [os.read(fd, _READ_SIZE)]
-            while chunks[-1]:
+            # a sysctl file gives all it has to the first read: a short one is the end (a
+            # regular file too), so the read that would return b"" is left out
+            while len(chunks[-1]) == _READ_SIZE:
                 chunks.append(os.read(fd, _READ_SIZE))
         finally:
             os.close(fd)

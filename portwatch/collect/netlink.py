@@ -49,27 +49,33 @@ from __future__ import annotations
 
 import errno as _errno
 import functools
+import itertools
 import _socket
 import os
 import struct
+import sys
 import time
 
 from portwatch.model import (
     KERNEL_TCP_STATES,
+    Destination,
     Endpoint,
     Family,
     Protocol,
     Socket,
+    SocketCounts,
     SocketState,
     SourceUnavailable,
+    count_states,
     normalize_ip,
 )
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Final
+    from typing import Any, Callable, Collection, Final
 
 __all__ = [
+    "counted_totals",
     "NLMSG_DONE",
     "NLMSG_ERROR",
     "NLM_F_REQUEST",
@@ -749,6 +755,70 @@ def count_messages(
             return True
         off += step
     return False
+
+
+_TCP_STATE_VALUES: Final = {number: state.value for number, state in KERNEL_TCP_STATES.items()}
+
+
+#: Below this many marked ports :func:`_marked_ports` finds them one by one (``bytearray.find``);
+#: above, it reads the table in 256-port blocks (C speed either way, neither builds 65,536 ints).
+_SPARSE_PORTS: Final = 8192
+_EMPTY_BLOCK: Final = bytes(256)
+
+
+def _marked_ports(raw: bytearray) -> set[int]:
+    """The ports (host order) marked 1 in ``raw``, a 65,536-byte table of 0 and 1 indexed by raw
+    (network order) port number, as :class:`~portwatch.collect.netlink.Tally` keeps them."""
+    ports: set[int] = set()
+    if len(raw) - raw.count(0) <= _SPARSE_PORTS:
+        find, add = raw.find, ports.add
+        at = find(1)
+        if sys.byteorder == "big":
+            while at >= 0:
+                add(at)
+                at = find(1, at + 1)
+        while at >= 0:
+            add(((at & 0xFF) << 8) | (at >> 8))  # raw_port(at), without a call per port
+            at = find(1, at + 1)
+        return ports
+    host = raw if sys.byteorder == "big" else b"".join(raw[lo::256] for lo in range(256))
+    for base in range(0, 65536, 256):
+        block = host[base:base + 256]
+        if block != _EMPTY_BLOCK:
+            ports.update(itertools.compress(range(base, base + 256), block))
+    return ports
+
+
+def counted_totals(tally: Tally, built: list[Socket]) -> SocketCounts:
+    """The :class:`~portwatch.model.SocketCounts` of a counted read: ``tally`` (the classified TCP
+    dump) plus ``built`` (the sockets of the other dumps, every one built). Pure."""
+    by_state = count_states(built)
+    for number, n in enumerate(tally.states):
+        if n:
+            key = (Protocol.TCP.value, _TCP_STATE_VALUES[number])
+            by_state[key] = by_state.get(key, 0) + n
+    usage: dict[Destination, int] = {}
+    ips: dict[tuple[int, bytes], str] = {}
+    for (fam, src, dst, dport), n in tally.usage.items():
+        local = ips.get((fam, src))
+        if local is None:
+            local = ips[(fam, src)] = fast_ip(src, fam)
+        remote = ips.get((fam, dst))
+        if remote is None:
+            remote = ips[(fam, dst)] = fast_ip(dst, fam)
+        dest = Destination(local, remote, raw_port(dport))
+        usage[dest] = usage.get(dest, 0) + n
+
+    def connected_ports() -> frozenset[int]:
+        ports = _marked_ports(tally.connected)
+        ports.update(s.local.port for s in built if s.remote is not None)
+        return frozenset(ports)
+
+    def members(destinations: Collection[Destination]) -> tuple[Socket, ...]:
+        return tally.members(frozenset((d.local_ip, d.remote_ip, d.remote_port) for d in destinations))
+
+    return SocketCounts(total=sum(by_state.values()), by_state=by_state, usage=usage,
+                        connected_ports=connected_ports, members=members)
 
 
 def family_name(family: int) -> str:

@@ -7,8 +7,8 @@ only), then hands them to the parser (:func:`parse_table`, through
 :func:`portwatch.collect.netlink.parse_messages`);
 :meth:`NetlinkSource.read_counted` is the counted read a scan makes
 (:meth:`NetlinkSource.count`: one TCP dump, classified by
-:func:`portwatch.collect.netlink.count_messages` as each datagram arrives,
-one pass over it, the listeners first as the kernel sends them). The scan of another namespace
+:func:`portwatch.collect.netlink.count_messages` once the kernel's walk is
+over, one pass over it, the listeners first as the kernel sends them). The scan of another namespace
 runs wholly in the thread that entered it, with the socket made there. It
 does not walk processes, so its table has no owners; it reads 100,000 sockets
 in about the CPU time ``ss -tan`` takes, some 7 times less than
@@ -24,9 +24,7 @@ import _socket
 import contextlib
 import errno as _errno
 import gc
-import itertools
 import os
-import sys
 import time
 
 from portwatch.collect.netlink import (
@@ -40,32 +38,27 @@ from portwatch.collect.netlink import (
     build_request,
     build_tcp_request,
     count_messages,
+    counted_totals,
     dump_ended,
     family_name,
-    fast_ip,
     parse_messages,
     raw_ip,
-    raw_port,
     run_dump,
 )
 from portwatch.model import (
-    KERNEL_TCP_STATES,
-    Destination,
     KernelSettings,
     Protocol,
     Socket,
     SocketCounts,
-    SocketState,
     SocketTable,
     SourceUnavailable,
-    count_states,
 )
 from portwatch.model.records import NamedTuple
 from portwatch.model.text import os_error_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Collection, Final, Iterator, Sequence, TypeVar
+    from typing import Callable, Final, Iterator, Sequence, TypeVar
 
     T = TypeVar("T")
 
@@ -246,7 +239,7 @@ class NetlinkSource:
             sock.close()
         listeners = tally.listeners or []
         kept = (*listeners, *tally.kept, *udp)
-        return SocketTable(sockets=kept), _counts(tally, listeners + udp)
+        return SocketTable(sockets=kept), counted_totals(tally, listeners + udp)
 
     def _count_tcp(self, sock: _socket.socket, view: memoryview, tally: Tally, deadline: float) -> None:
         """Every TCP socket, classified into ``tally`` (:meth:`_tcp_dumps`).
@@ -458,67 +451,3 @@ def _paused_gc() -> Iterator[None]:
     finally:
         if gc_was_enabled:
             gc.enable()
-
-
-_TCP_STATE_VALUES: Final = {number: state.value for number, state in KERNEL_TCP_STATES.items()}
-
-
-#: Below this many marked ports :func:`_marked_ports` finds them one by one (``bytearray.find``);
-#: above, it reads the table in 256-port blocks (C speed either way, neither builds 65,536 ints).
-_SPARSE_PORTS: Final = 8192
-_EMPTY_BLOCK: Final = bytes(256)
-
-
-def _marked_ports(raw: bytearray) -> set[int]:
-    """The ports (host order) marked 1 in ``raw``, a 65,536-byte table of 0 and 1 indexed by raw
-    (network order) port number, as :class:`~portwatch.collect.netlink.Tally` keeps them."""
-    ports: set[int] = set()
-    if len(raw) - raw.count(0) <= _SPARSE_PORTS:
-        find, add = raw.find, ports.add
-        at = find(1)
-        if sys.byteorder == "big":
-            while at >= 0:
-                add(at)
-                at = find(1, at + 1)
-        while at >= 0:
-            add(((at & 0xFF) << 8) | (at >> 8))  # raw_port(at), without a call per port
-            at = find(1, at + 1)
-        return ports
-    host = raw if sys.byteorder == "big" else b"".join(raw[lo::256] for lo in range(256))
-    for base in range(0, 65536, 256):
-        block = host[base:base + 256]
-        if block != _EMPTY_BLOCK:
-            ports.update(itertools.compress(range(base, base + 256), block))
-    return ports
-
-
-def _counts(tally: Tally, built: list[Socket]) -> SocketCounts:
-    """The :class:`SocketCounts` of a counted read: ``tally`` (the classified TCP dump) plus
-    ``built`` (the sockets of the other dumps, every one built)."""
-    by_state = count_states(built)
-    for number, n in enumerate(tally.states):
-        if n:
-            key = (Protocol.TCP.value, _TCP_STATE_VALUES[number])
-            by_state[key] = by_state.get(key, 0) + n
-    usage: dict[Destination, int] = {}
-    ips: dict[tuple[int, bytes], str] = {}
-    for (fam, src, dst, dport), n in tally.usage.items():
-        local = ips.get((fam, src))
-        if local is None:
-            local = ips[(fam, src)] = fast_ip(src, fam)
-        remote = ips.get((fam, dst))
-        if remote is None:
-            remote = ips[(fam, dst)] = fast_ip(dst, fam)
-        dest = Destination(local, remote, raw_port(dport))
-        usage[dest] = usage.get(dest, 0) + n
-
-    def connected_ports() -> frozenset[int]:
-        ports = _marked_ports(tally.connected)
-        ports.update(s.local.port for s in built if s.remote is not None)
-        return frozenset(ports)
-
-    def members(destinations: Collection[Destination]) -> tuple[Socket, ...]:
-        return tally.members(frozenset((d.local_ip, d.remote_ip, d.remote_port) for d in destinations))
-
-    return SocketCounts(total=sum(by_state.values()), by_state=by_state, usage=usage,
-                        connected_ports=connected_ports, members=members)

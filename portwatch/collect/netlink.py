@@ -49,11 +49,9 @@ from __future__ import annotations
 
 import errno as _errno
 import functools
-import itertools
 import _socket
 import os
 import struct
-import sys
 import time
 
 from portwatch.model import (
@@ -563,10 +561,10 @@ class Tally:
     After the dump: ``states[n]`` is the number of sockets in kernel state
     ``n`` (the sockets in ``listeners`` are not in it); ``usage`` maps
     (family, raw local address, raw remote address, raw remote port) to the
-    sockets counted there; ``connected[p]`` is 1 when a socket with a remote
-    end has raw local port ``p``; ``kept`` the sockets built; ``buffers`` the
+    sockets counted there; ``kept`` the sockets built; ``buffers`` the
     (bytes, sequence number, family, message type) of every buffer read, for
-    :meth:`members`.
+    :meth:`members` (and the connected local ports,
+    :func:`counted_totals`).
     """
 
     def __init__(self, port_range: tuple[int, int], unusable: frozenset[int], interest: frozenset[int],
@@ -590,7 +588,6 @@ class Tally:
         self.late = False
         self.states = [0] * 256
         self.usage: dict[tuple[int, bytes, bytes, int], int] = {}
-        self.connected = bytearray(65536)
         self.kept: list[Socket] = []
         self.buffers: list[tuple[bytes, int, int | None, int]] = []
 
@@ -606,6 +603,13 @@ class Tally:
             self.specific_port[port] = 1
         if any(self.states):
             self.late = True
+
+    def release(self) -> None:
+        """Drop the look-up tables (256 KiB) once the dump is classified; ``states``, ``usage``,
+        ``kept``, ``listeners`` and ``buffers`` stay (:meth:`members`,
+        :meth:`again` work on). :func:`count_messages` must not be given this tally again."""
+        self.usable = self.wildcard = self.specific_port = bytearray()
+        self.interest = b""
 
     def again(self) -> Tally:
         """A new tally of the same buffers, classified with every listener known from the start.
@@ -701,7 +705,7 @@ def count_messages(
         raise NetlinkError(f"length {end} outside a buffer of {len(data)} bytes", 0)
     chunk = bytes(data[:end])
     tally.buffers.append((chunk, seq, family, msg_type))
-    states, usage, connected = tally.states, tally.usage, tally.connected
+    states, usage = tally.states, tally.usage
     usable, interest, wildcard, specific = tally.usable, tally.interest, tally.wildcard, tally.specific
     specific_port = tally.specific_port
     kept, listeners = tally.kept, tally.listeners
@@ -728,7 +732,6 @@ def count_messages(
                     else:
                         states[st] += 1
                         if dport or dst != zero16:
-                            connected[sport] = 1
                             if usable[sport]:
                                 key = (fam, src, dst, dport)
                                 usage[key] = get(key, 0) + 1
@@ -760,35 +763,6 @@ def count_messages(
 _TCP_STATE_VALUES: Final = {number: state.value for number, state in KERNEL_TCP_STATES.items()}
 
 
-#: Below this many marked ports :func:`_marked_ports` finds them one by one (``bytearray.find``);
-#: above, it reads the table in 256-port blocks (C speed either way, neither builds 65,536 ints).
-_SPARSE_PORTS: Final = 8192
-_EMPTY_BLOCK: Final = bytes(256)
-
-
-def _marked_ports(raw: bytearray) -> set[int]:
-    """The ports (host order) marked 1 in ``raw``, a 65,536-byte table of 0 and 1 indexed by raw
-    (network order) port number, as :class:`~portwatch.collect.netlink.Tally` keeps them."""
-    ports: set[int] = set()
-    if len(raw) - raw.count(0) <= _SPARSE_PORTS:
-        find, add = raw.find, ports.add
-        at = find(1)
-        if sys.byteorder == "big":
-            while at >= 0:
-                add(at)
-                at = find(1, at + 1)
-        while at >= 0:
-            add(((at & 0xFF) << 8) | (at >> 8))  # raw_port(at), without a call per port
-            at = find(1, at + 1)
-        return ports
-    host = raw if sys.byteorder == "big" else b"".join(raw[lo::256] for lo in range(256))
-    for base in range(0, 65536, 256):
-        block = host[base:base + 256]
-        if block != _EMPTY_BLOCK:
-            ports.update(itertools.compress(range(base, base + 256), block))
-    return ports
-
-
 def counted_totals(tally: Tally, built: list[Socket]) -> SocketCounts:
     """The :class:`~portwatch.model.SocketCounts` of a counted read: ``tally`` (the classified TCP
     dump) plus ``built`` (the sockets of the other dumps, every one built). Pure."""
@@ -809,9 +783,11 @@ def counted_totals(tally: Tally, built: list[Socket]) -> SocketCounts:
         dest = Destination(local, remote, raw_port(dport))
         usage[dest] = usage.get(dest, 0) + n
 
-    def connected_ports() -> frozenset[int]:
-        ports = _marked_ports(tally.connected)
-        ports.update(s.local.port for s in built if s.remote is not None)
+    def connected_ports() -> frozenset[int]:  # the TCP dump parsed again: asked for only by one detector
+        ports = {s.local.port for s in built if s.remote is not None}
+        for data, seq, family, msg_type in tally.buffers:
+            ports.update(s.local.port for s in parse_messages(data, protocol=Protocol.TCP, seq=seq, family=family,
+                                                              msg_type=msg_type)[0] if s.remote is not None)
         return frozenset(ports)
 
     def members(destinations: Collection[Destination]) -> tuple[Socket, ...]:

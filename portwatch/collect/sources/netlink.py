@@ -21,6 +21,7 @@ import the standard library, :mod:`portwatch.model` and
 from __future__ import annotations
 
 import _socket
+import _thread
 import contextlib
 import errno as _errno
 import gc
@@ -163,6 +164,7 @@ class NetlinkSource:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self._factory = socket_factory
         self._bufsize = bufsize
+        self._views = _thread._local()  # each thread's receive buffer: _view()
         self._timeout = timeout
         self._seq = 0
         self._tcp_compat = True  # until the kernel refuses TCPDIAG_GETSOCK
@@ -224,12 +226,13 @@ class NetlinkSource:
                       frozenset(), take_listeners=True)
         try:
             deadline = time.monotonic() + self._timeout
-            view = memoryview(bytearray(self._bufsize))
+            view = self._view()
             with _paused_gc():
                 if in_use is None or in_use.tcp > 0:
                     self._count_tcp(sock, view, tally, deadline)
                     if tally.late:  # a listener after other sockets: classify them again
                         tally = tally.again()
+                tally.release()  # its look-up tables: what the snapshot keeps needs none of them
                 if in_use is None or in_use.udp > 0:
                     for protocol, family in DUMPS:
                         if protocol is Protocol.UDP:
@@ -291,8 +294,9 @@ class NetlinkSource:
         it dumps that namespace wherever this runs). Dumps TCP (every state,
         both families in one request) and UDP (one request per family).
         Only system calls and copies: no parsing (:func:`parse_table`),
-        nothing shared with another fetch (each has its own receive buffer:
-        one left running by a thread that timed out disturbs none; two
+        nothing shared with a fetch in another thread (each thread has its
+        own receive buffer, :meth:`_view`: one left running by a thread that
+        timed out disturbs none; two
         overlapping fetches may share a sequence number, harmless on their
         own sockets); :func:`~portwatch.collect.netlink.dump_ended` tells
         which datagram is a dump's last. Raises :class:`SourceUnavailable`
@@ -303,7 +307,7 @@ class NetlinkSource:
         """
         try:
             deadline = time.monotonic() + self._timeout
-            view = memoryview(bytearray(self._bufsize))
+            view = self._view()
             dumps = self._fetch_tcp(sock, view, deadline)
             for protocol, family in DUMPS:
                 if protocol is Protocol.UDP:
@@ -347,6 +351,20 @@ class NetlinkSource:
                     f"cannot open a NETLINK_SOCK_DIAG socket: {os_error_text(exc)} "
                     f"({_errno.errorcode.get(exc.errno or 0, exc.errno)})") from exc
             raise
+
+    def _view(self) -> memoryview:
+        """The calling thread's receive buffer, made on its first read and kept for the next ones.
+
+        One per thread: a read that a timed-out thread left running keeps
+        its own. Every datagram is copied out before the next is received,
+        so reads in turn may share it. Kept, not made per read: a buffer of
+        128 KiB is mapped afresh by ``malloc`` each time (32 page faults and
+        an ``madvise`` per namespace of a pass).
+        """
+        view: memoryview | None = getattr(self._views, "view", None)
+        if view is None:
+            view = self._views.view = memoryview(bytearray(self._bufsize))
+        return view
 
     def _next_seq(self) -> int:
         """A new sequence number."""

@@ -605,7 +605,7 @@ class Tally:
             self.late = True
 
     def release(self) -> None:
-        """Drop the look-up tables (256 KiB) once the dump is classified; ``states``, ``usage``,
+        """Drop the look-up tables (192 KiB) once the dump is classified; ``states``, ``usage``,
         ``kept``, ``listeners`` and ``buffers`` stay (:meth:`members`,
         :meth:`again` work on). :func:`count_messages` must not be given this tally again."""
         self.usable = self.wildcard = self.specific_port = bytearray()

@@ -166,7 +166,8 @@ class Collector:
 
         The sysctls are read, the NETLINK_SOCK_DIAG socket is created and the
         dumps are run in a thread inside ``namespace`` (:class:`NamespaceThread`).
-        The collector's own namespace (``namespace.own``) is read with :meth:`snapshot` and its configured source. Returns a
+        The collector's own namespace (``namespace.own``) is read with
+        :meth:`snapshot` and its configured source. Returns a
         :class:`Snapshot` whose ``namespace`` is ``namespace`` and ``source``
         ``netlink``, or ``procnet`` where sock_diag is not available in that
         namespace (:class:`~portwatch.collect.sources.procnet.ProcNetSource`,

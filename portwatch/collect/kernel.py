@@ -44,12 +44,12 @@ def _shorten(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _read_text(path: Path | str, missing_ok: bool, dir_fd: int | None = None, name: str = "") -> str | None:
+def _read_text(path: Path | str, missing_ok: bool, dir_fd: int | None = None) -> str | None:
     """The contents of ``path`` (UTF-8, undecodable bytes replaced, newlines as ``\\n``); ``None``
     if it does not exist and ``missing_ok``.
 
-    With ``dir_fd`` (an fd on ``path``'s directory) only ``name``, its last
-    component, is looked up, relative to it. Reads with ``os.open``/``os.read``: four
+    With ``dir_fd`` (an fd on ``path``'s directory) only its last component
+    is looked up, relative to it. Reads with ``os.open``/``os.read``: four
     system calls for a sysctl file where a text file object takes seven,
     once per file and namespace. Raises :class:`CollectError` naming
     ``path`` for any other failure.
@@ -58,7 +58,7 @@ def _read_text(path: Path | str, missing_ok: bool, dir_fd: int | None = None, na
         if dir_fd is None:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         else:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+            fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
             chunks = [os.read(fd, _READ_SIZE)]
             # a sysctl file gives all it has to the first read: a short one is the end (a
@@ -148,13 +148,13 @@ def read_kernel_settings(proc_root: Path = Path("/proc")) -> KernelSettings:
     except OSError as exc:
         raise CollectError(f"{range_path}: {cause(exc)}") from None
     try:
-        range_text = _read_text(range_path, False, dir_fd, _RANGE_FILE)
+        range_text = _read_text(range_path, False, dir_fd)
         assert range_text is not None
         port_range = parse_port_range(range_text, range_path)
         reserved_path = f"{base}/{_RESERVED_FILE}"
-        reserved_text = _read_text(reserved_path, True, dir_fd, _RESERVED_FILE)
+        reserved_text = _read_text(reserved_path, True, dir_fd)
         unpriv_path = f"{base}/{_UNPRIV_FILE}"
-        unpriv_text = _read_text(unpriv_path, True, dir_fd, _UNPRIV_FILE)
+        unpriv_text = _read_text(unpriv_path, True, dir_fd)
     finally:
         os.close(dir_fd)
     reserved = (frozenset() if reserved_text is None

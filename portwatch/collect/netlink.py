@@ -70,7 +70,7 @@ from portwatch.model import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Collection, Final
+    from typing import Any, Callable, Collection, Final, Iterator
 
 __all__ = [
     "counted_totals",
@@ -631,14 +631,13 @@ class Tally:
 
         Re-parses the buffers with :func:`parse_messages`; dump order. Pure.
         """
-        out: list[Socket] = []
+        return tuple(s for s in self.parsed()
+                     if s.remote is not None and (s.local.ip, s.remote.ip, s.remote.port) in keys)
+
+    def parsed(self) -> Iterator[Socket]:
+        """Every TCP socket of the buffers read, built again with :func:`parse_messages`; dump order. Pure."""
         for data, seq, family, msg_type in self.buffers:
-            for s in parse_messages(data, protocol=Protocol.TCP, seq=seq, family=family,
-                                    msg_type=msg_type)[0]:
-                remote = s.remote
-                if remote is not None and (s.local.ip, remote.ip, remote.port) in keys:
-                    out.append(s)
-        return tuple(out)
+            yield from parse_messages(data, protocol=Protocol.TCP, seq=seq, family=family, msg_type=msg_type)[0]
 
 
 def raw_ip(ip: str) -> bytes:
@@ -784,11 +783,7 @@ def counted_totals(tally: Tally, built: list[Socket]) -> SocketCounts:
         usage[dest] = usage.get(dest, 0) + n
 
     def connected_ports() -> frozenset[int]:  # the TCP dump parsed again: asked for only by one detector
-        ports = {s.local.port for s in built if s.remote is not None}
-        for data, seq, family, msg_type in tally.buffers:
-            ports.update(s.local.port for s in parse_messages(data, protocol=Protocol.TCP, seq=seq, family=family,
-                                                              msg_type=msg_type)[0] if s.remote is not None)
-        return frozenset(ports)
+        return frozenset(s.local.port for s in (*built, *tally.parsed()) if s.remote is not None)
 
     def members(destinations: Collection[Destination]) -> tuple[Socket, ...]:
         return tally.members(frozenset((d.local_ip, d.remote_ip, d.remote_port) for d in destinations))
@@ -866,19 +861,18 @@ def run_dump(sock: _socket.socket, request: bytes, parse: Callable[[int], bool],
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(late)
-        if idle is not None:
+        if idle is None:
+            n, addr = _recv_within(sock, view, remaining, late)
+        else:
             try:
                 n, addr = recv(view, size, _socket.MSG_TRUNC)
             except BlockingIOError:
                 if idle():
                     return
-                n, addr = _wait_datagram(sock, view, deadline, late)
-        else:
-            sock.settimeout(remaining)
-            try:
-                n, addr = recv(view, size, _socket.MSG_TRUNC)
-            except TimeoutError as exc:  # what socket.timeout is
-                raise TimeoutError(late) from exc
+                try:  # wait for the next one, then read without blocking again
+                    n, addr = _recv_within(sock, view, deadline - time.monotonic(), late)
+                finally:
+                    sock.settimeout(0.0)
         if n > size:
             raise NetlinkError(f"datagram of {n} bytes truncated to the {size}-byte receive buffer", size)
         if addr[0] != 0:  # not from the kernel (port id 0): not ours to read
@@ -887,10 +881,9 @@ def run_dump(sock: _socket.socket, request: bytes, parse: Callable[[int], bool],
             return
 
 
-def _wait_datagram(sock: _socket.socket, view: memoryview, deadline: float, late: str) -> tuple[int, Any]:
-    """The next datagram on the non-blocking ``sock`` (into ``view``), waited for until ``deadline``;
-    the socket is left non-blocking. Raises ``TimeoutError(late)`` past the deadline."""
-    remaining = deadline - time.monotonic()
+def _recv_within(sock: _socket.socket, view: memoryview, remaining: float, late: str) -> tuple[int, Any]:
+    """The next datagram on ``sock`` (into ``view``, ``MSG_TRUNC``), waited for at most ``remaining``
+    seconds (the socket's timeout is set to it). Raises ``TimeoutError(late)`` when none comes in time."""
     if remaining <= 0:
         raise TimeoutError(late)
     sock.settimeout(remaining)
@@ -898,6 +891,4 @@ def _wait_datagram(sock: _socket.socket, view: memoryview, deadline: float, late
         got: tuple[int, Any] = sock.recvfrom_into(view, len(view), _socket.MSG_TRUNC)
     except TimeoutError as exc:  # what socket.timeout is
         raise TimeoutError(late) from exc
-    finally:
-        sock.settimeout(0.0)
     return got

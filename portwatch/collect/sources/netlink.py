@@ -251,8 +251,8 @@ class NetlinkSource:
         no more is ready (``run_dump``'s ``idle``): with a real kernel once,
         after the whole dump, so the kernel's walk of its hash runs without
         the classifying loop between its parts (each evicts what the other
-        had in the caches: about a third of the loop's time with 100,000
-        sockets in other namespaces), and a malformed answer still raises
+        had in the caches: about a quarter of the loop's time with
+        100,000 sockets in other namespaces), and a malformed answer still raises
         as soon as nothing follows it.
         """
         def classify(family: int | None) -> None:

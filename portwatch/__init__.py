@@ -4,13 +4,17 @@ __version__ = "0.1.0"
 
 
 def version_text(revision: str | None = None) -> str:
-    """What ``portwatch --version`` prints: ``portwatch 0.1.0 (revision abc1234, Python 3.11.2)``.
+    """What ``portwatch --version`` prints: ``portwatch 0.1.0 (revision abc1234, Python 3.11.2, C classifier)``.
 
     ``revision`` (None: ``REVISION`` of the module ``portwatch._build``, which
     a package build generates, e.g. from ``git describe``; absent in a
-    checkout, then ``revision unknown``). Never raises.
+    checkout, then ``revision unknown``). The last part says whether the C
+    loop of the socket classifier (``portwatch.collect._classify``, optional)
+    was built: ``C classifier``, or ``pure-Python classifier`` where the
+    install had no compiler (same results, more CPU per socket). Never raises.
     """
     import importlib
+    import importlib.util
     import platform
 
     if revision is None:
@@ -20,4 +24,9 @@ def version_text(revision: str | None = None) -> str:
         except (ImportError, AttributeError):
             revision = None
     rev = f"revision {revision}" if revision else "revision unknown"
-    return f"portwatch {__version__} ({rev}, Python {platform.python_version()})"
+    try:
+        built = importlib.util.find_spec("portwatch.collect._classify") is not None
+    except (ImportError, ValueError):
+        built = False
+    classifier = "C classifier" if built else "pure-Python classifier"
+    return f"portwatch {__version__} ({rev}, Python {platform.python_version()}, {classifier})"

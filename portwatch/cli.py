@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "ports taken by outgoing connections, self-connects, exhaustion, CLOSE_WAIT build-up.",
     )
     parser.add_argument("--version", action=_VersionAction,
-                        help="print the version, the build's git revision and the Python version, and exit")
+                        help="print the version, git revision, Python version and classifier (C or pure-Python); exit")
     _log_args(parser, top=True)
     # prog: what argparse would work out from the usage (no positional comes before the command)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", action=_Commands,

@@ -3,9 +3,11 @@
 Real sockets in a fresh network namespace: many connections to one
 destination (an exhaustion finding), listeners inside the range, CLOSE_WAIT
 sockets, a self-connect, a loop pair, a held service port. A script inside
-reads the namespace twice with the netlink source, once full and once
-counted, scans both with :func:`portwatch.scan.scan_snapshot` and compares
-the JSON document, the terminal report and the metrics figures.
+reads the namespace three times with the netlink source, once full and
+counted with each loop of the classifier (the C one, the default where it
+was built, and the pure Python one), scans each with
+:func:`portwatch.scan.scan_snapshot` and compares the JSON document, the
+terminal report and the metrics figures.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from tests.test_netlink import diag, done
 
 #: Runs inside the namespace: argv[1] is the config file. Prints one JSON line.
 _COMPARE = r"""
-import dataclasses, json, sys
-from portwatch.collect import Collector
+import dataclasses, functools, json, sys
+from portwatch.collect import Collector, netlink
+from portwatch.collect.sources import netlink as source
 from portwatch.collect.sources.netlink import NetlinkSource
 from portwatch.config import load_config
 from portwatch.output.json import to_json_document
@@ -40,14 +43,20 @@ from portwatch.scan import interest_ports, scan_snapshot
 
 config = load_config(sys.argv[1])
 results, sizes = [], []
-for ports in (None, interest_ports(config)):
+c_loop = source.count_messages
+python_loop = functools.partial(netlink.count_messages, accelerator=None)
+for ports, loop in ((None, c_loop), (interest_ports(config), c_loop), (interest_ports(config), python_loop)):
+    source.count_messages = loop
     collector = Collector(NetlinkSource())
     snap = dataclasses.replace(collector.snapshot(ports), taken_at=0.0)
     sizes.append((snap.counts is not None, len(snap.sockets), snap.socket_total))
     result = scan_snapshot(config, collector, snap, keyed=False)
     results.append(dataclasses.replace(result, duration=0.0))
-full, counted = results
+full, counted, python = results
 out = {
+    "python_same": (to_json_document(python, "h") == to_json_document(counted, "h")
+                    and render_text(python, "h", verbose=True) == render_text(counted, "h", verbose=True)
+                    and scan_figures(python, 10, 100) == scan_figures(counted, 10, 100)),
     "sizes": sizes,
     "json_same": to_json_document(full, "h") == to_json_document(counted, "h"),
     "text_same": render_text(full, "h", verbose=True) == render_text(counted, "h", verbose=True),
@@ -78,7 +87,8 @@ def test_counted_and_full_snapshots_give_the_same_findings_json_report_and_metri
     res = netns.run([sys.executable, "-c", _COMPARE, str(cfg)], timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)
-    (full_counted, full_kept, full_total), (counted, kept, total) = out["sizes"]
+    (full_counted, full_kept, full_total), (counted, kept, total), python_sizes = out["sizes"]
+    assert python_sizes == [counted, kept, total] and out["python_same"]
     assert not full_counted and counted
     assert full_kept == full_total == total
     assert kept < total  # the exhaust actor's connections were only counted

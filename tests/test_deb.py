@@ -1,6 +1,6 @@
 """The Debian package, installed as an operator would: into a fresh Debian 12 booted with systemd.
 
-The module builds ``portwatch_<version>_all.deb`` with ``scripts/build-deb`` (lintian
+The module builds ``portwatch_<version>_<arch>.deb`` with ``scripts/build-deb`` (lintian
 included) into a temporary directory, makes a minimal Debian 12 tree with mmdebstrap
 (systemd, man-db, bash-completion; no compiler), and boots it with systemd-nspawn
 (:class:`tests.nspawn.Container`, on that tree instead of ``/``, with a tmpfs overlay:
@@ -88,7 +88,9 @@ def installed() -> Iterator[Container]:
     try:
         debs = work / "debs"
         _run(["bash", str(REPO / "scripts" / "build-deb"), "--out", str(debs)], timeout=300)
-        deb = debs / f"portwatch_{_version()}_all.deb"
+        arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True,
+                              env=CLEAN_ENV).stdout.strip()
+        deb = debs / f"portwatch_{_version()}_{arch}.deb"
         assert deb.is_file()
         rootfs = work / "rootfs"
         _run(["mmdebstrap", "--quiet", "--variant=minbase", f"--include={TREE_PACKAGES}",
@@ -188,6 +190,12 @@ def test_bash_completion_loads_and_completes(installed: Container) -> None:
     assert out == ["complete -F _portwatch portwatch", "scan"]
 
 
+def test_the_package_runs_the_c_loop_of_the_classifier(installed: Container) -> None:
+    # built for the package's architecture by the build (python3-all-dev, gcc), no compiler on the host
+    r = installed.run(["/usr/bin/portwatch", "--version"], check=True)
+    assert re.fullmatch(r"portwatch \S+ \(revision \S+, Python 3\.11\.\d+, C classifier\)", r.stdout.strip()), r.stdout
+
+
 def test_zz_purge_leaves_nothing(installed: Container) -> None:
     """Runs last (the name): purge removes the package's files, conffile, state and unit links."""
     installed.wait_for(lambda: installed.unit_property(UNIT, "ActiveState") == "active" or None,
@@ -211,3 +219,4 @@ def test_zz_purge_leaves_nothing(installed: Container) -> None:
     status = installed.run(["dpkg-query", "-W", "-f", "${Status}", "portwatch"]).stdout
     assert status in ("", "unknown ok not-installed", "purge ok not-installed")
     assert installed.systemctl("is-active", UNIT).stdout.strip() in ("inactive", "unknown")
+

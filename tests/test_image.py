@@ -72,11 +72,15 @@ def test_image_reports_a_self_connect_in_a_host_namespace(netns: NetNS) -> None:
             [*podman, "run", "--rm", *PODMAN_RUN, *privileges,
              f"localhost/portwatch:{_version()}", "scan", "--all-namespaces", "--format", "json"],
             capture_output=True, text=True, env=CLEAN_ENV, timeout=120)
+        version = subprocess.run([*podman, "run", "--rm", *PODMAN_RUN, f"localhost/portwatch:{_version()}",
+                                  "--version"], capture_output=True, text=True, env=CLEAN_ENV, timeout=120)
     finally:
         subprocess.run([*podman, "rmi", "-a", "-f"], capture_output=True, env=CLEAN_ENV, timeout=120)
         shutil.rmtree(work, ignore_errors=True)
         if not cache_existed:
             shutil.rmtree(podman_cache, ignore_errors=True)
+    # the package's C loop of the classifier is in the image (built for its architecture)
+    assert version.stdout.rstrip().endswith(", C classifier)"), version.stdout + version.stderr
     assert r.returncode == 1, r.stdout + r.stderr  # a critical finding
     report: dict[str, Any] = json.loads(r.stdout)
     # The scan entered the namespaces: the host's and the one made here, named by its mount.

@@ -766,7 +766,12 @@ def test_a_kernel_refusing_the_two_family_tcp_request_is_asked_per_family(netns:
 
 # --- the classifying parser (counted reads) ---
 
-def test_classifying_parser_counts_every_socket_and_builds_only_those_detectors_look_at() -> None:
+#: The loops of the classifier: the pure Python one, and the C one where it was built.
+LOOPS = [None, *([netlink.ACCELERATOR] if netlink.ACCELERATOR is not None else [])]
+
+
+@pytest.mark.parametrize("loop", LOOPS, ids=lambda loop: "python" if loop is None else "c")
+def test_classifying_parser_counts_every_socket_and_builds_only_those_detectors_look_at(loop: Any) -> None:
     server = v4("127.0.0.9")
     tally = netlink.Tally((40000, 40009), frozenset({40005}), frozenset({2379}),
                           frozenset({(bytes(16), 8080), (server, 9000)}))
@@ -780,7 +785,7 @@ def test_classifying_parser_counts_every_socket_and_builds_only_those_detectors_
             + diag(state=1, sport=40007, dport=40008, inode=7)        # no listener either end: kept
             + diag(state=6, sport=40008, dport=40009, inode=0, uid=0)  # mini socket: counted only
             + done())
-    assert netlink.count_messages(data, tally, seq=1, length=len(data))
+    assert netlink.count_messages(data, tally, seq=1, length=len(data), accelerator=loop)
     assert sorted(s.inode for s in tally.kept) == [4, 5, 6, 7]
     assert tally.states[1] == 6 and tally.states[6] == 2 and tally.states[8] == 1
     assert sum(tally.states) == 9
@@ -794,12 +799,13 @@ def test_classifying_parser_counts_every_socket_and_builds_only_those_detectors_
     assert [s.inode for s in members] == [1, 0, 4, 6]  # every socket towards it, in dump order
 
 
-def test_classifying_parser_rejects_what_the_full_parser_rejects() -> None:
+@pytest.mark.parametrize("loop", LOOPS, ids=lambda loop: "python" if loop is None else "c")
+def test_classifying_parser_rejects_what_the_full_parser_rejects(loop: Any) -> None:
     tally = netlink.Tally((40000, 40009), frozenset(), frozenset(), frozenset())
     data = diag(state=1) + diag(state=99) + done()
     with pytest.raises(NetlinkError, match="unknown tcp state 99"):
-        netlink.count_messages(data, tally, seq=1, length=len(data))
+        netlink.count_messages(data, tally, seq=1, length=len(data), accelerator=loop)
     data = diag(seq=7) + done(seq=7)
     with pytest.raises(NetlinkError, match="unexpected sequence number 7"):
         netlink.count_messages(data, netlink.Tally((1, 2), frozenset(), frozenset(), frozenset()),
-                               seq=1, length=len(data))
+                               seq=1, length=len(data), accelerator=loop)

@@ -533,6 +533,20 @@ def raw_port(port: int) -> int:
 # family, state, ports (host order), addresses.
 _CLASSIFY: Final = struct.Struct("=IH2xI4x" "BBxx" "HH16s16s")
 _BOTH_FAMILIES: Final = (_socket.AF_INET, _socket.AF_INET6)
+_RAW_PORT: Final = struct.Struct("=H")  # a raw port number as its 2 bytes on the wire
+
+
+def _accelerator() -> Callable[..., int] | None:
+    """The C loop of the plain sockets, ``None`` when setup.py did not build it (no compiler)."""
+    try:
+        from portwatch.collect._classify import count
+    except ImportError:
+        return None
+    return count
+
+
+#: The C loop :func:`count_messages` runs by default, ``None`` when it was not built.
+ACCELERATOR: Final = _accelerator()
 
 #: TCP state numbers (include/net/tcp_states.h) the classifying parser tests.
 _TCP_LISTEN: Final = 10
@@ -582,6 +596,8 @@ class Tally:
         self.specific: set[tuple[bytes, int]] = {(addr, raw_port(port)) for addr, port in listeners
                                                  if addr != _ZERO16}
         self.specific_port = bytearray(65536)  # 1 at the raw port of each specific listener
+        # the same listeners as 18 bytes (address, raw port as on the wire), for the C loop
+        self.specific_keys: set[bytes] = {addr + _RAW_PORT.pack(port) for addr, port in self.specific}
         for _, port in self.specific:
             self.specific_port[port] = 1
         self.listeners: list[Socket] | None = [] if take_listeners else None
@@ -600,6 +616,7 @@ class Tally:
             self.wildcard[port] = 1
         else:
             self.specific.add((addr, port))
+            self.specific_keys.add(addr + _RAW_PORT.pack(port))
             self.specific_port[port] = 1
         if any(self.states):
             self.late = True
@@ -610,6 +627,7 @@ class Tally:
         :meth:`again` work on). :func:`count_messages` must not be given this tally again."""
         self.usable = self.wildcard = self.specific_port = bytearray()
         self.interest = b""
+        self.specific_keys = set()
 
     def again(self) -> Tally:
         """A new tally of the same buffers, classified with every listener known from the start.
@@ -683,6 +701,7 @@ def count_messages(
     length: int,
     family: int | None = None,
     msg_type: int = SOCK_DIAG_BY_FAMILY,
+    accelerator: Callable[..., int] | None = ACCELERATOR,
 ) -> bool:
     """Classify one receive buffer of a TCP dump: count every socket, build only those kept.
 
@@ -697,7 +716,10 @@ def count_messages(
     TIME_WAIT or NEW_SYN_RECV mini socket. A listener is built into
     ``tally.listeners`` instead when the tally takes them. A copy of the
     buffer goes to ``tally.buffers``. Returns whether ``NLMSG_DONE`` ended
-    the dump.
+    the dump. ``accelerator`` (default :data:`ACCELERATOR`, the C loop of
+    ``portwatch.collect._classify`` when it was built; ``None``: this loop
+    alone) counts the plain sockets and stops at each message this loop must
+    handle, with the same tally as without it.
     """
     end = length
     if end > len(data) or end < 0:
@@ -716,8 +738,15 @@ def count_messages(
     listen = _TCP_LISTEN if listeners is not None else -1
     zero16 = _ZERO16
     view = memoryview(chunk)
+    fam_a, fam_b = families[0], families[-1]
+    specific_keys = tally.specific_keys
     off = 0
     while off < end:
+        if accelerator is not None:
+            off = accelerator(chunk, off, end, seq, msg_type, fam_a, fam_b, listen, cw, plain, states, usage,
+                              usable, interest, wildcard, specific_port, specific_keys)
+            if off >= end:
+                break
         left = end - off
         if left >= _MSG_LEN:
             (nlen, ntype, nseq, fam, st, sport, dport, src, dst) = unpack_msg(chunk, off)

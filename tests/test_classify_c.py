@@ -221,3 +221,57 @@ def test_a_build_without_the_c_loop_classifies_the_same_on_its_own() -> None:
     assert tally.states[1] == 1 and tally.states[8] == 1 and [s.local.port for s in tally.kept] == [40002]
     assert [n for n in tally.usage.values()] == [2]
     assert socket.inet_ntoa(next(iter(tally.usage))[1][:4]) == "127.0.0.1"
+
+
+@pytest.mark.parametrize("loop", [None, C] if C is not None else [None], ids=["python", "c"][:1 + (C is not None)])
+@pytest.mark.parametrize("seq,msg_type", [(2**32 + 1, SOCK_DIAG_BY_FAMILY), (-(2**32) + 1, SOCK_DIAG_BY_FAMILY),
+                                          (2**70, SOCK_DIAG_BY_FAMILY), (1, SOCK_DIAG_BY_FAMILY + 65536)])
+def test_a_sequence_number_or_type_no_message_can_carry_matches_none(loop: Any, seq: int, msg_type: int) -> None:
+    # the C loop compares the full values, not their low bits: the Python loop names the mismatch
+    tally = netlink.Tally((40000, 40009), frozenset(), frozenset(), frozenset())
+    data = diag(state=1, sport=40001) + done()
+    with pytest.raises(netlink.NetlinkError, match="unexpected (sequence number 1|netlink message type 20)"):
+        netlink.count_messages(data, tally, seq=seq, length=len(data), msg_type=msg_type, accelerator=loop)
+    assert sum(tally.states) == 0
+
+
+@needs_c
+def test_python_code_run_by_the_collector_during_the_call_cannot_crash_it() -> None:
+    """Making the usage dict's keys may start a collection; a callback that empties the states list is refused."""
+    import gc
+    import sys
+
+    if sys.version_info >= (3, 12):
+        pytest.skip("Python 3.12+ collects between bytecodes, never inside a C call")
+    assert C is not None
+    listeners = frozenset((SERVER4, 10000 + i) for i in range(300))
+    tally = netlink.Tally((40000, 40009), frozenset(), frozenset(), listeners)
+    data = many_destinations(300)  # more destinations than the C loop holds: keys are made mid-call
+    end, plain, states, usage = len(data), netlink._PLAIN_STATES, tally.states, tally.usage
+    usable, interest, wildcard, port, keys = (tally.usable, tally.interest, tally.wildcard, tally.specific_port,
+                                              tally.specific_keys)
+    emptied = []
+
+    def empty(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and tally.states:
+            tally.states.clear()
+            emptied.append(True)
+
+    # 4-tuples held (the keys' size): the C loop's keys cannot come from the tuple free list, whose
+    # reuse does not count as an allocation for the collector
+    held = [(i, i, i, i) for i in range(4000)]
+    threshold, enabled = gc.get_threshold(), gc.isenabled()
+    gc.disable()  # no collection before the call: the callback would empty the list too early
+    gc.callbacks.append(empty)
+    try:
+        with pytest.raises(ValueError, match="states changed size during the call"):
+            # (every argument named: unpacking a tuple of them would allocate between enable and call)
+            gc.set_threshold(1)
+            gc.enable()
+            C(data, 0, end, 1, 20, 2, 2, -1, 8, plain, states, usage, usable, interest, wildcard, port, keys)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(empty)
+        if not enabled:
+            gc.disable()
+    assert emptied and len(held) == 4000

@@ -80,11 +80,17 @@ static int flush_usage(slot_t *slots, PyObject *usage) {
     return 0;
 }
 
-/* Add counts[n] to states[n] for every n counted. */
+/* Add counts[n] to states[n] for every n counted. Run before flush_usage: making ints
+ * never starts a garbage collection (making tuples can, which may run Python code that
+ * changes the list; its size is checked again here all the same). */
 static int flush_states(const Py_ssize_t *counts, PyObject *states) {
     for (Py_ssize_t n = 0; n < 256; n++) {
         if (!counts[n])
             continue;
+        if (PyList_GET_SIZE(states) != 256) {
+            PyErr_SetString(PyExc_ValueError, "count(): states changed size during the call");
+            return -1;
+        }
         PyObject *old = PyList_GET_ITEM(states, n);
         Py_ssize_t base = PyLong_AsSsize_t(old);
         if (base == -1 && PyErr_Occurred())
@@ -92,7 +98,8 @@ static int flush_states(const Py_ssize_t *counts, PyObject *states) {
         PyObject *value = PyLong_FromSsize_t(base + counts[n]);
         if (value == NULL)
             return -1;
-        PyList_SetItem(states, n, value); /* steals value, drops the old item */
+        if (PyList_SetItem(states, n, value) < 0) /* steals value, drops the old item */
+            return -1;
     }
     return 0;
 }
@@ -151,8 +158,27 @@ PyDoc_STRVAR(count_doc,
 "address + raw port in the set specific). A plain message adds 1 to states[state] (a list\n"
 "of 256 ints) and, when connected with a usable[local port], 1 to\n"
 "usage[(family, local address, remote address, raw remote port)] (a dict). Tables are\n"
-"65,536 bytes indexed by raw (network order) port. Raises ValueError for a table too short\n"
-"or a states list not of 256 items, TypeError for arguments of the wrong type.");
+"65,536 bytes indexed by raw (network order) port. A seq outside 0..2**32-1 or a msg_type\n"
+"outside 0..65535 matches no message: off is returned as it is. Raises ValueError for a\n"
+"table too short or a states list not of 256 items, TypeError for arguments of the wrong\n"
+"type, MemoryError; after an error the tally is partly counted and must be dropped.");
+
+/* The int args[i] into *out; 0, or -1 with the exception set. */
+static int long_arg(PyObject *const *args, int i, long *out) {
+    *out = PyLong_AsLong(args[i]);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* Whether the int obj lies in 0..high (without an error: a larger int does not). */
+static int within(PyObject *obj, long long high, long long *out) {
+    int overflow = 0;
+    *out = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (*out == -1 && PyErr_Occurred())
+        return -1;
+    return !overflow && *out >= 0 && *out <= high;
+}
+
+#define TABLES 5
 
 static PyObject *count(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
@@ -164,14 +190,29 @@ static PyObject *count(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_TypeError, "count(): chunk must be bytes");
         return NULL;
     }
-    Py_ssize_t off = PyLong_AsSsize_t(args[1]), end = PyLong_AsSsize_t(args[2]);
-    long seq = PyLong_AsLong(args[3]), msg_type = PyLong_AsLong(args[4]);
-    long fam_a = PyLong_AsLong(args[5]), fam_b = PyLong_AsLong(args[6]);
-    long listen = PyLong_AsLong(args[7]), close_wait = PyLong_AsLong(args[8]);
-    if (PyErr_Occurred())
+    Py_ssize_t off = PyLong_AsSsize_t(args[1]);
+    if (off == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
+    if (end == -1 && PyErr_Occurred())
+        return NULL;
+    long long seq, msg_type;
+    int seq_ok = within(args[3], 0xFFFFFFFFLL, &seq);
+    if (seq_ok < 0)
+        return NULL;
+    int type_ok = within(args[4], 0xFFFFLL, &msg_type);
+    if (type_ok < 0)
+        return NULL;
+    long fam_a, fam_b, listen, close_wait;
+    if (long_arg(args, 5, &fam_a) < 0 || long_arg(args, 6, &fam_b) < 0 || long_arg(args, 7, &listen) < 0
+        || long_arg(args, 8, &close_wait) < 0)
         return NULL;
     PyObject *states = args[10], *usage = args[11], *specific = args[16];
-    if (!PyList_Check(states) || PyList_GET_SIZE(states) != 256) {
+    if (!PyList_Check(states)) {
+        PyErr_SetString(PyExc_TypeError, "count(): states must be a list of 256 ints");
+        return NULL;
+    }
+    if (PyList_GET_SIZE(states) != 256) {
         PyErr_SetString(PyExc_ValueError, "count(): states must be a list of 256 ints");
         return NULL;
     }
@@ -183,27 +224,20 @@ static PyObject *count(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
     if (end > size)
         end = size;
-    Py_buffer plain_b, usable_b, interest_b, wildcard_b, sport_b;
-    if (table_of(args[9], &plain_b, 256, "plain") < 0)
-        return NULL;
-    Py_buffer *views[5] = {&plain_b, NULL, NULL, NULL, NULL};
-    int held = 1;
+    if (!seq_ok || !type_ok) /* no message can match: count_messages tells what is wrong */
+        return PyLong_FromSsize_t(off);
+    /* the tables: plain (args[9], by state) and the four by raw port (args[12..15]) */
+    static const int table_arg[TABLES] = {9, 12, 13, 14, 15};
+    static const char *const table_name[TABLES] = {"plain", "usable", "interest", "wildcard", "specific_port"};
+    Py_buffer views[TABLES];
+    int held = 0;
     PyObject *result = NULL;
-    if (table_of(args[12], &usable_b, TABLE, "usable") < 0)
-        goto done;
-    views[held++] = &usable_b;
-    if (table_of(args[13], &interest_b, TABLE, "interest") < 0)
-        goto done;
-    views[held++] = &interest_b;
-    if (table_of(args[14], &wildcard_b, TABLE, "wildcard") < 0)
-        goto done;
-    views[held++] = &wildcard_b;
-    if (table_of(args[15], &sport_b, TABLE, "specific_port") < 0)
-        goto done;
-    views[held++] = &sport_b;
-
-    const unsigned char *plain = plain_b.buf, *usable = usable_b.buf, *interest = interest_b.buf;
-    const unsigned char *wildcard = wildcard_b.buf, *specific_port = sport_b.buf;
+    for (; held < TABLES; held++) {
+        if (table_of(args[table_arg[held]], &views[held], held ? TABLE : 256, table_name[held]) < 0)
+            goto done;
+    }
+    const unsigned char *plain = views[0].buf, *usable = views[1].buf, *interest = views[2].buf;
+    const unsigned char *wildcard = views[3].buf, *specific_port = views[4].buf;
     Py_ssize_t counts[256] = {0};
     slot_t slots[SLOTS];
     int used = 0;
@@ -218,7 +252,7 @@ static PyObject *count(PyObject *module, PyObject *const *args, Py_ssize_t nargs
             break;
         const unsigned char *m = data + off;
         uint32_t nlen = load32(m);
-        if (load16(m + 4) != (uint16_t)msg_type || nlen < MSG_LEN || (Py_ssize_t)nlen > left
+        if (load16(m + 4) != (uint16_t)msg_type || nlen < MSG_LEN || (size_t)nlen > (size_t)left
             || load32(m + 8) != (uint32_t)seq)
             break;
         unsigned fam = m[16], st = m[17];
@@ -277,12 +311,12 @@ static PyObject *count(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         counts[st]++;
         off += (nlen + 3) & ~(Py_ssize_t)3;
     }
-    if (flush_usage(slots, usage) < 0 || flush_states(counts, states) < 0)
+    if (flush_states(counts, states) < 0 || flush_usage(slots, usage) < 0)
         goto done;
     result = PyLong_FromSsize_t(off);
 done:
     for (int i = 0; i < held; i++)
-        PyBuffer_Release(views[i]);
+        PyBuffer_Release(&views[i]);
     return result;
 }
 

@@ -455,9 +455,9 @@ def install_package(target: Path) -> None:
     Raises BenchError when pip fails."""
     source = target.parent / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):  # setup.py: the C loop, built
         shutil.copy2(REPO / name, source / name)
-    shutil.copytree(REPO / "portwatch", source / "portwatch", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "portwatch", source / "portwatch", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
                            str(target), str(source)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:

@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
 import struct
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 from portwatch.collect import netlink
 from portwatch.collect.netlink import NLMSG_NOOP, SOCK_DIAG_BY_FAMILY
+from tests.netns import REPO
 from tests.test_netlink import AF4, AF6, diag, done, error, nlmsg, v4, v6
 
 C = netlink.ACCELERATOR
@@ -239,7 +244,6 @@ def test_a_sequence_number_or_type_no_message_can_carry_matches_none(loop: Any, 
 def test_python_code_run_by_the_collector_during_the_call_cannot_crash_it() -> None:
     """Making the usage dict's keys may start a collection; a callback that empties the states list is refused."""
     import gc
-    import sys
 
     if sys.version_info >= (3, 12):
         pytest.skip("Python 3.12+ collects between bytecodes, never inside a C call")
@@ -275,3 +279,23 @@ def test_python_code_run_by_the_collector_during_the_call_cannot_crash_it() -> N
         if not enabled:
             gc.disable()
     assert emptied and len(held) == 4000
+
+
+@pytest.mark.slow
+def test_an_install_where_no_compiler_works_runs_the_python_loop(tmp_path: Path) -> None:
+    """setup.py's extension is optional: pip installs portwatch without it, and portwatch says so."""
+    source, target = tmp_path / "source", tmp_path / "site"
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, source / name)
+    shutil.copytree(REPO / "portwatch", source / "portwatch", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    env = {**os.environ, "CC": "false", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # a compiler that always fails
+    built = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+                            str(source)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert not list(target.glob("portwatch/collect/_classify*.so"))
+    probe = ("import portwatch, portwatch.collect.netlink as n; "
+             "print(n.ACCELERATOR is None, portwatch.version_text().endswith(', pure-Python classifier)'))")
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(target)})
+    assert ran.stdout.split() == ["True", "True"], ran.stderr

@@ -760,7 +760,8 @@ def render(doc: dict[str, Any], details: bool = False) -> str:
     env = doc["environment"]
     load = env.get("load") or []
     lines = [f"portwatch benchmark - {env['kernel']}, {env['cpus']} CPUs, Python "
-             f"{env['python']}, psutil {env['psutil']}, {env['ss']}",
+             f"{env['python']}, psutil {env['psutil']}, {env['ss']}"
+             + (f", {env['classifier']} classifier" if "classifier" in env else ""),
              f"medians of {doc['repeat']} interleaved rounds; {doc['idle_processes']} idle processes with "
              f"7 open files each; RLIMIT_NOFILE per holder {doc['fd_limit']:,}"
              + (f"; load average {load[0]:.1f} at the start, {doc.get('load_end', [0])[0]:.1f} at the end"
@@ -840,8 +841,11 @@ def environment() -> dict[str, Any]:
     except ImportError:
         psutil_version = "missing"
     ss = subprocess.run(["ss", "-V"], capture_output=True, text=True).stdout.strip()
+    sys.path.insert(0, str(REPO))
+    from portwatch.collect.netlink import ACCELERATOR  # the checkout's: what the rows measure
     return {"kernel": f"Linux {platform.release()}", "cpus": os.cpu_count(),
             "python": platform.python_version(), "psutil": psutil_version, "ss": ss,
+            "classifier": "C" if ACCELERATOR is not None else "pure-Python",
             "load": list(os.getloadavg())}
 
 

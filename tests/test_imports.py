@@ -78,6 +78,17 @@ def test_a_plain_scan_leaves_out_what_only_slows_its_start(netns: NetNS, args: t
     assert forbidden(names, PLAIN_SCAN_NEVER) == []
 
 
+def test_a_scan_of_another_namespace_loads_no_fallback_source_and_no_socket_module(netns: NetNS) -> None:
+    # the /proc/thread-self/net fallback (and `socket`, which it imports) only where sock_diag is missing
+    res = subprocess.run([str(PYTHON), "-c", _PROBE, "scan", "--format", "json", f"--netns={netns.name}"],
+                         capture_output=True, text=True, timeout=WAIT)
+    lines = [line for line in res.stderr.splitlines() if line.startswith("MODULES ")]
+    assert lines and res.returncode == 0, res.stderr[-2000:]
+    names = set(lines[-1].split()[1:])
+    assert "portwatch.collect.sources.netlink" in names and "portwatch.collect.namespaces" in names
+    assert forbidden(names, ("portwatch.collect.sources.procnet", "socket", "psutil")) == []
+
+
 def test_logging_set_up_on_first_import_formats_as_if_set_up_first() -> None:
     # what the CLI does with --log.format: configured the moment logging is imported, before use
     code = ("import sys\n"

@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -38,6 +38,7 @@ from portwatch.model import (
     Protocol,
     Socket,
     SocketState,
+    SourceUnavailable,
 )
 from tests.conftest import require
 from tests.netns import NetNS, netns_available
@@ -376,6 +377,33 @@ def test_proc_net_source_in_a_namespace_reads_what_netlink_reads(netns: NetNS) -
     assert {s._replace(cgroup_id=None) for s in from_netlink} == set(from_proc)
     ports = {s.local.port for s in from_proc}
     assert {21030, 21031, 21032, 21033} <= ports
+
+
+class NoSockDiag(NetlinkSource):
+    """A netlink source on a kernel whose namespaces answer no sock_diag request (a stand-in: such
+    a kernel cannot be made here); the sockets still come from the namespace's real /proc files."""
+
+    def fetch(self, sock: Any) -> Any:
+        sock.close()
+        raise SourceUnavailable("sock_diag is not available (no inet_diag for this family)")
+
+    def count(self, sock: Any, *args: Any) -> Any:
+        return self.fetch(sock)
+
+
+@pytest.mark.parametrize("counted", [False, True])
+def test_a_namespace_without_sock_diag_is_read_from_its_proc_files(netns: NetNS, counted: bool) -> None:
+    netns.actor("listen", "--port", "21040")
+    netns.actor("hold-port", "--port", "21041", "--to", "127.0.0.1:21042", "--serve")
+    target = by_inode(discover_namespaces().namespaces, ns_inode(f"/run/netns/{netns.name}"))
+    collector = Collector(NetlinkSource(), namespace_source=NoSockDiag())
+
+    snap = collector.snapshot_namespace(target, frozenset({21040}) if counted else None)
+
+    assert snap.source == "procnet" and snap.counts is None and snap.namespace == target
+    from_proc = run_in_namespace(target, ProcNetSource().read).sockets
+    assert set(snap.sockets) == set(from_proc)
+    assert {21040, 21041, 21042} <= {s.local.port for s in snap.sockets}
 
 
 def test_a_pid_refusing_its_namespace_while_it_ends_is_a_vanished_namespace_not_a_denial() -> None:

@@ -98,13 +98,16 @@ class Collector:
     def __init__(self, source: SocketSource, proc_root: Path = Path("/proc"),
                  clock: Callable[[], float] = time.time,
                  process_factory: ProcessFactory | None = None,
-                 cgroups: CgroupIndex | None = None) -> None:
+                 cgroups: CgroupIndex | None = None,
+                 namespace_source: NetlinkSource | None = None) -> None:
         """Take the socket source, the proc mount (sysctls, fd tables, cgroups),
         the clock giving ``Snapshot.taken_at``, the process factory for
-        :func:`describe_processes` (``None``: ``psutil.Process``) and the
+        :func:`describe_processes` (``None``: ``psutil.Process``), the
         cgroup index that narrows owner searches (``None``: one on the cgroup2
         mount named in ``proc_root/self/mountinfo``, made when first needed;
-        no such mount, no narrowing)."""
+        no such mount, no narrowing) and the source that reads other
+        namespaces inside them (``None``: a :class:`NetlinkSource` made when
+        first needed)."""
         self.source = source
         self.proc_root = Path(proc_root)
         self.clock = clock
@@ -122,7 +125,7 @@ class Collector:
         # the sockets a complete walk found nobody holding.
         self._memory = OwnerMemory(self.proc_root)
         # The netlink source that fetches other namespaces' dumps (see _snapshot_in).
-        self._ns_source: NetlinkSource | None = None
+        self._ns_source = namespace_source
 
     def snapshot(self, ports: Collection[int] | None = None) -> Snapshot:
         """Read the kernel settings and the socket table.
@@ -204,7 +207,6 @@ class Collector:
             parse_table,
             sockstat_in_use,
         )
-        from portwatch.collect.sources.procnet import ProcNetSource
 
         self._walk = None
         self._walk_keys = ()
@@ -227,14 +229,19 @@ class Collector:
                     return (settings, *netlink.count(sock, settings, frozenset(ports), sockstat_in_use()))
                 except SourceUnavailable:
                     pass
-            return settings, ProcNetSource().read(), None  # no sock_diag in this namespace
+            # no sock_diag in this namespace (imported here: it costs a pass 2 ms, `socket` included)
+            from portwatch.collect.sources.procnet import ProcNetSource
+            return settings, ProcNetSource().read(), None
 
         settings, got, counts = thread.run(namespace, inside)
         if isinstance(got, Answers):
             table, source_name = parse_table(got), netlink.name
         else:
             table = got
-            source_name = netlink.name if counts is not None else ProcNetSource.name
+            source_name = netlink.name
+            if counts is None:  # the fallback's table (its module is loaded: inside() ran it)
+                from portwatch.collect.sources.procnet import ProcNetSource
+                source_name = ProcNetSource.name
         return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
                         owners={}, processes={}, source=source_name, namespace=namespace,
                         counts=counts)

@@ -126,7 +126,7 @@ def classify(buffers: list[bytes], tally: netlink.Tally, accelerator: Callable[.
             outcome = (type(exc).__name__, str(exc))
             break
     return (outcome, tally.states, tally.usage, tally.kept, tally.listeners, tally.late, tally.buffers,
-            tally.specific, tally.specific_keys, bytes(tally.wildcard), bytes(tally.usable))
+            tally.specific, bytes(tally.wildcard), bytes(tally.usable))
 
 
 @needs_c
@@ -185,7 +185,7 @@ def test_the_c_loop_stops_where_python_must_take_over() -> None:
     kept = diag(state=8, sport=40002, dport=8080)  # CLOSE_WAIT: a socket to build
     data = plain + plain + kept + plain
     args = (1, SOCK_DIAG_BY_FAMILY, AF4, AF4, -1, 8, netlink._PLAIN_STATES, tally.states, tally.usage,
-            tally.usable, tally.interest, tally.wildcard, tally.specific_port, tally.specific_keys)
+            tally.usable, tally.interest, tally.wildcard, tally.specific_port, tally.specific)
     assert C(data, 0, len(data), *args) == 2 * len(plain)
     assert tally.states[1] == 2
     assert C(data, 3 * len(plain), len(data), *args) == len(data)
@@ -198,7 +198,7 @@ def test_the_c_loop_stops_where_python_must_take_over() -> None:
 def test_the_c_loop_refuses_wrong_arguments_with_an_error_not_a_crash() -> None:
     assert C is not None
     tally = netlink.Tally((40000, 40009), frozenset(), frozenset(), frozenset())
-    tables = (tally.usable, tally.interest, tally.wildcard, tally.specific_port, tally.specific_keys)
+    tables = (tally.usable, tally.interest, tally.wildcard, tally.specific_port, tally.specific)
     head = (1, SOCK_DIAG_BY_FAMILY, AF4, AF4, -1, 8, netlink._PLAIN_STATES)
     data = diag() + done()
     with pytest.raises(TypeError, match="17 arguments"):
@@ -253,7 +253,7 @@ def test_python_code_run_by_the_collector_during_the_call_cannot_crash_it() -> N
     data = many_destinations(300)  # more destinations than the C loop holds: keys are made mid-call
     end, plain, states, usage = len(data), netlink._PLAIN_STATES, tally.states, tally.usage
     usable, interest, wildcard, port, keys = (tally.usable, tally.interest, tally.wildcard, tally.specific_port,
-                                              tally.specific_keys)
+                                              tally.specific)
     emptied = []
 
     def empty(phase: str, info: dict[str, Any]) -> None:

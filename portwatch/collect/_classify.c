@@ -111,7 +111,8 @@ typedef struct {
     signed char found; /* -1: empty */
 } asked_t;
 
-/* Whether (address, raw port) is a specific listener: its 18 bytes are in the set. -1 on error. */
+/* Whether (address, raw port) is a specific listener: (address bytes, raw port) is in the set
+ * (the Python loop's own Tally.specific). -1 on error. */
 static int is_specific(PyObject *specific, asked_t *asked, const unsigned char *addr, uint16_t port) {
     unsigned char raw[18];
     memcpy(raw, addr, 16);
@@ -119,7 +120,7 @@ static int is_specific(PyObject *specific, asked_t *asked, const unsigned char *
     asked_t *a = &asked[(port ^ addr[15] ^ (addr[3] << 3)) & (ASKED - 1)];
     if (a->found >= 0 && memcmp(a->key, raw, 18) == 0)
         return a->found;
-    PyObject *key = PyBytes_FromStringAndSize((const char *)raw, 18);
+    PyObject *key = Py_BuildValue("(y#i)", (const char *)addr, (Py_ssize_t)16, (int)port);
     if (key == NULL)
         return -1;
     int found = PySet_Contains(specific, key);
@@ -154,8 +155,8 @@ PyDoc_STRVAR(count_doc,
 "(256 bytes: 0 not a TCP state, 1 a full socket, 2 a mini socket) is not 0 and that is not\n"
 "listen, and, when it is connected (a remote port or address), is not one to keep: not\n"
 "close_wait, no port of interest, not connected to itself, and for a full socket a TCP\n"
-"listener at one of its ends (wildcard[port], or specific_port[port] and the 18 bytes\n"
-"address + raw port in the set specific). A plain message adds 1 to states[state] (a list\n"
+"listener at one of its ends (wildcard[port], or specific_port[port] and (the 16 address\n"
+"bytes, the raw port) in the set specific). A plain message adds 1 to states[state] (a list\n"
 "of 256 ints) and, when connected with a usable[local port], 1 to\n"
 "usage[(family, local address, remote address, raw remote port)] (a dict). Tables are\n"
 "65,536 bytes indexed by raw (network order) port. A seq outside 0..2**32-1 or a msg_type\n"

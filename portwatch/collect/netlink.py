@@ -533,7 +533,6 @@ def raw_port(port: int) -> int:
 # family, state, ports (host order), addresses.
 _CLASSIFY: Final = struct.Struct("=IH2xI4x" "BBxx" "HH16s16s")
 _BOTH_FAMILIES: Final = (_socket.AF_INET, _socket.AF_INET6)
-_RAW_PORT: Final = struct.Struct("=H")  # a raw port number as its 2 bytes on the wire
 
 
 def _accelerator() -> Callable[..., int] | None:
@@ -596,8 +595,6 @@ class Tally:
         self.specific: set[tuple[bytes, int]] = {(addr, raw_port(port)) for addr, port in listeners
                                                  if addr != _ZERO16}
         self.specific_port = bytearray(65536)  # 1 at the raw port of each specific listener
-        # the same listeners as 18 bytes (address, raw port as on the wire), for the C loop
-        self.specific_keys: set[bytes] = {addr + _RAW_PORT.pack(port) for addr, port in self.specific}
         for _, port in self.specific:
             self.specific_port[port] = 1
         self.listeners: list[Socket] | None = [] if take_listeners else None
@@ -616,7 +613,6 @@ class Tally:
             self.wildcard[port] = 1
         else:
             self.specific.add((addr, port))
-            self.specific_keys.add(addr + _RAW_PORT.pack(port))
             self.specific_port[port] = 1
         if any(self.states):
             self.late = True
@@ -627,7 +623,6 @@ class Tally:
         :meth:`again` work on). :func:`count_messages` must not be given this tally again."""
         self.usable = self.wildcard = self.specific_port = bytearray()
         self.interest = b""
-        self.specific_keys = set()
 
     def again(self) -> Tally:
         """A new tally of the same buffers, classified with every listener known from the start.
@@ -739,12 +734,11 @@ def count_messages(
     zero16 = _ZERO16
     view = memoryview(chunk)
     fam_a, fam_b = families[0], families[-1]
-    specific_keys = tally.specific_keys
     off = 0
     while off < end:
         if accelerator is not None:
             off = accelerator(chunk, off, end, seq, msg_type, fam_a, fam_b, listen, cw, plain, states, usage,
-                              usable, interest, wildcard, specific_port, specific_keys)
+                              usable, interest, wildcard, specific_port, specific)
             if off >= end:
                 break
         left = end - off

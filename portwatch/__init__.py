@@ -14,7 +14,6 @@ def version_text(revision: str | None = None) -> str:
     install had no compiler (same results, more CPU per socket). Never raises.
     """
     import importlib
-    import importlib.util
     import platform
 
     if revision is None:
@@ -24,9 +23,10 @@ def version_text(revision: str | None = None) -> str:
         except (ImportError, AttributeError):
             revision = None
     rev = f"revision {revision}" if revision else "revision unknown"
-    try:
-        built = importlib.util.find_spec("portwatch.collect._classify") is not None
-    except (ImportError, ValueError):
+    try:  # imported, not only found: a module that fails to load is not the loop that runs
+        importlib.import_module("portwatch.collect._classify")
+        built = True
+    except ImportError:
         built = False
     classifier = "C classifier" if built else "pure-Python classifier"
     return f"portwatch {__version__} ({rev}, Python {platform.python_version()}, {classifier})"

@@ -213,9 +213,8 @@ class Collector:
         if self._ns_source is None:
             self._ns_source = NetlinkSource()  # fetches only: each socket is made in its namespace
         netlink = self._ns_source
-        counted = ports is not None
 
-        def inside() -> tuple[KernelSettings, Answers | SocketTable, SocketCounts | None]:
+        def inside() -> tuple[KernelSettings, Answers | SocketTable, SocketCounts | None, str]:
             settings = read_kernel_settings(Path("/proc"))  # the thread's namespace's /proc/sys
             try:
                 sock = default_socket_factory()
@@ -225,23 +224,17 @@ class Collector:
             else:
                 try:
                     if ports is None:
-                        return settings, netlink.fetch(sock), None
-                    return (settings, *netlink.count(sock, settings, frozenset(ports), sockstat_in_use()))
+                        return settings, netlink.fetch(sock), None, netlink.name
+                    table, counts = netlink.count(sock, settings, frozenset(ports), sockstat_in_use())
+                    return settings, table, counts, netlink.name
                 except SourceUnavailable:
                     pass
             # no sock_diag in this namespace (imported here: it costs a pass 2 ms, `socket` included)
             from portwatch.collect.sources.procnet import ProcNetSource
-            return settings, ProcNetSource().read(), None
+            return settings, ProcNetSource().read(), None, ProcNetSource.name
 
-        settings, got, counts = thread.run(namespace, inside)
-        if isinstance(got, Answers):
-            table, source_name = parse_table(got), netlink.name
-        else:
-            table = got
-            source_name = netlink.name
-            if counts is None:  # the fallback's table (its module is loaded: inside() ran it)
-                from portwatch.collect.sources.procnet import ProcNetSource
-                source_name = ProcNetSource.name
+        settings, got, counts, source_name = thread.run(namespace, inside)
+        table = parse_table(got) if isinstance(got, Answers) else got
         return Snapshot(settings=settings, sockets=table.sockets, taken_at=self.clock(),
                         owners={}, processes={}, source=source_name, namespace=namespace,
                         counts=counts)

@@ -9,7 +9,7 @@
  * the tally, at the first message that does (a listener to take, a socket to
  * build, a control message, anything malformed): the Python loop handles that
  * one message with the same code as without this module, then calls back in.
- * The decisions are the Python loop's, test for test (tests/test_netlink.py
+ * The decisions are the Python loop's, test for test (tests/test_classify_c.py
  * runs both over the same buffers and compares the tallies); only the work per
  * message is cheaper: a few loads and table look-ups instead of a struct
  * unpack, two bytes objects and a dict update per socket.
